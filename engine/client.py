@@ -1,0 +1,181 @@
+"""Client side of the engine: find it, start it detached, signal it, stop it, wait on runs.
+
+The engine is found through its lock (held while it lives) and pid file. A
+client that changed the queue sends SIGUSR1 so the engine dispatches at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from engine.daemon import _alive, read_pid_info
+from engine.errors import EngineUnavailable
+from engine.metrics import read_jsonl
+from engine.recorder import METRICS_NAME
+from engine.store import Store
+from engine.types import RunState
+from engine.workspace import Workspace
+
+START_TIMEOUT = 30.0
+
+
+def lock_held(ws: Workspace) -> bool:
+    lock = FileLock(str(ws.lock_path), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def engine_info(ws: Workspace) -> dict[str, Any] | None:
+    """The live engine's pid file contents, or None when no engine runs here."""
+    info = read_pid_info(ws)
+    if info and _alive(info.get("pid")) and lock_held(ws):
+        return info
+    return None
+
+
+def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, args: list[str] | None = None) -> dict[str, Any]:
+    """Start a detached engine (own session, no terminal, output to engine.log) unless one runs."""
+    info = engine_info(ws)
+    if info:
+        return info
+    log = open(ws.engine_log, "ab")
+    os.chmod(ws.engine_log, 0o600)
+    # A list argv and no shell: nothing the user typed is interpreted by a shell.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.daemon", "--home", str(ws.root), *(args or [])],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, close_fds=True, cwd=str(ws.root),
+    )
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        info = read_pid_info(ws)
+        if info and info.get("pid") == process.pid and lock_held(ws):
+            if say:
+                say(f"trialdeck: started the engine (pid {process.pid}; log: {ws.engine_log})")
+            return info
+        if process.poll() is not None:
+            other = engine_info(ws)
+            if other:  # lost a start race to another client: that engine serves us
+                return other
+            raise EngineUnavailable(f"the engine exited at start (code {process.returncode}); see {ws.engine_log}")
+        time.sleep(0.05)
+    raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
+
+
+def ensure_engine(ws: Workspace, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    return engine_info(ws) or start_engine(ws, say=say)
+
+
+def notify(ws: Workspace) -> bool:
+    """Wake the engine so it looks at the queue now. False when none runs."""
+    info = engine_info(ws)
+    if not info:
+        return False
+    try:
+        os.kill(info["pid"], signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_engine(ws: Workspace, timeout: float = 60.0) -> dict[str, Any] | None:
+    """Graceful stop: running runs checkpoint and become interrupted. Returns the old info."""
+    info = engine_info(ws)
+    if not info:
+        return None
+    os.kill(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(info["pid"]) or not lock_held(ws):
+            return info
+        time.sleep(0.1)
+    raise EngineUnavailable(f"the engine (pid {info['pid']}) did not stop within {timeout:.0f} s")
+
+
+def status(ws: Workspace) -> dict[str, Any]:
+    info = engine_info(ws)
+    store = Store(ws)
+    runs = store.list_runs()
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    out: dict[str, Any] = {
+        "running": bool(info),
+        "pid": info["pid"] if info else None,
+        "uptime": round(time.time() - info["started_at"], 1) if info else None,
+        "home": str(ws.root),
+        "slots": info.get("slots", []) if info else [],
+        "recovery": info.get("recovery") if info else None,
+        "runs_running": counts.get("running", 0),
+        "runs_queued": counts.get("queued", 0),
+        "runs": counts,
+        "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device")}
+                   for r in runs if r["state"] == "running"],
+    }
+    return out
+
+
+def wait_for_run(ws: Workspace, run_id: str, *, timeout: float | None = None,
+                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Block until the run reaches a final state; restarts the engine if it died meanwhile."""
+    store = Store(ws)
+    version = None
+    last_check = time.monotonic()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = store.version()
+        if current != version:
+            version = current
+            record = store.get_run(run_id)
+            if record is None:
+                raise EngineUnavailable(f"run {run_id} vanished from {store.path}")
+            if RunState(record["state"]).terminal or (
+                record["state"] == RunState.INTERRUPTED.value and record.get("foreground")
+            ):
+                return record
+        now = time.monotonic()
+        if now - last_check > 2.0:
+            last_check = now
+            if not engine_info(ws):
+                ensure_engine(ws, say=say)
+        if deadline is not None and now > deadline:
+            raise TimeoutError(run_id)
+        time.sleep(0.05)
+
+
+def follow(ws: Workspace, run_id: str, *, poll: float = 0.2) -> Iterator[dict[str, Any]]:
+    """Yield the run's metric-stream records as they are written, then a final
+    {"kind": "final", "record": ...} when the run ends."""
+    store = Store(ws)
+    path = ws.run_dir(run_id) / METRICS_NAME
+    offset = 0
+    last_check = time.monotonic()
+    while True:
+        records, offset = read_jsonl(path, offset) if path.exists() else ([], offset)
+        yield from records
+        record = store.get_run(run_id)
+        if record is None:
+            raise EngineUnavailable(f"no run {run_id}")
+        if RunState(record["state"]).terminal:
+            records, offset = read_jsonl(path, offset) if path.exists() else ([], offset)
+            yield from records
+            yield {"kind": "final", "record": record}
+            return
+        if time.monotonic() - last_check > 2.0:
+            last_check = time.monotonic()
+            if record["state"] in ("queued", "running", "interrupted") and not engine_info(ws):
+                ensure_engine(ws)
+        time.sleep(poll)

@@ -1,0 +1,396 @@
+"""The engine: the one long-lived process per workspace that runs the queue.
+
+It holds the workspace lock (one engine per workspace), keeps one warm worker
+process per device slot, and dispatches queued runs the moment a slot frees or
+a client signals a change (SIGUSR1): no polling sleep between runs. It never
+listens on a network port. Started detached (`trialdeck engine start`) it has
+its own session and no controlling terminal, so it survives SSH dropping.
+
+Recovery at start (policy `recovery`): runs found `running` with no live
+worker become `interrupted`; with "resume" (default) they are queued again and
+the trainer continues from their last checkpoint; with "requeue" they start
+over (the checkpoint is removed); with "leave" they stay interrupted.
+SIGTERM (`engine stop`) is graceful: running runs checkpoint and become
+interrupted, to be resumed by the next engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from engine.errors import EngineUnavailable
+from engine.scheduler import Scheduler, Slot, make_slots, probe_gpus
+from engine.store import Store
+from engine.types import EventKind, RunEvent, RunState
+from engine.worker import CANCEL, INTERRUPT, NO_STOP, worker_main
+from engine.workspace import Workspace, atomic_write
+
+RECOVERY_POLICIES = ("resume", "requeue", "leave")
+CANCEL_GRACE = 5.0
+"""Seconds a worker gets to stop a run cooperatively before its process group is killed."""
+STOP_GRACE = 30.0
+
+
+@dataclass
+class WorkerHandle:
+    slot: Slot
+    process: Any
+    conn: Any
+    flag: Any
+    pid: int = 0
+    ready: bool = False
+    run_id: str | None = None
+    stop_sent_at: float | None = None
+
+
+class Engine:
+    def __init__(self, ws: Workspace, *, slots_per_gpu: int = 1, cpu_slots: int | None = None,
+                 recovery: str = "resume") -> None:
+        self.ws = ws
+        self.store = Store(ws)
+        self.recovery = recovery
+        gpus = probe_gpus()
+        self.gpus = gpus
+        self.scheduler = Scheduler(make_slots(gpus, slots_per_gpu, cpu_slots))
+        self.ctx = mp.get_context("spawn")
+        self.workers: dict[str, WorkerHandle] = {}
+        self.started_at = time.time()
+        self.stopping = False
+        self.lock = FileLock(str(ws.lock_path), timeout=0)
+        self._driver = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def run(self) -> None:
+        try:
+            self.lock.acquire()
+        except Timeout:
+            raise EngineUnavailable(f"another engine already runs on {self.ws.root} ({describe_pid(self.ws)})") from None
+        try:
+            self._install_signals()
+            self._write_pid()
+            self.reconcile()
+            if self.store.list_studies():
+                self.driver.reconcile()
+            for slot in self.scheduler.slots:
+                self._spawn(slot)
+            self._log(f"engine {os.getpid()} up: {len(self.scheduler.slots)} slot(s): "
+                      + ", ".join(s.name for s in self.scheduler.slots))
+            self._loop()
+        finally:
+            self._shutdown()
+            try:
+                self.ws.pid_path.unlink()
+            except FileNotFoundError:
+                pass
+            self.lock.release()
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGUSR1, lambda *_: None)  # wakes the loop through the wakeup fd
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def _write_pid(self) -> None:
+        info = {"pid": os.getpid(), "started_at": self.started_at, "home": str(self.ws.root),
+                "slots": [s.name for s in self.scheduler.slots], "recovery": self.recovery}
+        atomic_write(self.ws.pid_path, json.dumps(info).encode())
+
+    def _log(self, line: str) -> None:
+        print(time.strftime("%Y-%m-%d %H:%M:%S"), line, flush=True)
+
+    # ----------------------------------------------------------------- recovery
+
+    def reconcile(self) -> None:
+        """Runs left `running` by a dead engine or worker become interrupted, then follow the policy."""
+        for run in self.store.list_runs(RunState.RUNNING):
+            if run.get("foreground") and _alive(run.get("worker")):
+                continue  # a `trialdeck train` in another terminal, still going
+            event = RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: its engine or worker stopped unexpectedly")
+            self.store.transition(run["id"], RunState.INTERRUPTED, add_events=[event])
+            self._log(f"{run['id']} was running with no live worker: interrupted")
+        for run in self.store.list_runs(RunState.INTERRUPTED):
+            if run.get("foreground") or self.recovery == "leave":
+                continue
+            checkpoint = self.ws.run_dir(run["id"]) / "checkpoint.pt"
+            if self.recovery == "requeue" and checkpoint.exists():
+                checkpoint.unlink()
+            how = "resumes from its checkpoint" if checkpoint.exists() else "starts over"
+            event = RunEvent(EventKind.REQUEUED.value, None, f"requeued after an interruption; {how}")
+            self.store.transition(run["id"], RunState.QUEUED, add_events=[event])
+            self._log(f"{run['id']} requeued ({how})")
+
+    @property
+    def driver(self):
+        """The tuning driver, created on first use: optuna is imported only when studies exist."""
+        if self._driver is None:
+            from engine.tuning.driver import StudyDriver
+
+            self._driver = StudyDriver(self.store, self._log)
+        return self._driver
+
+    def _feed_studies(self) -> None:
+        if any(d.get("state") in ("running", "stopping") for d in self.store.list_studies()):
+            self.driver.tick(capacity=len(self.scheduler.slots))
+
+    # ----------------------------------------------------------------- workers
+
+    def _spawn(self, slot: Slot) -> None:
+        parent, child = self.ctx.Pipe()
+        flag = self.ctx.Value("i", NO_STOP, lock=False)
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.scheduler.slots)))
+        cuda_visible = str(slot.gpu) if slot.gpu is not None else ("" if not self.gpus else None)
+        process = self.ctx.Process(target=worker_main, name=f"trialdeck-worker-{slot.name}",
+                                   args=(slot.name, str(self.ws.root), child, flag, threads, cuda_visible), daemon=False)
+        process.start()
+        child.close()
+        self.workers[slot.name] = WorkerHandle(slot, process, parent, flag)
+
+    def _kill_worker(self, handle: WorkerHandle) -> None:
+        try:
+            os.killpg(handle.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        handle.process.join(5)
+
+    # ----------------------------------------------------------------- loop
+
+    def _loop(self) -> None:
+        self._feed_studies()
+        self._dispatch()
+        while not self.stopping:
+            waitables = [self._wake_r]
+            for h in self.workers.values():
+                waitables += [h.conn, h.process.sentinel]
+            ready = wait(waitables, timeout=1.0)
+            if self._wake_r in ready:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            for handle in list(self.workers.values()):
+                if handle.conn in ready:
+                    self._on_message(handle)
+                if handle.process.sentinel in ready and not handle.process.is_alive():
+                    self._on_worker_died(handle)
+            if self.stopping:
+                break
+            self._check_cancellations()
+            self._feed_studies()
+            self._check_cancellations()
+            self._dispatch()
+
+    def _on_message(self, handle: WorkerHandle) -> None:
+        try:
+            while handle.conn.poll():
+                message = handle.conn.recv()
+                if message[0] == "ready":
+                    handle.ready, handle.pid = True, message[1]
+                    self._log(f"worker {handle.pid} ready on {handle.slot.name}")
+                elif message[0] == "done":
+                    _, run_id, state = message
+                    self._log(f"{run_id} {state} on {handle.slot.name}")
+                    handle.run_id, handle.stop_sent_at = None, None
+                    handle.flag.value = NO_STOP
+                    self.scheduler.release(run_id)
+        except (EOFError, OSError):
+            pass
+
+    def _on_worker_died(self, handle: WorkerHandle) -> None:
+        code = handle.process.exitcode
+        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        self._log(f"worker on {handle.slot.name} {how}")
+        if handle.run_id is not None:
+            run = self.store.get_run(handle.run_id)
+            if run and run["state"] == RunState.RUNNING.value:
+                cancelled = handle.flag.value == CANCEL
+                state = RunState.CANCELLED if cancelled else RunState.FAILED
+                reason = None if cancelled else f"worker process {how} (out of memory or a crash?)"
+                event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None,
+                                 "cancelled by the user (worker stopped)" if cancelled else reason)
+                self.store.transition(handle.run_id, state, error=reason, add_events=[event])
+            self.scheduler.release(handle.run_id)
+        handle.conn.close()
+        del self.workers[handle.slot.name]
+        if not self.stopping:
+            self._spawn(handle.slot)
+
+    def _check_cancellations(self) -> None:
+        now = time.monotonic()
+        busy = {h.run_id: h for h in self.workers.values() if h.run_id}
+        if not busy:
+            return
+        for run in self.store.list_runs(RunState.RUNNING):
+            handle = busy.get(run["id"])
+            if handle is None or not run.get("cancel_requested"):
+                continue
+            if handle.stop_sent_at is None:
+                handle.flag.value = CANCEL
+                handle.stop_sent_at = now
+            elif now - handle.stop_sent_at > CANCEL_GRACE:
+                self._log(f"{run['id']} did not stop within {CANCEL_GRACE:.0f} s; killing its worker")
+                self._kill_worker(handle)
+                self._on_worker_died(handle)
+
+    def _free_memory(self) -> dict[int, int]:
+        if not self.gpus:
+            return {}
+        return {g.index: g.free for g in probe_gpus()}
+
+    def _dispatch(self) -> None:
+        free = [s for s in self.scheduler.slots if s.free and self.workers.get(s.name) and self.workers[s.name].ready]
+        if not free:
+            return
+        queued = self.store.queued()
+        if not queued:
+            return
+        # Only ready workers' slots are offered: mark the others busy for this plan.
+        hidden = [s for s in self.scheduler.slots if s.free and s not in free]
+        for s in hidden:
+            s.run_id = "(starting)"
+        try:
+            placements = self.scheduler.plan(queued, self._free_memory())
+        finally:
+            for s in hidden:
+                s.run_id = None
+        for p in placements:
+            handle = self.workers[p.slot.name]
+            try:
+                self.store.transition(p.run_id, RunState.RUNNING, worker=handle.pid, slot=p.slot.name,
+                                      device=p.slot.device, cancel_requested=False,
+                                      add_events=[RunEvent(EventKind.STARTED.value, None, f"started on {p.slot.name}")])
+            except ValueError:  # cancelled between our read and this write
+                self.scheduler.release(p.run_id)
+                continue
+            handle.run_id = p.run_id
+            handle.flag.value = NO_STOP
+            handle.conn.send(("run", p.run_id, p.device))
+            self._log(f"{p.run_id} -> {p.slot.name}")
+
+    def _shutdown(self) -> None:
+        busy = [h for h in self.workers.values() if h.run_id]
+        for h in busy:
+            h.flag.value = INTERRUPT
+        deadline = time.monotonic() + STOP_GRACE
+        while any(h.run_id for h in busy) and time.monotonic() < deadline:
+            conns = [h.conn for h in busy if h.run_id]
+            for c in wait(conns, timeout=0.5):
+                self._on_message(next(h for h in busy if h.conn is c))
+            for h in busy:
+                if h.run_id and not h.process.is_alive():
+                    break
+        for h in list(self.workers.values()):
+            if h.run_id:
+                self._kill_worker(h)
+                run = self.store.get_run(h.run_id)
+                if run and run["state"] == RunState.RUNNING.value:
+                    self.store.transition(h.run_id, RunState.INTERRUPTED,
+                                          add_events=[RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine stopped")])
+            else:
+                try:
+                    h.conn.send(("exit",))
+                except (BrokenPipeError, OSError):
+                    pass
+        for h in list(self.workers.values()):
+            h.process.join(3)
+            if h.process.is_alive():
+                self._kill_worker(h)
+        self.workers.clear()
+        self._log("engine stopped")
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid_info(ws: Workspace) -> dict[str, Any] | None:
+    try:
+        return json.loads(ws.pid_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return None
+
+
+def describe_pid(ws: Workspace) -> str:
+    info = read_pid_info(ws)
+    return f"pid {info['pid']}" if info else "pid unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.daemon", description="Run the trialdeck engine in the foreground.")
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--slots-per-gpu", type=int, default=None)
+    parser.add_argument("--cpu-slots", type=int, default=None)
+    parser.add_argument("--recovery", choices=RECOVERY_POLICIES, default=None)
+    args = parser.parse_args(argv)
+    ws = Workspace.resolve(args.home).ensure()
+    config = load_engine_config(ws)
+    engine = Engine(
+        ws,
+        slots_per_gpu=args.slots_per_gpu or config.get("slots_per_gpu", 1),
+        cpu_slots=args.cpu_slots or config.get("cpu_slots"),
+        recovery=args.recovery or config.get("recovery", "resume"),
+    )
+    try:
+        engine.run()
+    except EngineUnavailable as exc:
+        print(f"trialdeck engine: {exc}", file=sys.stderr)
+        return int(exc.code)
+    return 0
+
+
+def load_engine_config(ws: Workspace) -> dict[str, Any]:
+    """Optional `engine.toml` in the workspace: slots_per_gpu, cpu_slots, recovery."""
+    import tomllib
+
+    path = Path(ws.root) / "engine.toml"
+    if not path.exists():
+        return {}
+    from engine.errors import BadInput
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: TOML syntax error: {exc}") from None
+    allowed = {"slots_per_gpu", "cpu_slots", "recovery"}
+    for key, value in data.items():
+        if key not in allowed:
+            raise BadInput(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+    if "recovery" in data and data["recovery"] not in RECOVERY_POLICIES:
+        raise BadInput(f"{path}: recovery = {data['recovery']!r} is not allowed; allowed: {', '.join(RECOVERY_POLICIES)}")
+    for key in ("slots_per_gpu", "cpu_slots"):
+        if key in data and (not isinstance(data[key], int) or not 1 <= data[key] <= 64):
+            raise BadInput(f"{path}: {key} = {data[key]!r} must be a whole number from 1 to 64")
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`trialdeck train`: run one preset in this process, recorded in the catalogue like any run."""
+
+from __future__ import annotations
+
+import os
+
+from engine.callbacks import TrainerCallback
+from engine.presets.schema import RunSpec
+from engine.recorder import RunRecorder
+from engine.store import Store
+from engine.trainer import train
+from engine.types import RunState
+from engine.workspace import Workspace
+
+
+def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | None = None) -> dict:
+    store = Store(ws)
+    record = store.create_run(preset=spec.preset, config=spec.config(), config_hash=spec.content_hash,
+                              device=spec.train.device)
+    run_id = record["id"]
+    store.transition(run_id, RunState.RUNNING, worker=os.getpid(), foreground=True)
+    recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=progress)
+    try:
+        result = train(spec, recorder, run_dir=ws.run_dir(run_id), data_dir=ws.data_dir)
+        return recorder.finish(result)
+    except KeyboardInterrupt:
+        recorder.flush()
+        store.transition(run_id, RunState.INTERRUPTED, error="interrupted by the user (Ctrl-C)")
+        raise
+    finally:
+        recorder.close()

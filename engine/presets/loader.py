@@ -1,0 +1,350 @@
+"""Find, read, compose and validate presets into a RunSpec.
+
+A preset is a TOML file named by its path under a preset root without `.toml`
+(`seed/step-decay`) or given as a file path. Roots, in order: the workspace's
+`presets/` folder, then the built-in `experiments/` catalogue. `extends` is
+composed left to right, then the file itself wins; `--set` overrides last.
+Every failure is a PresetError with one line naming the file and the key.
+Nothing from a preset is executed: it is TOML data validated by pydantic.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.errors import PresetError
+from engine.presets.schema import SECTIONS, TOP_LEVEL_KEYS, RunSpec
+
+BUILTIN_ROOT = Path(__file__).resolve().parents[2] / "experiments"
+SET_SOURCE = "--set"
+
+
+def preset_roots(workspace_presets: Path | None = None) -> list[Path]:
+    roots = []
+    if workspace_presets is not None:
+        roots.append(Path(workspace_presets))
+    roots.append(BUILTIN_ROOT)
+    return roots
+
+
+def check_name(name: str, what: str = "preset") -> str:
+    """Reject names that could escape a root: absolute paths, `..`, backslashes, empty parts."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+        raise PresetError(f"{what} name {name!r}: use a relative name like seed/step-decay (no '..', no leading '/')")
+    if any(not (c.isalnum() or c in "-_./") for c in name):
+        raise PresetError(f"{what} name {name!r}: only letters, digits, '-', '_', '.' and '/' are allowed")
+    return name
+
+
+def list_presets(roots: list[Path]) -> list[tuple[str, Path]]:
+    """Every preset under the roots as (name, path); an earlier root shadows a later one."""
+    seen: dict[str, Path] = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.toml")):
+            name = path.relative_to(root).with_suffix("").as_posix()
+            seen.setdefault(name, path)
+    return sorted(seen.items())
+
+
+def find_preset(ref: str, roots: list[Path]) -> tuple[str, Path]:
+    """Resolve a preset reference to (name, path): an existing .toml path, or a name under a root."""
+    if ref.endswith(".toml"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise PresetError(f"{ref}: no such preset file")
+        for root in roots:
+            try:
+                return path.resolve().relative_to(root.resolve()).with_suffix("").as_posix(), path
+            except ValueError:
+                continue
+        return path.stem, path
+    check_name(ref)
+    for root in roots:
+        path = root / f"{ref}.toml"
+        if path.is_file():
+            return ref, path
+    known = [name for name, _ in list_presets(roots)]
+    hint = difflib.get_close_matches(ref, known, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else "; see `trialdeck presets list`"
+    raise PresetError(f"preset {ref!r} not found in {', '.join(str(r) for r in roots)}{suggestion}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not a UTF-8 text file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"{path}: TOML syntax error: {exc}") from None
+
+
+@dataclass
+class Composed:
+    """A raw composed preset plus where each leaf key came from."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: dict[tuple[str, ...], str] = field(default_factory=dict)
+    chain: list[str] = field(default_factory=list)
+
+    def source_of(self, loc: tuple[str | int, ...]) -> str:
+        path = tuple(str(p) for p in loc)
+        while path:
+            if path in self.origin:
+                return self.origin[path]
+            path = path[:-1]
+        return self.chain[-1] if self.chain else "preset"
+
+
+def _merge(dst: dict, src: dict, source: str, origin: dict, prefix: tuple[str, ...] = ()) -> None:
+    """Deep-merge src into dst: tables merge key by key, every other value replaces.
+    A search-space entry (`tune.space."key"`) is replaced whole, never merged field by field."""
+    for key, value in src.items():
+        path = (*prefix, key)
+        whole_entry = path[:2] == ("tune", "space") and len(path) == 3
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and not whole_entry:
+            _merge(dst[key], value, source, origin, path)
+        else:
+            dst[key] = copy.deepcopy(value)
+            if source:
+                origin[path] = source
+                _mark(value, source, origin, path)
+
+
+def _mark(value: Any, source: str, origin: dict, path: tuple[str, ...]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            origin[(*path, k)] = source
+            _mark(v, source, origin, (*path, k))
+
+
+def compose(ref: str, roots: list[Path], _stack: tuple[str, ...] = ()) -> Composed:
+    name, path = find_preset(ref, roots)
+    key = str(path.resolve())
+    if key in _stack:
+        cycle = " -> ".join([*(_display(p) for p in _stack[_stack.index(key):]), str(path)])
+        raise PresetError(f"{path}: extends: cycle {cycle}")
+    raw = read_toml(path)
+    _check_top_level(raw, path)
+    parents = raw.get("extends", [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise PresetError(f"{path}: extends: must be a preset name or a list of names, got {parents!r}")
+    out = Composed()
+    # A file outside every root may extend its neighbours by name, too.
+    parent_roots = roots if any(_inside(path, r) for r in roots) else [*roots, path.parent]
+    for parent in parents:
+        try:
+            sub = compose(parent, parent_roots, (*_stack, key))
+        except PresetError as exc:
+            if "cycle" in exc.message or str(path) in exc.message:
+                raise
+            raise PresetError(f"{path}: extends: {exc.message}") from None
+        _merge(out.data, sub.data, "", out.origin)
+        out.origin.update(sub.origin)
+        out.chain.extend(c for c in sub.chain if c not in out.chain)
+    own = {k: v for k, v in raw.items() if k != "extends"}
+    _merge(out.data, own, str(path), out.origin)
+    out.chain.append(str(path))
+    out.data["preset"] = name
+    return out
+
+
+def _display(key: str) -> str:
+    return key
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _check_top_level(raw: dict[str, Any], path: Path) -> None:
+    for key, value in raw.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise PresetError(f"{path}: unknown section or key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
+        if key in SECTIONS and not isinstance(value, dict):
+            raise PresetError(f"{path}: {key}: must be a table ([{key}]), got {value!r}")
+    if "description" in raw and not isinstance(raw["description"], str):
+        raise PresetError(f"{path}: description: must be a string")
+
+
+def _suggest(word: str, options) -> str:
+    hint = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    allowed = ", ".join(options)
+    return f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {allowed}"
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parse `KEY=VALUE`: a dotted key (list elements by index) and a TOML value.
+    A value that is not valid TOML is taken as a bare string, so `optimizer.name=sgd` works."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise PresetError(f"--set {item}: expected KEY=VALUE, for example --set train.epochs=5")
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise PresetError(f"--set {item}: malformed key {key!r}")
+    text = value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if any(c in text for c in "[]{}\"'=") or not text:
+            raise PresetError(f"--set {key}: {text!r} is not a TOML value (strings with spaces need quotes)") from None
+        parsed = text
+    return parts, parsed
+
+
+def apply_set(composed: Composed, items: list[str]) -> None:
+    for item in items:
+        parts, value = parse_set(item)
+        apply_override(composed, parts, value, f"{SET_SOURCE} {item.partition('=')[0].strip()}")
+
+
+def apply_override(composed: Composed, parts: list[str], value: Any, source: str) -> None:
+    """Set one dotted key on a composed preset; integers index into lists (`model.hidden.2`)."""
+    dotted = ".".join(parts)
+    head = parts[0]
+    if head not in TOP_LEVEL_KEYS:
+        raise PresetError(f"{source}: unknown section {head!r}{_suggest(head, TOP_LEVEL_KEYS)}")
+    if head in SECTIONS and len(parts) == 1 and not isinstance(value, dict):
+        raise PresetError(f"{source}: {head} is a section; set one of its keys, like {head}.<key>=VALUE")
+    if head in SECTIONS and head != "tune" and len(parts) >= 2:
+        fields = SECTIONS[head].model_fields
+        if parts[1] not in fields:
+            raise PresetError(
+                f"{source}: unknown key {parts[1]!r} in [{head}]{_suggest(parts[1], list(fields))}"
+            )
+    node: Any = composed.data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = _list_slot(node, part, dotted, source)
+            continue
+        if part not in node or not isinstance(node[part], (dict, list)):
+            if isinstance(node.get(part), (int, float, str, bool)) or nxt.isdigit():
+                current = node.get(part, _default_of(parts[: i + 1]))
+                if isinstance(current, list) and nxt.isdigit():
+                    node[part] = list(current)
+                elif isinstance(current, dict):
+                    node[part] = dict(current)
+                else:
+                    raise PresetError(f"{source}: {'.'.join(parts[:i + 1])} is a {type(current).__name__}, not a table or list")
+            else:
+                default = _default_of(parts[: i + 1])
+                node[part] = dict(default) if isinstance(default, dict) else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        index = _index(last, node, dotted, source)
+        node[index] = value
+    else:
+        node[last] = value
+    composed.origin[tuple(parts)] = source
+    _mark(value, source, composed.origin, tuple(parts))
+
+
+def _default_of(parts: list[str]) -> Any:
+    """The schema default at a dotted path, so `--set model.hidden.1=64` edits the default list."""
+    node: Any = RunSpec().model_dump(mode="json", by_alias=True)
+    for p in parts:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return None
+    return copy.deepcopy(node)
+
+
+def _index(part: str, seq: list, dotted: str, source: str) -> int:
+    if not part.isdigit():
+        raise PresetError(f"{source}: {dotted}: {part!r} is not a list index")
+    index = int(part)
+    if index >= len(seq):
+        raise PresetError(f"{source}: {dotted}: index {index} is past the end (the list has {len(seq)} entries)")
+    return index
+
+
+def _list_slot(seq: list, part: str, dotted: str, source: str) -> Any:
+    return seq[_index(part, seq, dotted, source)]
+
+
+def validate(composed: Composed) -> RunSpec:
+    try:
+        return RunSpec.model_validate(composed.data)
+    except ValidationError as exc:
+        raise PresetError(_explain(exc, composed)) from None
+
+
+def _explain(exc: ValidationError, composed: Composed) -> str:
+    """The first validation error as one plain line: file, key, bad value, what is allowed."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    source = composed.source_of(loc)
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        section = loc[0] if len(loc) > 1 else None
+        options = _fields_at(loc[:-1])
+        where = f" in [{'.'.join(str(p) for p in loc[:-1])}]" if section else ""
+        return f"{source}: unknown key {loc[-1]!r}{where}{_suggest(str(loc[-1]), options)}"
+    msg = err["msg"]
+    if kind.startswith("literal_error"):
+        expected = err.get("ctx", {}).get("expected", "")
+        hint = difflib.get_close_matches(str(value), [s.strip("' ") for s in expected.replace(" or ", ",").split(",")], n=1)
+        tip = f"; did you mean {hint[0]!r}?" if hint else ""
+        return f"{source}: {key} = {value!r} is not allowed; allowed: {expected}{tip}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if not loc:
+        return f"{source}: {msg}"
+    if kind in ("value_error", "assertion_error") or isinstance(value, dict):
+        return f"{source}: {key}: {msg}"
+    return f"{source}: {key} = {value!r}: {msg}"
+
+
+_UNION_TAGS = {"list[constrained-float]", "constrained-float", "function-after[_check(), SpaceEntry]"}
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = RunSpec
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = fields[part].annotation
+        model = getattr(model, "__args__", (model,))[0] if not hasattr(model, "model_fields") else model
+    fields = getattr(model, "model_fields", {})
+    return [f.alias or name for name, f in fields.items()]
+
+
+def resolve(ref: str, sets: list[str] | None = None, roots: list[Path] | None = None) -> RunSpec:
+    """Preset reference + `--set` items -> validated, frozen RunSpec."""
+    composed = compose(ref, roots or preset_roots())
+    apply_set(composed, sets or [])
+    return validate(composed)
+
+
+def resolve_data(data: dict[str, Any], source: str = "preset") -> RunSpec:
+    """Validate an already-composed preset dict (a composer form, a stored config)."""
+    composed = Composed(data=copy.deepcopy(data), chain=[source])
+    return validate(composed)

@@ -1,0 +1,125 @@
+"""RunRecorder: the trainer callback that writes a run's results where they belong.
+
+Per-step losses and every epoch summary go at once to the run's append-only
+metrics stream (runs/<id>/metrics.jsonl), which live views follow. The
+catalogue gets the same summaries and events too, but coalesced: at most one
+store write per `flush_seconds` (TinyDB rewrites its whole file per write, and
+a digits epoch takes 10 ms), plus whatever is pending in the final state
+transition, so a finished run's record always holds its whole history.
+Human lines go to runs/<id>/log.txt. Used by `trialdeck train` and by engine
+workers alike.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.callbacks import Stop, TrainerCallback
+from engine.metrics import JsonlMetricsWriter
+from engine.types import EpochRecord, RunEvent
+
+METRICS_NAME = "metrics.jsonl"
+LOG_NAME = "log.txt"
+
+
+class RunRecorder(TrainerCallback):
+    wants_steps = True
+
+    def __init__(self, store, run_id: str, run_dir: Path, observer: TrainerCallback | None = None,
+                 flush_seconds: float = 1.0) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.observer = observer
+        self.flush_seconds = flush_seconds
+        self.metrics = JsonlMetricsWriter(run_dir / METRICS_NAME)
+        from engine.workspace import private_open
+
+        self._log = open(private_open(run_dir / LOG_NAME), "a", buffering=1, encoding="utf-8")
+        self._history: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._fields: dict[str, Any] = {}
+        self._last_flush = time.monotonic()
+
+    # -- coalesced catalogue writes ----------------------------------------------------------
+
+    def flush(self) -> None:
+        if not (self._history or self._events or self._fields):
+            return
+        fields = dict(self._fields)
+        if self._history:
+            record = self.store.get_run(self.run_id) or {}
+            fields["history"] = list(record.get("history") or []) + self._history
+        if fields:
+            self.store.update_run(self.run_id, **fields)
+        if self._events:
+            self.store.record_epoch_and_events(self.run_id, None, self._events)
+        self._fields, self._history, self._events = {}, [], []
+        self._last_flush = time.monotonic()
+
+    def pending(self) -> dict[str, Any]:
+        """What the final transition must carry: unflushed fields, epochs and events."""
+        out = {"fields": dict(self._fields), "history": list(self._history), "events": list(self._events)}
+        self._fields, self._history, self._events = {}, [], []
+        return out
+
+    def finish(self, result, **fields: Any) -> dict:
+        """Record the run's final state with everything still pending, in one write."""
+        pending = self.pending()
+        record = self.store.get_run(self.run_id) or {}
+        history = list(record.get("history") or []) + pending["history"]
+        values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(), **fields}
+        return self.store.transition(self.run_id, result.state, error=result.error, add_events=pending["events"], **values)
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    # -- TrainerCallback ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.metrics.close()
+        self._log.close()
+
+    def on_start(self, info: dict) -> None:
+        self._fields.update(device=info["device"], params=info["params"])
+        self.metrics.write({"t": time.time(), "kind": "start", **info})
+        if self.observer:
+            self.observer.on_start(info)
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        self.metrics.write({"t": time.time(), "epoch": epoch, "step": step, "loss": loss})
+        if self.observer:
+            self.observer.on_step(epoch, step, loss)
+
+    def on_epoch(self, record: EpochRecord, events: list[RunEvent]) -> Stop | None:
+        entry = record.to_json()
+        self.metrics.write({"t": time.time(), "kind": "epoch", **entry})
+        self._history.append(entry)
+        for e in events:
+            self._events.append(e.to_json())
+            self.metrics.write({"t": e.time, "kind": "event", "event": e.to_json()})
+            self.log(f"[epoch {e.epoch}] {e.kind}: {e.message}")
+        self._maybe_flush()
+        if self.observer:
+            return self.observer.on_epoch(record, events)
+        return None
+
+    def on_event(self, event: RunEvent) -> None:
+        self._events.append(event.to_json())
+        self.metrics.write({"t": event.time, "kind": "event", "event": event.to_json()})
+        self.log(f"[epoch {event.epoch}] {event.kind}: {event.message}")
+        if self.observer:
+            self.observer.on_event(event)
+
+    def poll(self) -> Stop | None:
+        return self.observer.poll() if self.observer else None
+
+    def log(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        for part in line.rstrip("\n").splitlines():
+            self._log.write(f"{stamp} {part}\n")
+        if self.observer:
+            self.observer.log(line)

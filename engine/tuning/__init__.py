@@ -1,0 +1,1 @@
+"""Tuning: Optuna studies whose trials are engine runs (see driver, study, space)."""

@@ -1,0 +1,163 @@
+"""Engine side of tuning: keep every running study fed with trials and tell Optuna the results.
+
+Each trial is a queued run (fields `study`, `trial`, `trial_id`, `params`), so
+trials run in parallel across slots on warm workers. The driver asks Optuna
+for a new trial only when a slot can take it (in flight <= slots), tells
+Optuna as soon as a trial's run is final (complete with its value, pruned,
+or failed/cancelled as FAIL), and mirrors the study into TinyDB.
+
+Stopping: past `deadline` (from --timeout) no new trials are asked and those
+in flight finish; a study set to "stopping" (Ctrl-C on `tune --wait`, or
+`studies stop`) cancels its queued and running trials. Either way nothing is
+left RUNNING in Optuna: a trial whose run is final is always told, also after
+an engine crash (reconciled at start), and an interrupted trial run is
+requeued and continues as the same trial.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+
+from engine.store import Store
+from engine.tuning import study as studies
+from engine.tuning.space import apply_params, sample
+from engine.types import EventKind, RunEvent, RunState
+
+IN_FLIGHT = ("queued", "running", "interrupted")
+
+
+class StudyDriver:
+    def __init__(self, store: Store, log=print) -> None:
+        self.store = store
+        self.log = log
+        self.workspace_id = f"{studies.host()}:{store.path.parent}"
+        self._cache: dict[str, tuple[optuna.Study, Any, dict[str, Any], str]] = {}
+
+    def _load(self, doc: dict[str, Any]):
+        name = doc["name"]
+        if name not in self._cache:
+            study, tune, meta = studies.load(name, doc["storage_url"])
+            self._cache[name] = (study, tune, meta, doc["storage_url"])
+        return self._cache[name]
+
+    def active(self) -> list[dict[str, Any]]:
+        return [d for d in self.store.list_studies() if d.get("state") in ("running", "stopping")]
+
+    def tick(self, capacity: int) -> int:
+        """Tell finished trials, ask new ones up to `capacity` in flight per study; returns runs created."""
+        created = 0
+        docs = self.active()
+        if not docs:
+            return 0
+        runs = self.store.list_runs()
+        for doc in docs:
+            try:
+                created += self._tick_study(doc, [r for r in runs if r.get("study") == doc["name"]], capacity)
+            except Exception as exc:  # noqa: BLE001 - one broken study must not stop the engine
+                self.log(f"study {doc['name']}: {type(exc).__name__}: {exc}")
+                self.store.upsert_study(doc["name"], {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        return created
+
+    def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int) -> int:
+        study, tune, meta, url = self._load(doc)
+        changed = self._tell_finished(study, tune, runs)
+        inflight = [r for r in runs if r["state"] in IN_FLIGHT]
+        if doc["state"] == "stopping":
+            for r in inflight:
+                if r["state"] in ("queued", "interrupted"):
+                    self.store.transition(r["id"], RunState.CANCELLED, add_events=[
+                        RunEvent(EventKind.CANCELLED.value, None, "cancelled: the study was stopped").to_json()])
+                elif not r.get("cancel_requested"):
+                    self.store.update_run(r["id"], cancel_requested=True)
+            if not inflight:
+                studies.sync(self.store, study, tune, meta, url=url, with_importances=True,
+                             fields={"state": "stopped", "finished_at": time.time()})
+                self.log(f"study {doc['name']} stopped")
+            elif changed:
+                studies.sync(self.store, study, tune, meta, url=url)
+            return 0
+        target = int(doc["n_trials"])
+        deadline = doc.get("deadline")
+        expired = deadline is not None and time.time() > deadline
+        if len(runs) >= target or expired:
+            if not inflight:
+                studies.sync(self.store, study, tune, meta, url=url, with_importances=True,
+                             fields={"state": "completed", "finished_at": time.time(),
+                                     "stopped_by": "timeout" if expired and len(runs) < target else "trials"})
+                self.log(f"study {doc['name']} completed")
+            elif changed:
+                studies.sync(self.store, study, tune, meta, url=url)
+            return 0
+        want = min(target - len(runs), capacity - len(inflight))
+        made = []
+        for _ in range(max(0, want)):
+            trial = study.ask()
+            trial.set_user_attr("workspace", self.workspace_id)
+            trial.set_user_attr("host", studies.host())
+            params = sample(trial, tune)
+            try:
+                spec = apply_params(meta["config"], params, f"study {doc['name']} trial {trial.number}")
+            except Exception as exc:  # noqa: BLE001 - a sampled combination the preset rejects
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self.log(f"study {doc['name']} trial {trial.number}: invalid parameters: {exc}")
+                continue
+            made.append((trial, params, spec))
+        if made:
+            records = self.store.create_runs([
+                {"preset": meta["preset"], "config": spec.config(), "config_hash": spec.content_hash,
+                 "study": doc["name"], "trial": trial.number} for trial, _, spec in made
+            ])
+            for (trial, params, _), record in zip(made, records, strict=True):
+                trial.set_user_attr("run_id", record["id"])
+                self.store.update_run(record["id"], trial_id=trial._trial_id, params=params)
+        if made or changed:
+            studies.sync(self.store, study, tune, meta, url=url)
+        return len(made)
+
+    def _tell_finished(self, study: optuna.Study, tune, runs: list[dict[str, Any]]) -> bool:
+        """Tell Optuna about every final trial run it has not heard of yet."""
+        states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
+        told = False
+        for r in runs:
+            trial_id = r.get("trial_id")
+            if trial_id is None or not RunState(r["state"]).terminal:
+                continue
+            if states.get(trial_id) != optuna.trial.TrialState.RUNNING:
+                continue
+            if r["state"] in ("completed", "early_stopped"):
+                value = studies.trial_value(tune, r.get("history") or [])
+                if value is None:
+                    study.tell(r["trial"], state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(r["trial"], value)
+            elif r["state"] == "pruned":
+                study.tell(r["trial"], state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(r["trial"], state=optuna.trial.TrialState.FAIL)
+            told = True
+        return told
+
+    def reconcile(self) -> None:
+        """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
+        runs = self.store.list_runs()
+        for doc in self.store.list_studies():
+            if not doc.get("storage_url"):
+                continue
+            try:
+                study, tune, meta, url = self._load(doc)
+                mine = [r for r in runs if r.get("study") == doc["name"]]
+                self._tell_finished(study, tune, mine)
+                known = {r.get("trial_id") for r in mine}
+                local = url.startswith("journal:")  # a workspace journal has no other writers
+                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                    ours = local or t.user_attrs.get("workspace") == self.workspace_id
+                    if ours and t._trial_id not in known:
+                        # Asked by an engine that died before it recorded the trial's run.
+                        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                        self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
+                studies.sync(self.store, study, tune, meta, url=url)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                self.log(f"study {doc['name']}: cannot reconcile: {type(exc).__name__}: {exc}")

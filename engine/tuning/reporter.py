@@ -1,0 +1,47 @@
+"""Worker side of a trial: report each epoch's metric to Optuna and stop a pruned trial at once.
+
+Early stopping inside a trial stays early stopping (the trainer's own event);
+only the pruner's decision becomes a `pruned` event, carrying the rule and
+the numbers it compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from engine.callbacks import Stop, TrainerCallback
+from engine.tuning import study as studies
+from engine.tuning.samplers import explain_prune
+from engine.types import EventKind, RunEvent, RunState
+
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+class TrialReporter(TrainerCallback):
+    def __init__(self, study: optuna.Study, tune, trial_id: int, epochs: int) -> None:
+        self.study = study
+        self.tune = tune
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.epochs = epochs
+
+    @classmethod
+    def for_record(cls, store, ws, record: dict[str, Any]) -> TrialReporter:
+        doc = store.get_study(record["study"])
+        url = doc["storage_url"]
+        key = (url, record["study"])
+        if key not in _LOADED:  # a warm worker loads each study once
+            _LOADED[key] = studies.load(record["study"], url)
+        study, tune, _ = _LOADED[key]
+        return cls(study, tune, int(record["trial_id"]), int(record["config"]["train"]["epochs"]))
+
+    def on_epoch(self, record, events) -> Stop | None:
+        value = getattr(record, self.tune.metric)
+        self.trial.report(value, step=record.epoch)
+        # Pruning after the last epoch saves nothing and would throw the trial's value away.
+        if record.epoch < self.epochs and self.trial.should_prune():
+            message, data = explain_prune(self.tune, self.study, record.epoch, value)
+            self.trial.set_user_attr("prune_reason", message)
+            return Stop(RunState.PRUNED, RunEvent(EventKind.PRUNED.value, record.epoch, message, data))
+        return None

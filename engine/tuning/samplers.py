@@ -1,0 +1,60 @@
+"""Registries from a preset's `tune.sampler` / `tune.pruner` strings to Optuna objects,
+and the words that explain a pruning decision with its numbers."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from engine.presets.schema import TuneConfig
+from engine.tuning.space import grid
+
+SAMPLERS: dict[str, Callable[[TuneConfig], optuna.samplers.BaseSampler]] = {
+    "grid": lambda t: optuna.samplers.GridSampler(grid(t), seed=t.seed),
+    "random": lambda t: optuna.samplers.RandomSampler(seed=t.seed),
+    "tpe": lambda t: optuna.samplers.TPESampler(seed=t.seed),
+    "cmaes": lambda t: optuna.samplers.CmaEsSampler(seed=t.seed, warn_independent_sampling=False),
+    "qmc": lambda t: optuna.samplers.QMCSampler(seed=t.seed, warn_independent_sampling=False),
+}
+
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "none": optuna.pruners.NopPruner,
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+    "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+}
+
+
+def make_sampler(tune: TuneConfig) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[tune.sampler](tune)
+
+
+def make_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
+    return PRUNERS[tune.pruner]()
+
+
+def explain_prune(tune: TuneConfig, study: optuna.Study, step: int, value: float) -> tuple[str, dict[str, Any]]:
+    """Why the pruner stopped this trial, in words and numbers."""
+    others = [
+        t.intermediate_values[step]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+        if step in t.intermediate_values
+    ]
+    worse = ">" if tune.direction == "minimize" else "<"
+    if tune.pruner == "median" and others:
+        median = statistics.median(others)
+        return (f"median pruner at epoch {step}: {tune.metric} {value:.4g} {worse} median {median:.4g} "
+                f"of {len(others)} earlier trials",
+                {"rule": "median", "step": step, "value": value, "median": median, "n_trials": len(others)})
+    if others:
+        ordered = sorted(others, reverse=tune.direction == "maximize")
+        rank = sum(1 for o in ordered if (o < value if tune.direction == "minimize" else o > value)) + 1
+        return (f"{tune.pruner.replace('_', ' ')} pruner at epoch {step}: {tune.metric} {value:.4g} ranks "
+                f"{rank} of {len(others) + 1} trials at this rung (best {ordered[0]:.4g})",
+                {"rule": tune.pruner, "step": step, "value": value, "rank": rank, "n_trials": len(others) + 1,
+                 "best": ordered[0]})
+    return (f"{tune.pruner} pruner at epoch {step}: {tune.metric} {value:.4g}",
+            {"rule": tune.pruner, "step": step, "value": value})

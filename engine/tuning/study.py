@@ -1,0 +1,187 @@
+"""Studies: Optuna storage per study, and their mirror in the TinyDB catalogue.
+
+Each study's Optuna storage lives in the workspace (JournalStorage with a
+JournalFileBackend in studies/<name>.journal) unless `--storage` names a real
+database (postgresql://, mysql://, sqlite:///) shared by several boxes. The
+study keeps what trialdeck needs to run trials anywhere in its user attrs
+("trialdeck": the preset, its resolved base config and the tune block), so a
+`trialdeck worker` on another box needs only the URL and the study name.
+
+The `studies` and `trials` tables mirror Optuna (params, values, states,
+intermediate values, timestamps, run ids, best trial, importances): the TUI
+and the `studies` commands read TinyDB and never replay Optuna logs.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import optuna
+
+from engine.errors import BadInput
+from engine.presets.schema import TuneConfig
+from engine.tuning.samplers import make_pruner, make_sampler
+from engine.tuning.space import decode_params, grid_size
+from engine.workspace import Workspace
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RDB_PREFIXES = ("postgresql", "mysql", "sqlite")
+_STORAGES: dict[str, Any] = {}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def check_study_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise BadInput(f"study name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..'), at most 128")
+    return name
+
+
+def default_study_name(preset: str) -> str:
+    return check_study_name(preset.replace("/", "-"))
+
+
+def storage_url(ws: Workspace, name: str, url: str | None) -> str:
+    """The study's storage as a string stored in the catalogue ("journal:<path>" or an RDB URL)."""
+    if url is None:
+        return f"journal:{ws.studies_dir / (check_study_name(name) + '.journal')}"
+    if not url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
+        raise BadInput(f"--storage {url!r}: allowed: postgresql://USER@HOST/DB, mysql://..., sqlite:///PATH, "
+                       "or leave it out for the workspace's journal file")
+    return url
+
+
+def open_storage(url: str):
+    """One storage object per URL per process (a journal replays its log once, then incrementally)."""
+    if url not in _STORAGES:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            _STORAGES[url] = JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        else:
+            try:
+                _STORAGES[url] = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: one line for the user
+                raise BadInput(f"--storage {redact(url)}: cannot open: {str(exc).splitlines()[0]}") from None
+    return _STORAGES[url]
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def meta_of(study: optuna.Study) -> dict[str, Any]:
+    meta = study.user_attrs.get("trialdeck")
+    if not meta:
+        raise BadInput(f"study {study.study_name!r} was not created by trialdeck (no preset stored with it)")
+    return meta
+
+
+def tune_of(meta: dict[str, Any]) -> TuneConfig:
+    return TuneConfig.model_validate(meta["config"]["tune"])
+
+
+def create_or_load(name: str, url: str, *, preset: str, config: dict[str, Any], tune: TuneConfig) -> optuna.Study:
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(tune), pruner=make_pruner(tune),
+                                direction=tune.direction, load_if_exists=True)
+    if "trialdeck" not in study.user_attrs:
+        study.set_user_attr("trialdeck", {"preset": preset, "config": config})
+    return study
+
+
+def load(name: str, url: str) -> tuple[optuna.Study, TuneConfig, dict[str, Any]]:
+    storage = open_storage(url)
+    try:
+        bare = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise BadInput(f"no study {name!r} in {redact(url)}") from None
+    meta = meta_of(bare)
+    tune = tune_of(meta)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(tune), pruner=make_pruner(tune))
+    return study, tune, meta
+
+
+def target_trials(tune: TuneConfig, requested: int | None) -> int:
+    n = requested or tune.trials
+    return min(n, grid_size(tune)) if tune.sampler == "grid" else n
+
+
+def trial_value(tune: TuneConfig, history: list[dict[str, Any]]) -> float | None:
+    values = [h[tune.metric] for h in history if h.get(tune.metric) is not None]
+    if not values:
+        return None
+    if tune.reduce == "last":
+        return values[-1]
+    return min(values) if tune.direction == "minimize" else max(values)
+
+
+def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
+    start = t.datetime_start.timestamp() if t.datetime_start else None
+    end = t.datetime_complete.timestamp() if t.datetime_complete else None
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "value": t.value,
+        "params": decode_params(tune, dict(t.params)),
+        "run_id": t.user_attrs.get("run_id"),
+        "host": t.user_attrs.get("host"),
+        "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "started_at": start,
+        "finished_at": end,
+        "duration": (end - start) if start and end else None,
+        "prune_reason": t.user_attrs.get("prune_reason"),
+    }
+
+
+def importances(study: optuna.Study) -> dict[str, float] | None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None
+    try:
+        return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (ValueError, RuntimeError):  # e.g. every param constant across complete trials
+        return None
+
+
+def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, url: str,
+         fields: dict[str, Any] | None = None, with_importances: bool = False) -> dict[str, Any]:
+    """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc."""
+    trials = study.get_trials(deepcopy=False)
+    docs = [trial_doc(t, tune) for t in trials]
+    store.upsert_trials(study.study_name, docs)
+    counts: dict[str, int] = {}
+    for d in docs:
+        counts[d["state"]] = counts.get(d["state"], 0) + 1
+    best = None
+    complete = [d for d in docs if d["state"] == "complete" and d["value"] is not None]
+    if complete:
+        pick = min if tune.direction == "minimize" else max
+        b = pick(complete, key=lambda d: d["value"])
+        best = {"number": b["number"], "value": b["value"], "params": b["params"], "run_id": b["run_id"]}
+    doc = {
+        "preset": meta["preset"],
+        "metric": tune.metric,
+        "direction": tune.direction,
+        "reduce": tune.reduce,
+        "sampler": tune.sampler,
+        "pruner": tune.pruner,
+        "storage": redact(url),
+        "storage_url": url,
+        "counts": counts,
+        "n_done": sum(v for k, v in counts.items() if k in ("complete", "pruned", "fail")),
+        "best": best,
+        "synced_at": time.time(),
+        **(fields or {}),
+    }
+    if with_importances:
+        doc["importances"] = importances(study)
+    return store.upsert_study(study.study_name, doc)
+
+
+def host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,159 @@
+"""Warm worker processes: one per device slot, alive between runs.
+
+A worker imports torch once, keeps the dataset cache, and trains one run at a
+time when the engine sends it a run id over its pipe; it writes the run's
+progress through the store and answers "done" when the run has a final state.
+It runs in its own process group (a kill takes any children with it) and dies
+with the engine (PR_SET_PDEATHSIG), so a new engine never races an orphan.
+The engine asks it to stop a run through a shared flag it polls between steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from engine import faults
+from engine.callbacks import Stop, TrainerCallback
+from engine.types import EventKind, RunEvent, RunState
+
+NO_STOP, CANCEL, INTERRUPT = 0, 1, 2
+
+
+class ControlCallback(TrainerCallback):
+    """Turns the engine's stop flag into a Stop for the trainer."""
+
+    def __init__(self, flag, extra: TrainerCallback | None = None, run_id: str | None = None) -> None:
+        self.flag = flag
+        self.extra = extra
+        self.run_id = run_id
+
+    def _stop(self) -> Stop | None:
+        value = self.flag.value
+        if value == CANCEL:
+            return Stop(RunState.CANCELLED, RunEvent(EventKind.CANCELLED.value, None, "cancelled by the user"))
+        if value == INTERRUPT:
+            return Stop(RunState.INTERRUPTED,
+                        RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine is stopping; checkpoint kept"))
+        return None
+
+    def poll(self) -> Stop | None:
+        return self._stop() or (self.extra.poll() if self.extra else None)
+
+    def on_epoch(self, record, events):
+        faults.check(self.run_id, record.epoch)
+        extra = self.extra.on_epoch(record, events) if self.extra else None
+        return extra or self._stop()
+
+    def on_event(self, event):
+        if self.extra:
+            self.extra.on_event(event)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the engine dies, so no orphan keeps training."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: str | None) -> None:
+    os.setpgid(0, 0)
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `engine run` is the engine's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if cuda_visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
+    # Imported here: this is the one-time warm-up cost the worker exists to pay once.
+    import torch
+
+    from engine.presets.schema import RunSpec
+    from engine.recorder import RunRecorder
+    from engine.store import Store
+    from engine.trainer import train
+    from engine.workspace import Workspace
+
+    torch.set_num_threads(max(1, threads))
+    ws = Workspace.resolve(home)
+    store = Store(ws)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "exit":
+            return
+        _, run_id, device = message  # the engine cleared `flag` before sending
+        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train)
+        try:
+            conn.send(("done", run_id, state))
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, train) -> str:
+    record = store.get_run(run_id)
+    run_dir = ws.run_dir(run_id)
+    recorder = None
+    try:
+        spec = RunSpec.model_validate(record["config"])
+        extra = _extra_callback(store, ws, record)
+        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id))
+        recorder.log(f"worker {os.getpid()} starting {run_id} on {device} (attempt {record.get('attempts', 1)})")
+        result = train(spec, recorder, run_dir=run_dir, data_dir=ws.data_dir, device=device, resume=True)
+        peak = _peak_memory(device)
+        final = recorder.finish(result, **({"peak_memory": peak} if peak else {}))
+        if extra is not None and hasattr(extra, "finished"):
+            extra.finished(final)
+        return final["state"]
+    except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
+        reason = f"{type(exc).__name__}: {exc}"
+        if recorder is not None:
+            recorder.log(traceback.format_exc())
+        try:
+            store.transition(run_id, RunState.FAILED, error=reason,
+                             add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
+        except Exception:  # noqa: BLE001 - the engine reconciles a run left running
+            traceback.print_exc()
+        return RunState.FAILED.value
+    finally:
+        if recorder is not None:
+            recorder.close()
+
+
+def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None:
+    """Trials report to their Optuna study; plain runs need nothing extra."""
+    if record.get("study") is None:
+        return None
+    from engine.tuning.reporter import TrialReporter
+
+    return TrialReporter.for_record(store, ws, record)
+
+
+def _peak_memory(device: str) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    peak = int(torch.cuda.max_memory_allocated())
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def wait_ready(conn, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.poll(0.2):
+            kind, pid = conn.recv()
+            if kind == "ready":
+                return pid
+    raise TimeoutError("worker did not start")

@@ -1,0 +1,535 @@
+"""The engine end to end: real `trialdeck` and engine processes on temp workspaces.
+
+Every test gets its own workspace (`--home` and TRIALDECK_HOME both point at
+it, so nothing can touch ~/.trialdeck) and a fixture that stops its engine
+(`trialdeck engine stop`, then SIGKILL of the pid in engine.pid as a fallback).
+Commands run as list argvs, never through a shell. Every wait is bounded and
+its failure message carries the tail of engine.log.
+
+What is asserted is what a user would look at: exit codes, `--json` records,
+`engine status`, states, errors, events and histories in the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from engine.store import Store
+from engine.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+_EXE = shutil.which("trialdeck")
+TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from tui.cli import main; main()"]
+PRESET = "seed/step-decay"
+TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
+LONG = "train.epochs=3000"
+"""A run that outlives any test (~25 s or more): tests cancel it or stop the engine."""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _gone(pid: int) -> bool:
+    """True when `pid` no longer runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def _epochs(history: list[dict[str, Any]]) -> list[int]:
+    return [h["epoch"] for h in history]
+
+
+class Deck:
+    """One workspace and the `trialdeck` commands a user would type against it."""
+
+    def __init__(self, home: Path, default_home: Path) -> None:
+        self.home = home
+        self.ws = Workspace.resolve(home)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT")}
+        self.env["TRIALDECK_HOME"] = str(home)
+        self.default_home = default_home
+        self._store: Store | None = None
+
+    # -- commands
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+        """`trialdeck ARGS --home HOME` as a real process; stdout and stderr kept apart."""
+        return subprocess.run([*TRIALDECK, *args, "--home", str(self.home)], cwd=REPO, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        proc = self.cli(*args, **kw)
+        assert proc.returncode == 0, f"`trialdeck {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}\n{self.log_tail()}"
+        return proc
+
+    def json(self, *args: str, **kw: Any) -> Any:
+        return json.loads(self.ok(*args, "--json", **kw).stdout)
+
+    def enqueue(self, *sets: str, priority: int | None = None) -> str:
+        args = ["run", PRESET]
+        for s in sets:
+            args += ["--set", s]
+        if priority is not None:
+            args += ["--priority", str(priority)]
+        return self.json(*args)["id"]
+
+    # -- state, read the way a script would (TinyDB file through the store)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.ws)
+        return self._store
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        record = self.store.get_run(run_id)
+        assert record is not None, f"{run_id} is not in the catalogue"
+        return record
+
+    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+        """Complete lines of the run's metrics stream (each must parse; a torn last line is skipped)."""
+        path = self.ws.runs_dir / run_id / "metrics.jsonl"
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        complete, torn = lines[:-1], lines[-1]
+        out = []
+        for n, line in enumerate(complete, 1):
+            assert line.strip(), f"{path}:{n} is empty"
+            out.append(json.loads(line))
+        if torn:
+            assert self.run(run_id)["state"] == "running", f"{path} ends in a torn line but its run is not running"
+        return out
+
+    def epochs_streamed(self, run_id: str) -> int:
+        return sum(1 for m in self.metrics(run_id) if m.get("kind") == "epoch")
+
+    def engine_pid(self) -> int | None:
+        try:
+            return json.loads(self.ws.pid_path.read_text())["pid"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.ws.engine_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no engine.log)"
+        return "engine.log tail:\n" + "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{self.log_tail()}")
+            time.sleep(interval)
+
+    def wait_state(self, run_id: str, states: set[str] | str, timeout: float) -> dict[str, Any]:
+        wanted = {states} if isinstance(states, str) else states
+
+        def check() -> dict[str, Any] | None:
+            record = self.run(run_id)
+            return record if record["state"] in wanted else None
+
+        return self.wait(check, timeout, f"{run_id} to be {'/'.join(sorted(wanted))} (is {self.run(run_id)['state']})")
+
+    def wait_epochs(self, run_id: str, n: int, timeout: float) -> None:
+        self.wait(lambda: self.epochs_streamed(run_id) >= n, timeout, f"{run_id} to stream {n} epochs")
+
+    def kill_engine(self) -> int:
+        """kill -9 of the engine, as a crash or an OOM killer would; returns once it is gone."""
+        pid = self.engine_pid()
+        assert pid is not None, f"no engine.pid in {self.home}"
+        os.kill(pid, signal.SIGKILL)
+        self.wait(lambda: _gone(pid), 10, f"engine {pid} to die after SIGKILL")
+        return pid
+
+    def stop(self) -> None:
+        """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""
+        try:
+            self.cli("engine", "stop", timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        pid = self.engine_pid()
+        if pid is not None and not _gone(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def deck(tmp_path: Path):
+    home = tmp_path / "ws"
+    d = Deck(home, tmp_path / "default-home")
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _assert_gapless(record: dict[str, Any], epochs: int) -> None:
+    got = _epochs(record["history"])
+    missing = sorted(set(range(1, epochs + 1)) - set(got))
+    dups = sorted({e for e in got if got.count(e) > 1})
+    assert got == list(range(1, epochs + 1)), (
+        f"{record['id']} history is not epochs 1..{epochs}: {len(got)} entries, "
+        f"missing {missing[:12]}{'...' if len(missing) > 12 else ''}, duplicated {dups[:12]}; "
+        f"events: {[(e['kind'], e['epoch']) for e in record['events'] if e['kind'] != 'checkpoint']}"
+    )
+
+
+# ------------------------------------------------------------------ 1. run --wait
+
+
+def test_run_wait_json_on_a_fresh_workspace_starts_the_engine_and_prints_one_record(deck: Deck) -> None:
+    t0 = time.time()
+    proc = deck.cli("run", PRESET, "--set", "train.epochs=5", "--wait", "--json")
+    assert proc.returncode == 0, proc.stderr + deck.log_tail()
+    assert "started the engine" in proc.stderr
+    record = json.loads(proc.stdout)  # one JSON document and nothing else on stdout
+    assert isinstance(record, dict)
+
+    assert record["id"] == "r1"
+    assert record["preset"] == PRESET
+    assert record["state"] == "completed"
+    assert record["error"] is None
+    assert t0 - 1 <= record["created_at"] <= record["started_at"] <= record["finished_at"] <= time.time()
+    assert record["device"] == "cpu"
+    config = record["config"]
+    for section in ("data", "model", "regularization", "optimizer", "schedule", "augment", "early_stopping", "train"):
+        assert isinstance(config.get(section), dict), f"config lacks [{section}]"
+    assert config["train"]["epochs"] == 5
+    assert config["data"]["dataset"] == "digits"
+    assert config["schedule"]["kind"] == "step"
+    assert len(record["history"]) == 5
+    for n, entry in enumerate(record["history"], 1):
+        assert entry["epoch"] == n
+        for key in ("train_loss", "val_loss", "val_acc", "lr", "seconds"):
+            assert isinstance(entry[key], float), (key, entry)
+        assert 0.0 <= entry["val_acc"] <= 1.0
+    assert isinstance(record["events"], list) and record["events"]
+    for event in record["events"]:
+        assert {"kind", "epoch", "message"} <= set(event)
+    assert "started" in {e["kind"] for e in record["events"]}
+
+    status = deck.json("engine", "status")
+    assert status["running"] is True
+    assert isinstance(status["pid"], int) and not _gone(status["pid"])
+    assert status["pid"] == deck.engine_pid()
+    assert isinstance(status["uptime"], (int, float)) and status["uptime"] >= 0
+    assert status["slots"] == ["cpu.0"]
+    assert status["runs_running"] == 0
+    assert status["runs_queued"] == 0
+
+    shown = deck.json("runs", "show", "r1")
+    assert shown["state"] == "completed" and shown["history"] == record["history"]
+
+
+# ------------------------------------------------------------------ 2. tmux
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_run_outlives_the_tmux_session_that_started_the_engine(deck: Deck, tmp_path: Path) -> None:
+    # A private tmux server (-S): started by us, so it has our environment, and
+    # killing it cannot touch anyone's real sessions.
+    sock = tmp_path / "tmux.sock"
+    tmux = ["tmux", "-S", str(sock)]
+    session = "trialdeck-test"
+    command = shlex.join([*TRIALDECK, "run", PRESET, "--set", LONG, "--follow", "--home", str(deck.home)])
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "150", "-y", "40", command],
+                   env=deck.env, cwd=REPO, check=True, timeout=20)
+    try:
+        deck.wait(lambda: deck.ws.catalog_path.exists() and deck.store.get_run("r1"), 30, "r1 to be queued from tmux")
+        deck.wait_state("r1", "running", 60)
+        deck.wait_epochs("r1", 3, 30)
+        pane = subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, timeout=10).stdout
+        assert "started the engine" in pane, f"the engine was not started from inside tmux; pane:\n{pane}"
+        engine = deck.engine_pid()
+        assert engine is not None
+        assert os.getsid(engine) == engine, "the engine must lead its own session to survive the terminal"
+        subprocess.run([*tmux, "kill-session", "-t", session], check=True, timeout=10)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+
+    before = deck.epochs_streamed("r1")
+    stored_before = len(deck.run("r1")["history"])
+    time.sleep(3.0)
+    assert not _gone(engine), "the engine died with the tmux session\n" + deck.log_tail()
+    record = deck.json("runs", "show", "r1")
+    assert record["state"] == "running"
+    assert deck.epochs_streamed("r1") > before, "training stopped when the tmux session ended"
+    assert len(record["history"]) > stored_before
+    status = deck.json("engine", "status")
+    assert status["running"] is True and status["pid"] == engine
+    assert status["runs_running"] == 1
+    assert [a["id"] for a in status["active"]] == ["r1"]
+
+    t0 = time.time()
+    out = deck.json("queue", "cancel", "r1")
+    assert out["state"] == "cancelled"
+    record = deck.run("r1")
+    assert record["state"] == "cancelled"
+    assert record["finished_at"] - t0 <= 2.0, f"cancel took {record['finished_at'] - t0:.2f} s"
+
+
+# ------------------------------------------------------------------ 3. kill -9 at random moments
+
+
+def test_engine_killed_at_random_moments_loses_and_duplicates_nothing(deck: Deck) -> None:
+    rng = random.Random(1234)
+    epochs = {"r1": 300, "r2": 350, "r3": 400, "r4": 450}
+    deck.ok("engine", "start", "--cpu-slots", "1")
+    for n, (run_id, e) in enumerate(epochs.items()):
+        got = deck.enqueue(f"train.epochs={e}", "train.checkpoint_seconds=0.3", f"train.seed={n}")
+        assert got == run_id
+
+    kills = 0
+    for _ in range(6):
+        time.sleep(rng.uniform(0.5, 2.5))
+        if all(deck.run(r)["state"] in TERMINAL for r in epochs):
+            break
+        deck.kill_engine()
+        kills += 1
+        with open(deck.ws.catalog_path, "rb") as f:
+            catalog = json.load(f)  # every file readable after kill -9
+        assert set(catalog["runs"]) == {"1", "2", "3", "4"}
+        for run_id in epochs:
+            deck.metrics(run_id)  # complete lines parse; a torn last line only while running
+        # Any command brings the engine back while runs are pending, and says so.
+        proc = deck.ok("runs", "list")
+        assert "started the engine" in proc.stderr, f"`runs list` did not restart the engine:\n{proc.stderr}"
+    assert kills >= 4, "the runs finished before the engine could be killed: make them longer"
+
+    deadline_s = 150
+    deck.wait(lambda: all(deck.run(r)["state"] in TERMINAL for r in epochs), deadline_s, "all runs to finish")
+    runs = deck.store.list_runs()
+    assert [r["id"] for r in runs] == list(epochs), "runs were lost or duplicated"
+    for record in runs:
+        assert record["state"] == "completed", (record["id"], record["state"], record.get("error"))
+        assert record["attempts"] >= 1
+        for line in deck.metrics(record["id"]):
+            assert isinstance(line, dict)
+    # History last: a broken one names the engine bug (see the report in this test's failure).
+    for record in runs:
+        _assert_gapless(record, epochs[record["id"]])
+
+
+# ------------------------------------------------------------------ 4. failures fail alone
+
+
+def test_each_failure_fails_alone_with_its_reason(deck: Deck) -> None:
+    # Ids are r1, r2, ... in order on a fresh workspace, so faults can target them.
+    faults = "raise@2:r2,oom@1:r4"
+    proc = deck.cli("engine", "start", "--cpu-slots", "1", env={"TRIALDECK_INJECT_FAULT": faults})
+    assert proc.returncode == 0, proc.stderr
+    engine = deck.engine_pid()
+
+    normal = deck.enqueue("train.epochs=5")
+    raising = deck.enqueue("train.epochs=5")
+    nan = deck.enqueue("train.epochs=5", "optimizer.lr=100")
+    oom = deck.enqueue("train.epochs=5")
+    killed = deck.enqueue(LONG)
+    assert [normal, raising, nan, oom, killed] == ["r1", "r2", "r3", "r4", "r5"]
+
+    deck.wait_state(killed, "running", 90)
+    deck.wait_epochs(killed, 3, 30)
+    worker = deck.run(killed)["worker"]
+    assert isinstance(worker, int) and worker not in (engine, os.getpid())
+    os.kill(worker, signal.SIGKILL)
+    record = deck.wait_state(killed, TERMINAL, 15)
+    assert record["state"] == "failed"
+    assert "worker process was killed by signal SIGKILL" in record["error"]
+
+    after = deck.enqueue("train.epochs=5")
+    final = deck.wait_state(after, TERMINAL, 60)
+    assert final["state"] == "completed", final.get("error")
+    assert final["worker"] != worker, "the killed worker was not replaced"
+
+    expected = {
+        raising: "RuntimeError: injected fault at epoch 2",
+        nan: "NaN loss at epoch",
+        oom: "CUDA out of memory at epoch 1",
+    }
+    for run_id, reason in expected.items():
+        record = deck.json("runs", "show", run_id)
+        assert record["state"] == "failed", (run_id, record["state"])
+        assert reason in (record["error"] or ""), (run_id, record["error"])
+        assert "failed" in {e["kind"] for e in record["events"]}
+    assert len(deck.run(raising)["history"]) == 1  # epoch 1 done, epoch 2 raised
+    assert deck.run(oom)["history"] == []
+    assert "nan_loss" in {e["kind"] for e in deck.run(nan)["events"]}
+    for run_id in (normal, after):
+        assert deck.run(run_id)["state"] == "completed"
+        assert len(deck.run(run_id)["history"]) == 5
+
+    status = deck.json("engine", "status")
+    assert status["running"] is True and status["pid"] == engine, "the engine did not survive its runs' failures"
+
+
+# ------------------------------------------------------------------ 5. queue
+
+
+def test_queue_cancel_move_and_clear(deck: Deck) -> None:
+    deck.ok("engine", "start", "--cpu-slots", "1")
+    blocker = deck.enqueue(LONG)
+    deck.wait_state(blocker, "running", 60)
+
+    cleared = [deck.enqueue("train.epochs=5"), deck.enqueue("train.epochs=5")]
+    assert deck.json("queue", "clear") == {"cancelled": 2}
+    for run_id in cleared:
+        record = deck.run(run_id)
+        assert record["state"] == "cancelled" and record["started_at"] is None
+
+    first, second, third = (deck.enqueue("train.epochs=5") for _ in range(3))
+    out = deck.json("queue", "cancel", first)
+    assert out == {"id": first, "state": "cancelled"}
+    deck.ok("queue", "move", third, "--top")
+    assert [r["id"] for r in deck.json("queue", "list") if r["state"] == "queued"] == [third, second]
+
+    t0 = time.time()
+    out = deck.json("queue", "cancel", blocker)
+    assert out["state"] == "cancelled"
+    record = deck.run(blocker)
+    assert record["state"] == "cancelled"
+    assert record["finished_at"] - t0 <= 1.5, f"cancelling a running run took {record['finished_at'] - t0:.2f} s"
+    assert "cancelled" in {e["kind"] for e in record["events"]}
+
+    done = [deck.wait_state(r, TERMINAL, 60) for r in (second, third)]
+    assert [r["state"] for r in done] == ["completed", "completed"]
+    assert deck.run(third)["started_at"] < deck.run(second)["started_at"], "`queue move --top` did not reorder"
+    never = deck.run(first)
+    assert never["state"] == "cancelled" and never["started_at"] is None and never["attempts"] == 0
+    assert "started" not in {e["kind"] for e in never["events"]}
+    assert not (deck.ws.runs_dir / first / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------ 6. engine stop / start
+
+
+def test_engine_stop_interrupts_with_a_checkpoint_and_start_resumes(deck: Deck) -> None:
+    epochs = 300
+    run_id = deck.enqueue(f"train.epochs={epochs}", "train.checkpoint_seconds=0.5")
+    deck.wait_state(run_id, "running", 60)
+    deck.wait_epochs(run_id, 20, 30)
+
+    proc = deck.cli("engine", "stop")
+    assert proc.returncode == 0, proc.stderr
+    assert deck.json("engine", "status")["running"] is False
+    record = deck.run(run_id)
+    assert record["state"] == "interrupted", record["state"]
+    assert (deck.ws.runs_dir / run_id / "checkpoint.pt").is_file()
+    assert "interrupted" in {e["kind"] for e in record["events"]}
+    done_before = len(record["history"])
+    assert 0 < done_before < epochs
+    _assert_gapless(record, done_before)
+
+    deck.ok("engine", "start")
+    record = deck.wait_state(run_id, TERMINAL, 90)
+    assert record["state"] == "completed", record.get("error")
+    kinds = [e["kind"] for e in record["events"]]
+    assert "resumed" in kinds and "requeued" in kinds
+    resumed = next(e for e in record["events"] if e["kind"] == "resumed")
+    assert resumed["epoch"] == done_before, "resumed elsewhere than where it stopped"
+    _assert_gapless(record, epochs)
+    assert record["attempts"] == 2
+
+
+# ------------------------------------------------------------------ 7. concurrent enqueues
+
+
+ENQUEUE = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from engine.client import notify
+    from engine.presets import resolve
+    from engine.store import Store
+    from engine.workspace import Workspace
+
+    home, go = sys.argv[1], sys.argv[2]
+    spec = resolve("seed/step-decay", ["train.epochs=1"])
+    config, digest = spec.config(), spec.content_hash
+    ws = Workspace(Path(home))
+    store = Store(ws)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    ids = []
+    for _ in range(25):
+        ids.append(store.create_run(preset=spec.preset, config=config, config_hash=digest)["id"])
+        notify(ws)
+    print(json.dumps(ids), flush=True)
+""")
+
+
+def test_four_processes_enqueue_while_the_engine_dispatches(deck: Deck, tmp_path: Path) -> None:
+    deck.ok("engine", "start", "--cpu-slots", "1")
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", ENQUEUE, str(deck.home), str(go)], cwd=REPO, env=deck.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        go.touch()
+        ids = []
+        for p in procs:
+            out, errs = p.communicate(timeout=120)
+            assert p.returncode == 0, errs
+            ids += json.loads(out.strip().splitlines()[-1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert len(ids) == 100 and len(set(ids)) == 100
+    with open(deck.ws.catalog_path, "rb") as f:
+        assert len(json.load(f)["runs"]) == 100
+
+    deck.wait(lambda: all(r["state"] in TERMINAL for r in deck.store.list_runs()), 150, "all 100 runs to finish",
+              interval=0.5)
+    runs = deck.store.list_runs()
+    assert sorted(r["id"] for r in runs) == sorted(ids)
+    assert {r["state"] for r in runs} == {"completed"}, {r["id"]: r.get("error") for r in runs if r["state"] != "completed"}
+    assert all(len(r["history"]) == 1 for r in runs)
+
+
+# ------------------------------------------------------------------ revival names the right workspace
+
+
+def test_a_command_with_home_after_the_subcommand_revives_that_workspace(deck: Deck) -> None:
+    """`trialdeck runs list --home WS` (the form every other command here uses) must bring back
+    WS's engine, whatever TRIALDECK_HOME says, and must not start one in TRIALDECK_HOME."""
+    run_id = deck.enqueue(LONG)
+    deck.wait_state(run_id, "running", 60)
+    deck.kill_engine()
+    elsewhere = deck.default_home
+    proc = deck.cli("runs", "list", env={"TRIALDECK_HOME": str(elsewhere)})
+    assert proc.returncode == 0, proc.stderr
+    assert not (elsewhere / "engine.pid").exists(), "an engine was started in TRIALDECK_HOME instead of --home"
+    assert "started the engine" in proc.stderr, (
+        "`runs list --home WS` did not restart WS's dead engine: tui/cli.py root() passes the root-level "
+        "--home (None here) to _revive_engine, so it looks at $TRIALDECK_HOME instead"
+    )
+    deck.wait_state(run_id, "running", 60)

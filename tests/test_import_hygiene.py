@@ -1,0 +1,148 @@
+"""engine/ never loads the UI, and `trialdeck --help` loads no heavy library.
+
+Every check runs in a fresh interpreter (this pytest process already has
+everything in sys.modules), like harlequin's tests/unit_tests/test_import_hygiene.py.
+Engine modules are discovered with pkgutil, so a new module is covered the day
+it lands.
+
+Per-module checks share one start-up: a fresh interpreter imports torch, numpy
+and pydantic (checked to load neither textual nor rich), then forks one child
+per engine module; each child starts with no engine module loaded, imports its
+module and reports what it loaded. That keeps one clean interpreter per module
+without paying torch's ~1 s import twenty times on a 2-core box.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import engine
+
+REPO = Path(__file__).resolve().parents[1]
+UI = {"textual", "rich"}
+HEAVY = {"torch", "optuna", "textual"}
+MARK = "@@MODULES@@"
+
+KNOWN = ("engine.presets", "engine.store", "engine.workspace", "engine.types", "engine.errors",
+         "engine.schedules", "engine.trainer", "engine.datasets", "engine.augment", "engine.models")
+
+
+def engine_modules() -> list[str]:
+    names = ["engine"]
+    for info in pkgutil.walk_packages(engine.__path__, prefix="engine."):
+        names.append(info.name)
+    return sorted(names)
+
+
+def run_probe(code: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert MARK in proc.stdout, f"probe did not report (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout.rpartition(MARK)[2]
+
+
+def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """Run `code` in a fresh interpreter; the top-level packages in sys.modules once it exits."""
+    probe = (
+        "import atexit, json, sys\n"
+        "def _dump():\n"
+        f"    sys.__stdout__.write('\\n{MARK}' + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))\n"
+        "    sys.__stdout__.flush()\n"
+        "atexit.register(_dump)\n"
+        + code
+    )
+    return set(json.loads(run_probe(probe, env)))
+
+
+FORK_SERVER = r"""
+import json, os, sys
+import numpy, pydantic, torch  # allowed heavy dependencies, preloaded once for every child
+UI = ("textual", "rich")
+assert not [m for m in sys.modules if m.split(".")[0] in UI], "the preloaded libraries pulled in the UI"
+assert not [m for m in sys.modules if m == "engine" or m.startswith("engine.")]
+results = {}
+for name in json.loads(sys.argv[1]):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            __import__(name)
+            out = {"ui": sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in UI})}
+        except BaseException as exc:  # report, never let the child run the parent's loop
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    results[name] = json.loads(b"".join(chunks) or b'{"error": "child died"}')
+sys.stdout.write("\n@@MODULES@@" + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def per_module() -> dict[str, dict]:
+    modules = engine_modules()
+    proc = subprocess.run([sys.executable, "-c", FORK_SERVER, json.dumps(modules)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert MARK in proc.stdout, f"fork server failed (rc {proc.returncode}):\n{proc.stderr}"
+    return json.loads(proc.stdout.rpartition(MARK)[2])
+
+
+def test_discovery_finds_the_known_modules():
+    names = set(engine_modules())
+    assert set(KNOWN) <= names
+
+
+@pytest.mark.parametrize("module", engine_modules())
+def test_engine_module_never_loads_textual_or_rich(module, per_module):
+    result = per_module[module]
+    assert "error" not in result, f"importing {module} failed: {result.get('error')}"
+    assert not result["ui"], f"importing {module} loaded {result['ui']}"
+
+
+def test_all_engine_modules_together_never_load_textual_or_rich():
+    """Belt and braces: a truly fresh interpreter (nothing preloaded) importing every module."""
+    loaded = loaded_after("\n".join(f"import {m}" for m in engine_modules()))
+    assert not loaded & UI, f"importing engine loaded {sorted(loaded & UI)}"
+
+
+def test_import_engine_does_not_import_torch():
+    loaded = loaded_after("import engine")
+    assert "engine" in loaded
+    assert not loaded & (HEAVY | UI), f"import engine loaded {sorted(loaded & (HEAVY | UI))}"
+
+
+def _help_probe(argv: list[str]) -> str:
+    return (
+        f"sys.argv = {argv!r}\n"
+        "from tui.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), f'exit code {exc.code}'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["trialdeck", "--help"], ["trialdeck", "presets", "--help"], ["trialdeck", "train", "--help"]],
+    ids=["root", "presets", "train"],
+)
+def test_trialdeck_help_loads_neither_torch_optuna_nor_textual(tmp_path, argv):
+    env = {**os.environ, "TRIALDECK_HOME": str(tmp_path / "home")}
+    loaded = loaded_after(_help_probe(argv), env=env)
+    assert {"typer", "tui"} <= loaded, "the probe should have run the CLI"
+    assert not loaded & HEAVY, f"{' '.join(argv)} loaded {sorted(loaded & HEAVY)}"

@@ -1,0 +1,78 @@
+"""Shared pieces of the CLI: options, output helpers and the error-to-exit-code wrapper."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from engine.errors import ExitCode, TrialdeckError, exit_code_for
+
+HomeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--home", help="Workspace folder (default: $TRIALDECK_HOME, else ~/.trialdeck).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a preset key with a TOML value: --set train.epochs=5 (repeatable).",
+                 show_default=False),
+]
+
+_state: dict[str, Any] = {"home": None}
+
+
+def err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Map known errors to one line and an exit code; hide tracebacks unless debugging."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except TrialdeckError as exc:
+            if os.environ.get("TRIALDECK_DEBUG") == "1":
+                raise
+            err(f"trialdeck: {exc.message}")
+            raise typer.Exit(int(exc.code)) from None
+        except KeyboardInterrupt:
+            err("trialdeck: interrupted")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except BrokenPipeError:
+            # The reader went away (`| head`): end quietly, like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except Exception as exc:  # noqa: BLE001 - a bug: say so plainly, traceback on request
+            if os.environ.get("TRIALDECK_DEBUG") == "1":
+                raise
+            err(f"trialdeck: internal error: {type(exc).__name__}: {exc} (rerun with TRIALDECK_DEBUG=1 for the traceback)")
+            raise typer.Exit(int(exit_code_for(exc))) from None
+
+    return wrapper
+
+
+def workspace(home: Path | None):
+    from engine.workspace import Workspace
+
+    return Workspace.resolve(home or _state["home"]).ensure()
+
+
+def roots(home: Path | None):
+    from engine.presets import preset_roots
+
+    return preset_roots(workspace(home).presets_dir)
