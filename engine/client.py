@@ -28,7 +28,7 @@ START_TIMEOUT = 30.0
 
 
 def lock_held(ws: Workspace) -> bool:
-    lock = FileLock(str(ws.lock_path), timeout=0, is_singleton=False)
+    lock = FileLock(str(ws.lock_path), timeout=0, is_singleton=False, mode=0o600)
     try:
         lock.acquire()
     except Timeout:
@@ -50,6 +50,7 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     info = engine_info(ws)
     if info:
         return info
+    Store(ws).list_studies()  # a corrupt catalogue: say so here, in one line, rather than in the engine's log
     log = open(ws.engine_log, "ab")
     os.chmod(ws.engine_log, 0o600)
     # A list argv and no shell: nothing the user typed is interpreted by a shell.

@@ -31,7 +31,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from engine.errors import EngineUnavailable
+from engine.errors import EngineUnavailable, TrialdeckError
 from engine.scheduler import Scheduler, Slot, make_slots, probe_gpus
 from engine.store import Store
 from engine.types import EventKind, RunEvent, RunState
@@ -69,7 +69,7 @@ class Engine:
         self.workers: dict[str, WorkerHandle] = {}
         self.started_at = time.time()
         self.stopping = False
-        self.lock = FileLock(str(ws.lock_path), timeout=0)
+        self.lock = FileLock(str(ws.lock_path), timeout=0, mode=0o600)
         self._driver = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -351,8 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-slots", type=int, default=None)
     parser.add_argument("--recovery", choices=RECOVERY_POLICIES, default=None)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # everything the engine and its workers create is private to the user
     ws = Workspace.resolve(args.home).ensure()
-    config = load_engine_config(ws)
+    try:
+        config = load_engine_config(ws)
+    except TrialdeckError as exc:
+        print(f"trialdeck engine: {exc}", file=sys.stderr)
+        return int(exc.code)
     engine = Engine(
         ws,
         slots_per_gpu=args.slots_per_gpu or config.get("slots_per_gpu", 1),
@@ -361,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         engine.run()
-    except EngineUnavailable as exc:
+    except TrialdeckError as exc:
         print(f"trialdeck engine: {exc}", file=sys.stderr)
         return int(exc.code)
     return 0

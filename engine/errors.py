@@ -55,6 +55,10 @@ class CatalogCorrupt(TrialdeckError):
     code = ExitCode.ENGINE_UNAVAILABLE
 
 
+class StorageError(TrialdeckError):
+    """A write failed for lack of space or a read-only disk; nothing was half-written."""
+
+
 class JobFailed(TrialdeckError):
     code = ExitCode.JOB_FAILED
 

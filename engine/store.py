@@ -413,7 +413,13 @@ class Store:
         if next(iter(state)) != "meta":
             state = {"meta": state.pop("meta"), **state}
         data = _serialize(state, fragments, touched)
-        atomic_write(self.path, data, backup=self.backup_path)
+        try:
+            atomic_write(self.path, data, backup=self.backup_path)
+        except BaseException:
+            # The transaction changed the cached state in place but the file kept the old
+            # version: forget the cache so the next read sees what is really on disk.
+            self._snapshot = None
+            raise
         st = os.stat(self.path)  # ours: we hold the lock
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         self._snapshot = _Snapshot(key, data[:_HEAD_BYTES], state, fragments)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -132,15 +131,11 @@ class EarlyStopper:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomic: a kill at any moment leaves either the old or the new checkpoint."""
+    from engine.workspace import atomic_write
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buffer.getbuffer())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -14,13 +14,14 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import BadInput
+from engine.errors import BadInput, StorageError
 
 __all__ = [
     "DIR_MODE",
@@ -78,6 +79,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, backup: str | os.PathLike[str] | None = None) -> None:
     """Replace `path` with `data` so no reader ever sees a partial file.
 
@@ -102,11 +106,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, backup: str | os.
         if backup is not None:
             _link_backup(path, Path(backup))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            raise StorageError(
+                f"cannot write {path}: {os.strerror(exc.errno)}; the previous version is intact"
+            ) from None
         raise
     _fsync_dir(directory)
 

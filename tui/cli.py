@@ -63,8 +63,8 @@ def _revive_engine(home: Path | None) -> None:
                    and not r.get("foreground")]
         if pending:
             start_engine(ws, say=err)
-    except TrialdeckError as exc:
-        err(f"trialdeck: {exc.message}")
+    except TrialdeckError:
+        pass  # the command itself meets the same problem and reports it, once
 
 
 @app.command("tui")

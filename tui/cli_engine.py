@@ -23,6 +23,12 @@ engine_app = typer.Typer(help="Start, stop and inspect the background engine.", 
 STATES = ("queued", "running", "completed", "early_stopped", "pruned", "failed", "cancelled", "interrupted")
 
 
+def check_range(option: str, value: int | float | None, low: float, high: float) -> None:
+    """Range checks done here, not by click, so a bad value is one plain line (exit 2)."""
+    if value is not None and not low <= value <= high:
+        raise BadInput(f"{option} {value}: allowed: {low:g} to {high:g}")
+
+
 def _store(home: Path | None):
     from engine.store import Store
 
@@ -50,9 +56,9 @@ def _exit_for(record: dict[str, Any]) -> None:
 def run_cmd(
     preset: Annotated[str, typer.Argument(help="Preset name or .toml path.")],
     set_: SetOpt = None,
-    priority: Annotated[int, typer.Option("--priority", help="Higher runs first.", min=-1_000_000, max=1_000_000)] = 0,
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000000 to 1000000).")] = 0,
     device: Annotated[Optional[str], typer.Option("--device", help="Pin to a device: cpu, cuda or cuda:N.")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="Queue this many copies (seeds seed, seed+1, ...).", min=1, max=10_000)] = 1,
+    repeat: Annotated[int, typer.Option("--repeat", help="Queue this many copies (seeds seed, seed+1, ...), 1 to 10000.")] = 1,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the run to end; print its record.")] = False,
     follow_: Annotated[bool, typer.Option("--follow", help="Show live progress until the run ends.")] = False,
     home: HomeOpt = None,
@@ -64,6 +70,8 @@ def run_cmd(
 
     if wait_ and follow_:
         raise BadInput("--wait and --follow: choose one")
+    check_range("--priority", priority, -1_000_000, 1_000_000)
+    check_range("--repeat", repeat, 1, 10_000)
     if device is not None and not (device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise BadInput(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
     ws = workspace(home)
@@ -331,8 +339,8 @@ def runs_follow(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Ho
 @engine_app.command("start")
 @handle_errors
 def engine_start(
-    cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", min=1, max=64, help="CPU slots when there is no GPU.")] = None,
-    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", min=1, max=64, help="Runs per GPU.")] = None,
+    cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", help="CPU slots when there is no GPU (1 to 64).")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64).")] = None,
     recovery: Annotated[Optional[str], typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
@@ -343,6 +351,8 @@ def engine_start(
 
     if recovery is not None and recovery not in RECOVERY_POLICIES:
         raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
+    check_range("--cpu-slots", cpu_slots, 1, 64)
+    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
     ws = workspace(home)
     running = engine_info(ws)
     args = []
@@ -391,14 +401,19 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @engine_app.command("run")
 @handle_errors
 def engine_run(
-    cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", min=1, max=64)] = None,
-    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", min=1, max=64)] = None,
+    cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", help="CPU slots (1 to 64).")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64).")] = None,
     recovery: Annotated[Optional[str], typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
 ) -> None:
     """Run the engine in the foreground (for debugging); Ctrl-C stops it gracefully."""
+    from engine.daemon import RECOVERY_POLICIES
     from engine.daemon import main as daemon_main
 
+    if recovery is not None and recovery not in RECOVERY_POLICIES:
+        raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
+    check_range("--cpu-slots", cpu_slots, 1, 64)
+    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
     ws = workspace(home)
     args = ["--home", str(ws.root)]
     for flag, value in (("--cpu-slots", cpu_slots), ("--slots-per-gpu", slots_per_gpu), ("--recovery", recovery)):

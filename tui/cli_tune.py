@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from engine.errors import BadInput, ExitCode
+from tui.cli_engine import check_range
 from tui.cli_common import HomeOpt, JsonOpt, SetOpt, emit, err, handle_errors, roots, workspace
 
 studies_app = typer.Typer(help="Browse tuning studies: list, show, best, export, stop.", no_args_is_help=True)
@@ -31,8 +32,8 @@ StorageOpt = Annotated[
 def tune_cmd(
     preset: Annotated[str, typer.Argument(help="A preset with a [tune] block.")],
     set_: SetOpt = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, max=1_000_000, help="Total trials (default: tune.trials).")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1.0, help="Ask no new trial after this many seconds.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Total trials (default: tune.trials), 1 to 1000000.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Ask no new trial after this many seconds (at least 1).")] = None,
     study_name: Annotated[Optional[str], typer.Option("--study", help="Study name (default: from the preset name).")] = None,
     storage: StorageOpt = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the study to finish; show progress.")] = False,
@@ -45,6 +46,8 @@ def tune_cmd(
     from engine.store import Store
     from engine.tuning import study as studies
 
+    check_range("--trials", trials, 1, 1_000_000)
+    check_range("--timeout", timeout, 1, 10 * 365 * 86400)
     ws = workspace(home)
     spec = resolve(preset, set_ or [], roots(home))
     if spec.tune is None:
@@ -292,7 +295,7 @@ def studies_stop(name: Annotated[str, typer.Argument(help="Study name.")], home:
 def worker_cmd(
     storage: Annotated[str, typer.Option("--storage", help="The shared Optuna storage URL (postgresql://...).")],
     study: Annotated[str, typer.Option("--study", help="The study to join.")],
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Run at most this many trials here.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Run at most this many trials here (at least 1).")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -300,6 +303,7 @@ def worker_cmd(
     from engine.tuning import study as studies
     from engine.tuning.remote import run_worker
 
+    check_range("--trials", trials, 1, 1_000_000)
     ws = workspace(home)
     studies.check_study_name(study)
     url = studies.storage_url(ws, study, storage)

@@ -1,0 +1,108 @@
+"""Store and CLI start-up costs: enqueue 1,000 runs; `runs list --json` over 10,000; `trialdeck --help`.
+
+Each figure is printed next to a plain reference measured in the same run:
+enqueueing against a bare `json.dump` of the same records to one file per
+call (what a hand-rolled queue file costs), `runs list` against reading and
+printing the catalogue with the standard json module, and `--help` against
+`python -c pass` (the interpreter's own start-up).
+
+Run: python bench/bench_store.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from engine.presets import resolve
+from engine.store import Store
+from engine.workspace import Workspace
+
+
+def _median_wall(argv: list[str], repeats: int, env: dict[str, str] | None = None) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(quick: bool = False) -> dict:
+    n_enqueue = 100 if quick else 1000
+    n_list = 1000 if quick else 10_000
+    spec = resolve("seed/step-decay")
+    config, digest = spec.config(), spec.content_hash
+    tmp = Path(tempfile.mkdtemp(prefix="trialdeck-bench-store-"))
+    try:
+        ws = Workspace(tmp / "ws").ensure()
+        store = Store(ws)
+        t = time.perf_counter()
+        for _ in range(n_enqueue):
+            store.create_run(preset=spec.preset, config=config, config_hash=digest)
+        enqueue = time.perf_counter() - t
+
+        # Reference: the same records appended to a list and rewritten with json.dump each call.
+        ref_path = tmp / "plain.json"
+        records: list[dict] = []
+        t = time.perf_counter()
+        for i in range(n_enqueue):
+            records.append({"id": i, "preset": spec.preset, "config": config, "state": "queued"})
+            with open(ref_path, "w") as fh:
+                json.dump(records, fh)
+        enqueue_ref = time.perf_counter() - t
+
+        batch = [{"preset": spec.preset, "config": config, "config_hash": digest}] * 1000
+        for _ in range((n_list - n_enqueue) // 1000):
+            store.create_runs(batch)
+        env = {**os.environ, "TRIALDECK_HOME": str(ws.root)}
+        trialdeck = [sys.executable, "-m", "tui.cli"]
+        runs_list = _median_wall([*trialdeck, "runs", "list", "--json"], 3, env)
+        list_ref = _median_wall([sys.executable, "-c",
+                                 f"import json,sys; json.dump(json.load(open({str(ws.catalog_path)!r})), sys.stdout)"], 3)
+        help_time = _median_wall([*trialdeck, "--help"], 7)
+        python_start = _median_wall([sys.executable, "-c", "pass"], 7)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "enqueue_runs": n_enqueue,
+        "enqueue_seconds": enqueue,
+        "enqueue_reference_seconds": enqueue_ref,
+        "list_runs": n_list,
+        "runs_list_json_seconds": runs_list,
+        "runs_list_reference_seconds": list_ref,
+        "help_seconds": help_time,
+        "python_startup_seconds": python_start,
+    }
+
+
+def report(r: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, trialdeck, reference, target) rows for run_all's table."""
+    return [
+        (f"enqueue {r['enqueue_runs']:,} runs (one call each)", f"{r['enqueue_seconds']:.2f} s",
+         f"{r['enqueue_reference_seconds']:.2f} s json.dump per call", "<= 5 s for 1,000"),
+        (f"`runs list --json` over {r['list_runs']:,} runs", f"{r['runs_list_json_seconds']:.2f} s",
+         f"{r['runs_list_reference_seconds']:.2f} s json load+dump", "<= 1 s for 10,000"),
+        ("`trialdeck --help`", f"{r['help_seconds']:.3f} s", f"{r['python_startup_seconds']:.3f} s `python -c pass`",
+         "<= 0.20 s"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    r = run(parser.parse_args().quick)
+    for row in report(r):
+        print(f"{row[0]:<44} {row[1]:>9}   ref {row[2]:<32} target {row[3]}")
+
+
+if __name__ == "__main__":
+    main()
