@@ -142,3 +142,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def report(r: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, trialdeck, reference, target) rows for bench/run_all.py."""
+    target = ">= 50x" if r["device"].startswith("cuda") else ">= 10x"
+    return [
+        (f"article augmentation, 1x28x28, batch {r['batch_size']} on {r['device']}",
+         f"{r['batched_images_per_s']:,.0f} img/s", f"{r['torchvision_images_per_s']:,.0f} img/s torchvision v2 per-sample",
+         f"ratio {r['ratio']:.1f}x ({target})"),
+    ]

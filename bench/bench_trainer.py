@@ -143,3 +143,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def report(r: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, trialdeck, reference, target) rows for bench/run_all.py."""
+    return [
+        (f"per-epoch time, {r['preset']} on {r['device']} ({r['reps']} reps x {r['epochs_per_rep']} epochs)",
+         f"{r['trainer_epoch_s'] * 1e3:.2f} ms", f"{r['plain_epoch_s'] * 1e3:.2f} ms plain loop",
+         f"ratio {r['ratio']:.3f} (<= 1.05)"),
+    ]

@@ -293,13 +293,10 @@ class Engine:
         for h in busy:
             h.flag.value = INTERRUPT
         deadline = time.monotonic() + STOP_GRACE
-        while any(h.run_id for h in busy) and time.monotonic() < deadline:
-            conns = [h.conn for h in busy if h.run_id]
-            for c in wait(conns, timeout=0.5):
-                self._on_message(next(h for h in busy if h.conn is c))
-            for h in busy:
-                if h.run_id and not h.process.is_alive():
-                    break
+        # Each busy worker checkpoints its run, records it interrupted and answers "done".
+        while any(h.run_id and h.process.is_alive() for h in busy) and time.monotonic() < deadline:
+            for conn in wait([h.conn for h in busy if h.run_id], timeout=0.5):
+                self._on_message(next(h for h in busy if h.conn is conn))
         for h in list(self.workers.values()):
             if h.run_id:
                 self._kill_worker(h)

@@ -1,93 +1,380 @@
 """The Textual app. `make_app()` is the one factory the CLI and the tests call.
 
-This first screen is the preset browser: presets by group on the left, the
-selected preset's fully resolved configuration on the right. It reads the same
-preset roots as `trialdeck presets list|show`.
+The app owns every read and write of the workspace; screens only display what
+it pushes down and post requests up (tui/messages.py):
+
+- One thread worker (`_read_loop`) polls `store.version()` about twice a
+  second and re-reads the catalogue only when it changed (runs without their
+  configs); follows each running run's metrics.jsonl incrementally; samples
+  the engine and the hardware every two seconds. It posts coalescing
+  messages; the app keeps the latest values and sets them on the screens of
+  the current stack.
+- Writes (queue, cancel, requeue, reorder, save) run in thread workers via
+  `spawn`; every worker's failure lands in the one `on_worker_state_changed`
+  handler and becomes a notification, never a crash.
+- Closing the app stops only the app: the engine and its runs go on, and a
+  new app shows them again from the workspace.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from rich.text import Text
-from textual.app import App, ComposeResult
+from textual import events, work
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Header, Static, Tree
+from textual.dom import DOMNode
+from textual.screen import Screen
+from textual.widgets import Input
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from engine.errors import TrialdeckError
+from engine.presets import preset_roots
+from engine.store import Store
 from engine.workspace import Workspace
+from tui import messages
+from tui.composition import PresetLibrary
+from tui.control import Control, specs_for
+from tui.keymap import ACTIONS, bind, load_keymap
+from tui.live import (
+    LOGGED_EVENTS,
+    TOASTED_EVENTS,
+    Catalog,
+    EventFeed,
+    LiveRun,
+    LogEntry,
+    MetricsFollower,
+    entry_of,
+    epochs_of,
+    finished_entry,
+    finished_since,
+    run_number,
+)
+from tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
+from tui.screens.base import LiveScreen
+from tui.screens.help import HelpScreen
+from tui.screens.presets import PresetsScreen
+from tui.screens.queue import QueueScreen
+from tui.screens.run_detail import RunDetailScreen
+from tui.screens.runs import MAX_ROWS, RunsScreen
+from tui.screens.studies import StudiesScreen
+
+STATUS_EVERY = 2.0
+"""Seconds between engine/hardware samples."""
+LOG_KEEP = 200
+TOAST_SEVERITY = {"failed": "error", "nan_loss": "error", "early_stopped": "warning", "pruned": "warning"}
 
 
-class PresetTree(Tree[str]):
-    """Presets grouped by folder; the leaf data is the preset name."""
+@dataclass
+class Context:
+    """What every screen may use: the workspace, its store, the preset library, the clock."""
 
-    def __init__(self, presets: list[tuple[str, Path]], **kwargs) -> None:
-        super().__init__("presets", **kwargs)
-        self.show_root = False
-        groups: dict[str, list[str]] = {}
-        for name, _ in presets:
-            group, _, _rest = name.rpartition("/")
-            groups.setdefault(group or "(top)", []).append(name)
-        for group in sorted(groups, key=lambda g: (g != "seed", g)):
-            node = self.root.add(group, expand=group == "seed")
-            for name in groups[group]:
-                node.add_leaf(name.rpartition("/")[2], data=name)
+    ws: Workspace
+    store: Store
+    library: PresetLibrary
+    control: Control
+    clock: Callable[[], float]
 
 
 class TrialdeckApp(App[None]):
     TITLE = "trialdeck"
     CSS_PATH = "trialdeck.tcss"
+    MODES = {"runs": RunsScreen, "presets": PresetsScreen, "queue": QueueScreen, "studies": StudiesScreen}
+    DEFAULT_MODE = "runs"
     BINDINGS = [
-        Binding("q", "quit", "Quit", id="quit"),
-        Binding("ctrl+q", "quit", "Quit", show=False, id="quit2"),
-        Binding("question_mark", "help", "Help", id="help"),
+        bind("show_runs", "show_mode('runs')"),
+        bind("show_presets", "show_mode('presets')"),
+        bind("show_queue", "show_mode('queue')"),
+        bind("show_studies", "show_mode('studies')"),
+        bind("help"),
+        bind("quit"),
     ]
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, start_engine: bool = True, clock: Callable[[], float] | None = None,
+                 probe: Any = None, interval: float = 0.5, cursor_blink: bool = True) -> None:
         super().__init__()
         self.ws = ws
-        from engine.presets import list_presets, preset_roots
+        store = Store(ws)
+        self.ctx = Context(ws=ws, store=store, library=PresetLibrary(preset_roots(ws.presets_dir)),
+                           control=Control(ws, store, start_engine=start_engine), clock=clock or time.time)
+        self.probe = probe if probe is not None else SystemProbe(ws)
+        self.interval = interval
+        self.cursor_blink = cursor_blink
+        self.catalog: Catalog | None = None
+        self.live: Mapping[str, LiveRun] = {}
+        self.status: tuple[EngineSample, HardwareSample] | None = None
+        self.entries: deque[tuple[int, LogEntry]] = deque(maxlen=LOG_KEEP)
+        self._seq = 0
+        self._poke = threading.Event()
+        self._pending: dict[Worker, tuple[Callable[[Any], Any] | None, DOMNode | None]] = {}
+        self._keymap, self._keymap_problems = load_keymap(ws.root)
 
-        self.roots = preset_roots(ws.presets_dir)
-        self.presets = list_presets(self.roots)
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with Horizontal():
-            yield PresetTree(self.presets, id="presets")
-            with VerticalScroll(id="detail"):
-                yield Static("Select a preset to see its resolved configuration.", id="config")
-        yield Footer()
+    # ----------------------------------------------------------------- start-up
 
     def on_mount(self) -> None:
-        tree = self.query_one(PresetTree)
-        tree.focus()
-        first = next((n for n in tree.root.children if n.is_expanded), None)
-        if first and first.children:
-            tree.move_cursor(first.children[0])
-            self._show(first.children[0].data)
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        for problem in self._keymap_problems:
+            self.notify(problem, title="keys.toml", severity="warning", timeout=10)
+        self._read_loop()
 
-    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
-        if event.node.data:
-            self._show(event.node.data)
+    def mode_keys(self) -> tuple[str, ...]:
+        """Display keys of the four views, after keys.toml."""
+        out = []
+        for binding_id in ("show_runs", "show_presets", "show_queue", "show_studies"):
+            keys = self._keymap.get(binding_id, ACTIONS[binding_id][0])
+            out.append(self.get_key_display(Binding(keys.split(",")[0], "")))
+        return tuple(out)
 
-    def _show(self, name: str) -> None:
-        from engine.presets import resolve
-        from engine.presets.authoring import config_toml
+    # ----------------------------------------------------------------- the reader
 
-        config = self.query_one("#config", Static)
-        try:
-            spec = resolve(name, [], self.roots)
-        except TrialdeckError as exc:
-            config.update(Text.assemble(("invalid preset\n", "bold red"), exc.message))
-            return
-        body = config_toml(spec.config())
-        config.update(Text.assemble((name, "bold"), f"  hash {spec.content_hash}\n{spec.description}\n\n", body))
+    @work(thread=True, exclusive=True, group="reader", name="reader", exit_on_error=False)
+    def _read_loop(self) -> None:
+        """Poll the catalogue version, follow metric streams, sample the engine; post what changed."""
+        worker = get_current_worker()
+        store = self.ctx.store
+        follower = MetricsFollower(self.ws)
+        feed = EventFeed()
+        catalog: Catalog | None = None
+        totals: dict[str, int] = {}
+        next_status = 0.0
+        last_error = ""
+        while not worker.is_cancelled:
+            try:
+                version = store.version()
+                if catalog is None or version != catalog.version:
+                    runs = store.list_runs(omit=("config", "events"))
+                    self._fill_totals(store, runs, totals)
+                    new = Catalog(version, tuple(runs), tuple(store.list_studies()), dict(totals))
+                    self.post_message(messages.CatalogLoaded(new))
+                    if catalog is None:
+                        backlog = [e for e in store.events() if e.get("kind") in LOGGED_EVENTS]
+                        entries = feed.prime(backlog)
+                        entries += [finished_entry(r) for r in runs if r["state"] == "completed"]
+                        entries.sort(key=lambda e: e.time)
+                        self.post_message(messages.EventsArrived(tuple(entries[-LOG_KEEP:]), initial=True))
+                    else:
+                        fresh = [e for e in feed.take(store.events(since=feed.since()))
+                                 if e.kind in LOGGED_EVENTS] + finished_since(catalog, new)
+                        if fresh:
+                            self.post_message(messages.EventsArrived(tuple(fresh)))
+                    catalog = new
+                live = follower.poll(catalog.active_ids)
+                if live is not None:
+                    self.post_message(messages.MetricsUpdated(live))
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + STATUS_EVERY
+                    self.post_message(messages.StatusSampled(self.probe.engine(), self.probe.hardware()))
+                last_error = ""
+            except TrialdeckError as exc:  # a corrupt or locked catalogue: say so once, keep trying
+                if exc.message != last_error:
+                    last_error = exc.message
+                    self.post_message(messages.ReaderFailed(exc.message))
+            self._poke.wait(self.interval)
+            self._poke.clear()
+
+    @staticmethod
+    def _fill_totals(store: Store, runs: list[dict], totals: dict[str, int]) -> None:
+        """`train.epochs` of the runs a table may show, read once per run (list_runs omits configs)."""
+        shown = sorted(runs, key=lambda r: -run_number(r["id"]))[:MAX_ROWS]
+        shown += [r for r in runs if r["state"] in ("running", "queued")]
+        for run in shown:
+            if run["id"] not in totals:
+                record = store.get_run(run["id"])
+                epochs = epochs_of(record) if record else None
+                totals[run["id"]] = epochs if epochs is not None else 0
+
+    def poke(self) -> None:
+        """Read again now (after a write) rather than at the next tick."""
+        self._poke.set()
+
+    # ----------------------------------------------------------------- reports from the reader
+
+    def on_catalog_loaded(self, message: messages.CatalogLoaded) -> None:
+        self.catalog = message.catalog
+        self._feed(catalog=message.catalog)
+
+    def on_metrics_updated(self, message: messages.MetricsUpdated) -> None:
+        self.live = message.live
+        self._feed(live=message.live)
+
+    def on_status_sampled(self, message: messages.StatusSampled) -> None:
+        self.status = (message.engine, message.hardware)
+        self._feed(status=self.status)
+
+    def on_events_arrived(self, message: messages.EventsArrived) -> None:
+        for entry in message.entries:
+            self._seq += 1
+            self.entries.append((self._seq, entry))
+            if not message.initial and entry.kind in TOASTED_EVENTS:
+                self.notify(f"{entry.run} {entry.kind}: {entry.message}", title=entry.kind.replace("_", " "),
+                            severity=TOAST_SEVERITY.get(entry.kind, "information"), timeout=6)
+        self._feed(entries=tuple(self.entries))
+
+    def on_reader_failed(self, message: messages.ReaderFailed) -> None:
+        self.notify(message.error, title="cannot read the workspace", severity="error", timeout=10)
+
+    def _feed(self, screens: Iterable[Screen] | None = None, **values: Any) -> None:
+        """Set the pushed data on the screens of the current stack (all values when none given)."""
+        if not values:
+            values = {"catalog": self.catalog, "live": self.live, "status": self.status, "entries": tuple(self.entries)}
+            values = {k: v for k, v in values.items() if v is not None}
+        for screen in screens if screens is not None else self.screen_stack:
+            if isinstance(screen, LiveScreen):
+                for name, value in values.items():
+                    setattr(screen, name, value)
+
+    # ----------------------------------------------------------------- navigation
+
+    async def action_show_mode(self, mode: str) -> None:
+        await self.switch_mode(mode)
+        self._feed()
 
     def action_help(self) -> None:
-        self.notify("arrows: browse presets  enter: expand group  q / ctrl+q: quit", title="keys", timeout=6)
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+            return
+        self.push_screen(HelpScreen(self._key_rows(self.screen)))
+
+    def _key_rows(self, screen: Screen) -> list[tuple[str, str, bool]]:
+        """(key, description, available) for our bindings active on `screen`."""
+        rows = []
+        for key, active in screen.active_bindings.items():
+            if active.binding.id in ACTIONS:
+                rows.append((self.get_key_display(active.binding), active.binding.description, active.enabled))
+        return rows
+
+    def on_open_run(self, message: messages.OpenRun) -> None:
+        screen = RunDetailScreen(message.run_id)
+        self.push_screen(screen)
+        self._feed([screen])
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every trialdeck action available on `screen`, in the command palette."""
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if binding.id not in ACTIONS or not active.enabled or binding.id in seen:
+                continue
+            seen.add(binding.id)
+            node = active.node
+            yield SystemCommand(binding.description, f"key: {self.get_key_display(binding)}",
+                                lambda action=binding.action, node=node: self.run_action(action, node))
+        yield from super().get_system_commands(screen)
+
+    # ----------------------------------------------------------------- requests from screens
+
+    def spawn(self, fn: Callable[[], Any], done: Callable[[Any], Any] | None = None, *, owner: DOMNode | None = None,
+              name: str, exclusive: bool = False) -> Worker:
+        """Run `fn` in a thread; `done(result)` on the UI thread (skipped if `owner` has gone)."""
+        worker = self.run_worker(fn, name=name, group=name, thread=True, exclusive=exclusive, exit_on_error=False)
+        self._pending[worker] = (done, owner)
+        return worker
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place where background failures become messages a person can act on."""
+        worker = event.worker
+        if event.state == WorkerState.SUCCESS:
+            done, owner = self._pending.pop(worker, (None, None))
+            if done is not None and (owner is None or owner.is_attached):
+                try:
+                    done(worker.result)
+                except Exception as exc:  # noqa: BLE001 - a display bug must not end the session
+                    self._report(exc, worker.name)
+        elif event.state == WorkerState.ERROR:
+            self._pending.pop(worker, None)
+            self._report(worker.error, worker.name)
+            if worker.name == "reader":
+                self.set_timer(2.0, self._read_loop)
+        elif event.state == WorkerState.CANCELLED:
+            self._pending.pop(worker, None)
+
+    def _report(self, error: BaseException | None, what: str) -> None:
+        if isinstance(error, TrialdeckError):
+            self.notify(error.message, title=what, severity="error", timeout=8)
+        else:
+            self.log.error(f"{what} failed: {error!r}")
+            self.notify(f"{type(error).__name__}: {error}", title=f"{what} failed", severity="error", timeout=8)
+
+    def _write(self, fn: Callable[[], Any], done: Callable[[Any], Any] | None, name: str) -> None:
+        def then(result: Any) -> None:
+            self.poke()
+            if done is not None:
+                done(result)
+
+        self.spawn(fn, then, name=name)
+
+    def on_queue_runs(self, message: messages.QueueRuns) -> None:
+        request = message.request
+        ctx = self.ctx
+
+        def queue() -> list[dict]:
+            return ctx.control.enqueue(specs_for(ctx.library, request), request.priority)
+
+        self._write(queue, lambda records: self.notify(
+            f"queued {', '.join(r['id'] for r in records)}: {records[0]['preset']}", title="queued"), "queue")
+
+    def on_cancel_run(self, message: messages.CancelRun) -> None:
+        self._write(lambda: self.ctx.control.cancel(message.run_id), lambda text: self.notify(text, title="cancel"),
+                    "cancel")
+
+    def on_requeue_run(self, message: messages.RequeueRun) -> None:
+        self._write(lambda: self.ctx.control.requeue(message.run_id),
+                    lambda r: self.notify(f"queued {r['id']}: {r['preset']} (same config as {message.run_id})",
+                                          title="queued"), "requeue")
+
+    def on_move_run(self, message: messages.MoveRun) -> None:
+        self._write(lambda: self.ctx.control.move(message.run_id, message.where), None, "move")
+
+    def on_set_priority(self, message: messages.SetPriority) -> None:
+        self._write(lambda: self.ctx.control.set_priority(message.run_id, message.priority),
+                    lambda r: self.notify(f"{r['id']} priority {r['priority']}", title="priority"), "priority")
+
+    def on_clear_queue(self, message: messages.ClearQueue) -> None:
+        self._write(self.ctx.control.clear, lambda n: self.notify(f"cancelled {n} queued run(s)", title="queue"),
+                    "clear")
+
+    def on_save_preset(self, message: messages.SavePreset) -> None:
+        from engine.presets.authoring import write_preset
+
+        comp, ctx = message.composition, self.ctx
+
+        def save():
+            path, _spec = write_preset(ctx.ws.presets_dir, comp.name, parents=list(comp.parents), sets=list(comp.sets),
+                                       description=message.description, roots=ctx.library.roots)
+            return path
+
+        def saved(path) -> None:
+            ctx.library.reload()
+            self.notify(f"saved {comp.name} to {path}", title="preset saved")
+            for screen in self.screen_stack:
+                if isinstance(screen, PresetsScreen):
+                    screen.presets_changed(comp.name)
+
+        self.spawn(save, saved, name="save")
+
+    # ----------------------------------------------------------------- small things
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if not self.cursor_blink and isinstance(event.widget, Input):
+            event.widget.cursor_blink = False
 
 
-def make_app(ws: Workspace | None = None) -> TrialdeckApp:
-    return TrialdeckApp(ws or Workspace.resolve().ensure())
+def make_app(ws: Workspace | None = None, *, start_engine: bool = True, clock: Callable[[], float] | None = None,
+             probe: Any = None, interval: float = 0.5, cursor_blink: bool = True) -> TrialdeckApp:
+    """The app on workspace `ws` (default: $TRIALDECK_HOME or ~/.trialdeck).
+
+    Tests pass `start_engine=False` (queueing writes the store and wakes a live
+    engine but starts none), a fixed `clock` and a `FixedProbe`, and
+    `cursor_blink=False`, so screenshots are deterministic.
+    """
+    return TrialdeckApp(ws or Workspace.resolve().ensure(), start_engine=start_engine, clock=clock, probe=probe,
+                        interval=interval, cursor_blink=cursor_blink)
+
+
+__all__ = ["Context", "FixedProbe", "TrialdeckApp", "make_app"]

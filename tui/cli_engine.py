@@ -424,6 +424,49 @@ def engine_run(
         raise typer.Exit(code)
 
 
+@engine_app.command("install-service")
+@handle_errors
+def engine_install_service(
+    home: HomeOpt = None,
+    unit_dir: Annotated[Optional[Path], typer.Option("--unit-dir", help="Where to write the unit (default: ~/.config/systemd/user).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a systemd user service that keeps the engine alive across logouts and reboots."""
+    import shlex
+
+    from engine.workspace import atomic_write
+
+    ws = workspace(home)
+    folder = unit_dir or Path.home() / ".config" / "systemd" / "user"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "trialdeck.service" if ws.root == Path.home() / ".trialdeck" else f"trialdeck-{ws.root.name}.service"
+    path = folder / name
+    command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "engine.daemon", "--home", str(ws.root)))
+    unit = (
+        "[Unit]\n"
+        f"Description=trialdeck engine for {ws.root}\n\n"
+        "[Service]\n"
+        f"ExecStart={command}\n"
+        "Restart=on-failure\n"
+        "KillMode=mixed\n"
+        "TimeoutStopSec=60\n\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )
+    atomic_write(path, unit.encode())
+    steps = [
+        "systemctl --user daemon-reload",
+        f"systemctl --user enable --now {name}",
+        "loginctl enable-linger $USER   # keep user services running after logout",
+    ]
+    if as_json:
+        emit({"unit": str(path), "next": steps})
+    else:
+        print(f"wrote {path}; to start it now and at every boot:")
+        for step in steps:
+            print(f"  {step}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(handle_errors(run_cmd))
     app.add_typer(queue_app, name="queue")

@@ -1,0 +1,92 @@
+"""Shared fixtures: a PostgreSQL server for the multi-box tuning tests.
+
+`pg_url` is TRIALDECK_TEST_PG_URL when set (`.ci/run` starts a cluster and sets
+it); otherwise a throwaway cluster started here, the way `.ci/run` does it
+(initdb + pg_ctl from /usr/lib/postgresql/*/bin, as the postgres user when we
+are root, trust auth, loopback only, its socket in its own temp dir, a free
+port), and removed at the end of the session. Without PostgreSQL binaries (or
+the psycopg2 driver) the tests that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+PG_ENV = "TRIALDECK_TEST_PG_URL"
+
+
+def _pg_bindir() -> Path | None:
+    def version(path: str) -> tuple[int, ...]:
+        part = Path(path).parts[-3]  # /usr/lib/postgresql/<version>/bin/pg_ctl
+        return tuple(int(p) for p in part.split(".") if p.isdigit())
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    url = os.environ.get(PG_ENV)
+    if url:
+        yield url
+        return
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (pip install -e '.[test]')")
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip(f"no PostgreSQL binaries in /usr/lib/postgresql/*/bin and {PG_ENV} is not set")
+    as_root = os.geteuid() == 0
+    if as_root:
+        import pwd
+
+        try:
+            pg_user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    else:
+        prefix = []
+    root = Path(tempfile.mkdtemp(prefix="trialdeck-pg."))
+    if as_root:
+        os.chown(root, pg_user.pw_uid, pg_user.pw_gid)
+    data, log = root / "data", root / "log"
+
+    def pg(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout)
+
+    started = False
+    try:
+        proc = pg(str(bindir / "initdb"), "-D", str(data), "-U", "trialdeck", "--auth=trust")
+        assert proc.returncode == 0, f"initdb failed:\n{proc.stdout}\n{proc.stderr}"
+        for _ in range(5):  # another process may take the free port between our probe and the bind
+            port = _free_port()
+            options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
+                       "-c max_connections=200 -c fsync=off")
+            proc = pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start")
+            if proc.returncode == 0:
+                started = True
+                break
+            time.sleep(0.2)
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        assert started, f"pg_ctl start failed:\n{proc.stdout}\n{proc.stderr}\n{tail}"
+        proc = pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "trialdeck", "trialdeck_test")
+        assert proc.returncode == 0, f"createdb failed:\n{proc.stdout}\n{proc.stderr}"
+        yield f"postgresql://trialdeck@127.0.0.1:{port}/trialdeck_test"
+    finally:
+        if started:
+            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop", timeout=60)
+        shutil.rmtree(root, ignore_errors=True)

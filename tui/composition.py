@@ -1,0 +1,198 @@
+"""Preset composition for the composer screen, without Textual.
+
+One job: turn "these parents, these key=value overrides" into a validated
+RunSpec or one plain error line, exactly as the CLI would (`presets new
+--from A --from B --set k=v` and `run PRESET --set k=v`): parents composed
+with `engine.presets.compose`, deep-merged left to right like
+`write_preset`, overrides applied with `apply_set`, validated with
+`validate`. Composed parents are cached so validating on every keystroke
+reads no file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PresetError, TrialdeckError
+from engine.presets import compose, list_presets
+from engine.presets.loader import Composed, apply_set, read_toml, validate
+from engine.presets.schema import RunSpec
+
+BLOCK_GROUPS = ("reg", "sched", "aug", "es")
+"""Preset groups that hold building blocks (one strategy each) rather than whole runs."""
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Parents composed left to right, then `sets` ("key=value", as `--set`)."""
+
+    parents: tuple[str, ...]
+    sets: tuple[str, ...] = ()
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or " + ".join(self.parents)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of validating a composition."""
+
+    spec: RunSpec | None
+    error: str | None = None
+    bad_set: int | None = None
+    """Index in `sets` of the override the error is about (None: not one override)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None
+
+
+def merge(dst: dict[str, Any], src: dict[str, Any], prefix: tuple[str, ...] = ()) -> None:
+    """Deep merge like the loader's: tables key by key, anything else replaces;
+    a search-space entry (`tune.space."key"`) is replaced whole."""
+    for key, value in src.items():
+        path = (*prefix, key)
+        whole = path[:2] == ("tune", "space") and len(path) == 3
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and not whole:
+            merge(dst[key], value, path)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; lists stay whole."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def dotted_keys() -> list[str]:
+    """Every settable key (`train.epochs`, ...), for the override inputs' suggestions."""
+    body = RunSpec().model_dump(mode="json", by_alias=True, exclude={"tune", "preset", "description"})
+    return sorted(flatten(body))
+
+
+class PresetLibrary:
+    """The presets under some roots, composed on demand and cached."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self._composed: dict[str, Composed | PresetError] = {}
+        self.presets: list[tuple[str, Path]] = []
+        self.reload()
+
+    def reload(self) -> None:
+        self.presets = list_presets(self.roots)
+        self._composed.clear()
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.presets]
+
+    @property
+    def blocks(self) -> list[str]:
+        return [n for n in self.names if n.split("/", 1)[0] in BLOCK_GROUPS]
+
+    @property
+    def bases(self) -> list[str]:
+        return [n for n in self.names if n.split("/", 1)[0] not in BLOCK_GROUPS]
+
+    def composed(self, name: str) -> Composed:
+        hit = self._composed.get(name)
+        if hit is None:
+            try:
+                hit = compose(name, self.roots)
+            except PresetError as exc:
+                hit = exc
+            self._composed[name] = hit
+        if isinstance(hit, PresetError):
+            raise hit
+        return hit
+
+    def _base(self, comp: Composition) -> Composed:
+        if len(comp.parents) == 1:
+            one = self.composed(comp.parents[0])
+            out = Composed(copy.deepcopy(one.data), dict(one.origin), list(one.chain))
+        else:
+            out = Composed()
+            for parent in comp.parents:
+                sub = self.composed(parent)
+                merge(out.data, sub.data)
+                out.origin.update(sub.origin)
+                out.chain.extend(c for c in sub.chain if c not in out.chain)
+        out.data["preset"] = comp.label
+        return out
+
+    def check(self, comp: Composition) -> Check:
+        """Validate without raising: the spec, or the first error and which override caused it."""
+        if not comp.parents:
+            return Check(None, "pick a base preset to compose on")
+        try:
+            composed = self._base(comp)
+        except TrialdeckError as exc:
+            return Check(None, exc.message)
+        for i, item in enumerate(comp.sets):
+            try:
+                apply_set(composed, [item])
+            except TrialdeckError as exc:
+                return Check(None, exc.message, i)
+        try:
+            spec = validate(composed)
+        except TrialdeckError as exc:
+            bad = next((i for i, item in enumerate(comp.sets)
+                        if exc.message.startswith(f"--set {item.partition('=')[0].strip()}:")), None)
+            return Check(None, exc.message, bad)
+        return Check(spec)
+
+    def resolve(self, comp: Composition) -> RunSpec:
+        result = self.check(comp)
+        if result.spec is None:
+            raise PresetError(result.error or "invalid composition")
+        return result.spec
+
+    def parents_of(self, name: str) -> list[str]:
+        path = dict(self.presets).get(name)
+        if path is None:
+            return []
+        parents = read_toml(path).get("extends", [])
+        return [parents] if isinstance(parents, str) else [p for p in parents if isinstance(p, str)]
+
+    def diff(self, name: str) -> tuple[list[str], list[tuple[str, Any, Any]]]:
+        """The preset's parents and each resolved key whose value differs from theirs
+        (schema defaults when it extends nothing): (key, parents' value, its value)."""
+        spec = self.resolve(Composition((name,)))
+        parents = self.parents_of(name)
+        base = self.resolve(Composition(tuple(parents))) if parents else RunSpec()
+        skip = {"preset", "description"}
+        mine = {k: v for k, v in flatten(spec.config()).items() if k not in skip}
+        theirs = {k: v for k, v in flatten(base.config()).items() if k not in skip}
+        changes = [(k, theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v]
+        changes += [(k, v, None) for k, v in theirs.items() if k not in mine]
+        return parents, sorted(changes, key=lambda c: c[0])
+
+
+def lr_curve(spec: RunSpec, limit: int = 2000) -> list[float]:
+    """Learning rate per epoch (no plateau reactions), at most `limit` epochs."""
+    from engine.schedules import preview
+
+    epochs = max(1, min(spec.train.epochs, limit))
+    return [v for v in preview(spec.schedule, spec.optimizer.lr, epochs) if math.isfinite(v)]
+
+
+def summary_line(spec: RunSpec) -> str:
+    """One line saying what a valid composition will train."""
+    m, o, s = spec.model, spec.optimizer, spec.schedule
+    parts = [f"{spec.data.dataset}", f"{m.kind} {m.hidden_sizes}", m.activation, f"{o.name} lr {o.lr:g}",
+             f"{s.kind} schedule", f"{spec.train.epochs} epochs", f"batch {spec.data.batch_size}"]
+    if spec.early_stopping.enabled:
+        parts.append(f"early stop p{spec.early_stopping.patience}")
+    return "ok: " + ", ".join(parts)

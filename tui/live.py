@@ -1,0 +1,388 @@
+"""What the TUI shows about runs, computed without Textual: sparklines, followers, table rows.
+
+One job: turn the catalogue and the per-run metric streams into small, immutable
+values the widgets display. Nothing here imports textual, so it is tested as
+plain logic and runs inside thread workers.
+
+Invariants:
+- Metric files are read incrementally (`read_jsonl` from the last offset); a
+  run's stream is read from the start once, then only what was appended.
+- Memory per followed run is bounded (`LossTrace` merges neighbours instead of
+  growing), and so is the number of runs kept after they stop (`keep`).
+- Values handed to the UI are frozen dataclasses or tuples; the UI never sees
+  a list a worker thread may still mutate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from engine.metrics import read_jsonl
+from engine.recorder import METRICS_NAME
+from engine.workspace import Workspace
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 16
+ACTIVE_STATES = frozenset({"running"})
+CANCELLABLE = frozenset({"queued", "running", "interrupted"})
+LOGGED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "cancelled", "interrupted", "finished"})
+"""Event kinds the dashboard's log shows; "finished" is derived from a run reaching `completed`."""
+TOASTED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "finished"})
+
+
+# ----------------------------------------------------------------------------- sparklines
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def resample(values: Sequence[float], width: int) -> list[float]:
+    """At most `width` points: bucket means over equal spans of `values`."""
+    n = len(values)
+    if n <= width:
+        return list(values)
+    out = []
+    for i in range(width):
+        lo, hi = i * n // width, (i + 1) * n // width
+        chunk = values[lo:max(hi, lo + 1)]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def spark(values: Iterable[Any], width: int = SPARK_WIDTH) -> str:
+    """Block-character sparkline of the finite values, at most `width` characters.
+
+    Text in a table cell, not a Sparkline widget: STYLE.md measured 50 widget
+    sparklines at 10 Hz at 60% of a core; a string costs next to nothing.
+    """
+    points = resample(_finite(values), width)
+    if not points:
+        return ""
+    lo, hi = min(points), max(points)
+    if hi - lo < 1e-12:
+        return BLOCKS[3] * len(points)
+    scale = (len(BLOCKS) - 1) / (hi - lo)
+    return "".join(BLOCKS[round((v - lo) * scale)] for v in points)
+
+
+class LossTrace:
+    """A bounded series of losses: past `cap` points, neighbours are averaged in pairs.
+
+    The trace always spans the whole run at a resolution that halves as it
+    grows, so a 400-epoch run costs the same memory as a 4-epoch one.
+    """
+
+    def __init__(self, cap: int = 256) -> None:
+        self.cap = cap
+        self.points: list[float] = []
+        self.stride = 1
+        self._acc = 0.0
+        self._n = 0
+
+    def add(self, value: Any) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return
+        self._acc += float(value)
+        self._n += 1
+        if self._n < self.stride:
+            return
+        self.points.append(self._acc / self._n)
+        self._acc, self._n = 0.0, 0
+        if len(self.points) >= self.cap:
+            pts = self.points
+            self.points = [(pts[i] + pts[i + 1]) / 2 for i in range(0, len(pts) - 1, 2)]
+            self.stride *= 2
+
+    def values(self) -> list[float]:
+        tail = [self._acc / self._n] if self._n else []
+        return self.points + tail
+
+
+# ----------------------------------------------------------------------------- live runs
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """The latest state of one followed run, as read from its metrics stream."""
+
+    run_id: str
+    spark: str = ""
+    epoch: int | None = None
+    """Epoch in progress (from the last step) or last finished."""
+    epochs_done: int = 0
+    loss: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+    best_val_acc: float | None = None
+    lr: float | None = None
+    updated: float | None = None
+
+
+@dataclass
+class _Follow:
+    offset: int = 0
+    trace: LossTrace = field(default_factory=LossTrace)
+    live: LiveRun | None = None
+    done: bool = False
+
+
+class MetricsFollower:
+    """Follows runs' metrics.jsonl files incrementally; one instance per UI process.
+
+    `poll(active)` reads what was appended to each active run's stream and
+    returns every followed run's latest `LiveRun` when anything changed (None
+    when nothing did), so a UI message may replace an older one unread.
+    """
+
+    def __init__(self, ws: Workspace, width: int = SPARK_WIDTH, keep: int = 200) -> None:
+        self.ws = ws
+        self.width = width
+        self.keep = keep
+        self._runs: dict[str, _Follow] = {}
+        self._snapshot: dict[str, LiveRun] = {}
+
+    def poll(self, active: Iterable[str]) -> dict[str, LiveRun] | None:
+        active = set(active)
+        changed = False
+        for run_id in active:
+            follow = self._runs.get(run_id)
+            if follow is None or follow.done:
+                follow = self._runs[run_id] = _Follow() if follow is None else follow
+                follow.done = False
+            changed |= self._read(run_id, follow)
+        for run_id, follow in list(self._runs.items()):
+            if run_id not in active and not follow.done:
+                changed |= self._read(run_id, follow)  # the stream's last lines
+                follow.done = True
+        if len(self._runs) > self.keep:
+            for run_id in [r for r, f in self._runs.items() if f.done][: len(self._runs) - self.keep]:
+                del self._runs[run_id]
+                changed = True
+        if not changed:
+            return None
+        self._snapshot = {r: f.live for r, f in self._runs.items() if f.live is not None}
+        return dict(self._snapshot)
+
+    def _read(self, run_id: str, follow: _Follow) -> bool:
+        path = self.ws.run_dir(run_id) / METRICS_NAME
+        records, follow.offset = read_jsonl(path, follow.offset)
+        if not records:
+            return False
+        live = follow.live or LiveRun(run_id)
+        values: dict[str, Any] = {}
+        for rec in records:
+            kind = rec.get("kind")
+            if kind is None and "loss" in rec:
+                follow.trace.add(rec.get("loss"))
+                values.update(loss=rec.get("loss"), epoch=rec.get("epoch"), updated=rec.get("t"))
+            elif kind == "epoch":
+                follow.trace.add(rec.get("train_loss"))
+                acc = rec.get("val_acc")
+                best = values.get("best_val_acc", live.best_val_acc)
+                if isinstance(acc, (int, float)) and (best is None or acc > best):
+                    values["best_val_acc"] = acc
+                values.update(epoch=rec.get("epoch"), epochs_done=rec.get("epoch") or 0, val_loss=rec.get("val_loss"),
+                              val_acc=acc, lr=rec.get("lr"), updated=rec.get("t"))
+        follow.live = LiveRun(**{**live.__dict__, **values, "spark": spark(follow.trace.values(), self.width)})
+        return True
+
+
+# ----------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True, eq=False)
+class Catalog:
+    """One read of the catalogue: runs without their configs, and the studies."""
+
+    version: tuple
+    runs: tuple[dict[str, Any], ...] = ()
+    studies: tuple[dict[str, Any], ...] = ()
+    totals: Mapping[str, int] = field(default_factory=dict)
+    """`train.epochs` per run id (read once per run; list_runs omits configs)."""
+
+    @cached_property
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        return {r["id"]: r for r in self.runs}
+
+    @cached_property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.runs:
+            out[r["state"]] = out.get(r["state"], 0) + 1
+        return out
+
+    @cached_property
+    def active_ids(self) -> frozenset[str]:
+        return frozenset(r["id"] for r in self.runs if r["state"] in ACTIVE_STATES)
+
+    @cached_property
+    def queue(self) -> tuple[dict[str, Any], ...]:
+        """Queued runs in dispatch order: priority descending, then enqueue order (as the store)."""
+        waiting = [r for r in self.runs if r["state"] == "queued"]
+        waiting.sort(key=lambda d: (-int(d.get("priority", 0)), int(d.get("seq", 0))))
+        return tuple(waiting)
+
+
+def run_number(run_id: str) -> int:
+    return int(run_id[1:]) if run_id[1:].isdigit() else 0
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    time: float
+    run: str
+    kind: str
+    epoch: int | None
+    message: str
+
+    def line(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
+        epoch = f" epoch {self.epoch}" if self.epoch is not None else ""
+        return f"{stamp} {self.run:<6} {self.kind}{epoch}: {self.message}"
+
+
+def entry_of(event: Mapping[str, Any]) -> LogEntry:
+    epoch = event.get("epoch")
+    return LogEntry(float(event.get("time") or 0.0), str(event.get("run", "?")), str(event.get("kind", "?")),
+                    epoch if isinstance(epoch, int) else None, str(event.get("message", "")))
+
+
+def finished_entry(run: Mapping[str, Any]) -> LogEntry:
+    """The dashboard's "finished" line for a completed run (the engine records no event for it)."""
+    summary = run.get("summary") or {}
+    hist = run.get("history") or []
+    acc = summary.get("best_val_acc")
+    if acc is None:
+        acc = max((h.get("val_acc") for h in hist if isinstance(h.get("val_acc"), (int, float))), default=None)
+    detail = f"{len(hist)} epochs" + (f", best val_acc {acc:.4f}" if isinstance(acc, (int, float)) else "")
+    return LogEntry(float(run.get("finished_at") or run.get("completed_at") or 0.0), run["id"], "finished", None,
+                    f"{run.get('preset', '')}: {detail}")
+
+
+class EventFeed:
+    """New catalogue events since the last call, each reported once.
+
+    Events are stamped when they happen but reach the catalogue up to a
+    second later (the recorder coalesces writes), so a plain `since=last
+    time seen` would skip some; re-read a window and drop what was seen.
+    """
+
+    def __init__(self, window: float = 30.0) -> None:
+        self.window = window
+        self._since: float | None = None
+        self._seen: dict[tuple, float] = {}
+
+    def prime(self, events: Iterable[Mapping[str, Any]]) -> list[LogEntry]:
+        """Mark `events` as seen (start-up); returns them as log entries."""
+        out = [entry_of(e) for e in events]
+        for e in out:
+            self._seen[(e.run, e.kind, e.time, e.epoch, e.message)] = e.time
+            self._since = max(self._since or 0.0, e.time)
+        return out
+
+    def since(self) -> float | None:
+        return None if self._since is None else self._since - self.window
+
+    def take(self, events: Iterable[Mapping[str, Any]]) -> list[LogEntry]:
+        fresh = []
+        for e in map(entry_of, events):
+            key = (e.run, e.kind, e.time, e.epoch, e.message)
+            if key in self._seen:
+                continue
+            self._seen[key] = e.time
+            fresh.append(e)
+            self._since = max(self._since or 0.0, e.time)
+        if self._since is not None and len(self._seen) > 1000:
+            cutoff = self._since - 2 * self.window
+            self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
+        return fresh
+
+
+def finished_since(old: Catalog | None, new: Catalog) -> list[LogEntry]:
+    """Runs that reached `completed` between two catalogue reads."""
+    if old is None:
+        return []
+    out = []
+    for run in new.runs:
+        if run["state"] == "completed":
+            before = old.by_id.get(run["id"])
+            if before is None or before["state"] != "completed":
+                out.append(finished_entry(run))
+    return out
+
+
+# ----------------------------------------------------------------------------- table rows
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+def epochs_of(run: Mapping[str, Any]) -> int | None:
+    """`train.epochs` of a full run record (one with its config)."""
+    cfg = run.get("config")
+    train = cfg.get("train") if isinstance(cfg, dict) else None
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+RUN_COLUMNS = ("id", "state", "preset", "loss", "epoch", "val_acc", "best", "slot", "elapsed")
+
+
+def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int | None = None) -> tuple[str, ...]:
+    """The dashboard row of one run; `live` (its followed stream) wins over the catalogue."""
+    hist = run.get("history") or []
+    last = hist[-1] if hist else {}
+    accs = [h.get("val_acc") for h in hist if isinstance(h.get("val_acc"), (int, float))]
+    best = max(accs) if accs else None
+    epoch = last.get("epoch") if last else None
+    acc = last.get("val_acc")
+    line = spark([h.get("train_loss") for h in hist])
+    if live is not None:
+        line = live.spark or line
+        if live.epochs_done and (epoch is None or live.epochs_done >= epoch):
+            epoch, acc = live.epochs_done, live.val_acc
+        if live.best_val_acc is not None and (best is None or live.best_val_acc > best):
+            best = live.best_val_acc
+    epoch_text = "" if epoch is None and not total else f"{epoch or 0}" + (f"/{total}" if total else "")
+    started = run.get("started_at")
+    ended = run.get("finished_at") if run["state"] != "running" else None
+    if started is None:
+        elapsed = ""
+    elif run["state"] == "running":
+        elapsed = fmt_seconds(now - started)
+    elif run["state"] == "interrupted":
+        elapsed = fmt_seconds((run.get("interrupted_at") or started) - started)
+    else:
+        elapsed = fmt_seconds((ended or started) - started)
+    slot = run.get("slot") or run.get("device") or ""
+    if run["state"] == "queued":
+        slot = run.get("device") or ""
+    return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best), str(slot),
+            elapsed)

@@ -1,0 +1,116 @@
+"""App-wide messages: what the background reader reports, and what screens ask the app to do.
+
+Events are past tense (the reader saw something); requests are imperative
+(a screen asks the app, which owns every write, to act). High-rate reports
+override `can_replace` so a newer one supersedes an older one still queued:
+each carries the whole latest state, never a delta, so dropping one loses
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from tui.composition import Composition
+from tui.control import QueueRequest
+from tui.live import Catalog, LiveRun, LogEntry
+from tui.probes import EngineSample, HardwareSample
+
+# ----------------------------------------------------------------------------- reports (reader -> app)
+
+
+@dataclass
+class CatalogLoaded(Message):
+    """The catalogue changed (store.version() moved) and was read again."""
+
+    catalog: Catalog
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, CatalogLoaded)
+
+
+@dataclass
+class MetricsUpdated(Message):
+    """Followed runs' streams grew; `live` holds every followed run's latest state."""
+
+    live: Mapping[str, LiveRun]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, MetricsUpdated)
+
+
+@dataclass
+class StatusSampled(Message):
+    """A new engine and hardware reading for the status line."""
+
+    engine: EngineSample
+    hardware: HardwareSample
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StatusSampled)
+
+
+@dataclass
+class EventsArrived(Message):
+    """Run events not reported before (never coalesced: each batch is new)."""
+
+    entries: tuple[LogEntry, ...]
+    initial: bool = False
+    """True for the start-up backlog: logged, not toasted."""
+
+
+# ----------------------------------------------------------------------------- requests (screen -> app)
+
+
+@dataclass
+class OpenRun(Message):
+    run_id: str
+
+
+@dataclass
+class QueueRuns(Message):
+    request: QueueRequest
+
+
+@dataclass
+class CancelRun(Message):
+    run_id: str
+
+
+@dataclass
+class RequeueRun(Message):
+    run_id: str
+
+
+@dataclass
+class MoveRun(Message):
+    run_id: str
+    where: str
+    """"top", "up" or "down"."""
+
+
+@dataclass
+class SetPriority(Message):
+    run_id: str
+    priority: int
+
+
+@dataclass
+class ClearQueue(Message):
+    pass
+
+
+@dataclass
+class SavePreset(Message):
+    composition: Composition
+    description: str = ""
+
+
+@dataclass
+class ReaderFailed(Message):
+    """The workspace could not be read (corrupt or locked catalogue); the reader keeps trying."""
+
+    error: str

@@ -1,0 +1,47 @@
+"""What every trialdeck screen shares: the app's context and the data the app pushes down.
+
+The app owns every read of the workspace and sets these reactives on the
+screens in the current stack; a screen only redraws from them. Screens ask
+the app to act by posting the requests in tui/messages.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from textual.reactive import reactive
+from textual.screen import Screen
+
+from tui.live import Catalog, LiveRun, LogEntry
+from tui.probes import EngineSample, HardwareSample
+
+if TYPE_CHECKING:  # only for annotations: the app module imports the screens
+    from tui.app import Context
+
+
+class LiveScreen(Screen):
+    """A screen fed by the app: catalogue reads, followed metrics, status samples."""
+
+    catalog: reactive[Catalog | None] = reactive(None, init=False)
+    """The latest catalogue read (runs without configs, studies)."""
+    live: reactive[Mapping[str, LiveRun]] = reactive(dict, init=False)
+    """Latest state of each followed run's metrics stream."""
+    status: reactive[tuple[EngineSample, HardwareSample] | None] = reactive(None, init=False)
+    """The latest engine and hardware sample."""
+    entries: reactive[tuple[tuple[int, LogEntry], ...]] = reactive((), init=False)
+    """Recent log entries with their sequence numbers."""
+
+    _ready = False
+    """Set at the start of a subclass's on_mount: watchers may fire before (pushed data)."""
+
+    @property
+    def ctx(self) -> Context:
+        return self.app.ctx  # type: ignore[attr-defined]
+
+    def now(self) -> float:
+        return self.ctx.clock()
+
+    def spawn(self, fn: Any, done: Any = None, *, name: str, exclusive: bool = True) -> None:
+        """Run blocking `fn` in a thread; `done(result)` runs on the UI thread if this screen is still up."""
+        self.app.spawn(fn, done, owner=self, name=name, exclusive=exclusive)  # type: ignore[attr-defined]

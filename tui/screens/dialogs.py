@@ -1,0 +1,169 @@
+"""Modal dialogs: queue a preset (repeat, priority, overrides), set a priority, confirm.
+
+Each is a `ModalScreen[T]` whose result comes back through `dismiss`; None
+means the user backed out.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+from engine.errors import BadInput
+from tui.composition import Composition, PresetLibrary, summary_line
+from tui.control import MAX_REPEAT, QueueRequest
+from tui.keymap import bind
+from tui.widgets.override_editor import OverrideEditor
+
+
+def parse_int(text: str, what: str, low: int, high: int) -> int:
+    value = text.strip()
+    if not (value.lstrip("+-").isdigit() and value.lstrip("+-")):
+        raise BadInput(f"{what} {text!r}: allowed: a whole number from {low} to {high}")
+    number = int(value)
+    if not low <= number <= high:
+        raise BadInput(f"{what} {number}: allowed: {low} to {high}")
+    return number
+
+
+class QueueDialog(ModalScreen[QueueRequest | None]):
+    """Queue a composition: how many copies, at what priority, with which overrides.
+
+    Validated as you type, with the same rules as `trialdeck run --set`;
+    enter queues only when everything is valid.
+    """
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, library: PresetLibrary, composition: Composition) -> None:
+        super().__init__()
+        self.library = library
+        self.composition = composition
+        self._request: QueueRequest | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="queue-dialog", classes="dialog"):
+            yield Static(f"Queue {self.composition.label}", classes="dialog-title")
+            with Horizontal(classes="dialog-row"):
+                yield Static("repeat", classes="dialog-label")
+                yield Input("1", id="repeat", restrict=r"[0-9]*", classes="dialog-number")
+                yield Static("priority", classes="dialog-label")
+                yield Input("0", id="priority", restrict=r"[-+0-9]*", classes="dialog-number")
+            yield Static("overrides (key = value, as --set):", classes="dialog-help")
+            yield OverrideEditor(rows=3, initial=[self._split(s) for s in self.composition.sets], id="queue-overrides")
+            yield Static("enter: queue   escape: cancel", classes="dialog-help")
+
+    @staticmethod
+    def _split(item: str) -> tuple[str, str]:
+        key, _, value = item.partition("=")
+        return key.strip(), value.strip()
+
+    def on_mount(self) -> None:
+        self.query_one("#repeat", Input).focus()
+
+    def _validate(self) -> None:
+        editor = self.query_one(OverrideEditor)
+        comp = Composition(self.composition.parents, editor.items(), self.composition.name)
+        self._request = None
+        try:
+            repeat = parse_int(self.query_one("#repeat", Input).value, "repeat", 1, MAX_REPEAT)
+            priority = parse_int(self.query_one("#priority", Input).value, "priority", -1_000_000, 1_000_000)
+        except BadInput as exc:
+            editor.valid, editor.invalid_row, editor.message = False, None, exc.message
+            return
+        check = self.library.check(comp)
+        editor.valid = check.ok
+        editor.invalid_row = check.bad_set
+        if check.spec is None:
+            editor.message = check.error or "invalid"
+            return
+        copies = f"{repeat} runs (seeds {check.spec.train.seed}..{check.spec.train.seed + repeat - 1}), " if repeat > 1 else ""
+        editor.message = summary_line(check.spec).replace("ok: ", "ok: " + copies, 1)
+        self._request = QueueRequest(comp, repeat, priority)
+
+    def on_override_editor_changed(self, event: OverrideEditor.Changed) -> None:
+        self._validate()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in ("repeat", "priority"):
+            self._validate()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._submit()
+
+    def on_override_editor_submitted(self, event: OverrideEditor.Submitted) -> None:
+        self._submit()
+
+    def _submit(self) -> None:
+        self._validate()
+        if self._request is not None:
+            self.dismiss(self._request)
+        else:
+            self.app.bell()
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+
+
+class PriorityDialog(ModalScreen[int | None]):
+    """Type a new priority for a queued run (higher runs first)."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, run_id: str, current: int) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="priority-dialog", classes="dialog"):
+            yield Static(f"Priority of {self.run_id} (higher runs first)", classes="dialog-title")
+            yield Input(str(self.current), id="priority-value", restrict=r"[-+0-9]*")
+            yield Static("", id="priority-error", classes="dialog-error")
+            yield Static("enter: set   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        try:
+            parse_int(event.value, "priority", -1_000_000, 1_000_000)
+            self.query_one("#priority-error", Static).update("")
+        except BadInput as exc:
+            self.query_one("#priority-error", Static).update(exc.message)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        try:
+            self.dismiss(parse_int(event.value, "priority", -1_000_000, 1_000_000))
+        except BadInput as exc:
+            self.query_one("#priority-error", Static).update(exc.message)
+            self.app.bell()
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """y confirms, n or escape declines."""
+
+    BINDINGS = [
+        bind("back", "answer(False)", description="No"),
+        ("y", "answer(True)", "Yes"),
+        ("n", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-dialog", classes="dialog"):
+            yield Static(self.question, classes="dialog-title")
+            yield Static("y: yes   n / escape: no", classes="dialog-help")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

@@ -1,0 +1,288 @@
+"""The preset composer: browse presets by group, see one resolved and diffed against its
+parents, compose a new one from a base and strategy blocks plus overrides, save or queue it.
+
+Validation runs on every change with the CLI's rules (tui/composition.py), on
+cached compositions, so typing reads no file; an invalid override is marked
+in place with the one-line error naming what is allowed.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Footer, Input, Select, SelectionList, Static, TabbedContent, TabPane, Tree
+
+from engine.errors import TrialdeckError
+from engine.presets import check_name
+from tui import messages
+from tui.composition import Check, Composition, lr_curve
+from tui.keymap import bind
+from tui.screens.base import LiveScreen
+from tui.screens.dialogs import QueueDialog
+from tui.widgets.filter_bar import FilterBar
+from tui.widgets.mode_bar import ModeBar
+from tui.widgets.override_editor import OverrideEditor
+from tui.widgets.plots import CurvePlot, Series
+from tui.widgets.preset_tree import PresetTree
+
+DEFAULT_BASE = "base/digits-mlp"
+
+
+def _value(v) -> str:
+    return "(unset)" if v is None else repr(v) if isinstance(v, str) else str(v)
+
+
+class PresetsScreen(LiveScreen):
+    """Left: the preset tree. Right: Config (resolved + diff) and Compose tabs."""
+
+    BINDINGS = [
+        bind("queue", "queue_preset", description="Queue"),
+        bind("compose", "compose_from"),
+        bind("save", "save_preset"),
+        bind("view", "next_tab", description="Config/Compose"),
+        bind("filter"),
+        bind("back", "focus_tree", show=False),
+    ]
+
+    highlighted: reactive[str | None] = reactive(None, init=False)
+    """The preset under the tree cursor."""
+    composition: reactive[Composition] = reactive(lambda: Composition((DEFAULT_BASE,)), init=False)
+    """What the Compose tab describes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._check: Check | None = None
+        self._highlighted_ok = False
+
+    def compose(self) -> ComposeResult:
+        library = self.ctx.library
+        bases = library.bases
+        yield ModeBar("presets", id="mode-bar")
+        with Horizontal(id="presets-body"):
+            yield PresetTree(library.names, id="presets")
+            with TabbedContent(id="preset-tabs", initial="tab-config"):
+                with TabPane("Config", id="tab-config"):
+                    with VerticalScroll(id="detail"):
+                        yield Static("Select a preset to see its resolved configuration.", id="config")
+                        yield Static("", id="diff")
+                with TabPane("Compose", id="tab-compose"):
+                    with VerticalScroll(id="composer"):
+                        with Horizontal(classes="compose-row"):
+                            yield Static("base", classes="compose-label")
+                            yield Select([(b, b) for b in bases], value=DEFAULT_BASE if DEFAULT_BASE in bases else Select.NULL,
+                                         allow_blank=False, id="compose-base", compact=True)
+                        yield Static("strategy blocks (space toggles):", classes="compose-help")
+                        yield SelectionList[str](*[(b, b) for b in library.blocks], id="compose-blocks", compact=True)
+                        yield Static("overrides (key = value, as --set):", classes="compose-help")
+                        yield OverrideEditor(rows=3, id="compose-overrides")
+                        yield CurvePlot("learning rate by epoch", xlabel="epoch", id="lr-plot")
+                        with Horizontal(classes="compose-row"):
+                            yield Static("name", classes="compose-label")
+                            yield Input(placeholder="e.g. mine/step-l2 (saved in the workspace)", id="compose-name")
+                        yield Static("", id="compose-name-error", classes="compose-help")
+        yield FilterBar("part of a preset name", id="presets-filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self.query_one(FilterBar).display = False
+        tree = self.query_one(PresetTree)
+        tree.focus()
+        first = tree.first_leaf()
+        if first is not None:
+            tree.move_cursor(first)
+            self.highlighted = first.data
+        self._recheck()
+
+    # -- browsing ----------------------------------------------------------------------------
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
+        event.stop()
+        if event.node.data:
+            self.highlighted = event.node.data
+
+    def watch_highlighted(self, name: str | None) -> None:
+        if name is not None:
+            self._show(name)
+        self.refresh_bindings()
+
+    def _show(self, name: str) -> None:
+        from engine.presets.authoring import config_toml
+
+        library = self.ctx.library
+        config = self.query_one("#config", Static)
+        diff = self.query_one("#diff", Static)
+        check = library.check(Composition((name,)))
+        self._highlighted_ok = check.ok
+        if check.spec is None:
+            config.update(Text.assemble(("invalid preset\n", "bold red"), check.error or ""))
+            diff.update("")
+            return
+        spec = check.spec
+        config.update(Text.assemble((name, "bold"), f"  hash {spec.content_hash}\n{spec.description}\n\n",
+                                    config_toml(spec.config())))
+        try:
+            parents, changes = library.diff(name)
+        except TrialdeckError as exc:
+            diff.update(Text(f"diff unavailable: {exc.message}", style="red"))
+            return
+        out = Text()
+        out.append("differs from " + (" + ".join(parents) if parents else "the schema defaults") + ":\n", style="bold")
+        for key, old, new in changes:
+            out.append(f"  {key}: ")
+            out.append(_value(old), style="red")
+            out.append(" → ")
+            out.append(f"{_value(new)}\n", style="green")
+        if not changes:
+            out.append("  (nothing)\n", style="dim")
+        diff.update(out)
+
+    def presets_changed(self, select: str | None = None) -> None:
+        """The library was reloaded (a preset was saved): rebuild the tree and the base list."""
+        library = self.ctx.library
+        tree = self.query_one(PresetTree)
+        tree.names = library.names
+        tree.fill(tree.names, self.query_one(FilterBar).text)
+        self.query_one("#compose-base", Select).set_options([(b, b) for b in library.bases])
+        node = tree.leaf(select) if select else None
+        if node is not None:
+            if node.parent is not None:
+                node.parent.expand()
+            self.call_after_refresh(tree.move_cursor, node)
+            self.highlighted = select
+
+    # -- composing ---------------------------------------------------------------------------
+
+    def _gather(self) -> Composition:
+        base = self.query_one("#compose-base", Select).value
+        parents = [base] if isinstance(base, str) else []
+        parents += list(self.query_one("#compose-blocks", SelectionList).selected)
+        items = self.query_one(OverrideEditor).items()
+        name = self.query_one("#compose-name", Input).value.strip()
+        return Composition(tuple(parents), items, name)
+
+    def _recheck(self) -> None:
+        if not self._ready:
+            return
+        self.composition = self._gather()
+
+    def watch_composition(self, comp: Composition) -> None:
+        editor = self.query_one(OverrideEditor)
+        check = self.ctx.library.check(comp)
+        self._check = check
+        editor.valid = check.ok
+        editor.invalid_row = check.bad_set
+        if check.spec is not None:
+            from tui.composition import summary_line
+
+            editor.message = summary_line(check.spec)
+            curve = lr_curve(check.spec)
+            self.query_one(CurvePlot).series = (Series("lr", tuple(float(i + 1) for i in range(len(curve))),
+                                                       tuple(curve)),)
+        else:
+            editor.message = check.error or "invalid"
+        name_error = ""
+        if comp.name:
+            try:
+                check_name(comp.name)
+            except TrialdeckError as exc:
+                name_error = exc.message
+        self.query_one("#compose-name-error", Static).update(Text(name_error, style="red"))
+        self.refresh_bindings()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self._recheck()
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self._recheck()
+
+    def on_override_editor_changed(self, event: OverrideEditor.Changed) -> None:
+        self._recheck()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "compose-name":
+            self._recheck()
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _tab(self) -> str:
+        return self.query_one(TabbedContent).active
+
+    def _name_ok(self, name: str) -> bool:
+        try:
+            check_name(name)
+        except TrialdeckError:
+            return False
+        return True
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if not self._ready:
+            return True
+        if action == "queue_preset":
+            if self._tab() == "tab-compose":
+                return True if self._check is not None and self._check.ok else None
+            return True if self.highlighted and self._highlighted_ok else None
+        if action == "save_preset":
+            ok = self._tab() == "tab-compose" and self._check is not None and self._check.ok
+            return True if ok and self._name_ok(self.composition.name) else None
+        if action == "compose_from":
+            return True if self.highlighted else None
+        return True
+
+    def action_queue_preset(self) -> None:
+        if self._tab() == "tab-compose":
+            comp = self.composition
+            base = Composition(comp.parents, comp.sets, comp.name)
+        elif self.highlighted:
+            base = Composition((self.highlighted,))
+        else:
+            return
+
+        def queued(request) -> None:
+            if request is not None:
+                self.post_message(messages.QueueRuns(request))
+
+        self.app.push_screen(QueueDialog(self.ctx.library, base), queued)
+
+    def action_save_preset(self) -> None:
+        comp = self.composition
+        if self._check is None or not self._check.ok or not self._name_ok(comp.name):
+            self.app.bell()
+            return
+        self.post_message(messages.SavePreset(comp, f"{comp.name}: " + " + ".join(comp.parents)))
+
+    def action_compose_from(self) -> None:
+        name = self.highlighted
+        if not name:
+            return
+        library = self.ctx.library
+        if name in library.blocks:
+            self.query_one("#compose-blocks", SelectionList).select(name)
+        else:
+            self.query_one("#compose-base", Select).value = name
+        self.query_one(TabbedContent).active = "tab-compose"
+        self.query_one("#key-0", Input).focus()
+        self._recheck()
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = "tab-compose" if tabs.active == "tab-config" else "tab-config"
+        self.refresh_bindings()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.refresh_bindings()
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
+        tree = self.query_one(PresetTree)
+        tree.fill(tree.names, event.text)
+
+    def on_filter_bar_closed(self, event: FilterBar.Closed) -> None:
+        self.action_focus_tree()
+
+    def action_focus_tree(self) -> None:
+        self.query_one(PresetTree).focus()

@@ -1,0 +1,161 @@
+"""The runs dashboard (default view): every run with a live loss sparkline, the event log,
+and the engine and hardware line.
+
+Rows are recomputed from what the app pushes (catalogue reads at most twice a
+second, followed metrics, a clock) and applied cell by cell; a run's
+sparkline is a string of block characters in its row.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Footer, Static
+
+from tui import messages
+from tui.keymap import bind
+from tui.live import CANCELLABLE, Catalog, run_number, run_row
+from tui.probes import status_text
+from tui.screens.base import LiveScreen
+from tui.widgets.event_log import EventLog
+from tui.widgets.filter_bar import FilterBar
+from tui.widgets.keyed_table import STATE_STYLES, KeyedTable
+from tui.widgets.mode_bar import ModeBar
+
+MAX_ROWS = 500
+"""Newest runs shown (plus every active one); filter with `/` to reach older ones."""
+
+
+class RunsTable(KeyedTable):
+    COLUMNS = (("id", "id", 6), ("state", "state", 13), ("preset", "preset", 20), ("loss", "loss", 16),
+               ("epoch", "epoch", 9), ("val_acc", "val_acc", 7), ("best", "best", 7), ("slot", "slot", 8),
+               ("elapsed", "elapsed", 8))
+    STYLED = {"state": STATE_STYLES}
+    COLUMN_STYLES = {"loss": "cyan"}
+
+
+def matches(run: dict, words: list[str]) -> bool:
+    hay = f"{run['id']} {run['state']} {run.get('preset', '')} {run.get('slot') or ''} {run.get('study') or ''}".lower()
+    return all(w in hay for w in words)
+
+
+def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> tuple[list[dict], int]:
+    """Runs to show, newest first: those matching `text`, at most `limit` plus every active one."""
+    words = text.lower().split()
+    runs = [r for r in catalog.runs if matches(r, words)] if words else list(catalog.runs)
+    runs.sort(key=lambda r: -run_number(r["id"]))
+    total = len(runs)
+    if total > limit:
+        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] in ("running", "queued")]
+    return runs, total
+
+
+class RunsScreen(LiveScreen):
+    """Runs, newest first. enter opens one; c cancels; r queues it again; / filters."""
+
+    _filter = ""
+    _total = 0
+
+    BINDINGS = [
+        bind("open", "open_run"),
+        bind("cancel"),
+        bind("queue", "requeue", description="Run again"),
+        bind("filter"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield ModeBar("runs", id="mode-bar")
+        yield RunsTable(id="runs-table")
+        yield EventLog(id="event-log")
+        yield Static("", id="status-line")
+        yield FilterBar("words to match: id, state, preset, slot", id="runs-filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self.query_one("#runs-filter").display = False
+        self.query_one(EventLog).border_title = "events"
+        self.query_one(RunsTable).focus()
+        self.query_one(EventLog).entries = self.entries
+        self._refresh_rows()
+
+    # -- data pushed by the app --------------------------------------------------------------
+
+    def watch_catalog(self) -> None:
+        self._refresh_rows()
+
+    def watch_live(self) -> None:
+        self._refresh_rows()
+
+    def watch_status(self) -> None:
+        if self._ready:
+            self._refresh_status()
+
+    def watch_entries(self, entries) -> None:
+        if self._ready:
+            self.query_one(EventLog).entries = entries
+
+    def _refresh_rows(self) -> None:
+        if self.catalog is None or not self._ready:
+            return
+        runs, self._total = visible_runs(self.catalog, self._filter)
+        now = self.now()
+        live, totals = self.live, self.catalog.totals
+        self.query_one(RunsTable).show([(r["id"], run_row(r, live.get(r["id"]), now, totals.get(r["id"])))
+                                        for r in runs])
+        self._refresh_status()
+        self.refresh_bindings()
+
+    def _refresh_status(self) -> None:
+        engine, hw = self.status if self.status is not None else (None, None)
+        counts = self.catalog.counts if self.catalog is not None else {}
+        text = status_text(engine, hw, counts, self.now())
+        shown = self.query_one(RunsTable).row_count
+        if self.catalog is not None and (self._filter or shown < len(self.catalog.runs)):
+            text += f" │ showing {shown} of {len(self.catalog.runs)}"
+        self.query_one("#status-line", Static).update(text)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _selected(self) -> dict | None:
+        key = self.query_one(RunsTable).current_key
+        return self.catalog.by_id.get(key) if key and self.catalog is not None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("open_run", "requeue"):
+            return True if self._selected() is not None else None
+        if action == "cancel":
+            run = self._selected()
+            return True if run is not None and run["state"] in CANCELLABLE else None
+        return True
+
+    def action_open_run(self) -> None:
+        run = self._selected()
+        if run is not None:
+            self.post_message(messages.OpenRun(run["id"]))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_run()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()
+
+    def action_cancel(self) -> None:
+        run = self._selected()
+        if run is not None:
+            self.post_message(messages.CancelRun(run["id"]))
+
+    def action_requeue(self) -> None:
+        run = self._selected()
+        if run is not None:
+            self.post_message(messages.RequeueRun(run["id"]))
+
+    def action_filter(self) -> None:
+        self.query_one(FilterBar).open()
+
+    def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
+        self._filter = event.text
+        self._refresh_rows()
+
+    def on_filter_bar_closed(self, event: FilterBar.Closed) -> None:
+        self.query_one(RunsTable).focus()

@@ -1,0 +1,1 @@
+"""Reusable widgets: each takes data through attributes and reports through its own nested messages."""

@@ -1,0 +1,41 @@
+"""The dashboard's event pane: early stops, prunes, failures and finished runs, as they happen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import RichLog
+
+from tui.live import LogEntry
+
+KIND_STYLES = {"failed": "bold red", "nan_loss": "bold red", "early_stopped": "yellow", "pruned": "magenta",
+               "finished": "green", "cancelled": "dim", "interrupted": "yellow"}
+
+
+class EventLog(RichLog):
+    """Append-only: only entries past the last one written are added."""
+
+    entries: reactive[tuple[tuple[int, LogEntry], ...]] = reactive((), init=False, always_update=True)
+    """(sequence number, entry) pairs, oldest first; the app keeps the last few hundred."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(max_lines=500, wrap=False, markup=False, highlight=False, auto_scroll=True, **kwargs)
+        self._last = -1
+
+    def watch_entries(self, entries: Sequence[tuple[int, LogEntry]]) -> None:
+        for seq, entry in entries:
+            if seq > self._last:
+                self.write(self._line(entry))
+                self._last = seq
+
+    @staticmethod
+    def _line(entry: LogEntry) -> Text:
+        text = Text(entry.line())
+        style = KIND_STYLES.get(entry.kind)
+        if style:
+            start = text.plain.find(entry.kind, 15)
+            if start >= 0:
+                text.stylize(style, start, start + len(entry.kind))
+        return text
