@@ -63,7 +63,8 @@ def run(quick: bool = False) -> dict:
         batch = [{"preset": spec.preset, "config": config, "config_hash": digest}] * 1000
         for _ in range((n_list - n_enqueue) // 1000):
             store.create_runs(batch)
-        env = {**os.environ, "TRIALDECK_HOME": str(ws.root)}
+        # Only reading: the queued runs must not start an engine that would try to train them.
+        env = {**os.environ, "TRIALDECK_HOME": str(ws.root), "TRIALDECK_NO_AUTOSTART": "1"}
         trialdeck = [sys.executable, "-m", "tui.cli"]
         runs_list = _median_wall([*trialdeck, "runs", "list", "--json"], 3, env)
         list_ref = _median_wall([sys.executable, "-c",

@@ -196,6 +196,9 @@ class Engine:
                     self._on_worker_died(handle)
             if self.stopping:
                 break
+            if not self.ws.catalog_path.parent.is_dir():
+                self._log(f"workspace {self.ws.root} is gone; stopping")
+                break
             self._check_cancellations()
             self._feed_studies()
             self._check_cancellations()

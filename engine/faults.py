@@ -24,7 +24,7 @@ def check(run_id: str | None, epoch: int) -> None:
         if not at.isdigit() or int(at) != epoch or (target and target != run_id):
             continue
         if kind == "raise":
-            raise RuntimeError(f"injected fault at epoch {epoch}")
+            raise RuntimeError("injected fault")
         if kind == "oom":
             import torch
 

@@ -41,6 +41,9 @@ class RunRecorder(TrainerCallback):
         self._history: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._fields: dict[str, Any] = {}
+        self._base: list[dict[str, Any]] | None = None
+        """The history the trainer started from (a resumed checkpoint's); replaces the stored one
+        at the next flush, since the catalogue may be ahead of or behind that checkpoint."""
         self._last_flush = time.monotonic()
 
     # -- coalesced catalogue writes ----------------------------------------------------------
@@ -49,7 +52,10 @@ class RunRecorder(TrainerCallback):
         if not (self._history or self._events or self._fields):
             return
         fields = dict(self._fields)
-        if self._history:
+        if self._base is not None:
+            fields["history"] = self._base + self._history
+            self._base = None
+        elif self._history:
             record = self.store.get_run(self.run_id) or {}
             fields["history"] = list(record.get("history") or []) + self._history
         if fields:
@@ -68,8 +74,8 @@ class RunRecorder(TrainerCallback):
     def finish(self, result, **fields: Any) -> dict:
         """Record the run's final state with everything still pending, in one write."""
         pending = self.pending()
-        record = self.store.get_run(self.run_id) or {}
-        history = list(record.get("history") or []) + pending["history"]
+        # The trainer's history is complete (a resumed run's includes the checkpoint's epochs).
+        history = [h.to_json() for h in result.history]
         values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(), **fields}
         return self.store.transition(self.run_id, result.state, error=result.error, add_events=pending["events"], **values)
 
@@ -85,7 +91,9 @@ class RunRecorder(TrainerCallback):
 
     def on_start(self, info: dict) -> None:
         self._fields.update(device=info["device"], params=info["params"])
-        self.metrics.write({"t": time.time(), "kind": "start", **info})
+        self._base = list(info.get("history") or [])
+        self._history = []
+        self.metrics.write({"t": time.time(), "kind": "start", **{k: v for k, v in info.items() if k != "history"}})
         if self.observer:
             self.observer.on_start(info)
 

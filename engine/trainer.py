@@ -233,7 +233,8 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
 
     params = sum(p.numel() for p in model.parameters())
     cb.on_start({"device": str(device), "params": params, "train_samples": n, "val_samples": int(x_val.shape[0]),
-                 "steps_per_epoch": steps, "start_epoch": start_epoch})
+                 "steps_per_epoch": steps, "start_epoch": start_epoch,
+                 "history": [h.to_json() for h in result.history]})
     cb.log(f"training {spec.preset or 'preset'} on {device}: {params:,} parameters, {n} train / {x_val.shape[0]} val samples")
 
     last_ckpt = time.monotonic()

@@ -1,7 +1,9 @@
-"""The Textual app through Pilot: it starts, lists presets, shows a resolved config, quits.
+"""The Textual app through Pilot: it starts on the runs dashboard, `2` shows the preset
+browser, which lists presets and shows a resolved config; `q` quits.
 
-Modest on purpose: the preset browser is the first screen; the rest of the TUI
-has its own tests. The workspace is a temp folder (never ~/.trialdeck).
+The other screens have their own tests (test_tui_screens.py, test_tui_logic.py,
+test_tui_snapshots.py, test_tui_tmux.py). The workspace is a temp folder
+(never ~/.trialdeck), and no test here starts an engine.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from textual.widgets import Static, Tree
 
 from engine.workspace import Workspace
 from tui.app import make_app
+from tui.testing import wait_for
 
 SIZE = (120, 40)
 
@@ -18,12 +21,19 @@ SIZE = (120, 40)
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    return make_app(Workspace(tmp_path / "home").ensure())
+    return make_app(Workspace(tmp_path / "home").ensure(), start_engine=False)
+
+
+async def presets_screen(pilot) -> None:
+    """The preset browser is view 2."""
+    await pilot.press("2")
+    await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "PresetsScreen" and pilot.app.screen.is_mounted,
+                   what="the presets screen")
 
 
 def config_text(app) -> str:
     """The detail pane's text as displayed (markup applied), not as passed to update()."""
-    visual = app.query_one("#config", Static).render()
+    visual = app.screen.query_one("#config", Static).render()
     return visual.plain if hasattr(visual, "plain") else str(visual)
 
 
@@ -40,10 +50,18 @@ async def highlight(pilot, tree: Tree, name: str) -> None:
     raise AssertionError(f"{name} never highlighted; stopped on {tree.cursor_node and tree.cursor_node.data}")
 
 
-async def test_app_starts_with_the_seed_group_expanded(app):
+async def test_app_starts_on_the_runs_dashboard(app):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        tree = app.query_one(Tree)
+        assert app.current_mode == "runs"
+        assert type(app.screen).__name__ == "RunsScreen"
+        assert app.focused is not None and app.focused.id == "runs-table"
+
+
+async def test_the_preset_browser_starts_with_the_seed_group_expanded(app):
+    async with app.run_test(size=SIZE) as pilot:
+        await presets_screen(pilot)
+        tree = app.screen.query_one(Tree)
         groups = {str(node.label): node for node in tree.root.children}
         assert "seed" in groups
         seed = groups["seed"]
@@ -59,8 +77,8 @@ async def test_app_starts_with_the_seed_group_expanded(app):
 
 async def test_highlighting_a_preset_shows_its_resolved_config(app):
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        tree = app.query_one(Tree)
+        await presets_screen(pilot)
+        tree = app.screen.query_one(Tree)
         tree.move_cursor(leaf(tree, "seed/step-decay"))
         await pilot.pause()
         assert tree.cursor_node.data == "seed/step-decay"
@@ -74,8 +92,8 @@ async def test_highlighting_a_preset_shows_its_resolved_config(app):
 
 async def test_every_seed_preset_can_be_highlighted_with_the_arrow_keys(app):
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        tree = app.query_one(Tree)
+        await presets_screen(pilot)
+        tree = app.screen.query_one(Tree)
         seed = next(group for group in tree.root.children if str(group.label) == "seed")
         for node in seed.children:
             await highlight(pilot, tree, node.data)
@@ -87,10 +105,10 @@ async def test_an_invalid_workspace_preset_shows_its_error_line(tmp_path, monkey
     monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "home").ensure()
     (ws.presets_dir / "broken.toml").write_text('extends = ["base/digits-mlp"]\n[model]\nwidth = 3\n')
-    app = make_app(ws)
+    app = make_app(ws, start_engine=False)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        tree = app.query_one(Tree)
+        await presets_screen(pilot)
+        tree = app.screen.query_one(Tree)
         node = leaf(tree, "broken")
         node.parent.expand()
         await pilot.pause()
@@ -105,10 +123,10 @@ async def test_a_workspace_preset_appears_in_the_tree(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "home").ensure()
     (ws.presets_dir / "mine.toml").write_text('extends = ["seed/step-decay"]\n[train]\nepochs = 3\n')
-    app = make_app(ws)
+    app = make_app(ws, start_engine=False)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        tree = app.query_one(Tree)
+        await presets_screen(pilot)
+        tree = app.screen.query_one(Tree)
         leaves = [leaf.data for group in tree.root.children for leaf in group.children]
         assert "mine" in leaves
 

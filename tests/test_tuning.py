@@ -292,7 +292,7 @@ def test_conditional_space_samples_the_third_layer_only_with_depth_three(tpe) ->
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/recorder.py:87 on_start sets the run's `params` field to the model's parameter count, "
+    "BUG engine/recorder.py RunRecorder.on_start sets the run's `params` field to the model's parameter count, "
     "overwriting the sampled trial params that engine/tuning/driver.py (update_run(..., params=params)) and "
     "engine/tuning/remote.py store there"))
 def test_a_trial_run_record_keeps_its_sampled_params(tpe) -> None:
@@ -332,16 +332,17 @@ def test_grid_search_runs_exactly_its_twelve_points(tmp_path: Path) -> None:
             assert run["config"]["train"]["epochs"] == t["params"]["train.epochs"]
             assert run["config"]["data"]["batch_size"] == t["params"]["data.batch_size"]
             assert run["config"]["optimizer"]["name"] == t["params"]["optimizer.name"]
+        # No 13th trial: not in Optuna, not in the queue, not asked later by the idle engine.
+        time.sleep(1.0)
+        journal = _journal_trials(deck.ws, "grid")
+        assert len(journal) == 12, [(t.number, t.state.name) for t in journal]
+        assert len([r for r in deck.store().list_runs() if r.get("study") == "grid"]) == 12
         # Every grid point ran to the end, and the study says so.
+        assert all(t.state.name == "COMPLETE" for t in journal), [t.state.name for t in journal]
         assert out["state"] == "completed", f"the grid study ended {out['state']!r}: {out.get('error')}\n{deck.log_tail()}"
         assert [t["state"] for t in trials] == ["complete"] * 12, [(t["number"], t["state"]) for t in trials]
         assert all(0.0 <= t["value"] <= 1.0 for t in trials)  # val_acc, reduce = "last"
         assert out["best"]["value"] == max(t["value"] for t in trials)
-        # No 13th trial: not in Optuna, not in the queue, not asked later by an idle engine.
-        time.sleep(1.0)
-        journal = _journal_trials(deck.ws, "grid")
-        assert len(journal) == 12 and all(t.state.name == "COMPLETE" for t in journal), [t.state.name for t in journal]
-        assert len([r for r in deck.store().list_runs() if r.get("study") == "grid"]) == 12
     finally:
         deck.stop()
 
@@ -349,14 +350,14 @@ def test_grid_search_runs_exactly_its_twelve_points(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ 4. kill -9 mid-study, then resume
 
 RESUME_PRESET = """
-    description = "TPE, 10 trials x 30 epochs on digits, a checkpoint every epoch"
+    description = "TPE, 10 trials x 15 epochs on digits, a checkpoint every epoch"
     extends = ["base/digits-mlp"]
 
     [model]
-    hidden = [128]
+    hidden = [64]
 
     [train]
-    epochs = 30
+    epochs = 15
     checkpoint_seconds = 0
 
     [tune]
@@ -369,13 +370,25 @@ RESUME_PRESET = """
 
     [tune.space]
     "optimizer.lr" = { float = [1e-4, 1e-2], log = true }
-    "model.hidden.0" = { int = [32, 256] }
+    "model.hidden.0" = { int = [32, 128] }
 """
 
 
-def test_kill_9_of_the_engine_mid_study_then_tune_again_resumes_to_exactly_the_target(tmp_path: Path) -> None:
-    preset = _write_preset(tmp_path / "presets" / "resume.toml", RESUME_PRESET)
-    deck = Deck(tmp_path / "ws")
+def _epochs_streamed(ws: Workspace, run_id: str) -> int:
+    """Epoch lines in the run's append-only metrics stream (TinyDB only gets them at flush time)."""
+    try:
+        data = (ws.runs_dir / run_id / "metrics.jsonl").read_bytes()
+    except FileNotFoundError:
+        return 0
+    return data.count(b'"kind": "epoch"') + data.count(b'"kind":"epoch"')
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """A study killed (-9) mid-trial after >= 3 trials, then resumed by the same `tune` command with --wait."""
+    root = tmp_path_factory.mktemp("resume")
+    preset = _write_preset(root / "presets" / "resume.toml", RESUME_PRESET)
+    deck = Deck(root / "ws")
     name = "resume"
     args = ("tune", str(preset), "--study", name, "--trials", "10")
     try:
@@ -386,57 +399,83 @@ def test_kill_9_of_the_engine_mid_study_then_tune_again_resumes_to_exactly_the_t
         def study_runs() -> list[dict[str, Any]]:
             return [r for r in store.list_runs() if r.get("study") == name]
 
-        def mid_trial() -> dict[str, Any] | None:
-            """A moment with >= 3 trials done and the next one part-way (>= 2 epochs recorded)."""
+        def mid_trial() -> bool:
+            """>= 3 trials done and the next one part-way: >= 2 epochs streamed (each one checkpointed)
+            and none yet in the catalogue (its recorder flushes there once a second)."""
             runs = study_runs()
+            if len(runs) >= 10 and all(r["state"] in TERMINAL for r in runs):
+                raise AssertionError(f"the study finished before the kill; trials are too short\n{deck.log_tail()}")
             done = [r for r in runs if r["state"] in TERMINAL]
-            running = [r for r in runs if r["state"] == "running" and len(r.get("history") or []) >= 2]
-            return running[0] if len(done) >= 3 and running else None
+            return len(done) >= 3 and any(
+                r["state"] == "running" and not r.get("history") and 2 <= _epochs_streamed(deck.ws, r["id"]) <= 11
+                for r in runs)
 
-        victim = deck.wait(mid_trial, 240, lambda: f">= 3 trials done and one part-way: "
-                                                   f"{[(r['id'], r['state'], len(r.get('history') or [])) for r in study_runs()]}",
-                           interval=0.02)
+        deck.wait(mid_trial, 240, lambda: f">= 3 trials done and one part-way: "
+                                          f"{[(r['id'], r['state'], _epochs_streamed(deck.ws, r['id'])) for r in study_runs()]}",
+                  interval=0.01)
         engine = deck.engine_pid()
-        worker = store.get_run(victim["id"]).get("worker")
         os.kill(engine, signal.SIGKILL)  # as a crash or the OOM killer would
         deck.wait(lambda: _gone(engine), 15, f"engine {engine} to die after SIGKILL")
-        if isinstance(worker, int):  # PR_SET_PDEATHSIG takes the worker down with it
-            deck.wait(lambda: _gone(worker), 15, f"worker {worker} to die with its engine")
-        assert store.get_run(victim["id"])["state"] == "running", "the kill landed after the trial finished"
+        victims = [r for r in study_runs() if r["state"] == "running"]
+        assert len(victims) == 1, f"one trial run was running at the kill: {[(r['id'], r['state']) for r in study_runs()]}"
+        victim = victims[0]
+        if isinstance(victim.get("worker"), int):  # PR_SET_PDEATHSIG takes the worker down with its engine
+            deck.wait(lambda: _gone(victim["worker"]), 15, f"worker {victim['worker']} to die with its engine")
+        # Read again once the worker is gone too: its `history` is what the catalogue kept of the trial.
+        victim = store.get_run(victim["id"])
+        assert victim["state"] == "running"
 
         _, out = _tune(deck, *args[1:])
-        assert out["state"] == "completed", f"study ended {out['state']}: {out.get('error')}"
-        trials = out["trials"]
-        numbers = [t["number"] for t in trials]
-        assert sorted(numbers) == list(range(10)), f"trial numbers {numbers}: exactly 10, no duplicates"
-        run_ids = [t["run_id"] for t in trials]
-        assert None not in run_ids and len(set(run_ids)) == 10, f"run ids {run_ids}"
-        for t in trials:
-            _assert_trial_doc(t, epochs=30)
-
-        journal = _journal_trials(deck.ws, name)
-        assert len(journal) == 10, f"Optuna has {len(journal)} trials: {[(t.number, t.state.name) for t in journal]}"
-        states = {t.number: t.state.name for t in journal}
-        assert set(states.values()) <= {"COMPLETE", "PRUNED", "FAIL"}, f"left unfinished in Optuna: {states}"
-
-        runs = study_runs()
-        assert len(runs) == 10, f"{len(runs)} runs for 10 trials: {[(r['id'], r['trial']) for r in runs]}"
-        by_id = {r["id"]: r for r in runs}
-        for t in trials:
-            run = by_id[t["run_id"]]
-            assert run["trial"] == t["number"]
-            assert run["state"] in TERMINAL, f"{run['id']} is {run['state']}"
-            assert (run["state"] in ("completed", "early_stopped")) == (states[t["number"]] == "COMPLETE"), (run["state"], states[t["number"]])
-
-        # The trial that was running at the kill continued as the same trial, from its checkpoint.
-        resumed = by_id[victim["id"]]
-        assert resumed["state"] == "completed", f"{victim['id']}: {resumed['state']} {resumed.get('error')}"
-        assert states[victim["trial"]] == "COMPLETE"
-        kinds = [e["kind"] for e in resumed["events"]]
-        assert "interrupted" in kinds and "requeued" in kinds and "resumed" in kinds, kinds
-        assert [h["epoch"] for h in resumed["history"]] == list(range(1, 31))
+        yield deck, name, victim, out
     finally:
         deck.stop()
+
+
+def test_kill_9_of_the_engine_mid_study_then_tune_again_resumes_to_exactly_the_target(resumed) -> None:
+    deck, name, victim, out = resumed
+    assert out["state"] == "completed", f"study ended {out['state']}: {out.get('error')}"
+    trials = out["trials"]
+    numbers = [t["number"] for t in trials]
+    assert sorted(numbers) == list(range(10)), f"trial numbers {numbers}: exactly 10, no duplicates"
+    run_ids = [t["run_id"] for t in trials]
+    assert None not in run_ids and len(set(run_ids)) == 10, f"run ids {run_ids}"
+    for t in trials:
+        _assert_trial_doc(t, epochs=15)
+
+    journal = _journal_trials(deck.ws, name)
+    assert len(journal) == 10, f"Optuna has {len(journal)} trials: {[(t.number, t.state.name) for t in journal]}"
+    states = {t.number: t.state.name for t in journal}
+    assert set(states.values()) <= {"COMPLETE", "PRUNED", "FAIL"}, f"left unfinished in Optuna: {states}"
+
+    runs = [r for r in deck.store().list_runs() if r.get("study") == name]
+    assert len(runs) == 10, f"{len(runs)} runs for 10 trials: {[(r['id'], r['trial']) for r in runs]}"
+    by_id = {r["id"]: r for r in runs}
+    for t in trials:
+        run = by_id[t["run_id"]]
+        assert run["trial"] == t["number"]
+        assert run["state"] in TERMINAL, f"{run['id']} is {run['state']}"
+        assert (run["state"] in ("completed", "early_stopped")) == (states[t["number"]] == "COMPLETE"), \
+            (run["id"], run["state"], states[t["number"]])
+
+    # The trial that was running at the kill continued as the same trial, from its checkpoint.
+    resumed_run = by_id[victim["id"]]
+    assert resumed_run["trial"] == victim["trial"]
+    assert resumed_run["state"] == "completed", f"{victim['id']}: {resumed_run['state']} {resumed_run.get('error')}"
+    assert states[victim["trial"]] == "COMPLETE"
+    kinds = [e["kind"] for e in resumed_run["events"]]
+    assert {"interrupted", "requeued", "resumed"} <= set(kinds), kinds
+    assert resumed_run["history"] and resumed_run["history"][-1]["epoch"] == 15
+
+
+def test_the_resumed_trial_keeps_a_gapless_history(resumed) -> None:
+    # The catalogue (flushed once a second) and the checkpoint (every epoch here) may disagree at the kill;
+    # the resumed run's history must still be epochs 1..15, each once.
+    deck, name, victim, _ = resumed
+    run = deck.store().get_run(victim["id"])
+    history = run["history"]
+    checkpointed = _events(run, "resumed")[0]["epoch"]  # "resumed from the checkpoint after epoch N"
+    assert 1 <= checkpointed < 15
+    assert [h["epoch"] for h in history] == list(range(1, 16)), [h["epoch"] for h in history]
 
 
 # ------------------------------------------------------------------ 5. pruning, and early stopping that is not pruning
@@ -574,11 +613,11 @@ def test_the_median_in_a_prune_reason_is_the_median_the_pruner_compared_with(pru
 # ------------------------------------------------------------------ 6. two workers on a shared PostgreSQL study
 
 PG_PRESET = """
-    description = "Random search on digits for the multi-box test: trials of a second or two"
+    description = "Random search on digits for the multi-box test: trials of about a second"
     extends = ["base/digits-mlp"]
 
     [train]
-    epochs = 25
+    epochs = 50
 
     [tune]
     sampler = "random"
@@ -586,7 +625,7 @@ PG_PRESET = """
     metric = "val_loss"
     direction = "minimize"
     trials = 8
-    seed = 0
+    seed = 0              # fixed: see test_workers_sharing_a_seeded_study_do_not_repeat_each_others_params
 
     [tune.space]
     "optimizer.lr" = { float = [1e-4, 1e-2], log = true }
@@ -610,17 +649,27 @@ study.set_user_attr("trialdeck", meta)
 """
 
 
+def _with_psycopg2(url: str) -> str:
+    """The URL with the psycopg2 driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which
+    trialdeck does not install (see test_a_plain_postgresql_url_opens); naming the driver lets the rest of
+    the multi-box flow be tested meanwhile."""
+    return "postgresql+psycopg2://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
 @pytest.fixture(scope="module")
 def shared_study(tmp_path_factory, pg_url):
     root = tmp_path_factory.mktemp("pg")
     preset = _write_preset(root / "presets" / "shared.toml", PG_PRESET)
     name = f"shared-{uuid.uuid4().hex[:10]}"
+    plain_url, pg_url = pg_url, _with_psycopg2(pg_url)
     b, c, d = Deck(root / "b"), Deck(root / "c"), Deck(root / "d")
     created = subprocess.run([sys.executable, "-c", CREATE_STUDY, pg_url, name, str(preset), "8"], cwd=REPO,
                              env=b.env, capture_output=True, text=True, timeout=120)
     assert created.returncode == 0, created.stderr
+    # Two boxes simulated on one: each worker gets one core (its torch threads), as it would have a box.
     workers = {deck: subprocess.Popen(deck.argv("worker", "--storage", pg_url, "--study", name, "--json"), cwd=REPO,
-                                      env=deck.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                      env={**deck.env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
                for deck in (b, c)}
     try:
         outputs = {}
@@ -629,7 +678,7 @@ def shared_study(tmp_path_factory, pg_url):
             assert proc.returncode == 0, f"worker --home {deck.home} exited {proc.returncode}:\n{stderr}"
             outputs[deck] = json.loads(stdout)
         shown = d.json("studies", "show", name, "--storage", pg_url, timeout=120)
-        yield {"url": pg_url, "name": name, "b": b, "c": c, "d": d, "out_b": outputs[b], "out_c": outputs[c],
+        yield {"url": pg_url, "plain_url": plain_url, "name": name, "b": b, "c": c, "d": d, "out_b": outputs[b], "out_c": outputs[c],
                "shown": shown}
     finally:
         for proc in workers.values():
@@ -654,7 +703,7 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     assert sorted(t["number"] for t in trials) == list(range(8)), [t["number"] for t in trials]
     host = socket.gethostname()
     for t in trials:
-        _assert_trial_doc(t, epochs=25)
+        _assert_trial_doc(t, epochs=50)
         assert t["host"] == host
         assert re.fullmatch(re.escape(host) + r":r\d+", t["run_id"]), t["run_id"]
     assert shown["best"]["number"] in {t["number"] for t in trials if t["state"] == "complete"}
@@ -701,3 +750,22 @@ def test_merged_trials_from_two_workspaces_on_one_host_have_distinct_run_ids(sha
     trials = shared_study["shown"]["trials"]
     run_ids = [t["run_id"] for t in trials]
     assert len(set(run_ids)) == len(run_ids), run_ids
+
+
+def test_a_plain_postgresql_url_opens(shared_study, tmp_path: Path) -> None:
+    # DESIGN: `--storage postgresql://...`. SQLAlchemy 2.1 resolves a bare postgresql:// to the psycopg (3)
+    # driver; trialdeck's extras install psycopg2-binary only.
+    deck = Deck(tmp_path / "e")
+    proc = deck.cli("studies", "show", shared_study["name"], "--storage", shared_study["plain_url"], "--json")
+    assert proc.returncode == 0, f"`studies show --storage {shared_study['plain_url']}` exited {proc.returncode}: {proc.stderr}"
+    assert len(json.loads(proc.stdout)["trials"]) == 8
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG engine/tuning/study.py load()/remote.py run_worker: every worker builds the study's sampler from the "
+    "stored tune block, fixed tune.seed included, so all workers draw the same parameter sequence and "
+    "re-run each other's trials (Optuna's docs warn against a shared seed in distributed mode)"))
+def test_workers_sharing_a_seeded_study_do_not_repeat_each_others_params(shared_study) -> None:
+    trials = shared_study["shown"]["trials"]
+    params = [json.dumps(t["params"], sort_keys=True) for t in trials]
+    assert len(set(params)) == len(params), "\n".join(sorted(params))

@@ -123,6 +123,10 @@ class TrialdeckApp(App[None]):
             self.notify(problem, title="keys.toml", severity="warning", timeout=10)
         self._read_loop()
 
+    def on_unmount(self) -> None:
+        self.workers.cancel_group(self, "reader")
+        self._poke.set()  # the reader sees the cancellation now, not at its next tick
+
     def mode_keys(self) -> tuple[str, ...]:
         """Display keys of the four views, after keys.toml."""
         out = []

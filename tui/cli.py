@@ -46,42 +46,7 @@ def root(
     if ctx.invoked_subcommand is None:
         _open_tui(home)
     elif ctx.invoked_subcommand in ("run", "queue", "runs", "tune", "studies") and not any(a in sys.argv for a in ("-h", "--help")):
-        _revive_engine(home)
-
-
-def _revive_engine(home: Path | None) -> None:
-    """If runs are waiting or were cut off and no engine is alive (a crash, a reboot),
-    bring one back so nothing stays stuck; say so on stderr."""
-    try:
-        from engine.client import engine_info, start_engine
-        from engine.store import Store
-
-        ws = workspace(home)
-        if not ws.catalog_path.exists() or engine_info(ws):
-            return
-        pending = [r for r in Store(ws).list_runs() if r["state"] in ("queued", "running", "interrupted")
-                   and not r.get("foreground")]
-        if pending:
-            start_engine(ws, say=err)
-    except TrialdeckError:
-        pass  # the command itself meets the same problem and reports it, once
-
-
-@app.command("tui")
-@handle_errors
-def tui_cmd(home: HomeOpt = None) -> None:
-    """Open the terminal UI."""
-    _open_tui(home)
-
-
-def _open_tui(home: Path | None) -> None:
-    if not sys.stdout.isatty() and os.environ.get("TRIALDECK_FORCE_TUI") != "1":
-        err("trialdeck: the TUI needs a terminal; use a subcommand (trialdeck --help) for scripts")
-        raise typer.Exit(int(ExitCode.BAD_INPUT))
-    # Deferred: textual is only needed when the screen opens.
-    from tui.app import make_app
-
-    make_app(workspace(home)).run()
+        _state["revive"] = True  # done by workspace(), once the subcommand's own --home is known
 
 
 # ---------------------------------------------------------------- presets

@@ -73,7 +73,30 @@ def handle_errors(fn: Callable) -> Callable:
 def workspace(home: Path | None):
     from engine.workspace import Workspace
 
-    return Workspace.resolve(home or _state["home"]).ensure()
+    ws = Workspace.resolve(home or _state["home"]).ensure()
+    if _state.pop("revive", False):
+        revive_engine(ws)
+    return ws
+
+
+def revive_engine(ws) -> None:
+    """If runs are waiting or were cut off and no engine is alive (a crash, a reboot), bring one
+    back so nothing stays stuck, and say so on stderr. TRIALDECK_NO_AUTOSTART=1 turns this off
+    (for scripts that only read a workspace)."""
+    if os.environ.get("TRIALDECK_NO_AUTOSTART") == "1":
+        return
+    try:
+        from engine.client import engine_info, start_engine
+        from engine.store import Store
+
+        if not ws.catalog_path.exists() or engine_info(ws):
+            return
+        pending = [r for r in Store(ws).list_runs(omit=("config", "history", "events"))
+                   if r["state"] in ("queued", "running", "interrupted") and not r.get("foreground")]
+        if pending:
+            start_engine(ws, say=err)
+    except TrialdeckError:
+        pass  # the command itself meets the same problem and reports it, once
 
 
 def roots(home: Path | None):

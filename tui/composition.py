@@ -66,7 +66,10 @@ def merge(dst: dict[str, Any], src: dict[str, Any], prefix: tuple[str, ...] = ()
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; lists stay whole."""
+    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; lists stay whole, and so does each
+    search-space entry (`tune.space.<key>`), without its unset fields."""
+    if prefix.startswith("tune.space.") and isinstance(value, dict):
+        return {prefix: {k: v for k, v in value.items() if v not in (None, False)}}
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
@@ -130,6 +133,9 @@ class PresetLibrary:
                 out.origin.update(sub.origin)
                 out.chain.extend(c for c in sub.chain if c not in out.chain)
         out.data["preset"] = comp.label
+        if comp.name or len(comp.parents) > 1:
+            # What `presets new NAME --from ...` writes when given no description.
+            out.data["description"] = f"{comp.name or 'composed'}: " + " + ".join(comp.parents)
         return out
 
     def check(self, comp: Composition) -> Check:
@@ -141,6 +147,9 @@ class PresetLibrary:
         except TrialdeckError as exc:
             return Check(None, exc.message)
         for i, item in enumerate(comp.sets):
+            key, _, value = item.partition("=")
+            if not value.strip():
+                return Check(None, f"--set {key.strip()}: give a value (TOML: 5, 0.1, \"adam\", true, [64, 64])", i)
             try:
                 apply_set(composed, [item])
             except TrialdeckError as exc:

@@ -11,8 +11,26 @@ import pytest
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "ws"
+def home(tmp_path: Path):
+    home = tmp_path / "ws"
+    yield home
+    stop_engine(home)
+
+
+def stop_engine(home: Path) -> None:
+    """Never leave an engine behind a test: stop it, and kill it if it does not stop."""
+    import json
+    import signal
+
+    pid_file = home / "engine.pid"
+    if not pid_file.exists():
+        return
+    cli(home, "engine", "stop", timeout=90)
+    try:
+        pid = json.loads(pid_file.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError):
+        pass
 
 
 def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -7,9 +7,11 @@ the app to act by posting the requests in tui/messages.py.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
@@ -42,6 +44,28 @@ class LiveScreen(Screen):
     def now(self) -> float:
         return self.ctx.clock()
 
+    _availability: tuple | None = None
+
+    def sync_bindings(self) -> None:
+        """`refresh_bindings()` only when some action's availability changed.
+
+        Refreshing redraws the footer (it recomposes its keys: ~10 ms); a
+        cursor move or a live update usually changes nothing it shows.
+        """
+        state = tuple(self.check_action(*_parse(b.action)) for b in self.BINDINGS if isinstance(b, Binding))
+        if state != self._availability:
+            self._availability = state
+            self.refresh_bindings()
+
     def spawn(self, fn: Any, done: Any = None, *, name: str, exclusive: bool = True) -> None:
         """Run blocking `fn` in a thread; `done(result)` runs on the UI thread if this screen is still up."""
         self.app.spawn(fn, done, owner=self, name=name, exclusive=exclusive)  # type: ignore[attr-defined]
+
+
+def _parse(action: str) -> tuple[str, tuple[object, ...]]:
+    """"move('top')" -> ("move", ("top",)), as check_action receives it."""
+    name, paren, rest = action.partition("(")
+    if not paren:
+        return name, ()
+    params = ast.literal_eval(f"({rest[:-1]},)") if rest[:-1].strip() else ()
+    return name, tuple(params)

@@ -48,7 +48,7 @@ class PresetsScreen(LiveScreen):
 
     highlighted: reactive[str | None] = reactive(None, init=False)
     """The preset under the tree cursor."""
-    composition: reactive[Composition] = reactive(lambda: Composition((DEFAULT_BASE,)), init=False)
+    composition: reactive[Composition] = reactive(lambda: Composition((DEFAULT_BASE,)), init=False, always_update=True)
     """What the Compose tab describes."""
 
     def __init__(self) -> None:
@@ -65,8 +65,8 @@ class PresetsScreen(LiveScreen):
             with TabbedContent(id="preset-tabs", initial="tab-config"):
                 with TabPane("Config", id="tab-config"):
                     with VerticalScroll(id="detail"):
-                        yield Static("Select a preset to see its resolved configuration.", id="config")
                         yield Static("", id="diff")
+                        yield Static("Select a preset to see its resolved configuration.", id="config")
                 with TabPane("Compose", id="tab-compose"):
                     with VerticalScroll(id="composer"):
                         with Horizontal(classes="compose-row"):
@@ -106,7 +106,7 @@ class PresetsScreen(LiveScreen):
     def watch_highlighted(self, name: str | None) -> None:
         if name is not None:
             self._show(name)
-        self.refresh_bindings()
+        self.sync_bindings()
 
     def _show(self, name: str) -> None:
         from engine.presets.authoring import config_toml
@@ -137,6 +137,7 @@ class PresetsScreen(LiveScreen):
             out.append(f"{_value(new)}\n", style="green")
         if not changes:
             out.append("  (nothing)\n", style="dim")
+        out.append("resolved:", style="bold")
         diff.update(out)
 
     def presets_changed(self, select: str | None = None) -> None:
@@ -145,7 +146,11 @@ class PresetsScreen(LiveScreen):
         tree = self.query_one(PresetTree)
         tree.names = library.names
         tree.fill(tree.names, self.query_one(FilterBar).text)
-        self.query_one("#compose-base", Select).set_options([(b, b) for b in library.bases])
+        base = self.query_one("#compose-base", Select)
+        keep = base.value
+        base.set_options([(b, b) for b in library.bases])
+        if keep in library.bases:
+            base.value = keep
         node = tree.leaf(select) if select else None
         if node is not None:
             if node.parent is not None:
@@ -190,7 +195,7 @@ class PresetsScreen(LiveScreen):
             except TrialdeckError as exc:
                 name_error = exc.message
         self.query_one("#compose-name-error", Static).update(Text(name_error, style="red"))
-        self.refresh_bindings()
+        self.sync_bindings()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         self._recheck()
@@ -269,10 +274,10 @@ class PresetsScreen(LiveScreen):
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = "tab-compose" if tabs.active == "tab-config" else "tab-config"
-        self.refresh_bindings()
+        self.sync_bindings()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.refresh_bindings()
+        self.sync_bindings()
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()

@@ -7,18 +7,18 @@ enqueue order); every change is a request to the app, which writes it.
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer, Static
 
 from tui import messages
 from tui.keymap import bind
 from tui.live import Catalog, fmt_seconds
 from tui.screens.base import LiveScreen
 from tui.screens.dialogs import ConfirmDialog, PriorityDialog
-from tui.widgets.keyed_table import STATE_STYLES, KeyedTable
+from tui.widgets.live_table import STATE_STYLES, LiveTable
 from tui.widgets.mode_bar import ModeBar
 
 
-class QueueTable(KeyedTable):
+class QueueTable(LiveTable):
     COLUMNS = (("id", "id", 6), ("state", "state", 9), ("where", "slot / next", 16), ("priority", "prio", 5),
                ("preset", "preset", 24), ("waited", "waiting", 8))
     STYLED = {"state": STATE_STYLES}
@@ -45,8 +45,10 @@ def queue_rows(catalog: Catalog, slots: tuple[str, ...], now: float) -> list[tup
 class QueueScreen(LiveScreen):
     """t top, + up, - down, p priority, c cancel, x clear, enter open."""
 
+    _summary = ""
+
     BINDINGS = [
-        bind("open", "open_run"),
+        bind("open", "open_run", priority=True),
         bind("top", "move('top')"),
         bind("up", "move('up')"),
         bind("down", "move('down')"),
@@ -83,9 +85,11 @@ class QueueScreen(LiveScreen):
         n_run = sum(1 for _, cells in rows if cells[1] == "running")
         slots = self._slots()
         where = f" on {len(slots)} slot(s): {', '.join(slots)}" if slots else " (engine stopped: queued runs wait)"
-        self.query_one("#queue-summary", Static).update(
-            f"{n_run} running, {len(rows) - n_run} queued{where}. Order: priority, then enqueue time.")
-        self.refresh_bindings()
+        summary = f"{n_run} running, {len(rows) - n_run} queued{where}. Order: priority, then enqueue time."
+        if summary != self._summary:
+            self._summary = summary
+            self.query_one("#queue-summary", Static).update(summary)
+        self.sync_bindings()
 
     def _selected(self) -> dict | None:
         key = self.query_one(QueueTable).current_key
@@ -105,10 +109,10 @@ class QueueScreen(LiveScreen):
             return True if self.catalog is not None and self.catalog.queue else None
         return True
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.refresh_bindings()
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        self.sync_bindings()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_open_run()
 

@@ -9,7 +9,7 @@ sparkline is a string of block characters in its row.
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import Footer, Input, Static
 
 from tui import messages
 from tui.keymap import bind
@@ -18,14 +18,14 @@ from tui.probes import status_text
 from tui.screens.base import LiveScreen
 from tui.widgets.event_log import EventLog
 from tui.widgets.filter_bar import FilterBar
-from tui.widgets.keyed_table import STATE_STYLES, KeyedTable
+from tui.widgets.live_table import STATE_STYLES, LiveTable
 from tui.widgets.mode_bar import ModeBar
 
 MAX_ROWS = 500
 """Newest runs shown (plus every active one); filter with `/` to reach older ones."""
 
 
-class RunsTable(KeyedTable):
+class RunsTable(LiveTable):
     COLUMNS = (("id", "id", 6), ("state", "state", 13), ("preset", "preset", 20), ("loss", "loss", 16),
                ("epoch", "epoch", 9), ("val_acc", "val_acc", 7), ("best", "best", 7), ("slot", "slot", 8),
                ("elapsed", "elapsed", 8))
@@ -54,9 +54,10 @@ class RunsScreen(LiveScreen):
 
     _filter = ""
     _total = 0
+    _status_text = ""
 
     BINDINGS = [
-        bind("open", "open_run"),
+        bind("open", "open_run", priority=True),
         bind("cancel"),
         bind("queue", "requeue", description="Run again"),
         bind("filter"),
@@ -103,7 +104,7 @@ class RunsScreen(LiveScreen):
         self.query_one(RunsTable).show([(r["id"], run_row(r, live.get(r["id"]), now, totals.get(r["id"])))
                                         for r in runs])
         self._refresh_status()
-        self.refresh_bindings()
+        self.sync_bindings()
 
     def _refresh_status(self) -> None:
         engine, hw = self.status if self.status is not None else (None, None)
@@ -112,7 +113,9 @@ class RunsScreen(LiveScreen):
         shown = self.query_one(RunsTable).row_count
         if self.catalog is not None and (self._filter or shown < len(self.catalog.runs)):
             text += f" │ showing {shown} of {len(self.catalog.runs)}"
-        self.query_one("#status-line", Static).update(text)
+        if text != self._status_text:  # an update re-lays out the screen: only when it changed
+            self._status_text = text
+            self.query_one("#status-line", Static).update(text)
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -121,6 +124,8 @@ class RunsScreen(LiveScreen):
         return self.catalog.by_id.get(key) if key and self.catalog is not None else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_run" and isinstance(self.focused, Input):
+            return False  # enter belongs to the filter input then
         if action in ("open_run", "requeue"):
             return True if self._selected() is not None else None
         if action == "cancel":
@@ -133,12 +138,12 @@ class RunsScreen(LiveScreen):
         if run is not None:
             self.post_message(messages.OpenRun(run["id"]))
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
         self.action_open_run()
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.refresh_bindings()
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        self.sync_bindings()
 
     def action_cancel(self) -> None:
         run = self._selected()

@@ -20,6 +20,9 @@ class ModeBar(Static):
         self.current = current
 
     def on_mount(self) -> None:
+        mode_keys = getattr(self.app, "mode_keys", None)  # keys.toml may have moved the views
+        if mode_keys is not None:
+            self.keys = mode_keys()
         self.update(self._text())
 
     def watch_keys(self) -> None:

@@ -1,0 +1,298 @@
+"""Studies: the list, the chosen study's best trial and trial table (sort, filter, page),
+its optimisation history, a slice per parameter, intermediate values and importances.
+
+Trials are read (one study at a time) in a worker when the chosen study's
+summary changes; sorting, filtering and paging happen on that copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
+
+from engine.errors import BadInput
+from tui import messages
+from tui.keymap import bind
+from tui.screens.base import LiveScreen
+from tui.trials import (
+    best_text,
+    columns_for,
+    fmt,
+    history,
+    intermediate_curves,
+    page_of,
+    param_names,
+    parse_filter,
+    slice_of,
+    sort_trials,
+    trial_cells,
+)
+from tui.widgets.filter_bar import FilterBar
+from tui.widgets.live_table import STATE_STYLES, LiveTable
+from tui.widgets.mode_bar import ModeBar
+from tui.widgets.plots import BarList, CurvePlot, Series
+
+TABS = ("tab-trials", "tab-history", "tab-slice", "tab-intermediate", "tab-importance")
+
+
+class StudyTable(LiveTable):
+    COLUMNS = (("name", "study", 18), ("state", "state", 8), ("done", "done", 5), ("best", "best", 7))
+    STYLED = {"state": {"running": "bold green", "finished": "green", "failed": "bold red", "stopping": "yellow"}}
+
+
+class TrialTable(LiveTable):
+    COLUMNS = (("number", "#", 5), ("state", "state", 9), ("value", "value", 10), ("duration", "time", 8))
+    STYLED = {"state": STATE_STYLES}
+
+
+def study_row(s: dict[str, Any]) -> tuple[str, ...]:
+    best = s.get("best") or {}
+    target = s.get("n_trials") or s.get("trials")
+    done = f"{s.get('n_done', 0)}" + (f"/{target}" if target else "")
+    return (s["name"], str(s.get("state", "")), done, fmt(best.get("value")))
+
+
+class StudiesScreen(LiveScreen):
+    """Keys: enter opens a trial's run, s/S sort, / filter, [ ] page, v next view."""
+
+    BINDINGS = [
+        bind("open", "open_trial", description="Open", priority=True),
+        bind("sort", "sort"),
+        bind("reverse", "reverse"),
+        bind("filter"),
+        bind("next_page", "page(1)"),
+        bind("prev_page", "page(-1)"),
+        bind("view", "next_tab"),
+    ]
+
+    study: reactive[str | None] = reactive(None, init=False)
+    """The study under the cursor of the study list."""
+    trials: reactive[tuple[dict[str, Any], ...]] = reactive((), init=False)
+    """All trials of `study`, as read from the catalogue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort_column = "number"
+        self.sort_reverse = False
+        self.page = 0
+        self.filter_text = ""
+        self._shown: list[dict[str, Any]] = []
+        self._study_mark: Any = None
+        self._params: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield ModeBar("studies", id="mode-bar")
+        with Horizontal(id="studies-top"):
+            yield StudyTable(id="study-table")
+            yield Static("no studies yet: `trialdeck tune seed/activations` starts one", id="study-best")
+        with TabbedContent(id="study-tabs"):
+            with TabPane("Trials", id="tab-trials"):
+                with Vertical():
+                    yield Static("", id="trial-caption")
+                    yield TrialTable(id="trial-table")
+            with TabPane("History", id="tab-history"):
+                yield CurvePlot("optimisation history", xlabel="trial", id="plot-history")
+            with TabPane("Slice", id="tab-slice"):
+                with Vertical():
+                    yield Select([], prompt="parameter", id="slice-param", compact=True)
+                    yield CurvePlot("value by parameter", id="plot-slice")
+            with TabPane("Intermediate", id="tab-intermediate"):
+                yield CurvePlot("intermediate values", xlabel="epoch", id="plot-intermediate")
+            with TabPane("Importance", id="tab-importance"):
+                yield BarList("no importances yet (they need two or more complete trials)", id="importances")
+        yield FilterBar("state and ranges: complete lr<0.01 units=64..256 value<0.3", id="trial-filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self.query_one(FilterBar).display = False
+        self.query_one(StudyTable).focus()
+        self.watch_catalog()
+
+    # -- data --------------------------------------------------------------------------------
+
+    def watch_catalog(self) -> None:
+        if not self._ready or self.catalog is None:
+            return
+        studies = list(self.catalog.studies)
+        table = self.query_one(StudyTable)
+        table.show([(s["name"], study_row(s)) for s in studies])
+        if self.study is None and studies:
+            self.study = table.current_key or studies[0]["name"]
+        doc = next((s for s in studies if s["name"] == self.study), None)
+        if doc is not None:
+            self.query_one("#study-best", Static).update(best_text(doc))
+            bars = tuple((k, float(v)) for k, v in (doc.get("importances") or {}).items() if isinstance(v, (int, float)))
+            self.query_one(BarList).bars = bars
+            mark = (doc.get("synced_at"), doc.get("n_done"), tuple(sorted((doc.get("counts") or {}).items())))
+            if mark != self._study_mark:
+                self._study_mark = mark
+                self._load_trials()
+
+    def watch_study(self, name: str | None) -> None:
+        self._study_mark = None
+        self.page = 0
+        self.trials = ()
+        self.watch_catalog()
+
+    def _load_trials(self) -> None:
+        name, store = self.study, self.ctx.store
+        if name is None:
+            return
+        self.spawn(lambda: (name, tuple(store.list_trials(name))), self._trials_loaded, name="trials")
+
+    def _trials_loaded(self, result: tuple[str, tuple[dict[str, Any], ...]]) -> None:
+        name, trials = result
+        if name == self.study:
+            self.trials = trials
+
+    def watch_trials(self) -> None:
+        self._params = param_names(self.trials)
+        select = self.query_one("#slice-param", Select)
+        options = [(p, p) for p in self._params]
+        current = select.value
+        select.set_options(options)
+        if current in self._params:
+            select.value = current
+        elif self._params:
+            select.value = self._params[0]
+        self._show_trials()
+        self._show_plots()
+
+    def _show_trials(self) -> None:
+        table = self.query_one(TrialTable)
+        bar = self.query_one(FilterBar)
+        spec = [(c, {"number": "#", "duration": "time"}.get(c, c.rsplit(".", 1)[-1]),
+                 {"number": 5, "state": 9, "value": 10, "duration": 8}.get(c, 12)) for c in columns_for(self._params)]
+        table.set_columns(spec)
+        try:
+            keep = parse_filter(self.filter_text, self._params)
+            bar.error = ""
+        except BadInput as exc:
+            bar.error = exc.message
+            keep = parse_filter("", self._params)
+        selected = [t for t in self.trials if keep(t)]
+        ordered = sort_trials(selected, self.sort_column, self.sort_reverse)
+        self._shown, self.page, pages = page_of(ordered, self.page)
+        table.show([(str(t["number"]), trial_cells(t, self._params)) for t in self._shown])
+        arrow = "↓" if self.sort_reverse else "↑"
+        where = f" page {self.page + 1}/{pages} ([ ])" if pages > 1 else ""
+        filt = f"  filter: {self.filter_text}" if self.filter_text.strip() else ""
+        self.query_one("#trial-caption", Static).update(
+            Text(f"{len(selected)} of {len(self.trials)} trials, sorted by {self.sort_column} {arrow}{where}{filt}",
+                 style="dim"))
+        self.sync_bindings()
+
+    def _show_plots(self) -> None:
+        doc = next((s for s in (self.catalog.studies if self.catalog else ()) if s["name"] == self.study), {})
+        hist = history(self.trials, doc.get("direction", "minimize"))
+        self.query_one("#plot-history", CurvePlot).series = (
+            Series("value", hist.xs, hist.values, scatter=True), Series("best so far", hist.xs, hist.best))
+        self._show_slice()
+        curves, running = intermediate_curves(self.trials)
+        plot = self.query_one("#plot-intermediate", CurvePlot)
+        plot.title = "intermediate values (running trials)" if running else "intermediate values (latest trials)"
+        plot.series = tuple(Series(label, tuple(xs), tuple(ys)) for label, xs, ys in curves)
+
+    def _show_slice(self) -> None:
+        param = self.query_one("#slice-param", Select).value
+        plot = self.query_one("#plot-slice", CurvePlot)
+        if not isinstance(param, str):
+            plot.series = ()
+            return
+        data = slice_of(self.trials, param)
+        plot.xlabel = param
+        plot.xticks = data.ticks
+        plot.series = (Series(param, data.xs, data.ys, scatter=True),)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "slice-param":
+            self._show_slice()
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
+        if event.table.id == "study-table" and event.key is not None:
+            self.study = event.key
+        self.sync_bindings()
+
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        event.stop()
+        if event.table.id == "study-table":
+            self.query_one(TrialTable).focus()
+        else:
+            self.action_open_trial()
+
+    def _selected_trial(self) -> dict[str, Any] | None:
+        key = self.query_one(TrialTable).current_key
+        return next((t for t in self._shown if str(t["number"]) == key), None) if key is not None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if not self._ready:
+            return True
+        if action == "open_trial":
+            if isinstance(self.focused, Input):
+                return False  # enter belongs to the filter input then
+            if isinstance(self.focused, StudyTable):
+                return True if self.trials else None
+            trial = self._selected_trial()
+            return True if trial is not None and trial.get("run_id") else None
+        if action in ("sort", "reverse", "filter"):
+            return True if self.trials else None
+        if action == "page":
+            return True if len(self.trials) > len(self._shown) else None
+        return True
+
+    def action_open_trial(self) -> None:
+        if isinstance(self.focused, StudyTable):
+            self.query_one(TrialTable).focus()
+            return
+        trial = self._selected_trial()
+        if trial is None:
+            return
+        if not trial.get("run_id"):
+            self.notify(f"trial #{trial['number']} has no run on this box", severity="warning")
+            return
+        self.post_message(messages.OpenRun(trial["run_id"]))
+
+    def action_sort(self) -> None:
+        cols = columns_for(self._params)
+        self.sort_column = cols[(cols.index(self.sort_column) + 1) % len(cols)] if self.sort_column in cols else cols[0]
+        self.page = 0
+        self._show_trials()
+
+    def action_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._show_trials()
+
+    def on_live_table_header_clicked(self, event: LiveTable.HeaderClicked) -> None:
+        if event.table.id == "trial-table":
+            column = event.column
+            self.sort_reverse = not self.sort_reverse if column == self.sort_column else False
+            self.sort_column = column
+            self._show_trials()
+
+    def action_page(self, delta: int) -> None:
+        self.page += delta
+        self._show_trials()
+
+    def action_filter(self) -> None:
+        self.query_one(TabbedContent).active = "tab-trials"
+        self.query_one(FilterBar).open()
+
+    def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
+        self.filter_text = event.text
+        self.page = 0
+        self._show_trials()
+
+    def on_filter_bar_closed(self, event: FilterBar.Closed) -> None:
+        self.query_one(TrialTable).focus()
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)] if tabs.active in TABS else TABS[0]
