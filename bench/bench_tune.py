@@ -206,6 +206,16 @@ def run(quick: bool = False) -> dict:
     }
 
 
+def report(r: dict) -> list[tuple[str, str, str, str]]:
+    """(figure, trialdeck, reference, target) rows for bench/run_all.py."""
+    n, e = r["trials"], r["epochs"]
+    return [
+        (f"TPE study, {n} trials x {e} epochs on digits (wall, 2 passes each side)",
+         f"{_sum(r['tune'], 'wall'):.2f} s", f"{_sum(r['plain'], 'wall'):.2f} s plain in-process Optuna loop",
+         f"ratio {r['ratio']:.2f} (<= {r['target']:.2f}); {r['ratio_equal_training']:.2f} with equal epoch times"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 trials x 3 epochs instead of 30 x 10")

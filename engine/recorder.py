@@ -90,7 +90,7 @@ class RunRecorder(TrainerCallback):
         self._log.close()
 
     def on_start(self, info: dict) -> None:
-        self._fields.update(device=info["device"], params=info["params"])
+        self._fields.update(device=info["device"], n_params=info["params"])
         self._base = list(info.get("history") or [])
         self._history = []
         self.metrics.write({"t": time.time(), "kind": "start", **{k: v for k, v in info.items() if k != "history"}})

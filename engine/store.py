@@ -529,7 +529,9 @@ class Store:
         device: str | None = None,
         study: str | None = None,
         trial: int | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Document:
+        _check_fields(extra or {})
         record = {
             "id": f"r{number}",
             "preset": str(preset),
@@ -551,6 +553,8 @@ class Store:
             "worker": None,
             "seq": seq,
         }
+        if extra:
+            record.update(_to_json(dict(extra), "run fields"))
         return Document(record, doc_id=number)
 
     def _apply_transition(
@@ -821,6 +825,27 @@ class Store:
                     continue
                 changed += 1
         return changed
+
+    def sync_study(self, name: str, doc: Mapping[str, Any], trials: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """A study summary and its trials in one write (the tuning mirror's per-trial update)."""
+        body = _to_json(dict(doc), "study")
+        body["name"] = name
+        bodies = [{**_to_json(dict(d), "trial"), "study": name} for d in trials]
+        with self._transaction() as db:
+            table = db.table("trials")
+            existing = {int(t["number"]): t for t in table.search(Query().study == name)}
+            for trial in bodies:
+                old = existing.get(int(trial["number"]))
+                if old is None:
+                    table.insert(trial)
+                elif any(old.get(k) != v for k, v in trial.items()):
+                    table.update(trial, doc_ids=[old.doc_id])
+            studies = db.table("studies")
+            cond = Query().name == name
+            old_doc = studies.get(cond)
+            if old_doc is None or any(old_doc.get(k) != v for k, v in body.items()):
+                studies.upsert(body, cond)
+            return _clone(studies.get(cond))
 
     def list_trials(self, study: str) -> list[dict[str, Any]]:
         """The study's trials, by number."""

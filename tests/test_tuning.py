@@ -291,10 +291,6 @@ def test_conditional_space_samples_the_third_layer_only_with_depth_three(tpe) ->
     assert depths == {2, 3}, f"only depth(s) {depths} were sampled; the check above needs both"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/recorder.py RunRecorder.on_start sets the run's `params` field to the model's parameter count, "
-    "overwriting the sampled trial params that engine/tuning/driver.py (update_run(..., params=params)) and "
-    "engine/tuning/remote.py store there"))
 def test_a_trial_run_record_keeps_its_sampled_params(tpe) -> None:
     deck, _, out, _ = tpe
     t = out["trials"][0]
@@ -586,11 +582,6 @@ def test_an_early_stopped_trial_is_early_stopped_not_pruned(pruning) -> None:
     assert any(t["state"] == "pruned" for t in out["trials"]), "the pruner was active in this study too"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/tuning/samplers.py explain_prune: the median it reports is taken over COMPLETE *and PRUNED* "
-    "trials, but Optuna's MedianPruner (PercentilePruner.prune) compares against the median over COMPLETE "
-    "trials only (and uses the trial's best value so far), so the numbers in the message are not the ones "
-    "the decision was made on once an earlier trial was pruned"))
 def test_the_median_in_a_prune_reason_is_the_median_the_pruner_compared_with(pruning) -> None:
     # The early-stopping study: its trial 8 is pruned after trials 6 and 7 were, at the same step.
     deck, _, out = pruning
@@ -649,19 +640,12 @@ study.set_user_attr("trialdeck", meta)
 """
 
 
-def _with_psycopg2(url: str) -> str:
-    """The URL with the psycopg2 driver named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which
-    trialdeck does not install (see test_a_plain_postgresql_url_opens); naming the driver lets the rest of
-    the multi-box flow be tested meanwhile."""
-    return "postgresql+psycopg2://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
-
-
 @pytest.fixture(scope="module")
 def shared_study(tmp_path_factory, pg_url):
     root = tmp_path_factory.mktemp("pg")
     preset = _write_preset(root / "presets" / "shared.toml", PG_PRESET)
     name = f"shared-{uuid.uuid4().hex[:10]}"
-    plain_url, pg_url = pg_url, _with_psycopg2(pg_url)
+    plain_url = pg_url
     b, c, d = Deck(root / "b"), Deck(root / "c"), Deck(root / "d")
     created = subprocess.run([sys.executable, "-c", CREATE_STUDY, pg_url, name, str(preset), "8"], cwd=REPO,
                              env=b.env, capture_output=True, text=True, timeout=120)
@@ -705,7 +689,7 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     for t in trials:
         _assert_trial_doc(t, epochs=50)
         assert t["host"] == host
-        assert re.fullmatch(re.escape(host) + r":r\d+", t["run_id"]), t["run_id"]
+        assert re.fullmatch(re.escape(host) + r":/.+:r\d+", t["run_id"]), t["run_id"]  # host:workspace:run
     assert shown["best"]["number"] in {t["number"] for t in trials if t["state"] == "complete"}
 
     # Each trial is one run, in B's or C's workspace, final, with the trial's params in its config.
@@ -719,8 +703,8 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     homes = {home for home, _ in local.values()}
     assert homes == {str(b.home), str(c.home)}
     for t in trials:
-        _, run = local[t["number"]]
-        assert t["run_id"] == f"{host}:{run['id']}"
+        home, run = local[t["number"]]
+        assert t["run_id"] == f"{host}:{home}:{run['id']}"
         assert run["state"] in TERMINAL and run["state"] != "cancelled"
         assert run["config"]["optimizer"]["lr"] == pytest.approx(t["params"]["optimizer.lr"])
         assert run["config"]["model"]["hidden"][0] == t["params"]["model.hidden.0"]
@@ -728,7 +712,8 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     # The Optuna storage itself: 8 finished trials, nothing left RUNNING.
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=s["url"])
+    # Straight through Optuna, as a user's own script would (naming the psycopg2 driver we ship).
+    study = optuna.load_study(study_name=name, storage=s["url"].replace("postgresql://", "postgresql+psycopg2://", 1))
     assert len(study.trials) == 8
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED", "FAIL"}
 
@@ -742,10 +727,6 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     assert not catalog["runs"], "studies show copies trials, it does not invent local runs"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/tuning/remote.py run_worker: a trial's run_id is f'{host}:{local id}', and every workspace "
-    "numbers its runs from r1, so two workers on one host (two workspaces) give different trials the same "
-    "run id in the merged study; the trial's `workspace` user attr that tells them apart is not in trial_doc"))
 def test_merged_trials_from_two_workspaces_on_one_host_have_distinct_run_ids(shared_study) -> None:
     trials = shared_study["shown"]["trials"]
     run_ids = [t["run_id"] for t in trials]
@@ -753,18 +734,14 @@ def test_merged_trials_from_two_workspaces_on_one_host_have_distinct_run_ids(sha
 
 
 def test_a_plain_postgresql_url_opens(shared_study, tmp_path: Path) -> None:
-    # DESIGN: `--storage postgresql://...`. SQLAlchemy 2.1 resolves a bare postgresql:// to the psycopg (3)
-    # driver; trialdeck's extras install psycopg2-binary only.
+    # DESIGN: `--storage postgresql://...` as people write it (SQLAlchemy 2.1 would pick psycopg 3 for a
+    # bare postgresql://; trialdeck names its psycopg2 driver itself).
     deck = Deck(tmp_path / "e")
     proc = deck.cli("studies", "show", shared_study["name"], "--storage", shared_study["plain_url"], "--json")
     assert proc.returncode == 0, f"`studies show --storage {shared_study['plain_url']}` exited {proc.returncode}: {proc.stderr}"
     assert len(json.loads(proc.stdout)["trials"]) == 8
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG engine/tuning/study.py load()/remote.py run_worker: every worker builds the study's sampler from the "
-    "stored tune block, fixed tune.seed included, so all workers draw the same parameter sequence and "
-    "re-run each other's trials (Optuna's docs warn against a shared seed in distributed mode)"))
 def test_workers_sharing_a_seeded_study_do_not_repeat_each_others_params(shared_study) -> None:
     trials = shared_study["shown"]["trials"]
     params = [json.dumps(t["params"], sort_keys=True) for t in trials]

@@ -382,3 +382,17 @@ def make_app(ws: Workspace | None = None, *, start_engine: bool = True, clock: C
 
 
 __all__ = ["Context", "FixedProbe", "TrialdeckApp", "make_app"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tui.app [--home DIR]`: the app without the CLI around it (debugging)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tui.app", description="Open the trialdeck TUI.")
+    parser.add_argument("--home", default=None, help="workspace folder (default: $TRIALDECK_HOME, else ~/.trialdeck)")
+    args = parser.parse_args(argv)
+    make_app(Workspace.resolve(args.home).ensure()).run()
+
+
+if __name__ == "__main__":
+    main()

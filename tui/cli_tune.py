@@ -94,6 +94,9 @@ def tune_cmd(
         emit(_study_view(doc, trials_))
     else:
         _print_study(doc, trials_)
+    if doc.get("state") == "failed":
+        err(f"trialdeck: study {name} failed: {doc.get('error')}")
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
     if not doc.get("best"):
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from engine.metrics import read_jsonl
 from engine.recorder import METRICS_NAME
-from engine.workspace import Workspace
+from engine.workspace import RUN_ID_RE, Workspace
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
@@ -128,8 +128,16 @@ class LiveRun:
     updated: float | None = None
 
 
+def metrics_path(ws: Workspace, run_id: str):
+    """runs/<id>/metrics.jsonl, without creating anything (a viewer must not; `Workspace.run_dir` does)."""
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise ValueError(f"{run_id!r} is not a run id")
+    return ws.runs_dir / run_id / METRICS_NAME
+
+
 @dataclass
 class _Follow:
+    path: Any = None
     offset: int = 0
     trace: LossTrace = field(default_factory=LossTrace)
     live: LiveRun | None = None
@@ -156,9 +164,9 @@ class MetricsFollower:
         changed = False
         for run_id in active:
             follow = self._runs.get(run_id)
-            if follow is None or follow.done:
-                follow = self._runs[run_id] = _Follow() if follow is None else follow
-                follow.done = False
+            if follow is None:
+                follow = self._runs[run_id] = _Follow(metrics_path(self.ws, run_id))
+            follow.done = False
             changed |= self._read(run_id, follow)
         for run_id, follow in list(self._runs.items()):
             if run_id not in active and not follow.done:
@@ -174,8 +182,7 @@ class MetricsFollower:
         return dict(self._snapshot)
 
     def _read(self, run_id: str, follow: _Follow) -> bool:
-        path = self.ws.run_dir(run_id) / METRICS_NAME
-        records, follow.offset = read_jsonl(path, follow.offset)
+        records, follow.offset = read_jsonl(follow.path, follow.offset)
         if not records:
             return False
         live = follow.live or LiveRun(run_id)

@@ -108,11 +108,11 @@ class StudyDriver:
         if made:
             records = self.store.create_runs([
                 {"preset": meta["preset"], "config": spec.config(), "config_hash": spec.content_hash,
-                 "study": doc["name"], "trial": trial.number} for trial, _, spec in made
+                 "study": doc["name"], "trial": trial.number,
+                 "extra": {"trial_id": trial._trial_id, "params": params}} for trial, params, spec in made
             ])
-            for (trial, params, _), record in zip(made, records, strict=True):
+            for (trial, _, _), record in zip(made, records, strict=True):
                 trial.set_user_attr("run_id", record["id"])
-                self.store.update_run(record["id"], trial_id=trial._trial_id, params=params)
         if made or changed:
             studies.sync(self.store, study, tune, meta, url=url)
         return len(made)

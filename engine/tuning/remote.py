@@ -28,7 +28,7 @@ DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna
 def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = None,
                say: Callable[[str], None] = print) -> dict[str, int]:
     store = Store(ws)
-    study, tune, meta = studies.load(name, url)
+    study, tune, meta = studies.load(name, url, seed_salt=f"{studies.host()}:{ws.root}")
     target = studies.target_trials(tune, meta.get("n_trials"))
     done = {"complete": 0, "pruned": 0, "fail": 0}
     ran = 0
@@ -48,7 +48,7 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
             continue
         record = store.create_run(preset=meta["preset"], config=spec.config(), config_hash=spec.content_hash,
                                   study=name, trial=trial.number)
-        trial.set_user_attr("run_id", f"{studies.host()}:{record['id']}")
+        trial.set_user_attr("run_id", f"{studies.host()}:{ws.root}:{record['id']}")
         store.update_run(record["id"], trial_id=trial._trial_id, params=params, remote=redact_url(url))
         store.transition(record["id"], RunState.RUNNING, worker=os.getpid(), foreground=True)
         recorder = RunRecorder(store, record["id"], ws.run_dir(record["id"]),

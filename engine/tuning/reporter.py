@@ -41,7 +41,8 @@ class TrialReporter(TrainerCallback):
         self.trial.report(value, step=record.epoch)
         # Pruning after the last epoch saves nothing and would throw the trial's value away.
         if record.epoch < self.epochs and self.trial.should_prune():
-            message, data = explain_prune(self.tune, self.study, record.epoch, value)
+            frozen = self.study._storage.get_trial(self.trial._trial_id)
+            message, data = explain_prune(self.tune, self.study, record.epoch, frozen, value)
             self.trial.set_user_attr("prune_reason", message)
             return Stop(RunState.PRUNED, RunEvent(EventKind.PRUNED.value, record.epoch, message, data))
         return None

@@ -12,8 +12,17 @@ import optuna
 from engine.presets.schema import TuneConfig
 from engine.tuning.space import grid
 
+class ExhaustibleGridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` on the last grid point: that call only works
+    inside `study.optimize` and raises in ask-and-tell use. The driver stops a grid study
+    itself once it has asked as many trials as the grid has points."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 SAMPLERS: dict[str, Callable[[TuneConfig], optuna.samplers.BaseSampler]] = {
-    "grid": lambda t: optuna.samplers.GridSampler(grid(t), seed=t.seed),
+    "grid": lambda t: ExhaustibleGridSampler(grid(t), seed=t.seed),
     "random": lambda t: optuna.samplers.RandomSampler(seed=t.seed),
     "tpe": lambda t: optuna.samplers.TPESampler(seed=t.seed),
     "cmaes": lambda t: optuna.samplers.CmaEsSampler(seed=t.seed, warn_independent_sampling=False),
@@ -36,22 +45,31 @@ def make_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
     return PRUNERS[tune.pruner]()
 
 
-def explain_prune(tune: TuneConfig, study: optuna.Study, step: int, value: float) -> tuple[str, dict[str, Any]]:
-    """Why the pruner stopped this trial, in words and numbers."""
-    others = [
-        t.intermediate_values[step]
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-        if step in t.intermediate_values
-    ]
-    worse = ">" if tune.direction == "minimize" else "<"
-    if tune.pruner == "median" and others:
-        median = statistics.median(others)
-        return (f"median pruner at epoch {step}: {tune.metric} {value:.4g} {worse} median {median:.4g} "
-                f"of {len(others)} earlier trials",
-                {"rule": "median", "step": step, "value": value, "median": median, "n_trials": len(others)})
+def explain_prune(tune: TuneConfig, study: optuna.Study, step: int, trial: optuna.trial.FrozenTrial | None,
+                  value: float) -> tuple[str, dict[str, Any]]:
+    """Why the pruner stopped this trial, in words and the numbers it compared.
+
+    The median pruner compares the trial's best value so far with the median, at this step,
+    of the completed trials (Optuna's PercentilePruner); the halving pruners rank the trial
+    among the trials that reached this rung."""
+    maximize = tune.direction == "maximize"
+    seen = list(trial.intermediate_values.values()) if trial is not None else [value]
+    best_so_far = (max if maximize else min)(seen) if seen else value
+    worse = "<" if maximize else ">"
+    if tune.pruner == "median":
+        completed = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if step in t.intermediate_values]
+        if completed:
+            median = statistics.median(completed)
+            return (f"median pruner at epoch {step}: {tune.metric} {best_so_far:.4g} {worse} median {median:.4g} "
+                    f"of {len(completed)} completed trials",
+                    {"rule": "median", "step": step, "value": best_so_far, "median": median, "n_trials": len(completed)})
+    others = [t.intermediate_values[step]
+              for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+              if step in t.intermediate_values and (trial is None or t.number != trial.number)]
     if others:
-        ordered = sorted(others, reverse=tune.direction == "maximize")
-        rank = sum(1 for o in ordered if (o < value if tune.direction == "minimize" else o > value)) + 1
+        ordered = sorted(others, reverse=maximize)
+        rank = sum(1 for o in ordered if (o > value if maximize else o < value)) + 1
         return (f"{tune.pruner.replace('_', ' ')} pruner at epoch {step}: {tune.metric} {value:.4g} ranks "
                 f"{rank} of {len(others) + 1} trials at this rung (best {ordered[0]:.4g})",
                 {"rule": tune.pruner, "step": step, "value": value, "rank": rank, "n_trials": len(others) + 1,

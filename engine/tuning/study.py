@@ -63,8 +63,12 @@ def open_storage(url: str):
 
             _STORAGES[url] = JournalStorage(JournalFileBackend(url[len("journal:"):]))
         else:
+            engine_url = url
+            if url.startswith("postgresql://"):
+                # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+                engine_url = "postgresql+psycopg2://" + url[len("postgresql://"):]
             try:
-                _STORAGES[url] = optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+                _STORAGES[url] = optuna.storages.RDBStorage(engine_url, heartbeat_interval=30, grace_period=90)
             except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: one line for the user
                 raise BadInput(f"--storage {redact(url)}: cannot open: {str(exc).splitlines()[0]}") from None
     return _STORAGES[url]
@@ -94,7 +98,9 @@ def create_or_load(name: str, url: str, *, preset: str, config: dict[str, Any], 
     return study
 
 
-def load(name: str, url: str) -> tuple[optuna.Study, TuneConfig, dict[str, Any]]:
+def load(name: str, url: str, *, seed_salt: str | None = None) -> tuple[optuna.Study, TuneConfig, dict[str, Any]]:
+    """Load a trialdeck study with its sampler and pruner. `seed_salt` (a worker's workspace)
+    gives each box its own sampler seed, so workers sharing a study do not draw alike."""
     storage = open_storage(url)
     try:
         bare = optuna.load_study(study_name=name, storage=storage)
@@ -102,7 +108,13 @@ def load(name: str, url: str) -> tuple[optuna.Study, TuneConfig, dict[str, Any]]
         raise BadInput(f"no study {name!r} in {redact(url)}") from None
     meta = meta_of(bare)
     tune = tune_of(meta)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(tune), pruner=make_pruner(tune))
+    sampler_tune = tune
+    if seed_salt is not None and tune.seed is not None:
+        import zlib
+
+        sampler_tune = tune.model_copy(update={"seed": (tune.seed + zlib.crc32(seed_salt.encode())) % 2**31})
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(sampler_tune),
+                              pruner=make_pruner(tune))
     return study, tune, meta
 
 
@@ -153,7 +165,6 @@ def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, 
     """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc."""
     trials = study.get_trials(deepcopy=False)
     docs = [trial_doc(t, tune) for t in trials]
-    store.upsert_trials(study.study_name, docs)
     counts: dict[str, int] = {}
     for d in docs:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
@@ -180,7 +191,7 @@ def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, 
     }
     if with_importances:
         doc["importances"] = importances(study)
-    return store.upsert_study(study.study_name, doc)
+    return store.sync_study(study.study_name, doc, docs)
 
 
 def host() -> str:

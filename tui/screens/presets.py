@@ -17,7 +17,7 @@ from textual.widgets import Footer, Input, Select, SelectionList, Static, Tabbed
 from engine.errors import TrialdeckError
 from engine.presets import check_name
 from tui import messages
-from tui.composition import Check, Composition, lr_curve
+from tui.composition import Check, Composition, lr_curve, summary_line
 from tui.keymap import bind
 from tui.screens.base import LiveScreen
 from tui.screens.dialogs import QueueDialog
@@ -179,15 +179,15 @@ class PresetsScreen(LiveScreen):
         self._check = check
         editor.valid = check.ok
         editor.invalid_row = check.bad_set
+        plot = self.query_one(CurvePlot)
         if check.spec is not None:
-            from tui.composition import summary_line
-
             editor.message = summary_line(check.spec)
             curve = lr_curve(check.spec)
-            self.query_one(CurvePlot).series = (Series("lr", tuple(float(i + 1) for i in range(len(curve))),
-                                                       tuple(curve)),)
+            plot.series = (Series("lr", tuple(float(i + 1) for i in range(len(curve))), tuple(curve)),)
         else:
             editor.message = check.error or "invalid"
+            plot.empty_note = "fix the error above"
+            plot.series = ()
         name_error = ""
         if comp.name:
             try:

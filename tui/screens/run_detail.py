@@ -112,7 +112,7 @@ class RunDetailScreen(LiveScreen):
 
         def read() -> tuple[dict | None, str]:
             record = ctx.store.get_run(run_id)
-            tail = read_tail(ctx.ws.run_dir(run_id) / LOG_NAME) if record is not None else ""
+            tail = read_tail(ctx.ws.runs_dir / record["id"] / LOG_NAME) if record is not None else ""
             return record, tail
 
         self.spawn(read, self._loaded, name=f"detail {run_id}")

@@ -44,6 +44,8 @@ class CurvePlot(PlotextPlot):
         self.title = title
         self.xlabel = xlabel
         self.log_y = log_y
+        self.empty_note = "no data yet"
+        """Said in the title when there is nothing to draw."""
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -60,7 +62,7 @@ class CurvePlot(PlotextPlot):
         plt.clear_data()
         plt.clear_figure()
         drawn = [s for s in self.series if s.xs]
-        plt.title(self.title if drawn else f"{self.title} (no data yet)")
+        plt.title(self.title if drawn else f"{self.title} ({self.empty_note})")
         if self.xlabel:
             plt.xlabel(self.xlabel)
         positive = all(y > 0 for s in drawn for y in s.ys)

@@ -1,0 +1,180 @@
+"""SVG snapshots of the main screens at 80x24 and 120x40 (pytest-textual-snapshot).
+
+Deterministic: a seeded workspace with fixed timestamps (tui.testing), the app's
+clock fixed, hardware readings fixed (FixedProbe), TZ=UTC, the workspace
+isolated through TRIALDECK_HOME, the cursor not blinking. Each screenshot is
+taken once the screen shows its data (`run_before` waits for it).
+
+Update with `pytest tests/test_tui_snapshots.py --snapshot-update`, and look at
+the SVGs (tests/__snapshots__/test_tui_snapshots/) before committing them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine.workspace import Workspace
+from tui.app import make_app
+from tui.probes import FixedProbe
+from tui.testing import fixed_clock, seed_workspace, wait_for
+
+SMALL, LARGE = (80, 24), (120, 40)
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    home = Workspace(tmp_path / "home").ensure()
+    seed_workspace(home)
+    yield home
+    monkeypatch.undo()
+    time.tzset()
+
+
+def app_for(ws: Workspace):
+    return make_app(ws, start_engine=False, clock=fixed_clock, probe=FixedProbe(), interval=0.05, cursor_blink=False)
+
+
+def screen_is(app, name: str) -> bool:
+    return type(app.screen).__name__ == name and app.screen.is_mounted
+
+
+async def loaded(pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.catalog is not None and app.status is not None and app.live, what="data")
+    await wait_for(pilot, lambda: getattr(app.screen, "catalog", None) is not None, what="the screen fed")
+
+
+async def go(pilot, key: str, screen: str) -> None:
+    await pilot.press(key)
+    await wait_for(pilot, lambda: screen_is(pilot.app, screen), what=screen)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_runs_dashboard(ws, snap_compare, size):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 10, what="rows")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_presets_config(ws, snap_compare, size):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "2", "PresetsScreen")
+        screen = pilot.app.screen
+        tree = screen.query_one("#presets")
+        tree.move_cursor(tree.leaf("seed/step-decay"))
+        await wait_for(pilot, lambda: screen.highlighted == "seed/step-decay", what="step-decay")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+def test_presets_composer_with_an_invalid_value(ws, snap_compare):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "2", "PresetsScreen")
+        screen = pilot.app.screen
+        await pilot.press("v")
+        blocks = screen.query_one("#compose-blocks")
+        values = [blocks.get_option_at_index(i).value for i in range(blocks.option_count)]
+        for name in ("reg/l2", "sched/step-decay"):
+            blocks.select(name)
+        blocks.highlighted = values.index("sched/step-decay")
+        screen.query_one("#key-0").focus()
+        await pilot.press(*"optimizer.name", "tab", *"lbfgs")
+        await wait_for(pilot, lambda: "not allowed" in screen.query_one("#compose-overrides").message, what="the error")
+
+    assert snap_compare(app, terminal_size=LARGE, run_before=ready)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_queue(ws, snap_compare, size):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "3", "QueueScreen")
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#queue-table").row_count == 3, what="rows")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+def test_queue_dialog(ws, snap_compare):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "2", "PresetsScreen")
+        screen = pilot.app.screen
+        tree = screen.query_one("#presets")
+        tree.move_cursor(tree.leaf("seed/step-decay"))
+        await wait_for(pilot, lambda: screen.highlighted == "seed/step-decay", what="step-decay")
+        await go(pilot, "r", "QueueDialog")
+        await pilot.press("tab", "tab", *"train.epochs", "tab", *"400")
+        await wait_for(pilot, lambda: "400 epochs" in pilot.app.screen.query_one("#queue-overrides").message,
+                       what="the summary")
+
+    assert snap_compare(app, terminal_size=SMALL, run_before=ready)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_studies(ws, snap_compare, size):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "4", "StudiesScreen")
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#trial-table").row_count == 7, what="trials")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+def test_study_history_plot(ws, snap_compare):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "4", "StudiesScreen")
+        await wait_for(pilot, lambda: pilot.app.screen.query_one("#trial-table").row_count == 7, what="trials")
+        await pilot.press("v")
+
+    assert snap_compare(app, terminal_size=LARGE, run_before=ready)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_run_detail(ws, snap_compare, size):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        table = pilot.app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 10, what="rows")
+        table.select_key("r1")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen_is(pilot.app, "RunDetailScreen") and pilot.app.screen.record is not None,
+                       what="the run")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)
+
+
+def test_help(ws, snap_compare):
+    app = app_for(ws)
+
+    async def ready(pilot):
+        await loaded(pilot)
+        await go(pilot, "question_mark", "HelpScreen")
+
+    assert snap_compare(app, terminal_size=SMALL, run_before=ready)

@@ -1,0 +1,145 @@
+"""End to end in a real terminal: tmux runs `trialdeck --home WS` at 120x40.
+
+The keys a person would press queue `seed/step-decay` with `train.epochs=400`
+from the preset browser; the dashboard's sparkline for the run grows while it
+trains; killing the tmux session (the terminal going away) leaves the engine
+and the run going; a new session shows the finished run. The engine this test
+starts is stopped at the end. Slow (a real engine, a real worker, torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+COMMAND = os.environ.get("TRIALDECK_TUI_COMMAND", "trialdeck")
+"""What opens the TUI (the CLI entry point by default)."""
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+class Tmux:
+    """A private tmux server (its own socket), so no one else's sessions are touched."""
+
+    def __init__(self) -> None:
+        self.socket = f"trialdeck-test-{uuid.uuid4().hex[:8]}"
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def start(self, name: str, command: str, env: dict[str, str]) -> None:
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        self("new-session", "-d", "-s", name, "-x", "120", "-y", "40", f"env {exports} {command}")
+
+    def screen(self, name: str) -> str:
+        return self("capture-pane", "-p", "-t", name)
+
+    def keys(self, name: str, *keys: str) -> None:
+        for key in keys:
+            self("send-keys", "-t", name, key)
+            time.sleep(0.08)
+
+    def type(self, name: str, text: str) -> None:
+        self("send-keys", "-t", name, "-l", text)
+        time.sleep(0.2)
+
+    def wait(self, name: str, predicate, timeout: float = 30.0, what: str = "text") -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen(name)
+            if predicate(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
+
+    def kill_server(self) -> None:
+        self("kill-server", check=False)
+
+
+def cli(ws: Path, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--json", "--home", str(ws)], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def spark_of(screen: str, run_id: str) -> str:
+    for line in screen.splitlines():
+        if line.strip().startswith(run_id + " "):
+            found = re.findall(f"[{BLOCKS}]+", line)
+            return found[0] if found else ""
+    return ""
+
+
+def row_of(screen: str, run_id: str) -> str:
+    return next((line for line in screen.splitlines() if line.strip().startswith(run_id + " ")), "")
+
+
+def test_queue_watch_detach_and_reattach(tmp_path):
+    ws = tmp_path / "ws"
+    env = {"TERM": "xterm-256color", "TRIALDECK_HOME": str(ws), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    command = f"{COMMAND} --home {ws}"
+    tmux = Tmux()
+    try:
+        tmux.start("one", command, env)
+        tmux.wait("one", lambda s: "1 Runs" in s and "engine" in s, what="the dashboard")
+        tmux.keys("one", "2")
+        tmux.wait("one", lambda s: "Config" in s and "Compose" in s, what="the preset browser")
+        for _ in range(9):  # seed/activations is highlighted first; step-decay is nine below
+            tmux.keys("one", "Down")
+        tmux.wait("one", lambda s: "seed/step-decay  hash" in s, what="seed/step-decay highlighted")
+        tmux.keys("one", "r")
+        tmux.wait("one", lambda s: "Queue seed/step-decay" in s, what="the queue dialog")
+        tmux.keys("one", "Tab", "Tab")
+        tmux.type("one", "train.epochs")
+        tmux.keys("one", "Tab")
+        tmux.type("one", "400")
+        tmux.wait("one", lambda s: "400 epochs" in s or "400" in s and "ok:" in s, what="the valid summary")
+        tmux.keys("one", "Enter")
+        tmux.keys("one", "1")
+        screen = tmux.wait("one", lambda s: "running" in row_of(s, "r1") and spark_of(s, "r1"), timeout=90,
+                           what="r1 running with a sparkline")
+        first = spark_of(screen, "r1")
+        screen = tmux.wait("one", lambda s: spark_of(s, "r1") not in ("", first), timeout=30,
+                           what="the sparkline to change")
+        second = spark_of(screen, "r1")
+        assert second != first
+        assert len(second) >= len(first)
+
+        tmux("kill-session", "-t", "one")  # the terminal goes away
+        time.sleep(1.0)
+        record = cli(ws, "runs", "show", "r1")
+        assert record["state"] in ("running", "completed"), record["state"]
+        status = cli(ws, "engine", "status")
+        assert status["running"] is True
+
+        deadline = time.monotonic() + 300
+        while record["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(1.0)
+            record = cli(ws, "runs", "show", "r1")
+        assert record["state"] == "completed", record.get("error")
+        assert len(record["history"]) == 400
+
+        tmux.start("two", command, env)
+        screen = tmux.wait("two", lambda s: "completed" in row_of(s, "r1"), what="the finished run after reattaching")
+        row = row_of(screen, "r1")
+        assert "400/400" in row and "seed/step-decay" in row
+        assert spark_of(screen, "r1")
+    finally:
+        tmux.kill_server()
+        subprocess.run([sys.executable, "-m", "tui.cli", "engine", "stop", "--home", str(ws)], capture_output=True,
+                       timeout=90, cwd=Path(__file__).resolve().parents[1])
