@@ -621,3 +621,36 @@ async def test_random_key_mashing_does_not_crash(seeded, size):
         await pilot.pause(0.3)
         assert app.is_running
         assert app.return_code is None
+
+
+async def test_failures_become_notifications_not_crashes(seeded):
+    ws, ids = seeded
+    app = new_app(ws)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        from tui import messages
+
+        app.post_message(messages.CancelRun(ids["completed"]))  # refused by the engine-facing code
+        app.post_message(messages.MoveRun(ids["running"], "up"))
+        app.post_message(messages.RequeueRun("r999"))
+        await wait_for(pilot, lambda: len(app._notifications) >= 3, what="three notifications")
+        texts = [n.message for n in app._notifications]
+        assert any("r1 is already completed; only queued, running or interrupted runs can be cancelled" in t
+                   for t in texts)
+        assert any("is not queued; only queued runs can be moved" in t for t in texts)
+        assert any("no run 'r999'" in t for t in texts)
+        assert app.is_running
+
+
+async def test_a_corrupt_catalogue_is_reported_and_the_app_goes_on(tmp_path, monkeypatch, utc):
+    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
+    ws = Workspace(tmp_path / "home").ensure()
+    ws.catalog_path.write_text('{"meta": {"1": {"generation": 3}}, "runs": {"1": ')
+    app = new_app(ws)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await wait_for(pilot, lambda: any("is corrupt" in n.message for n in app._notifications),
+                       what="the corrupt catalogue reported")
+        await pilot.press("2", "3", "4", "1")
+        await pilot.pause(0.3)
+        assert app.is_running
+        assert sum("is corrupt" in n.message for n in app._notifications) == 1  # said once, not every tick

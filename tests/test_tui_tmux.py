@@ -42,7 +42,9 @@ class Tmux:
 
     def start(self, name: str, command: str, env: dict[str, str]) -> None:
         exports = " ".join(f"{k}={v}" for k, v in env.items())
-        self("new-session", "-d", "-s", name, "-x", "120", "-y", "40", f"env {exports} {command}")
+        # If the TUI exits, the pane stays up showing why (a timeout then prints it).
+        shell = f"env {exports} {command}; echo \"[the TUI exited with status $?]\"; sleep 3600"
+        self("new-session", "-d", "-s", name, "-x", "120", "-y", "40", shell)
 
     def screen(self, name: str) -> str:
         return self("capture-pane", "-p", "-t", name)

@@ -66,6 +66,9 @@ from tui.screens.studies import StudiesScreen
 
 STATUS_EVERY = 2.0
 """Seconds between engine/hardware samples."""
+READ_BACKOFF = 6.0
+READ_BACKOFF_MAX = 5.0
+"""After a catalogue read that took t seconds, the next waits min(6 t, 5 s): ~15% of a core at most."""
 LOG_KEEP = 200
 TOAST_SEVERITY = {"failed": "error", "nan_loss": "error", "early_stopped": "warning", "pruned": "warning"}
 
@@ -146,13 +149,18 @@ class TrialdeckApp(App[None]):
         feed = EventFeed()
         catalog: Catalog | None = None
         totals: dict[str, int] = {}
-        next_status = 0.0
+        event_counts: dict[str, int] = {}
+        next_status = next_read = 0.0
         last_error = ""
         while not worker.is_cancelled:
             try:
                 version = store.version()
-                if catalog is None or version != catalog.version:
-                    runs = store.list_runs(omit=("config", "events"))
+                if (catalog is None or version != catalog.version) and time.monotonic() >= next_read:
+                    started = time.monotonic()
+                    runs = store.list_runs(omit=("config",))
+                    counts = {r["id"]: len(r.pop("events", None) or ()) for r in runs}
+                    grew = any(n > event_counts.get(k, 0) for k, n in counts.items())
+                    event_counts = counts
                     self._fill_totals(store, runs, totals)
                     new = Catalog(version, tuple(runs), tuple(store.list_studies()), dict(totals))
                     self.post_message(messages.CatalogLoaded(new))
@@ -163,12 +171,16 @@ class TrialdeckApp(App[None]):
                         entries.sort(key=lambda e: e.time)
                         self.post_message(messages.EventsArrived(tuple(entries[-LOG_KEEP:]), initial=True))
                     else:
-                        fresh = [e for e in feed.take(store.events(since=feed.since()))
-                                 if e.kind in LOGGED_EVENTS] + finished_since(catalog, new)
+                        # store.events() parses the catalogue again: only when some run has new events.
+                        found = feed.take(store.events(since=feed.since())) if grew else []
+                        fresh = [e for e in found if e.kind in LOGGED_EVENTS] + finished_since(catalog, new)
                         if fresh:
                             self.post_message(messages.EventsArrived(tuple(fresh)))
                     catalog = new
-                live = follower.poll(catalog.active_ids)
+                    # A big catalogue costs a full parse per read; space reads so that
+                    # reading stays a small share of a core however often it changes.
+                    next_read = time.monotonic() + min(READ_BACKOFF_MAX, READ_BACKOFF * (time.monotonic() - started))
+                live = follower.poll(catalog.active_ids) if catalog is not None else None
                 if live is not None:
                     self.post_message(messages.MetricsUpdated(live))
                 if time.monotonic() >= next_status:
@@ -186,7 +198,7 @@ class TrialdeckApp(App[None]):
     def _fill_totals(store: Store, runs: list[dict], totals: dict[str, int]) -> None:
         """`train.epochs` of the runs a table may show, read once per run (list_runs omits configs)."""
         shown = sorted(runs, key=lambda r: -run_number(r["id"]))[:MAX_ROWS]
-        shown += [r for r in runs if r["state"] in ("running", "queued")]
+        shown += [r for r in runs if r["state"] == "running"]
         for run in shown:
             if run["id"] not in totals:
                 record = store.get_run(run["id"])
@@ -194,7 +206,7 @@ class TrialdeckApp(App[None]):
                 totals[run["id"]] = epochs if epochs is not None else 0
 
     def poke(self) -> None:
-        """Read again now (after a write) rather than at the next tick."""
+        """Look again now (after a write) rather than at the next tick."""
         self._poke.set()
 
     # ----------------------------------------------------------------- reports from the reader
@@ -263,8 +275,8 @@ class TrialdeckApp(App[None]):
         seen = set()
         for key, active in screen.active_bindings.items():
             binding = active.binding
-            if binding.id not in ACTIONS or not active.enabled or binding.id in seen:
-                continue
+            if binding.id not in ACTIONS or binding.id == "quit" or not active.enabled or binding.id in seen:
+                continue  # (Textual's own palette already offers Quit)
             seen.add(binding.id)
             node = active.node
             yield SystemCommand(binding.description, f"key: {self.get_key_display(binding)}",

@@ -62,6 +62,13 @@ class EventsArrived(Message):
     """True for the start-up backlog: logged, not toasted."""
 
 
+@dataclass
+class ReaderFailed(Message):
+    """The workspace could not be read (corrupt or locked catalogue); the reader keeps trying."""
+
+    error: str
+
+
 # ----------------------------------------------------------------------------- requests (screen -> app)
 
 
@@ -107,10 +114,3 @@ class ClearQueue(Message):
 class SavePreset(Message):
     composition: Composition
     description: str = ""
-
-
-@dataclass
-class ReaderFailed(Message):
-    """The workspace could not be read (corrupt or locked catalogue); the reader keeps trying."""
-
-    error: str

@@ -39,13 +39,13 @@ def matches(run: dict, words: list[str]) -> bool:
 
 
 def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> tuple[list[dict], int]:
-    """Runs to show, newest first: those matching `text`, at most `limit` plus every active one."""
+    """Runs to show, newest first: those matching `text`, at most `limit` plus every running one."""
     words = text.lower().split()
     runs = [r for r in catalog.runs if matches(r, words)] if words else list(catalog.runs)
     runs.sort(key=lambda r: -run_number(r["id"]))
     total = len(runs)
     if total > limit:
-        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] in ("running", "queued")]
+        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] == "running"]
     return runs, total
 
 
@@ -55,6 +55,11 @@ class RunsScreen(LiveScreen):
     _filter = ""
     _total = 0
     _status_text = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, tuple[tuple, tuple[str, ...]]] = {}
+        """run id -> (what the row was computed from, the row)."""
 
     BINDINGS = [
         bind("open", "open_run", priority=True),
@@ -100,9 +105,22 @@ class RunsScreen(LiveScreen):
             return
         runs, self._total = visible_runs(self.catalog, self._filter)
         now = self.now()
-        live, totals = self.live, self.catalog.totals
-        self.query_one(RunsTable).show([(r["id"], run_row(r, live.get(r["id"]), now, totals.get(r["id"])))
-                                        for r in runs])
+        live, totals, cache = self.live, self.catalog.totals, self._rows
+        rows = []
+        for r in runs:
+            run_id = r["id"]
+            hist = r.get("history") or ()
+            # A finished row only changes with its record; a running one also with the clock.
+            mark = (r["state"], len(hist), hist[-1] if hist else None, r.get("slot"), r.get("finished_at"),
+                    live.get(run_id), totals.get(run_id))
+            hit = cache.get(run_id)
+            if hit is None or hit[0] != mark or r["state"] == "running":
+                hit = cache[run_id] = (mark, run_row(r, live.get(run_id), now, totals.get(run_id)))
+            rows.append((run_id, hit[1]))
+        if len(cache) > 4 * MAX_ROWS:
+            shown = {run_id for run_id, _ in rows}
+            self._rows = {k: v for k, v in cache.items() if k in shown}
+        self.query_one(RunsTable).show(rows)
         self._refresh_status()
         self.sync_bindings()
 
