@@ -289,3 +289,12 @@ def test_train_json_in_a_real_process(home):
     assert [e["epoch"] for e in epochs if e.get("kind") == "epoch"] == [1, 2, 3]
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("args", [[], ["tui"]])
+def test_the_tui_without_a_terminal_says_so_in_one_line(home, args):
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--home", str(home)] if args else
+                          [sys.executable, "-m", "tui.cli", "--home", str(home)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "trialdeck: the TUI needs a terminal; use a subcommand (trialdeck --help) for scripts"

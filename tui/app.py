@@ -49,7 +49,6 @@ from tui.live import (
     LiveRun,
     LogEntry,
     MetricsFollower,
-    entry_of,
     epochs_of,
     finished_entry,
     finished_since,

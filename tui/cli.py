@@ -49,6 +49,23 @@ def root(
         _state["revive"] = True  # done by workspace(), once the subcommand's own --home is known
 
 
+@app.command("tui")
+@handle_errors
+def tui_cmd(home: HomeOpt = None) -> None:
+    """Open the terminal UI (the same as `trialdeck` with no command)."""
+    _open_tui(home)
+
+
+def _open_tui(home: Path | None) -> None:
+    if not sys.stdout.isatty() and os.environ.get("TRIALDECK_FORCE_TUI") != "1":
+        err("trialdeck: the TUI needs a terminal; use a subcommand (trialdeck --help) for scripts")
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
+    # Deferred: textual is only needed when the screen opens.
+    from tui.app import make_app
+
+    make_app(workspace(home)).run()
+
+
 # ---------------------------------------------------------------- presets
 
 

@@ -47,6 +47,8 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "next_page": ("right_square_bracket", "Next page"),
     "prev_page": ("left_square_bracket", "Previous page"),
     "view": ("v", "Next view"),
+    "yes": ("y", "Yes"),
+    "no": ("n", "No"),
 }
 
 

@@ -152,8 +152,8 @@ class ConfirmDialog(ModalScreen[bool]):
 
     BINDINGS = [
         bind("back", "answer(False)", description="No"),
-        ("y", "answer(True)", "Yes"),
-        ("n", "answer(False)", "No"),
+        bind("yes", "answer(True)"),
+        bind("no", "answer(False)"),
     ]
 
     def __init__(self, question: str) -> None:
