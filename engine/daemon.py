@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -90,6 +91,7 @@ class Engine:
                 self.driver.reconcile()
             for slot in self.scheduler.slots:
                 self._spawn(slot)
+            threading.Thread(target=_warm_tuning_imports, name="warm-optuna", daemon=True).start()
             self._log(f"engine {os.getpid()} up: {len(self.scheduler.slots)} slot(s): "
                       + ", ".join(s.name for s in self.scheduler.slots))
             self._loop()
@@ -318,6 +320,15 @@ class Engine:
                 self._kill_worker(h)
         self.workers.clear()
         self._log("engine stopped")
+
+
+def _warm_tuning_imports() -> None:
+    """Import optuna (and its importance module, ~1 s) while the engine is idle at start, so
+    the first study does not wait for it. Failing here only means paying it later."""
+    try:
+        import optuna.importance  # noqa: F401
+    except Exception:  # noqa: BLE001 - the driver imports it again and reports a real problem
+        pass
 
 
 def _alive(pid: Any) -> bool:
