@@ -306,6 +306,23 @@ def _dispatch_key(doc: Mapping[str, Any]) -> tuple[int, int]:
     return (-int(doc.get("priority", 0)), int(doc.get("seq", 0)))
 
 
+def _merge_trials(db: TinyDB, study: str, bodies: list[dict[str, Any]]) -> int:
+    """Insert or update trial documents by number (only those that changed); returns how many did."""
+    table = db.table("trials")
+    existing = {int(t["number"]): t for t in table.search(Query().study == study)}
+    changed = 0
+    for body in bodies:
+        old = existing.get(int(body["number"]))
+        if old is None:
+            table.insert(body)
+        elif any(old.get(k) != v for k, v in body.items()):
+            table.update(body, doc_ids=[old.doc_id])
+        else:
+            continue
+        changed += 1
+    return changed
+
+
 class Store:
     """Locked, atomic access to the catalogue of one workspace.
 
@@ -811,20 +828,8 @@ class Store:
         """Create or update many trials of `study` in one write (each doc has a `number`);
         returns how many changed. Nothing is written when none did."""
         bodies = [{**_to_json(dict(d), "trial"), "study": study} for d in docs]
-        changed = 0
         with self._transaction() as db:
-            table = db.table("trials")
-            existing = {int(t["number"]): t for t in table.search(Query().study == study)}
-            for body in bodies:
-                old = existing.get(int(body["number"]))
-                if old is None:
-                    table.insert(body)
-                elif any(old.get(k) != v for k, v in body.items()):
-                    table.update(body, doc_ids=[old.doc_id])
-                else:
-                    continue
-                changed += 1
-        return changed
+            return _merge_trials(db, study, bodies)
 
     def sync_study(self, name: str, doc: Mapping[str, Any], trials: list[Mapping[str, Any]]) -> dict[str, Any]:
         """A study summary and its trials in one write (the tuning mirror's per-trial update)."""
@@ -832,14 +837,7 @@ class Store:
         body["name"] = name
         bodies = [{**_to_json(dict(d), "trial"), "study": name} for d in trials]
         with self._transaction() as db:
-            table = db.table("trials")
-            existing = {int(t["number"]): t for t in table.search(Query().study == name)}
-            for trial in bodies:
-                old = existing.get(int(trial["number"]))
-                if old is None:
-                    table.insert(trial)
-                elif any(old.get(k) != v for k, v in trial.items()):
-                    table.update(trial, doc_ids=[old.doc_id])
+            _merge_trials(db, name, bodies)
             studies = db.table("studies")
             cond = Query().name == name
             old_doc = studies.get(cond)

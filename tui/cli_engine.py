@@ -36,13 +36,9 @@ def _store(home: Path | None):
 
 
 def _get_run(store, run_id: str) -> dict[str, Any]:
-    try:
-        record = store.get_run(run_id)
-    except (ValueError, BadInput):
-        record = None
-    if record is None:
-        raise BadInput(f"no run {run_id!r} in {store.path}; see `trialdeck runs list`")
-    return record
+    from engine.control import get_run
+
+    return get_run(store, run_id)
 
 
 def _exit_for(record: dict[str, Any]) -> None:
@@ -70,7 +66,6 @@ def run_cmd(
 
     if wait_ and follow_:
         raise BadInput("--wait and --follow: choose one")
-    check_range("--priority", priority, -1_000_000, 1_000_000)
     check_range("--repeat", repeat, 1, 10_000)
     if device is not None and not (device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise BadInput(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
@@ -80,11 +75,9 @@ def run_cmd(
         extra = [f"train.seed={resolve(preset, set_ or [], roots(home)).train.seed + k}"] if repeat > 1 else []
         specs.append(resolve(preset, [*(set_ or []), *extra], roots(home)))
     store = _store(home)
-    records = store.create_runs([
-        {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
-         "device": None if device in (None, "auto") else device}
-        for s in specs
-    ])
+    from engine import control
+
+    records = control.enqueue(store, specs, priority=priority, device=device)
     ensure_engine(ws, say=err)
     notify(ws)
     ids = [r["id"] for r in records]
@@ -187,30 +180,16 @@ def queue_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel queued runs (removed from the queue) or running ones (stopped within a second)."""
+    from engine import control
     from engine.client import notify
-    from engine.types import RunState
 
     ws = workspace(home)
     store = _store(home)
     out = []
     for run_id in run_ids:
-        record = _get_run(store, run_id)
-        if record["state"] == "queued":
-            record = store.cancel_queued(record["id"])
-        elif record["state"] == "running":
-            if record.get("foreground"):
-                raise BadInput(f"{record['id']} runs in the foreground (`trialdeck train`, pid {record.get('worker')}); stop it there")
-            store.update_run(record["id"], cancel_requested=True)
-            if not notify(ws):
-                store.transition(record["id"], RunState.CANCELLED, add_events=[
-                    {"kind": "cancelled", "epoch": None, "message": "cancelled by the user (no engine was running)"}])
-            else:
-                record = _await_state(store, record["id"], timeout=10.0)
-        elif record["state"] == "interrupted":
-            record = store.transition(record["id"], RunState.CANCELLED, add_events=[
-                {"kind": "cancelled", "epoch": None, "message": "cancelled by the user"}])
-        else:
-            raise BadInput(f"{record['id']} is already {record['state']}; only queued or running runs can be cancelled")
+        record, how = control.cancel(store, run_id, lambda: notify(ws))
+        if record["state"] == "running":  # asked to stop: wait for the engine to do it
+            record = _await_state(store, record["id"], timeout=10.0)
         out.append({"id": record["id"], "state": record["state"]})
     if as_json:
         emit(out if len(out) > 1 else out[0])
@@ -336,6 +315,21 @@ def runs_follow(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Ho
 # ---------------------------------------------------------------- engine
 
 
+def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str | None) -> list[str]:
+    """Validated engine options as `python -m engine.daemon` arguments."""
+    from engine.daemon import RECOVERY_POLICIES
+
+    if recovery is not None and recovery not in RECOVERY_POLICIES:
+        raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
+    check_range("--cpu-slots", cpu_slots, 1, 64)
+    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
+    args: list[str] = []
+    for flag, value in (("--cpu-slots", cpu_slots), ("--slots-per-gpu", slots_per_gpu), ("--recovery", recovery)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
 @engine_app.command("start")
 @handle_errors
 def engine_start(
@@ -347,18 +341,10 @@ def engine_start(
 ) -> None:
     """Start the engine in the background (detached: it survives logout and SSH drops)."""
     from engine.client import engine_info, start_engine
-    from engine.daemon import RECOVERY_POLICIES
 
-    if recovery is not None and recovery not in RECOVERY_POLICIES:
-        raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
-    check_range("--cpu-slots", cpu_slots, 1, 64)
-    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
+    args = _daemon_args(cpu_slots, slots_per_gpu, recovery)
     ws = workspace(home)
     running = engine_info(ws)
-    args = []
-    for flag, value in (("--cpu-slots", cpu_slots), ("--slots-per-gpu", slots_per_gpu), ("--recovery", recovery)):
-        if value is not None:
-            args += [flag, str(value)]
     info = running or start_engine(ws, say=None if as_json else err, args=args)
     if as_json:
         emit({"pid": info["pid"], "already_running": bool(running), "log": str(ws.engine_log)})
@@ -407,18 +393,10 @@ def engine_run(
     home: HomeOpt = None,
 ) -> None:
     """Run the engine in the foreground (for debugging); Ctrl-C stops it gracefully."""
-    from engine.daemon import RECOVERY_POLICIES
     from engine.daemon import main as daemon_main
 
-    if recovery is not None and recovery not in RECOVERY_POLICIES:
-        raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
-    check_range("--cpu-slots", cpu_slots, 1, 64)
-    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
-    ws = workspace(home)
-    args = ["--home", str(ws.root)]
-    for flag, value in (("--cpu-slots", cpu_slots), ("--slots-per-gpu", slots_per_gpu), ("--recovery", recovery)):
-        if value is not None:
-            args += [flag, str(value)]
+    args = _daemon_args(cpu_slots, slots_per_gpu, recovery)
+    args = ["--home", str(workspace(home).root), *args]
     code = daemon_main(args)
     if code:
         raise typer.Exit(code)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine import control
 from engine.errors import BadInput
 from engine.presets.schema import RunSpec
 from engine.store import Store
-from engine.types import RunState
 from engine.workspace import Workspace
 from tui.composition import Composition, PresetLibrary
 
@@ -70,42 +70,17 @@ class Control:
         self._wake(self.ws)
 
     def enqueue(self, specs: Sequence[RunSpec], priority: int = 0) -> list[dict[str, Any]]:
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 1_000_000:
-            raise BadInput(f"priority {priority!r}: allowed: a whole number from -1000000 to 1000000")
-        records = self.store.create_runs([
-            {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority}
-            for s in specs
-        ])
+        records = control.enqueue(self.store, specs, priority=priority)
         self._kick()
         return records
 
     def _get(self, run_id: str) -> dict[str, Any]:
-        record = self.store.get_run(run_id)
-        if record is None:
-            raise BadInput(f"no run {run_id!r} in {self.store.path}")
-        return record
+        return control.get_run(self.store, run_id)
 
     def cancel(self, run_id: str) -> str:
         """Cancel a queued, running or interrupted run; returns what happened, in words."""
-        record = self._get(run_id)
-        state = record["state"]
-        if state == "queued":
-            self.store.cancel_queued(run_id)
-            return f"{run_id} cancelled (it was queued)"
-        if state == "running":
-            if record.get("foreground"):
-                raise BadInput(f"{run_id} runs in the foreground (`trialdeck train`, pid {record.get('worker')}); stop it there")
-            self.store.update_run(run_id, cancel_requested=True)
-            if self._wake(self.ws):
-                return f"{run_id}: cancel requested; the engine stops it within seconds"
-            self.store.transition(run_id, RunState.CANCELLED, add_events=[
-                {"kind": "cancelled", "epoch": None, "message": "cancelled by the user (no engine was running)"}])
-            return f"{run_id} cancelled (no engine was running)"
-        if state == "interrupted":
-            self.store.transition(run_id, RunState.CANCELLED, add_events=[
-                {"kind": "cancelled", "epoch": None, "message": "cancelled by the user"}])
-            return f"{run_id} cancelled"
-        raise BadInput(f"{run_id} is already {state}; only queued, running or interrupted runs can be cancelled")
+        record, how = control.cancel(self.store, run_id, lambda: self._wake(self.ws))
+        return f"{record['id']}: {how}"
 
     def requeue(self, run_id: str) -> dict[str, Any]:
         """A new queued run with the same resolved config (the old record stays as it is)."""

@@ -1,0 +1,65 @@
+"""The rules for changing runs on a user's behalf, shared by the CLI and the TUI.
+
+Queueing validates the priority and creates the runs in one write; cancelling
+follows the run's state: a queued run is cancelled at once, a running one is
+asked to stop (the engine stops it within a second, or it is cancelled
+directly when no engine is alive), an interrupted one is cancelled, and a
+finished one is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.errors import BadInput
+from engine.presets.schema import RunSpec
+from engine.store import Store
+from engine.types import EventKind, RunEvent, RunState
+
+PRIORITY_LIMIT = 1_000_000
+
+
+def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > PRIORITY_LIMIT:
+        raise BadInput(f"priority {priority!r}: allowed: a whole number from -{PRIORITY_LIMIT} to {PRIORITY_LIMIT}")
+    return store.create_runs([
+        {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
+         "device": None if device in (None, "auto") else device}
+        for s in specs
+    ])
+
+
+def get_run(store: Store, run_id: str) -> dict[str, Any]:
+    try:
+        record = store.get_run(run_id)
+    except (ValueError, BadInput):
+        record = None
+    if record is None:
+        raise BadInput(f"no run {run_id!r} in {store.path}; see `trialdeck runs list`")
+    return record
+
+
+def _cancelled(message: str) -> list[dict[str, Any]]:
+    return [RunEvent(EventKind.CANCELLED.value, None, message).to_json()]
+
+
+def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[dict[str, Any], str]:
+    """Cancel a run; returns its record and what happened, in words. `wake` signals the
+    engine and says whether one was alive to stop a running run."""
+    record = get_run(store, run_id)
+    run_id, state = record["id"], record["state"]
+    if state == "queued":
+        return store.cancel_queued(run_id), "cancelled (it was queued)"
+    if state == "running":
+        if record.get("foreground"):
+            raise BadInput(f"{run_id} runs in the foreground (`trialdeck train`, pid {record.get('worker')}); stop it there")
+        record = store.update_run(run_id, cancel_requested=True)
+        if wake():
+            return record, "cancel requested; the engine stops it within a second"
+        record = store.transition(run_id, RunState.CANCELLED,
+                                  add_events=_cancelled("cancelled by the user (no engine was running)"))
+        return record, "cancelled (no engine was running)"
+    if state == "interrupted":
+        return store.transition(run_id, RunState.CANCELLED, add_events=_cancelled("cancelled by the user")), "cancelled"
+    raise BadInput(f"{run_id} is already {state}; only queued, running or interrupted runs can be cancelled")
