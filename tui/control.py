@@ -80,7 +80,7 @@ class Control:
     def cancel(self, run_id: str) -> str:
         """Cancel a queued, running or interrupted run; returns what happened, in words."""
         record, how = control.cancel(self.store, run_id, lambda: self._wake(self.ws))
-        return f"{record['id']}: {how}"
+        return f"{record['id']} {how}"
 
     def requeue(self, run_id: str) -> dict[str, Any]:
         """A new queued run with the same resolved config (the old record stays as it is)."""
