@@ -146,3 +146,15 @@ def test_trialdeck_help_loads_neither_torch_optuna_nor_textual(tmp_path, argv):
     loaded = loaded_after(_help_probe(argv), env=env)
     assert {"typer", "tui"} <= loaded, "the probe should have run the CLI"
     assert not loaded & HEAVY, f"{' '.join(argv)} loaded {sorted(loaded & HEAVY)}"
+
+
+def test_import_linter_contract_keeps_the_engine_free_of_the_ui():
+    """The static half of the rule: import-linter's forbidden contract in pyproject.toml."""
+    import shutil
+
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    proc = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "1 kept, 0 broken" in proc.stdout
