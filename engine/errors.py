@@ -38,7 +38,12 @@ class BadInput(TrialdeckError):
 
 
 class PresetError(BadInput):
-    """A preset file, `--set` value or [tune] block is invalid."""
+    """A preset file, `--set` value or [tune] block is invalid. `problems` holds every problem
+    found, one line each (the message is the first); `presets validate` prints them all."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class DatasetUnavailable(TrialdeckError):

@@ -211,3 +211,15 @@ def test_merge_later_wins_and_keeps_earlier_keys(a, b):
                 assert merged[k] == v
 
     check(out.data, a, b)
+
+
+def test_every_problem_of_a_file_is_reported_one_line_each(tmp_path):
+    path = write(tmp_path, "multi", "[model]\nactivation = 'foo'\nhiden = 3\n[train]\nepochs = 'x'\n")
+    with pytest.raises(PresetError) as info:
+        resolve(str(path))
+    problems = info.value.problems
+    assert len(problems) == 3 and info.value.message == problems[0]
+    assert any("model.activation = 'foo'" in p for p in problems)
+    assert any("did you mean 'hidden'" in p for p in problems)
+    assert any("train.epochs = 'x'" in p for p in problems)
+    assert all(str(path) in p and "\n" not in p for p in problems)

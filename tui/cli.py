@@ -140,7 +140,8 @@ def presets_validate(
             spec = resolve(p, [], r)
             results.append({"preset": p, "ok": True, "hash": spec.content_hash, "error": None})
         except BadInput as exc:
-            results.append({"preset": p, "ok": False, "hash": None, "error": exc.message})
+            problems = getattr(exc, "problems", [exc.message])
+            results.append({"preset": p, "ok": False, "hash": None, "error": exc.message, "problems": problems})
     if as_json:
         emit(results)
     else:
@@ -148,7 +149,8 @@ def presets_validate(
             if item["ok"]:
                 print(f"ok  {item['preset']}")
             else:
-                err(item["error"])
+                for line in item["problems"]:
+                    err(line)
     if not all(i["ok"] for i in results):
         raise typer.Exit(int(ExitCode.BAD_INPUT))
 
@@ -222,7 +224,8 @@ def _print_run_summary(record: dict) -> None:
     hist = record.get("history") or []
     last = hist[-1] if hist else {}
     best = max((h["val_acc"] for h in hist), default=None)
-    print(f"run {record['id']}  {record['preset']}  {record['state']}  on {record.get('device')}")
+    where = f"  on {record['device']}" if record.get("device") else ""
+    print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
     if last:
         print(f"  epochs {last['epoch']}  val_loss {last['val_loss']:.4f}  val_acc {last['val_acc']:.4f}"
               f"  best val_acc {best:.4f}  lr {last['lr']:.3g}")

@@ -291,12 +291,12 @@ def validate(composed: Composed) -> RunSpec:
     try:
         return RunSpec.model_validate(composed.data)
     except ValidationError as exc:
-        raise PresetError(_explain(exc, composed)) from None
+        problems = list(dict.fromkeys(_explain(err, composed) for err in exc.errors(include_url=False)))
+        raise PresetError(problems[0], problems) from None
 
 
-def _explain(exc: ValidationError, composed: Composed) -> str:
-    """The first validation error as one plain line: file, key, bad value, what is allowed."""
-    err = exc.errors(include_url=False)[0]
+def _explain(err: dict[str, Any], composed: Composed) -> str:
+    """One validation error as one plain line: file, key, bad value, what is allowed."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     source = composed.source_of(loc)
     key = ".".join(str(p) for p in loc) or "(top level)"
