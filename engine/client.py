@@ -109,7 +109,7 @@ def stop_engine(ws: Workspace, timeout: float = 60.0) -> dict[str, Any] | None:
 def status(ws: Workspace) -> dict[str, Any]:
     info = engine_info(ws)
     store = Store(ws)
-    runs = store.list_runs()
+    runs = store.list_runs(omit=("config", "history", "events"))
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -151,9 +151,12 @@ class Engine:
             self._driver = StudyDriver(self.store, self._log)
         return self._driver
 
-    def _feed_studies(self) -> None:
-        if any(d.get("state") in ("running", "stopping") for d in self.store.list_studies()):
-            self.driver.tick(capacity=len(self.scheduler.slots))
+    def _feed_studies(self) -> bool:
+        """Ask and tell for running studies; True when any study was looked at."""
+        if not any(d.get("state") in ("running", "stopping") for d in self.store.list_studies()):
+            return False
+        self.driver.tick(capacity=len(self.scheduler.slots))
+        return True
 
     # ----------------------------------------------------------------- workers
 
@@ -202,8 +205,8 @@ class Engine:
                 self._log(f"workspace {self.ws.root} is gone; stopping")
                 break
             self._check_cancellations()
-            self._feed_studies()
-            self._check_cancellations()
+            if self._feed_studies():
+                self._check_cancellations()  # a stopping study may have asked to cancel its trials
             self._dispatch()
 
     def _on_message(self, handle: WorkerHandle) -> None:

@@ -23,20 +23,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from engine.store import Store
-from engine.workspace import Workspace
+from tests.deck import REPO, TERMINAL, TRIALDECK
+from tests.deck import Deck as BaseDeck
+from tests.deck import gone as _gone
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-_EXE = shutil.which("trialdeck")
-TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from tui.cli import main; main()"]
 PRESET = "seed/step-decay"
-TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
 LONG = "train.epochs=3000"
 """A run that outlives any test (~25 s or more): tests cancel it or stop the engine."""
 
@@ -44,44 +41,14 @@ LONG = "train.epochs=3000"
 # ------------------------------------------------------------------ helpers
 
 
-def _gone(pid: int) -> bool:
-    """True when `pid` no longer runs (a zombie nobody reaped yet counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-
-
 def _epochs(history: list[dict[str, Any]]) -> list[int]:
     return [h["epoch"] for h in history]
 
 
-class Deck:
-    """One workspace and the `trialdeck` commands a user would type against it."""
+class Deck(BaseDeck):
+    """A workspace plus the engine-specific commands and reads these tests use."""
 
-    def __init__(self, home: Path, default_home: Path) -> None:
-        self.home = home
-        self.ws = Workspace.resolve(home)
-        self.env = {k: v for k, v in os.environ.items() if k not in ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT")}
-        self.env["TRIALDECK_HOME"] = str(home)
-        self.default_home = default_home
-        self._store: Store | None = None
-
-    # -- commands
-
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-        """`trialdeck ARGS --home HOME` as a real process; stdout and stderr kept apart."""
-        return subprocess.run([*TRIALDECK, *args, "--home", str(self.home)], cwd=REPO, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
-
-    def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
-        proc = self.cli(*args, **kw)
-        assert proc.returncode == 0, f"`trialdeck {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}\n{self.log_tail()}"
-        return proc
-
-    def json(self, *args: str, **kw: Any) -> Any:
-        return json.loads(self.ok(*args, "--json", **kw).stdout)
+    cli_timeout = 90
 
     def enqueue(self, *sets: str, priority: int | None = None) -> str:
         args = ["run", PRESET]
@@ -90,14 +57,6 @@ class Deck:
         if priority is not None:
             args += ["--priority", str(priority)]
         return self.json(*args)["id"]
-
-    # -- state, read the way a script would (TinyDB file through the store)
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.ws)
-        return self._store
 
     def run(self, run_id: str) -> dict[str, Any]:
         record = self.store.get_run(run_id)
@@ -123,29 +82,6 @@ class Deck:
     def epochs_streamed(self, run_id: str) -> int:
         return sum(1 for m in self.metrics(run_id) if m.get("kind") == "epoch")
 
-    def engine_pid(self) -> int | None:
-        try:
-            return json.loads(self.ws.pid_path.read_text())["pid"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return None
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.ws.engine_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no engine.log)"
-        return "engine.log tail:\n" + "\n".join(text.splitlines()[-lines:])
-
-    def wait(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{self.log_tail()}")
-            time.sleep(interval)
-
     def wait_state(self, run_id: str, states: set[str] | str, timeout: float) -> dict[str, Any]:
         wanted = {states} if isinstance(states, str) else states
 
@@ -165,19 +101,6 @@ class Deck:
         os.kill(pid, signal.SIGKILL)
         self.wait(lambda: _gone(pid), 10, f"engine {pid} to die after SIGKILL")
         return pid
-
-    def stop(self) -> None:
-        """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""
-        try:
-            self.cli("engine", "stop", timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        pid = self.engine_pid()
-        if pid is not None and not _gone(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -33,19 +32,17 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from engine.store import Store
 from engine.workspace import Workspace
+from tests.deck import REPO, TERMINAL, Deck
+from tests.deck import gone as _gone
+from tests.deck import journal_trials as _journal_trials
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-_EXE = shutil.which("trialdeck")
-TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from tui.cli import main; main()"]
-TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
 FINAL_TRIAL = {"complete", "pruned", "fail"}
 TRIAL_KEYS = {"number", "state", "value", "params", "run_id", "intermediate"}
 STUDY_TIMEOUT = 420.0
@@ -53,15 +50,6 @@ STUDY_TIMEOUT = 420.0
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _gone(pid: int) -> bool:
-    """True when `pid` no longer runs (a zombie nobody reaped yet counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
 
 
 def _write_preset(path: Path, text: str) -> Path:
@@ -76,84 +64,6 @@ def _read_catalog(ws: Workspace) -> dict[str, list[dict[str, Any]]]:
 
     with TinyDB(ws.catalog_path) as db:
         return {name: [dict(d) for d in db.table(name).all()] for name in ("runs", "studies", "trials", "events")}
-
-
-def _journal_trials(ws: Workspace, study: str):
-    """The study's trials from its Optuna journal file, read with Optuna's own classes."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    path = ws.studies_dir / f"{study}.journal"
-    assert path.exists(), f"no Optuna journal at {path}"
-    storage = JournalStorage(JournalFileBackend(str(path)))
-    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-
-
-class Deck:
-    """One workspace and the `trialdeck` commands a user would type against it."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.ws = Workspace.resolve(home)
-        self.env = {k: v for k, v in os.environ.items() if k not in ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT")}
-        self.env["TRIALDECK_HOME"] = str(home)
-
-    def argv(self, *args: str) -> list[str]:
-        return [*TRIALDECK, *args, "--home", str(self.home)]
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        """`trialdeck ARGS --home HOME` as a real process; stdout and stderr kept apart."""
-        return subprocess.run(self.argv(*args), cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
-
-    def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
-        proc = self.cli(*args, **kw)
-        assert proc.returncode == 0, f"`trialdeck {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}\n{self.log_tail()}"
-        return proc
-
-    def json(self, *args: str, **kw: Any) -> Any:
-        return json.loads(self.ok(*args, "--json", **kw).stdout)
-
-    def store(self) -> Store:
-        return Store(self.ws)
-
-    def engine_pid(self) -> int | None:
-        try:
-            return json.loads(self.ws.pid_path.read_text())["pid"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            return None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.ws.engine_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no engine.log)"
-        return "engine.log tail:\n" + "\n".join(text.splitlines()[-lines:])
-
-    def wait(self, predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str,
-             interval: float = 0.05) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                described = what() if callable(what) else what
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {described}\n{self.log_tail()}")
-            time.sleep(interval)
-
-    def stop(self) -> None:
-        """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""
-        try:
-            self.cli("engine", "stop", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        pid = self.engine_pid()
-        if pid is not None and not _gone(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _tune(deck: Deck, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
@@ -332,7 +242,7 @@ def test_grid_search_runs_exactly_its_twelve_points(tmp_path: Path) -> None:
         time.sleep(1.0)
         journal = _journal_trials(deck.ws, "grid")
         assert len(journal) == 12, [(t.number, t.state.name) for t in journal]
-        assert len([r for r in deck.store().list_runs() if r.get("study") == "grid"]) == 12
+        assert len([r for r in deck.store.list_runs() if r.get("study") == "grid"]) == 12
         # Every grid point ran to the end, and the study says so.
         assert all(t.state.name == "COMPLETE" for t in journal), [t.state.name for t in journal]
         assert out["state"] == "completed", f"the grid study ended {out['state']!r}: {out.get('error')}\n{deck.log_tail()}"
@@ -390,7 +300,7 @@ def resumed(tmp_path_factory):
     try:
         started = deck.json(*args)  # no --wait: the engine works on it in the background
         assert started["name"] == name and started["state"] == "running"
-        store = deck.store()
+        store = deck.store
 
         def study_runs() -> list[dict[str, Any]]:
             return [r for r in store.list_runs() if r.get("study") == name]
@@ -443,7 +353,7 @@ def test_kill_9_of_the_engine_mid_study_then_tune_again_resumes_to_exactly_the_t
     states = {t.number: t.state.name for t in journal}
     assert set(states.values()) <= {"COMPLETE", "PRUNED", "FAIL"}, f"left unfinished in Optuna: {states}"
 
-    runs = [r for r in deck.store().list_runs() if r.get("study") == name]
+    runs = [r for r in deck.store.list_runs() if r.get("study") == name]
     assert len(runs) == 10, f"{len(runs)} runs for 10 trials: {[(r['id'], r['trial']) for r in runs]}"
     by_id = {r["id"]: r for r in runs}
     for t in trials:
@@ -467,7 +377,7 @@ def test_the_resumed_trial_keeps_a_gapless_history(resumed) -> None:
     # The catalogue (flushed once a second) and the checkpoint (every epoch here) may disagree at the kill;
     # the resumed run's history must still be epochs 1..15, each once.
     deck, name, victim, _ = resumed
-    run = deck.store().get_run(victim["id"])
+    run = deck.store.get_run(victim["id"])
     history = run["history"]
     checkpointed = _events(run, "resumed")[0]["epoch"]  # "resumed from the checkpoint after epoch N"
     assert 1 <= checkpointed < 15
@@ -695,7 +605,7 @@ def test_two_workers_share_a_postgresql_study_and_studies_show_merges_it(shared_
     # Each trial is one run, in B's or C's workspace, final, with the trial's params in its config.
     local: dict[int, tuple[str, dict[str, Any]]] = {}
     for deck in (b, c):
-        for run in deck.store().list_runs():
+        for run in deck.store.list_runs():
             assert run["study"] == name
             assert run["trial"] not in local, f"trial {run['trial']} ran twice"
             local[run["trial"]] = (str(deck.home), run)

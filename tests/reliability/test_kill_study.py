@@ -15,6 +15,7 @@ import pytest
 from engine.metrics import read_jsonl
 from engine.store import Store
 from engine.workspace import Workspace
+from tests.deck import journal_trials
 from tests.reliability.conftest import cli
 
 pytestmark = pytest.mark.slow
@@ -38,21 +39,12 @@ seed = 3
 TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
 
 
-def journal_trials(path):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(path)))).trials
-
-
 def test_kill_9_at_random_moments_during_a_study(home, tmp_path):
     preset = tmp_path / "killed.toml"
     preset.write_text(PRESET)
     started = cli(home, "tune", str(preset), "--study", "killed", "--json")
     assert started.returncode == 0, started.stderr
     ws = Workspace(home)
-    journal = ws.studies_dir / "killed.journal"
     rng = random.Random(20261124)
     kills = 0
     deadline = time.monotonic() + 240
@@ -72,7 +64,7 @@ def test_kill_9_at_random_moments_during_a_study(home, tmp_path):
         json.loads(ws.catalog_path.read_bytes())  # the catalogue parses after every kill
         for run_dir in ws.runs_dir.iterdir():
             read_jsonl(run_dir / "metrics.jsonl")  # so do the metric streams (a torn last line is skipped)
-        journal_trials(journal)  # and the Optuna journal
+        journal_trials(ws, "killed")  # and the Optuna journal
         revived = cli(home, "studies", "list")  # any command brings the engine back
         assert revived.returncode == 0, revived.stderr
     assert kills >= 3, "the study ended before enough kills; make the trials longer"
@@ -90,5 +82,5 @@ def test_kill_9_at_random_moments_during_a_study(home, tmp_path):
     for r in runs:
         if r["state"] == "completed":
             assert [h["epoch"] for h in r["history"]] == list(range(1, 26)), (r["id"], [h["epoch"] for h in r["history"]])
-    states = {t.state.name for t in journal_trials(journal)}
+    states = {t.state.name for t in journal_trials(ws, "killed")}
     assert states <= {"COMPLETE", "PRUNED", "FAIL"}, states

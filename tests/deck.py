@@ -1,0 +1,118 @@
+"""A workspace and the `trialdeck` commands a user would type against it, for tests that
+start real engines (tests/test_engine.py, tests/test_tuning.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.store import Store
+from engine.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+_EXE = shutil.which("trialdeck")
+TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from tui.cli import main; main()"]
+TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
+
+
+def gone(pid: int) -> bool:
+    """True when `pid` no longer runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+class Deck:
+    """One workspace and the `trialdeck` commands a user would type against it."""
+
+    cli_timeout: float = 120
+
+    def __init__(self, home: Path, default_home: Path | None = None) -> None:
+        self.home = home
+        self.ws = Workspace.resolve(home)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT")}
+        self.env["TRIALDECK_HOME"] = str(home)
+        self.default_home = default_home
+        self._store: Store | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        return [*TRIALDECK, *args, "--home", str(self.home)]
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """`trialdeck ARGS --home HOME` as a real process; stdout and stderr kept apart."""
+        return subprocess.run(self.argv(*args), cwd=REPO, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout or self.cli_timeout)
+
+    def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
+        proc = self.cli(*args, **kw)
+        assert proc.returncode == 0, f"`trialdeck {' '.join(args)}` exited {proc.returncode}:\n{proc.stderr}\n{self.log_tail()}"
+        return proc
+
+    def json(self, *args: str, **kw: Any) -> Any:
+        return json.loads(self.ok(*args, "--json", **kw).stdout)
+
+    @property
+    def store(self) -> Store:
+        """The catalogue, read the way a script would (the TinyDB file through the store)."""
+        if self._store is None:
+            self._store = Store(self.ws)
+        return self._store
+
+    def engine_pid(self) -> int | None:
+        try:
+            return json.loads(self.ws.pid_path.read_text())["pid"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.ws.engine_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no engine.log)"
+        return "engine.log tail:\n" + "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str,
+             interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                described = what() if callable(what) else what
+                raise AssertionError(f"timed out after {timeout:g} s waiting for {described}\n{self.log_tail()}")
+            time.sleep(interval)
+
+    def stop(self) -> None:
+        """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""
+        try:
+            self.cli("engine", "stop", timeout=90)
+        except subprocess.TimeoutExpired:
+            pass
+        pid = self.engine_pid()
+        if pid is not None and not gone(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def journal_trials(ws: Workspace, study: str):
+    """The study's trials from its Optuna journal file, read with Optuna's own classes."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = ws.studies_dir / f"{study}.journal"
+    assert path.exists(), f"no Optuna journal at {path}"
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
