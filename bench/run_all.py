@@ -34,6 +34,8 @@ SECTIONS = [
     ("bench.bench_engine", "engine per-run overhead and queue-to-first-step latency", False, {}),
     ("bench.bench_tune", "`trialdeck tune` vs a plain in-process Optuna loop", False, {}),
     ("bench.bench_tui", "TUI under streaming runs", False, {}),
+    ("bench.bench_ensemble", "ensemble trials vs one at a time (digits MLP, CPU)", False, {"device": "cpu"}),
+    ("bench.bench_ensemble", "ensemble trials vs one at a time (digits MLP, GPU)", True, {"device": "cuda"}),
 ]
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -57,7 +58,7 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.daemon", "--home", str(ws.root), *(args or [])],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, close_fds=True, cwd=str(ws.root),
+        start_new_session=True, close_fds=True, cwd=str(ws.root), env=_same_code_env(),
     )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT
@@ -74,6 +75,14 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
             raise EngineUnavailable(f"the engine exited at start (code {process.returncode}); see {ws.engine_log}")
         time.sleep(0.05)
     raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
+
+
+def _same_code_env() -> dict[str, str]:
+    """The engine imports the very `engine` package this client runs, even when the install
+    points elsewhere (a moved checkout, a stale editable install) or none exists."""
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *(p for p in paths if p != root)])}
 
 
 def ensure_engine(ws: Workspace, say: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from engine.worker import CANCEL, INTERRUPT, NO_STOP, worker_main
 from engine.workspace import Workspace, atomic_write
 
 RECOVERY_POLICIES = ("resume", "requeue", "leave")
+ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
+"""Most trials one worker trains as one ensemble (engine.ensemble)."""
 CANCEL_GRACE = 5.0
 """Seconds a worker gets to stop a run cooperatively before its process group is killed."""
 STOP_GRACE = 30.0
@@ -54,11 +56,24 @@ class WorkerHandle:
     pid: int = 0
     ready: bool = False
     run_id: str | None = None
+    """The run the slot is held for (an ensemble's first member)."""
     stop_sent_at: float | None = None
+    cancels: Any = None
+    """Run numbers of ensemble members to cancel (shared with the worker; 0 = empty cell)."""
+    members: set[str] = field(default_factory=set)
+    """Every run this worker is training now: one, or an ensemble's members."""
+    cancel_sent: dict[str, float] = field(default_factory=dict)
+
+    def take(self, run_ids: list[str]) -> None:
+        self.run_id, self.members, self.stop_sent_at = run_ids[0], set(run_ids), None
+        self.cancel_sent = {}
+        self.flag.value = NO_STOP
+        if self.cancels is not None:
+            self.cancels[:] = [0] * len(self.cancels)
 
 
 class Engine:
-    def __init__(self, ws: Workspace, *, slots_per_gpu: int = 1, cpu_slots: int | None = None,
+    def __init__(self, ws: Workspace, *, slots_per_gpu: int | None = None, cpu_slots: int | None = None,
                  recovery: str = "resume") -> None:
         self.ws = ws
         self.store = Store(ws)
@@ -66,6 +81,7 @@ class Engine:
         gpus = probe_gpus()
         self.gpus = gpus
         self.scheduler = Scheduler(make_slots(gpus, slots_per_gpu, cpu_slots))
+        self.ensemble_width = ENSEMBLE_WIDTH_GPU if gpus else ENSEMBLE_WIDTH_CPU
         self.ctx = mp.get_context("spawn")
         self.workers: dict[str, WorkerHandle] = {}
         self.started_at = time.time()
@@ -155,7 +171,7 @@ class Engine:
         """Ask and tell for running studies; True when any study was looked at."""
         if not any(d.get("state") in ("running", "stopping") for d in self.store.list_studies()):
             return False
-        self.driver.tick(capacity=len(self.scheduler.slots))
+        self.driver.tick(capacity=len(self.scheduler.slots), ensemble_width=self.ensemble_width)
         return True
 
     # ----------------------------------------------------------------- workers
@@ -163,13 +179,15 @@ class Engine:
     def _spawn(self, slot: Slot) -> None:
         parent, child = self.ctx.Pipe()
         flag = self.ctx.Value("i", NO_STOP, lock=False)
+        cancels = self.ctx.Array("q", self.ensemble_width, lock=False)
         threads = max(1, (os.cpu_count() or 1) // max(1, len(self.scheduler.slots)))
         cuda_visible = str(slot.gpu) if slot.gpu is not None else ("" if not self.gpus else None)
         process = self.ctx.Process(target=worker_main, name=f"trialdeck-worker-{slot.name}",
-                                   args=(slot.name, str(self.ws.root), child, flag, threads, cuda_visible), daemon=False)
+                                   args=(slot.name, str(self.ws.root), child, flag, threads, cuda_visible, cancels),
+                                   daemon=False)
         process.start()
         child.close()
-        self.workers[slot.name] = WorkerHandle(slot, process, parent, flag)
+        self.workers[slot.name] = WorkerHandle(slot, process, parent, flag, cancels=cancels)
 
     def _kill_worker(self, handle: WorkerHandle) -> None:
         try:
@@ -216,12 +234,17 @@ class Engine:
                 if message[0] == "ready":
                     handle.ready, handle.pid = True, message[1]
                     self._log(f"worker {handle.pid} ready on {handle.slot.name}")
+                elif message[0] == "memory":  # the first epoch's peak GPU memory of a run
+                    _, run_id, peak = message
+                    self.scheduler.learn(run_id, peak)
                 elif message[0] == "done":
                     _, run_id, state = message
                     self._log(f"{run_id} {state} on {handle.slot.name}")
-                    handle.run_id, handle.stop_sent_at = None, None
-                    handle.flag.value = NO_STOP
-                    self.scheduler.release(run_id)
+                    handle.members.discard(run_id)
+                    if not handle.members and handle.run_id is not None:
+                        self.scheduler.release(handle.run_id)
+                        handle.run_id, handle.stop_sent_at = None, None
+                        handle.flag.value = NO_STOP
         except (EOFError, OSError):
             pass
 
@@ -230,14 +253,15 @@ class Engine:
         how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
         self._log(f"worker on {handle.slot.name} {how}")
         if handle.run_id is not None:
-            run = self.store.get_run(handle.run_id)
-            if run and run["state"] == RunState.RUNNING.value:
-                cancelled = handle.flag.value == CANCEL
-                state = RunState.CANCELLED if cancelled else RunState.FAILED
-                reason = None if cancelled else f"worker process {how} (out of memory or a crash?)"
-                event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None,
-                                 "cancelled by the user (worker stopped)" if cancelled else reason)
-                self.store.transition(handle.run_id, state, error=reason, add_events=[event])
+            for run_id in sorted(handle.members):
+                run = self.store.get_run(run_id)
+                if run and run["state"] == RunState.RUNNING.value:
+                    cancelled = handle.flag.value == CANCEL or run_id in handle.cancel_sent
+                    state = RunState.CANCELLED if cancelled else RunState.FAILED
+                    reason = None if cancelled else f"worker process {how} (out of memory or a crash?)"
+                    event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None,
+                                     "cancelled by the user (worker stopped)" if cancelled else reason)
+                    self.store.transition(run_id, state, error=reason, add_events=[event])
             self.scheduler.release(handle.run_id)
         handle.conn.close()
         del self.workers[handle.slot.name]
@@ -246,12 +270,24 @@ class Engine:
 
     def _check_cancellations(self) -> None:
         now = time.monotonic()
-        busy = {h.run_id: h for h in self.workers.values() if h.run_id}
+        busy = {run_id: h for h in self.workers.values() if h.run_id for run_id in h.members}
         if not busy:
             return
-        for run in self.store.list_runs(RunState.RUNNING):
+        for run in self.store.list_runs(RunState.RUNNING, omit=("config", "history", "events")):
             handle = busy.get(run["id"])
-            if handle is None or not run.get("cancel_requested"):
+            if handle is None or not run.get("cancel_requested") or handle.run_id is None:
+                continue
+            if len(handle.members) > 1 or handle.cancel_sent:  # an ensemble: stop this member only
+                sent = handle.cancel_sent.get(run["id"])
+                if sent is None:
+                    cells = list(handle.cancels)
+                    if 0 in cells:
+                        handle.cancels[cells.index(0)] = int(run["id"][1:])
+                    handle.cancel_sent[run["id"]] = now
+                elif now - sent > CANCEL_GRACE:
+                    self._log(f"{run['id']} did not stop within {CANCEL_GRACE:.0f} s; killing its worker")
+                    self._kill_worker(handle)
+                    self._on_worker_died(handle)
                 continue
             if handle.stop_sent_at is None:
                 handle.flag.value = CANCEL
@@ -261,10 +297,12 @@ class Engine:
                 self._kill_worker(handle)
                 self._on_worker_died(handle)
 
-    def _free_memory(self) -> dict[int, int]:
+    def _gpu_readings(self) -> tuple[dict[int, int], dict[int, int | None]]:
+        """Free memory and utilisation per GPU, read now (packing decisions need fresh numbers)."""
         if not self.gpus:
-            return {}
-        return {g.index: g.free for g in probe_gpus()}
+            return {}, {}
+        gpus = probe_gpus()
+        return {g.index: g.free for g in gpus}, {g.index: g.util for g in gpus}
 
     def _dispatch(self) -> None:
         free = [s for s in self.scheduler.slots if s.free and self.workers.get(s.name) and self.workers[s.name].ready]
@@ -277,24 +315,59 @@ class Engine:
         hidden = [s for s in self.scheduler.slots if s.free and s not in free]
         for s in hidden:
             s.run_id = "(starting)"
+        heads, groups = self._ensembles(queued)
         try:
-            placements = self.scheduler.plan(queued, self._free_memory())
+            placements = self.scheduler.plan(heads, *self._gpu_readings())
         finally:
             for s in hidden:
                 s.run_id = None
         for p in placements:
             handle = self.workers[p.slot.name]
-            try:
-                self.store.transition(p.run_id, RunState.RUNNING, worker=handle.pid, slot=p.slot.name,
-                                      device=p.slot.device, cancel_requested=False,
-                                      add_events=[RunEvent(EventKind.STARTED.value, None, f"started on {p.slot.name}")])
-            except ValueError:  # cancelled between our read and this write
+            started = []
+            for i, run_id in enumerate(groups.get(p.run_id, [p.run_id])):
+                how = f"started on {p.slot.name}"
+                if len(groups.get(p.run_id, ())) > 1:
+                    how += f" (member {i + 1} of an ensemble of {len(groups[p.run_id])})"
+                try:
+                    self.store.transition(run_id, RunState.RUNNING, worker=handle.pid, slot=p.slot.name,
+                                          device=p.slot.device, cancel_requested=False,
+                                          add_events=[RunEvent(EventKind.STARTED.value, None, how)])
+                except ValueError:  # cancelled between our read and this write
+                    continue
+                started.append(run_id)
+            if not started:
                 self.scheduler.release(p.run_id)
                 continue
-            handle.run_id = p.run_id
-            handle.flag.value = NO_STOP
-            handle.conn.send(("run", p.run_id, p.device))
-            self._log(f"{p.run_id} -> {p.slot.name}")
+            if started[0] != p.run_id:  # the slot is held under the first member that started
+                self.scheduler.release(p.run_id)
+                p.slot.run_id = started[0]
+            handle.take(started)
+            if len(started) > 1:
+                handle.conn.send(("group", started, p.device))
+            else:
+                handle.conn.send(("run", started[0], p.device))
+            self._log(f"{', '.join(started)} -> {p.slot.name}")
+
+    def _ensembles(self, queued: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """Queued runs as the scheduler should see them: each ensemble (trials with equal
+        `ensemble` fields, at most `ensemble_width`, none resuming a checkpoint) collapsed
+        into its first run, in queue order; and each such first run's members."""
+        heads: list[dict[str, Any]] = []
+        groups: dict[str, list[str]] = {}
+        open_group: dict[str, str] = {}
+        for run in queued:
+            key = run.get("ensemble")
+            if not key or (self.ws.runs_dir / run["id"] / "checkpoint.pt").exists():
+                heads.append(run)
+                continue
+            head = open_group.get(key)
+            if head is not None and len(groups[head]) < self.ensemble_width:
+                groups[head].append(run["id"])
+                continue
+            open_group[key] = run["id"]
+            groups[run["id"]] = [run["id"]]
+            heads.append(run)
+        return heads, groups
 
     def _shutdown(self) -> None:
         busy = [h for h in self.workers.values() if h.run_id]
@@ -308,10 +381,11 @@ class Engine:
         for h in list(self.workers.values()):
             if h.run_id:
                 self._kill_worker(h)
-                run = self.store.get_run(h.run_id)
-                if run and run["state"] == RunState.RUNNING.value:
-                    self.store.transition(h.run_id, RunState.INTERRUPTED,
-                                          add_events=[RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine stopped")])
+                for run_id in sorted(h.members):
+                    run = self.store.get_run(run_id)
+                    if run and run["state"] == RunState.RUNNING.value:
+                        self.store.transition(run_id, RunState.INTERRUPTED, add_events=[
+                            RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine stopped")])
             else:
                 try:
                     h.conn.send(("exit",))
@@ -374,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code)
     engine = Engine(
         ws,
-        slots_per_gpu=args.slots_per_gpu or config.get("slots_per_gpu", 1),
+        slots_per_gpu=args.slots_per_gpu or _per_gpu(config.get("slots_per_gpu", "auto")),
         cpu_slots=args.cpu_slots or config.get("cpu_slots"),
         recovery=args.recovery or config.get("recovery", "resume"),
     )
@@ -386,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _per_gpu(value: int | str) -> int | None:
+    return None if value == "auto" else int(value)
+
+
 def load_engine_config(ws: Workspace) -> dict[str, Any]:
-    """Optional `engine.toml` in the workspace: slots_per_gpu, cpu_slots, recovery."""
+    """Optional `engine.toml` in the workspace: slots_per_gpu (a number or "auto"), cpu_slots, recovery."""
     import tomllib
 
     path = Path(ws.root) / "engine.toml"
@@ -406,8 +484,11 @@ def load_engine_config(ws: Workspace) -> dict[str, Any]:
     if "recovery" in data and data["recovery"] not in RECOVERY_POLICIES:
         raise BadInput(f"{path}: recovery = {data['recovery']!r} is not allowed; allowed: {', '.join(RECOVERY_POLICIES)}")
     for key in ("slots_per_gpu", "cpu_slots"):
-        if key in data and (not isinstance(data[key], int) or not 1 <= data[key] <= 64):
-            raise BadInput(f"{path}: {key} = {data[key]!r} must be a whole number from 1 to 64")
+        if key == "slots_per_gpu" and data.get(key) == "auto":
+            continue
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or not 1 <= data[key] <= 64):
+            also = ' or "auto"' if key == "slots_per_gpu" else ""
+            raise BadInput(f"{path}: {key} = {data[key]!r} must be a whole number from 1 to 64{also}")
     return data
 
 

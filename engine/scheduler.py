@@ -3,20 +3,34 @@
 Pure logic (no processes, no torch) so it is tested with simulated devices.
 Slots come from the machine: each CUDA GPU times `slots_per_gpu`, or CPU slots
 when there is no GPU. A run may pin a device (`--device cuda:1`, `cpu`).
-When a GPU already runs something, another run goes there only if the GPU's
-measured free memory (nvidia-ml-py) covers what the run needs plus a margin.
+
+Packing: a GPU takes a second (third, ...) run only when
+- the run's memory need is known: the peak its worker measured over the first
+  epoch of a run with the same footprint (data, model, batch size, precision;
+  see `footprint`), so the trials of a study are measured once. A run never
+  measured starts only on an idle GPU;
+- the GPU's free memory (nvidia-ml-py) covers that need plus a margin; and
+- the GPU is not already saturated (utilisation under `SATURATED_UTIL`):
+  time-slicing runs that each fill the GPU gains nothing.
+`slots_per_gpu = "auto"` (the default) offers up to `AUTO_MAX_PER_GPU` slots per
+GPU (fewer on a box with few CPU cores) and lets these rules decide how many fill.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 GIB = 1 << 30
-DEFAULT_NEED_BYTES = 1 * GIB
-"""What a run is assumed to need on a shared GPU until it has been measured."""
 MARGIN_BYTES = 512 << 20
+"""Kept free on a shared GPU beyond the measured needs (a new worker's CUDA context, fragmentation)."""
+SATURATED_UTIL = 90
+"""GPU utilisation (%) from which a busy GPU takes no further run."""
+AUTO_MAX_PER_GPU = 8
+FOOTPRINT_KEYS = {"data": None, "model": None, "train": ("precision", "compile"), "augment": None}
 
 
 @dataclass
@@ -74,9 +88,47 @@ def probe_gpus() -> list[GpuInfo]:
     return gpus
 
 
-def make_slots(gpus: list[GpuInfo], slots_per_gpu: int = 1, cpu_slots: int | None = None) -> list[Slot]:
+def footprint(config: dict[str, Any] | None) -> str | None:
+    """What decides a run's GPU memory: its data, model, batch size and precision (not its
+    learning rate or seed), as a short key; None without a config."""
+    if not config:
+        return None
+    picked = {}
+    for block, keys in FOOTPRINT_KEYS.items():
+        section = config.get(block) or {}
+        picked[block] = section if keys is None else {k: section.get(k) for k in keys}
+    return hashlib.sha1(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensemble_key(spec) -> tuple | None:
+    """Specs with equal keys can train as one ensemble; None: this spec trains alone.
+
+    Equal: the data block (dataset, fractions, batch size), the architecture
+    (kind, hidden sizes, channels, activation), the optimiser's name (the state
+    it keeps), the device and precision. Free per member: lr, momentum,
+    nesterov, weight_decay, betas, l1, l2, dropout rates, seed, epochs, the
+    schedule and early stopping (host-side objects, one per member).
+    """
+    m, t = spec.model, spec.train
+    if spec.augment.active or m.batch_norm != "none" or t.compile:
+        return None
+    arch = (m.kind, tuple(m.hidden_sizes), tuple(m.channels) if m.kind == "cnn" else (), m.activation)
+    data = json.dumps(spec.data.model_dump(mode="json"), sort_keys=True)
+    return ("ensemble/1", data, arch, spec.optimizer.name, t.device, t.precision)
+
+
+def auto_slots_per_gpu(n_gpus: int, cpu_count: int | None = None) -> int:
+    """Slots offered per GPU when the user sets none: each is a warm worker process with
+    its own CPU threads, so a box with few cores per GPU gets fewer."""
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(AUTO_MAX_PER_GPU, cores // max(1, n_gpus)))
+
+
+def make_slots(gpus: list[GpuInfo], slots_per_gpu: int | None = None, cpu_slots: int | None = None) -> list[Slot]:
+    """`slots_per_gpu` None means automatic (`auto_slots_per_gpu`)."""
     if gpus:
-        return [Slot(f"gpu{g.index}.{k}", f"cuda:{g.index}", g.index) for g in gpus for k in range(slots_per_gpu)]
+        per_gpu = slots_per_gpu if slots_per_gpu is not None else auto_slots_per_gpu(len(gpus))
+        return [Slot(f"gpu{g.index}.{k}", f"cuda:{g.index}", g.index) for g in gpus for k in range(per_gpu)]
     n = cpu_slots if cpu_slots is not None else 1
     return [Slot(f"cpu.{k}", "cpu") for k in range(max(1, n))]
 
@@ -93,9 +145,23 @@ class Placement:
 class Scheduler:
     slots: list[Slot]
     need_bytes: dict[str, int] = field(default_factory=dict)
-    """Measured peak memory per run id (from an earlier attempt), when known."""
+    """Measured peak GPU memory per footprint (see `footprint`)."""
+    footprints: dict[str, str] = field(default_factory=dict)
+    """Footprint of each placed run, so a measurement reported by run id can be learned."""
 
-    def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int]) -> bool:
+    def learn(self, run_id: str, peak_bytes: int) -> None:
+        """A worker measured `peak_bytes` for `run_id` (its first epoch): runs of the same
+        footprint may now share a GPU on the strength of it."""
+        key = self.footprints.get(run_id)
+        if key is not None and peak_bytes > 0:
+            self.need_bytes[key] = max(self.need_bytes.get(key, 0), int(peak_bytes))
+
+    def need_of(self, run: dict[str, Any]) -> int | None:
+        key = footprint(run.get("config"))
+        return None if key is None else self.need_bytes.get(key)
+
+    def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
+             util: dict[int, int | None] | None = None) -> bool:
         pinned = run.get("device")
         if pinned and pinned not in ("auto", "cpu"):
             if pinned == "cuda" and slot.gpu is None:
@@ -105,22 +171,30 @@ class Scheduler:
         if slot.gpu is None:
             return True
         busy_here = any(s.gpu == slot.gpu and not s.free for s in self.slots)
-        if not busy_here or slot.gpu not in free_memory:
+        if not busy_here:
             return True
-        need = self.need_bytes.get(run["id"], DEFAULT_NEED_BYTES)
+        need = self.need_of(run)
+        if need is None or slot.gpu not in free_memory:
+            return False  # never measured, or no NVML reading: a shared GPU is not risked
+        if (util or {}).get(slot.gpu) is not None and util[slot.gpu] >= SATURATED_UTIL:
+            return False
         return free_memory[slot.gpu] >= need + MARGIN_BYTES
 
-    def plan(self, queued: list[dict[str, Any]], free_memory: dict[int, int] | None = None) -> list[Placement]:
+    def plan(self, queued: list[dict[str, Any]], free_memory: dict[int, int] | None = None,
+             util: dict[int, int | None] | None = None) -> list[Placement]:
         """Assign queued runs (already in dispatch order) to free slots. A run that fits
         nowhere now waits; runs behind it may still take slots that suit them."""
         free_memory = dict(free_memory or {})
         placements: list[Placement] = []
         for run in queued:
             for slot in self.slots:
-                if slot.free and self.fits(run, slot, free_memory):
+                if slot.free and self.fits(run, slot, free_memory, util):
                     slot.run_id = run["id"]
+                    key = footprint(run.get("config"))
+                    if key is not None:
+                        self.footprints[run["id"]] = key
                     if slot.gpu is not None and slot.gpu in free_memory:
-                        free_memory[slot.gpu] -= self.need_bytes.get(run["id"], DEFAULT_NEED_BYTES)
+                        free_memory[slot.gpu] -= self.need_of(run) or free_memory[slot.gpu]
                     device = "cpu" if run.get("device") == "cpu" or slot.gpu is None else "cuda"
                     placements.append(Placement(run["id"], slot, device))
                     break
@@ -129,6 +203,7 @@ class Scheduler:
         return placements
 
     def release(self, run_id: str) -> None:
+        self.footprints.pop(run_id, None)
         for slot in self.slots:
             if slot.run_id == run_id:
                 slot.run_id = None

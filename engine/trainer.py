@@ -319,7 +319,7 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
             break
         if ckpt_path is not None and (t.checkpoint_seconds == 0 or time.monotonic() - last_ckpt >= t.checkpoint_seconds) \
                 and epoch + 1 < t.epochs:
-            _checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb)
+            write_checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb)
             last_ckpt = time.monotonic()
 
     if stop is not None:
@@ -328,7 +328,7 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
             result.events.append(stop.event)
             cb.on_event(stop.event)
         if stop.state == RunState.INTERRUPTED and ckpt_path is not None and result.history:
-            _checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
+            write_checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
                         result.history[-1].epoch - 1, result, cb)
     elif result.state == RunState.RUNNING:
         result.state = RunState.COMPLETED
@@ -338,7 +338,7 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
         best = min(result.history, key=lambda h: h.val_loss)
         result.best_epoch, result.best_value = best.epoch, best.val_loss
     if ckpt_path is not None and result.history and result.state != RunState.INTERRUPTED:
-        _checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
+        write_checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
                     result.history[-1].epoch - 1, result, cb, final=True)
     result.seconds = time.perf_counter() - started
     return result
@@ -361,7 +361,7 @@ def evaluate(model, x, y, autocast=contextlib.nullcontext()) -> tuple[float, flo
     return loss / n, acc / n
 
 
-def _checkpoint(path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb, final=False):
+def write_checkpoint(path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb, final=False):
     payload = {
         "config": spec.config(),
         "config_hash": spec.content_hash,

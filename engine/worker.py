@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from engine import faults
@@ -28,14 +29,20 @@ NO_STOP, CANCEL, INTERRUPT = 0, 1, 2
 class ControlCallback(TrainerCallback):
     """Turns the engine's stop flag into a Stop for the trainer."""
 
-    def __init__(self, flag, extra: TrainerCallback | None = None, run_id: str | None = None) -> None:
+    def __init__(self, flag, extra: TrainerCallback | None = None, run_id: str | None = None,
+                 first_epoch: Callable[[], None] | None = None, cancels=None) -> None:
         self.flag = flag
         self.extra = extra
         self.run_id = run_id
+        self.first_epoch = first_epoch
+        """Called once, after this attempt's first epoch (the engine learns its peak memory)."""
+        self.cancels = cancels
+        """An ensemble member's: the run numbers the engine asks this worker to cancel."""
+        self.number = int(run_id[1:]) if cancels is not None and run_id else None
 
     def _stop(self) -> Stop | None:
         value = self.flag.value
-        if value == CANCEL:
+        if value == CANCEL or (self.cancels is not None and self.number in self.cancels[:]):
             return Stop(RunState.CANCELLED, RunEvent(EventKind.CANCELLED.value, None, "cancelled by the user"))
         if value == INTERRUPT:
             return Stop(RunState.INTERRUPTED,
@@ -47,6 +54,9 @@ class ControlCallback(TrainerCallback):
 
     def on_epoch(self, record, events):
         faults.check(self.run_id, record.epoch)
+        if self.first_epoch is not None:
+            self.first_epoch()
+            self.first_epoch = None
         extra = self.extra.on_epoch(record, events) if self.extra else None
         return extra or self._stop()
 
@@ -65,7 +75,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: str | None) -> None:
+def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: str | None, cancels=None) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `engine run` is the engine's to handle
@@ -92,22 +102,28 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             return
         if message[0] == "exit":
             return
+        if message[0] == "group":  # an ensemble: each member's "done" is sent as it ends
+            _, run_ids, device = message
+            if not _run_group(store, ws, run_ids, device, flag, cancels, conn, RunSpec, RunRecorder, train):
+                return
+            continue
         _, run_id, device = message  # the engine cleared `flag` before sending
-        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train)
+        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train, conn)
         try:
             conn.send(("done", run_id, state))
         except (BrokenPipeError, OSError):
             return
 
 
-def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, train) -> str:
+def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, train, conn=None) -> str:
     record = store.get_run(run_id)
     run_dir = ws.run_dir(run_id)
     recorder = None
     try:
         spec = RunSpec.model_validate(record["config"])
         extra = _extra_callback(store, ws, record)
-        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id))
+        probe = _memory_probe(conn, run_id) if conn is not None and device.startswith("cuda") else None
+        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id, probe))
         recorder.log(f"worker {os.getpid()} starting {run_id} on {device} (attempt {record.get('attempts', 1)})")
         result = train(spec, recorder, run_dir=run_dir, data_dir=ws.data_dir, device=device, resume=True)
         peak = _peak_memory(device)
@@ -130,6 +146,101 @@ def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, tr
             recorder.close()
 
 
+def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, RunSpec, RunRecorder, train) -> bool:
+    """Train `run_ids` as one ensemble (engine.ensemble); each is recorded, and reported to the
+    engine, the moment it ends. Runs that cannot join train one after another with train().
+    False when the engine's end of the pipe is gone."""
+    from engine.ensemble import has_checkpoint, train_ensemble
+    from engine.scheduler import ensemble_key
+
+    pending = list(run_ids)
+    members: list[tuple[str, Any, Any, TrainerCallback | None]] = []
+    alone: list[str] = []
+    for run_id in run_ids:
+        record = store.get_run(run_id)
+        try:
+            spec = RunSpec.model_validate(record["config"])
+            joinable = ensemble_key(spec) is not None and not has_checkpoint(ws.run_dir(run_id))
+        except Exception:  # noqa: BLE001 - _run_one records the reason
+            joinable = False
+        if not joinable or (members and ensemble_key(spec) != ensemble_key(members[0][1])):
+            alone.append(run_id)
+            continue
+        extra = None
+        recorder = None
+        try:
+            extra = _extra_callback(store, ws, record)
+            recorder = RunRecorder(store, run_id, ws.run_dir(run_id),
+                                   observer=ControlCallback(flag, extra, run_id, cancels=cancels))
+        except Exception:  # noqa: BLE001
+            if recorder is not None:
+                recorder.close()
+            alone.append(run_id)
+            continue
+        members.append((run_id, spec, recorder, extra))
+
+    def send_done(run_id: str, state: str) -> bool:
+        pending.remove(run_id)
+        try:
+            conn.send(("done", run_id, state))
+            return True
+        except (BrokenPipeError, OSError):
+            return False
+
+    alive = True
+
+    def on_end(i: int, result) -> None:
+        nonlocal alive
+        run_id, _, recorder, extra = members[i]
+        state = _finish(store, recorder, extra, run_id, result)
+        alive = send_done(run_id, state) and alive
+
+    if len(members) == 1:
+        alone.insert(0, members[0][0])
+        members[0][2].close()
+        members = []
+    try:
+        if members:
+            for i, (run_id, _, recorder, _) in enumerate(members):
+                recorder.log(f"worker {os.getpid()} starting {run_id} on {device}: member {i + 1} of an ensemble "
+                             f"of {len(members)} ({', '.join(m[0] for m in members)})")
+            train_ensemble([m[1] for m in members], [m[2] for m in members],
+                           run_dirs=[ws.run_dir(m[0]) for m in members], data_dir=ws.data_dir, device=device,
+                           on_end=on_end)
+    finally:
+        for run_id, _, recorder, _ in members:
+            recorder.close()
+            if run_id in pending:  # never ended (a bug or a kill): fail it rather than leave it running
+                alive = send_done(run_id, _fail(store, run_id, "the ensemble ended without a result for it")) and alive
+    for run_id in alone:
+        if not alive:
+            break
+        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train)
+        alive = send_done(run_id, state)
+    return alive
+
+
+def _finish(store, recorder, extra, run_id: str, result) -> str:
+    """Record a finished ensemble member; its final state."""
+    try:
+        final = recorder.finish(result)
+        if extra is not None and hasattr(extra, "finished"):
+            extra.finished(final)
+        return final["state"]
+    except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
+        recorder.log(traceback.format_exc())
+        return _fail(store, run_id, f"{type(exc).__name__}: {exc}")
+
+
+def _fail(store, run_id: str, reason: str) -> str:
+    try:
+        store.transition(run_id, RunState.FAILED, error=reason,
+                         add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
+    except Exception:  # noqa: BLE001 - the engine reconciles a run left running
+        traceback.print_exc()
+    return RunState.FAILED.value
+
+
 def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None:
     """Trials report to their Optuna study; plain runs need nothing extra."""
     if record.get("study") is None:
@@ -137,6 +248,22 @@ def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None
     from engine.tuning.reporter import TrialReporter
 
     return TrialReporter.for_record(store, ws, record)
+
+
+def _memory_probe(conn, run_id: str) -> Callable[[], None]:
+    """Tell the engine the run's peak GPU memory so far (the caching allocator's reserve, which
+    is what other processes see as used), so runs of the same footprint can be packed."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+
+    def report() -> None:
+        try:
+            conn.send(("memory", run_id, int(torch.cuda.max_memory_reserved())))
+        except (BrokenPipeError, OSError):
+            pass
+
+    return report
 
 
 def _peak_memory(device: str) -> int | None:

@@ -19,7 +19,8 @@ def test_run_all_quick_produces_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
     for section in ("trainer vs plain loop", "batched augmentation", "store and CLI start-up",
-                    "engine per-run overhead", "`trialdeck tune` vs a plain", "TUI under streaming runs"):
+                    "engine per-run overhead", "`trialdeck tune` vs a plain", "TUI under streaming runs",
+                    "ensemble trials vs one at a time"):
         assert f"## {section}" in text, section
     assert "| error |" not in text
     assert "ratio" in text and "torch" in text

@@ -334,7 +334,7 @@ def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str
 @handle_errors
 def engine_start(
     cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", help="CPU slots when there is no GPU (1 to 64).")] = None,
-    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64).")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
     recovery: Annotated[Optional[str], typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
@@ -388,7 +388,7 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def engine_run(
     cpu_slots: Annotated[Optional[int], typer.Option("--cpu-slots", help="CPU slots (1 to 64).")] = None,
-    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64).")] = None,
+    slots_per_gpu: Annotated[Optional[int], typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
     recovery: Annotated[Optional[str], typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
 ) -> None:

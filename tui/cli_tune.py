@@ -44,7 +44,7 @@ def tune_cmd(
     from engine.client import ensure_engine, notify
     from engine.presets import resolve
     from engine.store import Store
-    from engine.tuning import study as studies
+    from engine.tuning import launch
 
     check_range("--trials", trials, 1, 1_000_000)
     check_range("--timeout", timeout, 1, 10 * 365 * 86400)
@@ -52,25 +52,22 @@ def tune_cmd(
     spec = resolve(preset, set_ or [], roots(home))
     if spec.tune is None:
         raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
-    name = studies.check_study_name(study_name) if study_name else studies.default_study_name(spec.preset)
-    url = studies.storage_url(ws, name, storage)
+    name = launch.check_study_name(study_name) if study_name else launch.default_study_name(spec.preset)
+    url = launch.storage_url(ws, name, storage)
     store = Store(ws)
     existing = store.get_study(name)
     if existing and existing.get("state") in ("running", "stopping"):
         if not as_json:
             err(f"trialdeck: study {name} is already running; following it")
-    target = studies.target_trials(spec.tune, trials)
-    config = spec.config()
-    study = studies.create_or_load(name, url, preset=spec.preset, config=config, tune=spec.tune)
-    meta = dict(study.user_attrs.get("trialdeck", {}))
-    meta["n_trials"] = target
-    study.set_user_attr("trialdeck", meta)
-    tune = studies.tune_of(meta)
+    target = launch.target_trials(spec.tune, trials)
     timeout = timeout if timeout is not None else spec.tune.timeout
-    studies.sync(store, study, tune, meta, url=url, fields={
-        "state": "running", "n_trials": target, "started_at": time.time(),
-        "deadline": time.time() + timeout if timeout else None, "finished_at": None,
-    })
+    if storage is not None:
+        # A shared database: open it here, so a bad URL or a server that is down is reported now.
+        from engine.tuning import study as studies
+
+        studies.create_or_load(name, url, preset=spec.preset, config=spec.config(), tune=spec.tune)
+    # The engine creates (or resumes) the Optuna study on its next tick; see engine.tuning.launch.
+    launch.request(store, name, url, spec, target, timeout)
     ensure_engine(ws, say=err)
     notify(ws)
     if not wait_:
@@ -133,7 +130,7 @@ def _wait_study(ws, store, name: str, *, show: bool, timeout: float | None = Non
                 ensure_engine(ws, say=err)
         if deadline is not None and time.monotonic() > deadline:
             return doc
-        time.sleep(0.1)
+        time.sleep(0.05)  # cheap: only a changed catalogue is read
 
 
 def _study_view(doc: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, Any]:

@@ -275,6 +275,9 @@ class TuneConfig(Block):
     trials: int = Field(50, ge=1, le=1_000_000)
     timeout: float | None = Field(None, gt=0)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    ensemble: bool = True
+    """Grid and random studies: train trials that share an architecture as one vmapped
+    ensemble per worker (engine.ensemble); false: one run per trial."""
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")

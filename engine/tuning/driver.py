@@ -16,17 +16,31 @@ requeued and continues as the same trial.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 import optuna
 
+from engine.scheduler import ensemble_key
 from engine.store import Store
 from engine.tuning import study as studies
 from engine.tuning.space import apply_params, sample
 from engine.types import EventKind, RunEvent, RunState
 
 IN_FLIGHT = ("queued", "running", "interrupted")
+ENSEMBLE_SAMPLERS = ("grid", "random")
+"""Samplers whose next trials do not depend on the last results, so several can be asked at
+once and trained together as an ensemble without changing what the study samples."""
+
+
+def _group_of(study: str, spec) -> str | None:
+    """The `ensemble` field of a trial run: runs with equal values may train as one ensemble
+    (engine.ensemble.ensemble_key); None when this trial must train alone."""
+    key = ensemble_key(spec)
+    if key is None:
+        return None
+    return f"{study}:" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
 class StudyDriver:
@@ -43,26 +57,46 @@ class StudyDriver:
             self._cache[name] = (study, tune, meta, doc["storage_url"])
         return self._cache[name]
 
+    def _create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Create (or resume) the Optuna study a client asked for (`create`, see tuning.launch)."""
+        name, url, wanted = doc["name"], doc["storage_url"], doc["create"]
+        tune = studies.tune_of(wanted)
+        study = studies.create_or_load(name, url, preset=wanted["preset"], config=wanted["config"], tune=tune)
+        meta = dict(study.user_attrs.get("trialdeck", {}))
+        meta["n_trials"] = doc["n_trials"]
+        study.set_user_attr("trialdeck", meta)
+        self._cache.pop(name, None)  # a resumed study reloads with its own sampler settings
+        study, tune, meta, url = self._load(doc)
+        return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None})
+
     def active(self) -> list[dict[str, Any]]:
         return [d for d in self.store.list_studies() if d.get("state") in ("running", "stopping")]
 
-    def tick(self, capacity: int) -> int:
-        """Tell finished trials, ask new ones up to `capacity` in flight per study; returns runs created."""
+    def tick(self, capacity: int, ensemble_width: int = 1) -> int:
+        """Tell finished trials, ask new ones up to `capacity` in flight per study (times
+        `ensemble_width` for a study whose trials train as ensembles); returns runs created."""
         created = 0
         docs = self.active()
         if not docs:
             return 0
-        runs = self.store.list_runs()
+        runs = self.store.list_runs(omit=("config", "events"))
         for doc in docs:
             try:
-                created += self._tick_study(doc, [r for r in runs if r.get("study") == doc["name"]], capacity)
+                if doc.get("create"):
+                    doc = self._create(doc)
+                created += self._tick_study(doc, [r for r in runs if r.get("study") == doc["name"]], capacity,
+                                            ensemble_width)
             except Exception as exc:  # noqa: BLE001 - one broken study must not stop the engine
                 self.log(f"study {doc['name']}: {type(exc).__name__}: {exc}")
                 self.store.upsert_study(doc["name"], {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return created
 
-    def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int) -> int:
+    def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int,
+                    ensemble_width: int = 1) -> int:
         study, tune, meta, url = self._load(doc)
+        grouped = ensemble_width > 1 and tune.ensemble and tune.sampler in ENSEMBLE_SAMPLERS
+        if grouped:
+            capacity *= ensemble_width
         changed = self._tell_finished(study, tune, runs)
         inflight = [r for r in runs if r["state"] in IN_FLIGHT]
         if doc["state"] == "stopping":
@@ -95,8 +129,7 @@ class StudyDriver:
         made = []
         for _ in range(max(0, want)):
             trial = study.ask()
-            trial.set_user_attr("workspace", self.workspace_id)
-            trial.set_user_attr("host", studies.host())
+            trial.set_user_attr("workspace", self.workspace_id)  # "host:path" (one journal write per attr)
             params = sample(trial, tune)
             try:
                 spec = apply_params(meta["config"], params, f"study {doc['name']} trial {trial.number}")
@@ -109,7 +142,9 @@ class StudyDriver:
             records = self.store.create_runs([
                 {"preset": meta["preset"], "config": spec.config(), "config_hash": spec.content_hash,
                  "study": doc["name"], "trial": trial.number,
-                 "extra": {"trial_id": trial._trial_id, "params": params}} for trial, params, spec in made
+                 "extra": {"trial_id": trial._trial_id, "params": params,
+                           **({"ensemble": _group_of(doc["name"], spec)} if grouped else {})}}
+                for trial, params, spec in made
             ])
             for (trial, _, _), record in zip(made, records, strict=True):
                 trial.set_user_attr("run_id", record["id"])
@@ -144,8 +179,8 @@ class StudyDriver:
         """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
         runs = self.store.list_runs()
         for doc in self.store.list_studies():
-            if not doc.get("storage_url"):
-                continue
+            if not doc.get("storage_url") or doc.get("create"):
+                continue  # not created yet: the next tick creates it
             try:
                 study, tune, meta, url = self._load(doc)
                 mine = [r for r in runs if r.get("study") == doc["name"]]

@@ -37,8 +37,7 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
         if asked >= target:
             break
         trial = study.ask()
-        trial.set_user_attr("host", studies.host())
-        trial.set_user_attr("workspace", f"{studies.host()}:{ws.root}")
+        trial.set_user_attr("workspace", f"{studies.host()}:{ws.root}")  # its host is the part before ':'
         params = sample(trial, tune)
         try:
             spec = apply_params(meta["config"], params, f"study {name} trial {trial.number}")

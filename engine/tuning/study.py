@@ -14,7 +14,6 @@ and the `studies` commands read TinyDB and never replay Optuna logs.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from typing import Any
@@ -24,34 +23,19 @@ import optuna
 from engine.errors import BadInput
 from engine.presets.schema import TuneConfig
 from engine.tuning.samplers import make_pruner, make_sampler
-from engine.tuning.space import decode_params, grid_size
-from engine.workspace import Workspace
+from engine.tuning.launch import (  # noqa: F401 - re-exported: the names and URLs of studies
+    RDB_PREFIXES,
+    check_study_name,
+    default_study_name,
+    redact,
+    storage_url,
+    target_trials,
+)
+from engine.tuning.space import decode_params
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RDB_PREFIXES = ("postgresql", "mysql", "sqlite")
 _STORAGES: dict[str, Any] = {}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def check_study_name(name: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
-        raise BadInput(f"study name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..'), at most 128")
-    return name
-
-
-def default_study_name(preset: str) -> str:
-    return check_study_name(preset.replace("/", "-"))
-
-
-def storage_url(ws: Workspace, name: str, url: str | None) -> str:
-    """The study's storage as a string stored in the catalogue ("journal:<path>" or an RDB URL)."""
-    if url is None:
-        return f"journal:{ws.studies_dir / (check_study_name(name) + '.journal')}"
-    if not url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
-        raise BadInput(f"--storage {url!r}: allowed: postgresql://USER@HOST/DB, mysql://..., sqlite:///PATH, "
-                       "or leave it out for the workspace's journal file")
-    return url
 
 
 def open_storage(url: str):
@@ -72,10 +56,6 @@ def open_storage(url: str):
             except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: one line for the user
                 raise BadInput(f"--storage {redact(url)}: cannot open: {str(exc).splitlines()[0]}") from None
     return _STORAGES[url]
-
-
-def redact(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def meta_of(study: optuna.Study) -> dict[str, Any]:
@@ -118,11 +98,6 @@ def load(name: str, url: str, *, seed_salt: str | None = None) -> tuple[optuna.S
     return study, tune, meta
 
 
-def target_trials(tune: TuneConfig, requested: int | None) -> int:
-    n = requested or tune.trials
-    return min(n, grid_size(tune)) if tune.sampler == "grid" else n
-
-
 def trial_value(tune: TuneConfig, history: list[dict[str, Any]]) -> float | None:
     values = [h[tune.metric] for h in history if h.get(tune.metric) is not None]
     if not values:
@@ -141,7 +116,7 @@ def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
         "value": t.value,
         "params": decode_params(tune, dict(t.params)),
         "run_id": t.user_attrs.get("run_id"),
-        "host": t.user_attrs.get("host"),
+        "host": t.user_attrs.get("host") or (t.user_attrs.get("workspace") or "").split(":", 1)[0] or None,
         "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "started_at": start,
         "finished_at": end,

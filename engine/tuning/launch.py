@@ -1,0 +1,69 @@
+"""What a client needs to start a study, without importing Optuna.
+
+Study names, storage URLs and trial counts; and `request`, which records a
+study in the catalogue as wanted. For the workspace's own journal the engine,
+which has Optuna imported already, creates the Optuna study on its next tick
+(`StudyDriver`): `trialdeck tune` then starts in the time its CLI needs, not
+plus Optuna's import. A study on a shared database is created by the client
+itself, so a bad URL or an unreachable server is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from engine.errors import BadInput
+from engine.presets.schema import RunSpec, TuneConfig
+from engine.tuning.space import grid_size
+from engine.workspace import Workspace
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RDB_PREFIXES = ("postgresql", "mysql", "sqlite")
+
+
+def check_study_name(name: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise BadInput(f"study name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..'), at most 128")
+    return name
+
+
+def default_study_name(preset: str) -> str:
+    return check_study_name(preset.replace("/", "-"))
+
+
+def storage_url(ws: Workspace, name: str, url: str | None) -> str:
+    """The study's storage as a string stored in the catalogue ("journal:<path>" or an RDB URL)."""
+    if url is None:
+        return f"journal:{ws.studies_dir / (check_study_name(name) + '.journal')}"
+    if not url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
+        raise BadInput(f"--storage {url!r}: allowed: postgresql://USER@HOST/DB, mysql://..., sqlite:///PATH, "
+                       "or leave it out for the workspace's journal file")
+    return url
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def target_trials(tune: TuneConfig, requested: int | None) -> int:
+    n = requested or tune.trials
+    return min(n, grid_size(tune)) if tune.sampler == "grid" else n
+
+
+def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: float | None) -> dict[str, Any]:
+    """Mark study `name` running for `n_trials` trials; the engine creates its Optuna study
+    (from `create`) if it does not exist yet, and feeds it trials. Returns the study doc."""
+    tune = spec.tune
+    now = time.time()
+    doc: dict[str, Any] = {
+        "state": "running", "n_trials": n_trials, "started_at": now,
+        "deadline": now + timeout if timeout else None, "finished_at": None, "error": None,
+        "create": {"preset": spec.preset, "config": spec.config()},
+    }
+    if store.get_study(name) is None:  # a resumed study keeps the summary its Optuna study gave it
+        doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction, "reduce": tune.reduce,
+                    "sampler": tune.sampler, "pruner": tune.pruner, "storage": redact(url), "storage_url": url,
+                    "counts": {}, "n_done": 0, "best": None})
+    return store.upsert_study(name, doc)

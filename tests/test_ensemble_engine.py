@@ -1,0 +1,98 @@
+"""Ensemble trials through the engine: a random study whose trials share one architecture
+trains them as one ensemble per worker, and each trial is still its own run and trial."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+
+import pytest
+
+from deck import Deck
+
+pytestmark = pytest.mark.slow
+
+PRESET = """
+    description = "test: random search over optimiser settings only, so trials can ensemble"
+    extends = ["base/digits-mlp"]
+
+    [train]
+    epochs = {epochs}
+
+    # SGD: Adam turns float rounding in near-zero gradients into whole steps, so Adam trials
+    # match a lone run only to ~1e-3 after an epoch (a thread count alone does as much).
+    [optimizer]
+    name = "sgd"
+    momentum = 0.9
+
+    [tune]
+    sampler = "random"
+    pruner = "none"
+    seed = 3
+    trials = {trials}
+
+    [tune.space]
+    "optimizer.lr" = {{ float = [1e-3, 5e-2], log = true }}
+    "regularization.l2" = {{ float = [0.0, 1e-3] }}
+    "train.seed" = {{ int = [0, 1000] }}
+"""
+
+
+def preset(tmp_path, epochs: int, trials: int, *, ensemble: bool = True) -> str:
+    path = tmp_path / f"ens-{epochs}-{trials}-{ensemble}.toml"
+    text = textwrap.dedent(PRESET.format(epochs=epochs, trials=trials))
+    if not ensemble:
+        text = text.replace('trials = ', 'ensemble = false\ntrials = ')
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def deck(tmp_path):
+    d = Deck(tmp_path / "ws")
+    yield d
+    d.stop()
+
+
+def test_a_random_study_trains_its_trials_as_ensembles_with_each_trial_recorded(deck, tmp_path):
+    from engine.presets import RunSpec
+    from engine.trainer import train
+
+    out = deck.json("tune", preset(tmp_path, 3, 6), "--study", "ens", "--wait", timeout=300)
+    assert out["state"] == "completed", out.get("error")
+    assert out["counts"] == {"complete": 6}
+    runs = sorted(deck.store.list_runs(), key=lambda r: r["trial"])
+    assert len(runs) == 6 and all(r["state"] == "completed" and len(r["history"]) == 3 for r in runs)
+    started = [next(e["message"] for e in r["events"] if e["kind"] == "started") for r in runs]
+    assert all("of an ensemble of 6" in m for m in started), started
+    # Each member ends where the same configuration trained alone ends (batched matmuls round
+    # differently; nothing else differs).
+    for run, trial in zip(runs, sorted(out["trials"], key=lambda t: t["number"]), strict=True):
+        alone = train(RunSpec.model_validate(run["config"]))
+        assert [h["val_loss"] for h in run["history"]] == pytest.approx(
+            [h.val_loss for h in alone.history], rel=1e-4)
+        assert trial["value"] == pytest.approx(min(h.val_loss for h in alone.history), rel=1e-4)
+        assert trial["run_id"] == run["id"] and trial["state"] == "complete"
+        assert (deck.ws.runs_dir / run["id"] / "checkpoint.pt").exists()
+
+
+def test_cancelling_one_member_leaves_the_rest_of_its_ensemble_running(deck, tmp_path):
+    deck.json("tune", preset(tmp_path, 400, 4), "--study", "long")
+    runs = deck.wait(lambda: [r for r in deck.store.list_runs("running") if r.get("study") == "long"] or None
+                     if len(deck.store.list_runs("running")) == 4 else None, 120, "four running members")
+    victim = sorted(r["id"] for r in runs)[1]
+    t0 = time.monotonic()
+    deck.ok("queue", "cancel", victim)
+    deck.wait(lambda: deck.store.get_run(victim)["state"] == "cancelled", 10, f"{victim} cancelled")
+    assert time.monotonic() - t0 < 5
+    others = [r["id"] for r in runs if r["id"] != victim]
+    assert all(deck.store.get_run(i)["state"] == "running" for i in others)
+    deck.ok("studies", "stop", "long")
+    deck.wait(lambda: all(deck.store.get_run(i)["state"] == "cancelled" for i in others), 30, "the others cancelled")
+
+
+def test_ensemble_false_trains_one_run_per_trial(deck, tmp_path):
+    out = deck.json("tune", preset(tmp_path, 2, 3, ensemble=False), "--study", "solo", "--wait", timeout=300)
+    assert out["counts"] == {"complete": 3}
+    for r in deck.store.list_runs():
+        assert [e["message"] for e in r["events"] if e["kind"] == "started"] == ["started on cpu.0"]

@@ -1,0 +1,143 @@
+"""The scheduler on simulated machines: slots, queue order, pinning, and packing by measured memory."""
+
+from __future__ import annotations
+
+from engine.scheduler import (
+    AUTO_MAX_PER_GPU,
+    GIB,
+    MARGIN_BYTES,
+    SATURATED_UTIL,
+    GpuInfo,
+    Scheduler,
+    auto_slots_per_gpu,
+    footprint,
+    make_slots,
+)
+
+
+def gpus(n: int, total: int = 80 * GIB) -> list[GpuInfo]:
+    return [GpuInfo(i, "H100", total, total) for i in range(n)]
+
+
+def run(rid: str, *, hidden=(256, 256), lr=0.1, seed=0, device=None, batch=64) -> dict:
+    config = {"data": {"dataset": "digits", "batch_size": batch}, "model": {"kind": "mlp", "hidden": list(hidden)},
+              "optimizer": {"lr": lr}, "train": {"seed": seed, "precision": "fp32", "compile": False},
+              "augment": {"rotation": 0.0}}
+    return {"id": rid, "config": config, **({"device": device} if device else {})}
+
+
+def placed(plan) -> list[tuple[str, str]]:
+    return [(p.run_id, p.slot.name) for p in plan]
+
+
+def test_slots_come_from_the_machine():
+    assert [s.name for s in make_slots([], cpu_slots=3)] == ["cpu.0", "cpu.1", "cpu.2"]
+    assert [s.name for s in make_slots([])] == ["cpu.0"]
+    assert [s.device for s in make_slots(gpus(2), 2)] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+
+
+def test_automatic_slots_per_gpu_follow_the_cores():
+    assert auto_slots_per_gpu(1, cpu_count=16) == AUTO_MAX_PER_GPU
+    assert auto_slots_per_gpu(4, cpu_count=16) == 4
+    assert auto_slots_per_gpu(8, cpu_count=4) == 1
+    assert len(make_slots(gpus(1))) == auto_slots_per_gpu(1)
+
+
+def test_queue_order_is_kept_and_each_slot_takes_one_run():
+    s = Scheduler(make_slots([], cpu_slots=2))
+    plan = s.plan([run("r3"), run("r1"), run("r2")])
+    assert placed(plan) == [("r3", "cpu.0"), ("r1", "cpu.1")]
+    assert s.plan([run("r2")]) == []
+    s.release("r3")
+    assert placed(s.plan([run("r2")])) == [("r2", "cpu.0")]
+
+
+def test_a_pinned_run_waits_for_its_device_while_others_pass_it():
+    s = Scheduler(make_slots(gpus(2), 1))
+    plan = s.plan([run("r1", device="cuda:1"), run("r2", device="cuda:1"), run("r3")], {0: 80 * GIB, 1: 80 * GIB})
+    assert placed(plan) == [("r1", "gpu1.0"), ("r3", "gpu0.0")]
+    assert [p.device for p in plan] == ["cuda", "cuda"]
+    cpu_only = Scheduler(make_slots([], cpu_slots=1))
+    assert cpu_only.plan([run("r4", device="cuda")]) == []
+
+
+def test_an_unmeasured_run_never_joins_a_busy_gpu():
+    s = Scheduler(make_slots(gpus(1), 4))
+    plan = s.plan([run("r1"), run("r2")], {0: 80 * GIB}, {0: 10})
+    assert placed(plan) == [("r1", "gpu0.0")]  # r2 waits: nothing is known of what it needs
+
+
+def test_measured_runs_of_the_same_footprint_pack_until_memory_runs_out():
+    s = Scheduler(make_slots(gpus(1), 8))
+    assert placed(s.plan([run("r1")], {0: 10 * GIB})) == [("r1", "gpu0.0")]
+    s.learn("r1", 3 * GIB)  # r1's first epoch: 3 GiB peak
+    # Another trial (other lr and seed, same data and model) is known to need 3 GiB too.
+    free = 6 * GIB  # what NVML reports with r1 running
+    plan = s.plan([run("r2", lr=0.01, seed=1), run("r3", lr=0.5), run("r4", hidden=(512,))], {0: free}, {0: 30})
+    assert placed(plan) == [("r2", "gpu0.1")]  # r3 would leave less than the margin; r4 was never measured
+    assert free - 3 * GIB < 3 * GIB + MARGIN_BYTES
+
+
+def test_a_saturated_gpu_takes_no_further_run():
+    s = Scheduler(make_slots(gpus(1), 4))
+    s.plan([run("r1")], {0: 80 * GIB})
+    s.learn("r1", GIB)
+    assert s.plan([run("r2")], {0: 79 * GIB}, {0: SATURATED_UTIL}) == []
+    assert placed(s.plan([run("r2")], {0: 79 * GIB}, {0: SATURATED_UTIL - 20})) == [("r2", "gpu0.1")]
+
+
+def test_without_an_nvml_reading_a_busy_gpu_is_not_shared():
+    s = Scheduler(make_slots(gpus(1), 2))
+    s.plan([run("r1")], {})
+    s.learn("r1", GIB)
+    assert s.plan([run("r2")], {}) == []
+
+
+def test_footprint_ignores_what_does_not_change_memory():
+    assert footprint(run("a", lr=0.1, seed=0)["config"]) == footprint(run("b", lr=0.001, seed=7)["config"])
+    assert footprint(run("a")["config"]) != footprint(run("b", hidden=(512, 512))["config"])
+    assert footprint(run("a")["config"]) != footprint(run("b", batch=256)["config"])
+    assert footprint(None) is None
+
+
+def test_a_larger_later_measurement_wins():
+    s = Scheduler(make_slots(gpus(1), 2))
+    s.plan([run("r1")], {0: 80 * GIB})
+    s.learn("r1", GIB)
+    s.learn("r1", 2 * GIB)
+    s.learn("r1", GIB // 2)
+    assert s.need_of(run("x")) == 2 * GIB
+    s.release("r1")
+    s.learn("r1", 9 * GIB)  # a late report for a released run is ignored
+    assert s.need_of(run("x")) == 2 * GIB
+
+
+def test_the_engine_learns_a_workers_memory_report(tmp_path):
+    """Wiring: a worker's ("memory", run, bytes) message reaches the scheduler's table."""
+    import multiprocessing as mp
+
+    from engine.daemon import Engine, WorkerHandle
+    from engine.workspace import Workspace
+
+    engine = Engine(Workspace(tmp_path / "ws").ensure(), cpu_slots=1)
+    slot = engine.scheduler.slots[0]
+    engine.scheduler.plan([run("r1")])
+    parent, child = mp.Pipe()
+    handle = WorkerHandle(slot, process=None, conn=parent, flag=None, run_id="r1")
+    child.send(("memory", "r1", 3 * GIB))
+    engine._on_message(handle)
+    assert engine.scheduler.need_of(run("r9", lr=0.5)) == 3 * GIB
+
+
+def test_the_worker_reports_once_after_the_first_epoch():
+    import multiprocessing as mp
+
+    from engine.presets import resolve
+    from engine.trainer import train
+    from engine.worker import ControlCallback
+
+    calls = []
+    flag = mp.Value("i", 0, lock=False)
+    result = train(resolve("seed/step-decay", ["train.epochs=3"]),
+                   ControlCallback(flag, None, "r1", first_epoch=lambda: calls.append(len(calls))))
+    assert result.state.value == "completed" and calls == [0]
