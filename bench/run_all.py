@@ -36,6 +36,10 @@ SECTIONS = [
     ("bench.bench_tui", "TUI under streaming runs", False, {}),
     ("bench.bench_ensemble", "ensemble trials vs one at a time (digits MLP, CPU)", False, {"device": "cpu"}),
     ("bench.bench_ensemble", "ensemble trials vs one at a time (digits MLP, GPU)", True, {"device": "cuda"}),
+    ("bench.bench_packing", "trials per hour through the engine: one at a time, packed, ensembled (CPU)", False,
+     {"device": "cpu"}),
+    ("bench.bench_packing", "trials per hour through the engine: one at a time, packed, ensembled (GPU)", True,
+     {"device": "cuda"}),
 ]
 
 
