@@ -1,10 +1,14 @@
-"""Store and CLI start-up costs: enqueue 1,000 runs; `runs list --json` over 10,000; `trialdeck --help`.
+"""Store and CLI start-up costs: enqueue 1,000 runs; `runs list --json` over 10,000; reads and writes
+after another process's write with 2,000 runs; `trialdeck --help`.
 
 Each figure is printed next to a plain reference measured in the same run:
 enqueueing against a bare `json.dump` of the same records to one file per
 call (what a hand-rolled queue file costs), `runs list` against reading and
-printing the catalogue with the standard json module, and `--help` against
-`python -c pass` (the interpreter's own start-up).
+printing the catalogue with the standard json module, a long-lived Store's
+`get_run` / `transition` right after another Store wrote (it re-reads only the
+lines that changed) against the same call on a fresh Store (a whole parse, and
+for the write a whole encode: what each such call cost before the incremental
+reader), and `--help` against `python -c pass` (the interpreter's own start-up).
 
 Run: python bench/bench_store.py [--quick]
 """
@@ -34,6 +38,37 @@ def _median_wall(argv: list[str], repeats: int, env: dict[str, str] | None = Non
         subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=env)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _after_foreign_writes(root: Path, n_runs: int, repeats: int, config: dict, digest: str, preset: str) -> dict:
+    """get_run and transition right after another Store's write: a long-lived Store vs a fresh one."""
+    ws = Workspace(root).ensure()
+    other = Store(ws)  # stands for another process: its own cache, its own writes
+    history = [{"epoch": e, "train_loss": 2.0 / (e + 1), "val_loss": 1.5 / (e + 1), "val_acc": 0.82, "lr": 0.1,
+                "seconds": 0.0139} for e in range(20)]
+    item = {"preset": preset, "config": config, "config_hash": digest}
+    other.create_runs([{**item, "extra": {"history": history, "summary": {"best_val_loss": 0.2}}}] * n_runs)
+    spare = [r["id"] for r in other.create_runs([item] * (2 * repeats))]
+    size_mb = os.path.getsize(ws.catalog_path) / 1e6
+    warm = Store(ws)
+    warm.get_run("r1")
+    warm.get_run("r1")  # past its first read, as the engine and its workers are
+    times: dict[str, list[float]] = {"get": [], "get_ref": [], "transition": [], "transition_ref": []}
+
+    def timed(name: str, call) -> None:
+        other.update_run("r1", note=len(times[name]))  # the other process writes first, every time
+        t = time.perf_counter()
+        call()
+        times[name].append(time.perf_counter() - t)
+
+    for i in range(repeats):
+        run_id = f"r{1 + i}"
+        timed("get", lambda: warm.get_run(run_id))
+        timed("get_ref", lambda: Store(ws).get_run(run_id))
+        timed("transition", lambda: warm.transition(spare[2 * i], "running"))
+        timed("transition_ref", lambda: Store(ws).transition(spare[2 * i + 1], "running"))
+    return {"catalog_runs": n_runs, "catalog_mb": size_mb,
+            **{f"after_write_{k}_seconds": statistics.median(v) for k, v in times.items()}}
 
 
 def run(quick: bool = False) -> dict:
@@ -71,6 +106,8 @@ def run(quick: bool = False) -> dict:
                                  f"import json,sys; json.dump(json.load(open({str(ws.catalog_path)!r})), sys.stdout)"], 3)
         help_time = _median_wall([*trialdeck, "--help"], 7)
         python_start = _median_wall([sys.executable, "-c", "pass"], 7)
+        after_writes = _after_foreign_writes(tmp / "catalog", 500 if quick else 2000, 3 if quick else 9, config, digest,
+                                             spec.preset)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -82,6 +119,7 @@ def run(quick: bool = False) -> dict:
         "runs_list_reference_seconds": list_ref,
         "help_seconds": help_time,
         "python_startup_seconds": python_start,
+        **after_writes,
     }
 
 
@@ -92,9 +130,17 @@ def report(r: dict) -> list[tuple[str, str, str, str]]:
          f"{r['enqueue_reference_seconds']:.2f} s json.dump per call", "<= 5 s for 1,000"),
         (f"`runs list --json` over {r['list_runs']:,} runs", f"{r['runs_list_json_seconds']:.2f} s",
          f"{r['runs_list_reference_seconds']:.2f} s json load+dump", "<= 1 s for 10,000"),
+        _after_write_row(r, "get", "`get_run`", "whole parse (fresh Store)", 0.2),
+        _after_write_row(r, "transition", "`transition`", "whole parse + encode (fresh Store)", 0.5),
         ("`trialdeck --help`", f"{r['help_seconds']:.3f} s", f"{r['python_startup_seconds']:.3f} s `python -c pass`",
          "<= 0.20 s"),
     ]
+
+
+def _after_write_row(r: dict, key: str, call: str, reference: str, limit: float) -> tuple[str, str, str, str]:
+    ours, ref = r[f"after_write_{key}_seconds"], r[f"after_write_{key}_ref_seconds"]
+    return (f"{call} after another process's write, {r['catalog_runs']:,} runs of 20 epochs ({r['catalog_mb']:.1f} MB)",
+            f"{ours * 1e3:.1f} ms", f"{ref * 1e3:.1f} ms {reference}", f"ratio {ours / ref:.2f} (<= {limit})")
 
 
 def main() -> None:

@@ -17,14 +17,34 @@ on one file corrupt it. This module therefore never lets TinyDB touch the file:
 - Parsing is skipped when the file is the one this process last read or wrote:
   same (device, inode, mtime, size) and same first bytes, which hold a
   generation counter bumped on every write (inodes get reused, mtimes are
-  coarse; the counter is not).
+  coarse; the counter is not). `meta` is therefore always the first table.
+- The file is compact JSON except that the tables that grow (`runs`, `trials`,
+  `events`) hold one document per line:
+  `{"meta":{..},"runs":{\n"1":{..},\n"2":{..}\n},"studies":{..},...}`.
+  Newlines between members are plain JSON whitespace, and orjson never writes
+  one inside a document, so TinyDB and `json.load` read the file as before.
+- A file that changed is parsed incrementally. This process keeps each
+  growing table's lines as it last read or wrote them, in chunks of about
+  64 KB, with the documents they parsed to. A chunk found again byte for byte
+  (one `startswith`) keeps its documents; around a change, lines are compared
+  one by one and only changed or new lines are parsed, plus the small tables.
+  With 10,000 runs (43 MB) that is ~10 ms instead of ~300 ms for a whole
+  parse. A file in another layout (one line, as TinyDB or older versions write
+  it, or edited by hand) is parsed whole, and a file that does not parse is
+  reported exactly as by a whole parse.
 - Before each replace the previous good file is hard-linked to
   `catalog.json.bak`. A file that does not parse is never replaced: every call
   raises `CatalogCorrupt` naming it, after saving a copy next to it.
 - A writer re-encodes only the documents its transactions changed (TinyDB
-  reports their ids) and reuses the cached JSON of the others; the file is
-  still rewritten whole, as TinyDB's format requires.
-- Records handed out are copies; callers may mutate them freely.
+  reports their ids) and reuses the cached lines of the others (its own, or
+  what it read); the file is still rewritten whole, as TinyDB's format requires.
+- The cache (parsed state, and the chunks of lines) is mutated only inside a
+  transaction, which TinyDB does in place: a transaction that fails after
+  changing anything forgets the whole cache. Records handed out are copies
+  (or, on a Store's first read, the parsed objects themselves with the cache
+  forgotten: see `_reading`), so no object is ever shared between the cache
+  and a caller; callers may mutate them freely. One lock (`_mutex`) covers
+  the cache, so a Store may be shared by threads.
 
 Run ids are "r<N>" and the TinyDB document id of a run is N.
 """
@@ -40,7 +60,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 from filelock import FileLock, Timeout
@@ -48,6 +68,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
+from engine.catalog_lines import Fragments, is_table, parse_lines, serialize
 from engine.errors import BadInput, CatalogCorrupt, EngineUnavailable
 from engine.types import TRANSITIONS, EpochRecord, RunEvent, RunState
 from engine.workspace import FILE_MODE, Workspace, atomic_write
@@ -146,62 +167,12 @@ class _CatalogDB(TinyDB):
     table_class = _TrackedTable
 
 
-# Tables that grow with use: their documents' JSON is cached between writes.
-_FRAGMENT_TABLES = ("runs", "events")
-_Fragments = dict[str, dict[str, tuple[dict[str, Any], bytes]]]
-
-
-def _encode_doc(cache: dict[str, tuple[dict[str, Any], bytes]], key: str, doc: dict[str, Any]) -> bytes:
-    # Stored with its leading comma so the file is assembled by one join.
-    encoded = b"," + orjson.dumps(key) + b":" + orjson.dumps(doc)
-    cache[key] = (doc, encoded)
-    return encoded
-
-
-def _serialize(state: dict[str, dict[str, Any]], fragments: _Fragments, touched: dict[str, set[str] | None]) -> bytes:
-    """`orjson.dumps(state)`, byte for byte, re-encoding only changed documents.
-
-    A write usually changes one run; re-encoding the other thousands each
-    time made serialisation most of an enqueue's cost.
-    """
-    out: list[bytes] = []
-    for name, table in state.items():
-        out.append(b"," + orjson.dumps(name) + b":")
-        if name not in _FRAGMENT_TABLES:
-            out.append(orjson.dumps(table))
-            continue
-        cache = fragments.get(name)
-        changed = touched.get(name, set())
-        if cache is None or changed is None:
-            cache = fragments[name] = {}
-        else:
-            for key in changed:
-                cache.pop(key, None)
-            if len(cache) > len(table):
-                for key in [k for k in cache if k not in table]:
-                    del cache[key]
-        get = cache.get
-        # Identity guards against a document replaced (not mutated) behind our back.
-        encoded = [
-            hit[1] if (hit := get(key)) is not None and hit[0] is doc else _encode_doc(cache, key, doc)
-            for key, doc in table.items()
-        ]
-        if encoded:
-            encoded[0] = encoded[0][1:]
-        out.append(b"{")
-        out.extend(encoded)
-        out.append(b"}")
-    if out:
-        out[0] = out[0][1:]
-    return b"".join([b"{", *out, b"}"])
-
-
 @dataclass
 class _Snapshot:
     key: tuple[int, int, int, int]
     head: bytes
     state: dict[str, dict[str, Any]]
-    fragments: _Fragments = field(default_factory=dict)
+    fragments: Fragments = field(default_factory=dict)
 
 
 def _json_default(obj: Any) -> Any:
@@ -345,6 +316,8 @@ class Store:
         # cached state in place, so readers in other threads must wait.
         self._mutex = threading.RLock()
         self._snapshot: _Snapshot | None = None
+        self._parses = 0
+        self._buffer = bytearray()
         self._swept = False
 
     # ---------------------------------------------------------------- file I/O
@@ -356,7 +329,7 @@ class Store:
         transaction, and never hand its objects to a caller.
         """
         try:
-            f = open(self.path, "rb")
+            f = open(self.path, "rb", buffering=0)
         except FileNotFoundError:
             self._snapshot = None
             return _empty_state()
@@ -368,28 +341,57 @@ class Store:
             snap = self._snapshot
             if snap is not None and snap.key == key and snap.head == head:
                 return snap.state
-            data = head + f.read()
-        state = self._parse(data)
-        self._snapshot = _Snapshot(key, data[:_HEAD_BYTES], state)
+            f.seek(0)
+            data, size = self._read_whole(f, st.st_size)
+        state, fragments = self._parse(data, size, snap.fragments if snap is not None else {})
+        self._snapshot = _Snapshot(key, bytes(data[:_HEAD_BYTES]), state, fragments)
+        self._parses += 1
         return state
 
-    def _parse(self, data: bytes) -> dict[str, dict[str, Any]]:
-        if not data.strip():
-            return _empty_state()
+    def _read_whole(self, f: BinaryIO, expected: int) -> tuple[bytearray, int]:
+        """The open file's bytes, read into this Store's reusable buffer: (buffer, length).
+
+        A new bytes object per read costs more than the read itself once the
+        file passes 32 MB (glibc maps such allocations afresh and every page
+        faults): measured 16 ms against 2 ms for 36 MB.
+        """
+        buf = self._buffer
+        if len(buf) <= expected:
+            # A new one, never resized: a memoryview of the old may still be alive in a traceback.
+            buf = self._buffer = bytearray(expected + expected // 4 + 65536)
+        view = memoryview(buf)
+        size = 0
+        while got := f.readinto(view[size:]):
+            size += got
+            if size == len(buf):  # grown since fstat (someone writing in place): read the rest as it comes
+                rest = f.read()
+                return buf + rest, size + len(rest)
+        return buf, size
+
+    def _parse(self, data: bytearray, size: int, previous: Fragments) -> tuple[dict[str, dict[str, Any]], Fragments]:
+        """The tables in `data[:size]`, and the fragment cache for the next parse (see `parse_lines`)."""
+        if not data[: min(size, _HEAD_BYTES)].strip() and not data[:size].strip():
+            return _empty_state(), {}
+        with _gc_paused():
+            parsed = parse_lines(data, size, previous)
+            raw, fragments = parsed if parsed is not None else (self._parse_whole(bytes(data[:size])), {})
+        # Keep `meta` first so the generation counter sits in the head bytes.
+        state = {name: raw.pop(name, {}) for name in TABLES}
+        state.update(raw)
+        return state, fragments
+
+    def _parse_whole(self, data: bytes) -> dict[str, Any]:
+        """One `loads` of the whole file, whatever its layout; raises `CatalogCorrupt` if it is not a catalogue."""
         try:
-            with _gc_paused():
-                raw = orjson.loads(data)
+            raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             self._corrupt(data, f"not valid JSON: {exc}")
         if not isinstance(raw, dict):
             self._corrupt(data, "not a TinyDB catalogue (top level is not an object)")
         for name, table in raw.items():
-            if not isinstance(table, dict) or not all(isinstance(doc, dict) for doc in table.values()):
+            if not is_table(table):
                 self._corrupt(data, f"not a TinyDB catalogue (table {name!r} is not an object of documents)")
-        # Keep `meta` first so the generation counter sits in the head bytes.
-        state = {name: raw.pop(name, {}) for name in TABLES}
-        state.update(raw)
-        return state
+        return raw
 
     def _corrupt(self, data: bytes, reason: str) -> NoReturn:
         copy = self._save_corrupt_copy(data)
@@ -429,7 +431,7 @@ class Store:
         meta_table[str(_META_ID)] = {"generation": generation, **{k: v for k, v in meta.items() if k != "generation"}}
         if next(iter(state)) != "meta":
             state = {"meta": state.pop("meta"), **state}
-        data = _serialize(state, fragments, touched)
+        data = serialize(state, fragments, touched)
         try:
             atomic_write(self.path, data, backup=self.backup_path)
         except BaseException:
@@ -483,23 +485,25 @@ class Store:
 
     @contextmanager
     def _reading(self) -> Iterator[tuple[TinyDB, bool]]:
-        """A TinyDB over the current state, and whether it was parsed just now.
+        """A TinyDB over the current state, and whether its objects may be handed out as they are.
 
-        When it was, a caller returning many records may hand the parsed
-        objects out as they are after `_forget()` (a second parse would cost
-        as much as the copy it saves).
+        They may when this Store's first read parsed them just now: a one-shot
+        command (`runs list --json`) then skips a copy that would cost as much
+        as the parse, and a long-lived process (engine, worker, TUI) pays one
+        extra full parse, once, and keeps its cache afterwards. (Forgetting the
+        cache after every such read would make every later read a full parse.)
         """
         with self._mutex:
             before = self._snapshot
             state = self._load()
-            fresh = self._snapshot is None or self._snapshot is not before
+            fresh = self._snapshot is None or (self._snapshot is not before and self._parses == 1)
             yield _CatalogDB(storage=_DictStorage, data=state), fresh
 
     def _forget(self) -> None:
         self._snapshot = None
 
     def _hand_out(self, records: list[Any], fresh: bool) -> list[Any]:
-        """Records the caller owns: the parsed objects themselves if fresh, else copies."""
+        """Records the caller owns: the parsed objects themselves if fresh (see `_reading`), else copies."""
         if fresh:
             self._forget()
             return records
@@ -688,10 +692,13 @@ class Store:
             return self._hand_out(selected, fresh)
 
     def queued(self) -> list[dict[str, Any]]:
-        """Queued runs in dispatch order: priority descending, then enqueue order."""
+        """Queued runs in dispatch order: priority descending, then enqueue order. Without their
+        `history` and `events` (a requeued run's can be long; the engine reads the queue after
+        every run)."""
         with self._reading() as (db, _):
             runs = db.storage.read().get("runs", {}).values()
-            selected = [d for d in runs if d.get("state") == RunState.QUEUED.value]
+            selected = [{k: v for k, v in d.items() if k not in ("history", "events")}
+                        for d in runs if d.get("state") == RunState.QUEUED.value]
             selected.sort(key=_dispatch_key)
             return _clone(selected)
 

@@ -24,6 +24,7 @@ from tinydb import TinyDB
 
 from engine.errors import BadInput, CatalogCorrupt
 from engine.metrics import JsonlMetricsWriter, read_jsonl
+from engine.catalog_lines import serialize
 from engine.store import Store
 from engine.workspace import Workspace, atomic_write
 
@@ -294,7 +295,7 @@ def test_incremental_encoding_matches_a_full_rewrite(ws: Workspace) -> None:
     store.upsert_trial("s", 0, {"state": "complete"})
     store.clear_queue()
     raw = store.path.read_bytes()
-    assert orjson.dumps(orjson.loads(raw)) == raw  # the byte-level assembly is plain compact JSON
+    assert serialize(orjson.loads(raw), {}, {}) == raw  # the incremental assembly is what a full encode writes
     on_disk = Store(ws).list_runs()  # a cold reader parses the file
     assert on_disk == store.list_runs()  # the writer's in-memory view
     assert on_disk[2]["history"] == [{"epoch": 0, "train_loss": 0.5}] and on_disk[4]["summary"] == {"best_val_loss": 0.25}

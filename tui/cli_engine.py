@@ -157,7 +157,7 @@ def queue_list(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Queued runs in dispatch order (priority, then enqueue time), and what runs now."""
     store = _store(home)
     queued = store.queued()
-    running = store.list_runs("running")
+    running = store.list_runs("running", omit=("config", "history", "events"))
     rows = [{"id": r["id"], "state": r["state"], "preset": r["preset"], "priority": r.get("priority", 0),
              "device": r.get("device"), "slot": r.get("slot"), "position": None} for r in running]
     rows += [{"id": r["id"], "state": r["state"], "preset": r["preset"], "priority": r.get("priority", 0),
