@@ -465,3 +465,23 @@ def test_a_command_with_home_after_the_subcommand_revives_that_workspace(deck: D
         "--home (None here) to _revive_engine, so it looks at $TRIALDECK_HOME instead"
     )
     deck.wait_state(run_id, "running", 60)
+
+
+def test_the_systemd_unit_starts_this_engine_from_any_directory(deck: Deck, tmp_path: Path) -> None:
+    """What `systemctl --user start` would run: the unit's Environment and ExecStart, from /."""
+    units = tmp_path / "units"
+    deck.ok("engine", "install-service", "--unit-dir", str(units))
+    unit = next(units.glob("*.service")).read_text()
+    env_line = next(line for line in unit.splitlines() if line.startswith("Environment="))
+    key, value = env_line[len("Environment="):].strip('"').split("=", 1)
+    argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[len("ExecStart="):])
+    env = {k: v for k, v in deck.env.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(argv, cwd="/", env={**env, key: value, "PYTHONNOUSERSITE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        status = deck.wait(lambda: deck.engine_pid() == proc.pid and deck.json("engine", "status"), 60,
+                           "the unit's engine to come up")
+        assert status["pid"] == proc.pid
+    finally:
+        deck.cli("engine", "stop", timeout=60)
+        proc.wait(30)

@@ -412,6 +412,7 @@ def engine_install_service(
     """Write a systemd user service that keeps the engine alive across logouts and reboots."""
     import shlex
 
+    import engine as engine_pkg
     from engine.workspace import atomic_write
 
     ws = workspace(home)
@@ -424,6 +425,8 @@ def engine_install_service(
         "[Unit]\n"
         f"Description=trialdeck engine for {ws.root}\n\n"
         "[Service]\n"
+        # The code this CLI runs, whether installed or a checkout (as `engine start` does).
+        f'Environment="PYTHONPATH={Path(engine_pkg.__file__).resolve().parents[1]}"\n'
         f"ExecStart={command}\n"
         "Restart=on-failure\n"
         "KillMode=mixed\n"

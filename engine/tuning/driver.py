@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 
+from engine.errors import BadInput
 from engine.scheduler import ensemble_key
 from engine.store import Store
 from engine.tuning import study as studies
@@ -29,6 +30,9 @@ from engine.tuning.space import apply_params, sample
 from engine.types import EventKind, RunEvent, RunState
 
 IN_FLIGHT = ("queued", "running", "interrupted")
+PRUNER_STARTUP_TRIALS = 5
+"""Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
+median pruner prunes nothing before 5 trials completed; halving pruners need finished rungs)."""
 ENSEMBLE_SAMPLERS = ("grid", "random")
 """Samplers whose next trials do not depend on the last results, so several can be asked at
 once and trained together as an ensemble without changing what the study samples."""
@@ -57,8 +61,9 @@ class StudyDriver:
             self._cache[name] = (study, tune, meta, doc["storage_url"])
         return self._cache[name]
 
-    def _create(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Create (or resume) the Optuna study a client asked for (`create`, see tuning.launch)."""
+    def _create(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Create (or resume) the Optuna study a client asked for (`create`, see tuning.launch);
+        a resumed study is reconciled first, as at engine start."""
         name, url, wanted = doc["name"], doc["storage_url"], doc["create"]
         tune = studies.tune_of(wanted)
         study = studies.create_or_load(name, url, preset=wanted["preset"], config=wanted["config"], tune=tune)
@@ -66,6 +71,7 @@ class StudyDriver:
         meta["n_trials"] = doc["n_trials"]
         study.set_user_attr("trialdeck", meta)
         self._cache.pop(name, None)  # a resumed study reloads with its own sampler settings
+        self._reconcile_study(doc, runs)
         study, tune, meta, url = self._load(doc)
         return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None})
 
@@ -83,7 +89,7 @@ class StudyDriver:
         for doc in docs:
             try:
                 if doc.get("create"):
-                    doc = self._create(doc)
+                    doc = self._create(doc, runs)
                 created += self._tick_study(doc, [r for r in runs if r.get("study") == doc["name"]], capacity,
                                             ensemble_width)
             except Exception as exc:  # noqa: BLE001 - one broken study must not stop the engine
@@ -95,6 +101,9 @@ class StudyDriver:
                     ensemble_width: int = 1) -> int:
         study, tune, meta, url = self._load(doc)
         grouped = ensemble_width > 1 and tune.ensemble and tune.sampler in ENSEMBLE_SAMPLERS
+        if grouped and tune.pruner != "none":
+            # A pruner compares a trial with finished ones: start with a few trials one at a time.
+            grouped = sum(1 for r in runs if RunState(r["state"]).terminal) >= PRUNER_STARTUP_TRIALS
         if grouped:
             capacity *= ensemble_width
         changed = self._tell_finished(study, tune, runs)
@@ -177,22 +186,29 @@ class StudyDriver:
 
     def reconcile(self) -> None:
         """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
-        runs = self.store.list_runs()
+        runs = self.store.list_runs(omit=("config", "events"))
         for doc in self.store.list_studies():
-            if not doc.get("storage_url") or doc.get("create"):
-                continue  # not created yet: the next tick creates it
-            try:
-                study, tune, meta, url = self._load(doc)
-                mine = [r for r in runs if r.get("study") == doc["name"]]
-                self._tell_finished(study, tune, mine)
-                known = {r.get("trial_id") for r in mine}
-                local = url.startswith("journal:")  # a workspace journal has no other writers
-                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                    ours = local or t.user_attrs.get("workspace") == self.workspace_id
-                    if ours and t._trial_id not in known:
-                        # Asked by an engine that died before it recorded the trial's run.
-                        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-                        self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
-                studies.sync(self.store, study, tune, meta, url=url)
-            except Exception as exc:  # noqa: BLE001 - report and go on with the others
-                self.log(f"study {doc['name']}: cannot reconcile: {type(exc).__name__}: {exc}")
+            if doc.get("storage_url"):
+                self._reconcile_study(doc, runs)
+
+    def _reconcile_study(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+        try:
+            study, tune, meta, url = self._load(doc)
+        except BadInput:
+            if not doc.get("create"):  # else: not created yet, and the next tick creates it
+                self.log(f"study {doc['name']}: cannot reconcile: its Optuna study is gone from {doc.get('storage')}")
+            return
+        try:
+            mine = [r for r in runs if r.get("study") == doc["name"]]
+            self._tell_finished(study, tune, mine)
+            known = {r.get("trial_id") for r in mine}
+            local = url.startswith("journal:")  # a workspace journal has no other writers
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                ours = local or t.user_attrs.get("workspace") == self.workspace_id
+                if ours and t._trial_id not in known:
+                    # Asked by an engine that died before it recorded the trial's run.
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
+            studies.sync(self.store, study, tune, meta, url=url)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the others
+            self.log(f"study {doc['name']}: cannot reconcile: {type(exc).__name__}: {exc}")
