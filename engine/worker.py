@@ -132,15 +132,9 @@ def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, tr
             extra.finished(final)
         return final["state"]
     except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
-        reason = f"{type(exc).__name__}: {exc}"
         if recorder is not None:
             recorder.log(traceback.format_exc())
-        try:
-            store.transition(run_id, RunState.FAILED, error=reason,
-                             add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
-        except Exception:  # noqa: BLE001 - the engine reconciles a run left running
-            traceback.print_exc()
-        return RunState.FAILED.value
+        return _fail(store, run_id, f"{type(exc).__name__}: {exc}")
     finally:
         if recorder is not None:
             recorder.close()
