@@ -96,3 +96,30 @@ def test_ensemble_false_trains_one_run_per_trial(deck, tmp_path):
     assert out["counts"] == {"complete": 3}
     for r in deck.store.list_runs():
         assert [e["message"] for e in r["events"] if e["kind"] == "started"] == ["started on cpu.0"]
+
+
+def test_engine_stop_interrupts_every_member_and_the_next_engine_resumes_each_alone(deck, tmp_path):
+    deck.json("tune", preset(tmp_path, 400, 3), "--study", "stopme")
+
+    def running() -> list[str]:
+        ids = [r["id"] for r in deck.store.list_runs("running")]
+        return ids if len(ids) == 3 and all(deck.store.get_run(i)["history"] for i in ids) else []
+
+    members = deck.wait(running, 120, "three members past their first epoch")
+    deck.ok("engine", "stop", timeout=90)
+    for run_id in members:
+        record = deck.store.get_run(run_id)
+        assert record["state"] == "interrupted", record["state"]
+        assert (deck.ws.runs_dir / run_id / "checkpoint.pt").exists()
+    deck.ok("engine", "start")
+    # One slot: a member with a checkpoint resumes with train(), alone, one after another.
+    first = deck.wait(lambda: next((i for i in members if any(e["kind"] == "resumed" for e in
+                                                               deck.store.get_run(i)["events"])), None),
+                      120, "a member resumed from its checkpoint")
+    started = [e["message"] for e in deck.store.get_run(first)["events"] if e["kind"] == "started"]
+    assert "ensemble of 3" in started[0] and started[-1] == "started on cpu.0", started
+    others = [i for i in members if i != first]
+    assert all(deck.store.get_run(i)["state"] == "queued" for i in others)
+    assert all(any(e["kind"] == "requeued" for e in deck.store.get_run(i)["events"]) for i in others)
+    deck.ok("studies", "stop", "stopme")
+    deck.wait(lambda: all(deck.store.get_run(i)["state"] == "cancelled" for i in members), 60, "members cancelled")
