@@ -36,7 +36,7 @@ from engine.errors import EngineUnavailable, TrialdeckError
 from engine.scheduler import Scheduler, Slot, make_slots, probe_gpus
 from engine.store import Store
 from engine.types import EventKind, RunEvent, RunState
-from engine.worker import CANCEL, INTERRUPT, NO_STOP, worker_main
+from engine.worker import INTERRUPT, NO_STOP, worker_main
 from engine.workspace import Workspace, atomic_write
 
 RECOVERY_POLICIES = ("resume", "requeue", "leave")
@@ -57,19 +57,22 @@ class WorkerHandle:
     ready: bool = False
     run_id: str | None = None
     """The run the slot is held for (an ensemble's first member)."""
-    stop_sent_at: float | None = None
     cancels: Any = None
-    """Run numbers of ensemble members to cancel (shared with the worker; 0 = empty cell)."""
+    """Run numbers to cancel (shared with the worker; 0 = empty cell)."""
     members: set[str] = field(default_factory=set)
     """Every run this worker is training now: one, or an ensemble's members."""
     cancel_sent: dict[str, float] = field(default_factory=dict)
+    """When each cancel was asked for (monotonic), for the grace before a kill."""
 
     def take(self, run_ids: list[str]) -> None:
-        self.run_id, self.members, self.stop_sent_at = run_ids[0], set(run_ids), None
-        self.cancel_sent = {}
+        self.run_id, self.members, self.cancel_sent = run_ids[0], set(run_ids), {}
         self.flag.value = NO_STOP
-        if self.cancels is not None:
-            self.cancels[:] = [0] * len(self.cancels)
+        self.cancels[:] = [0] * len(self.cancels)
+
+    def cancel(self, run_id: str, now: float) -> None:
+        cells = list(self.cancels)
+        self.cancels[cells.index(0)] = int(run_id[1:])  # a cell per member: never full
+        self.cancel_sent[run_id] = now
 
 
 class Engine:
@@ -243,7 +246,7 @@ class Engine:
                     handle.members.discard(run_id)
                     if not handle.members and handle.run_id is not None:
                         self.scheduler.release(handle.run_id)
-                        handle.run_id, handle.stop_sent_at = None, None
+                        handle.run_id = None
                         handle.flag.value = NO_STOP
         except (EOFError, OSError):
             pass
@@ -256,7 +259,7 @@ class Engine:
             for run_id in sorted(handle.members):
                 run = self.store.get_run(run_id)
                 if run and run["state"] == RunState.RUNNING.value:
-                    cancelled = handle.flag.value == CANCEL or run_id in handle.cancel_sent
+                    cancelled = run_id in handle.cancel_sent
                     state = RunState.CANCELLED if cancelled else RunState.FAILED
                     reason = None if cancelled else f"worker process {how} (out of memory or a crash?)"
                     event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None,
@@ -275,24 +278,12 @@ class Engine:
             return
         for run in self.store.list_runs(RunState.RUNNING, omit=("config", "history", "events")):
             handle = busy.get(run["id"])
-            if handle is None or not run.get("cancel_requested") or handle.run_id is None:
-                continue
-            if len(handle.members) > 1 or handle.cancel_sent:  # an ensemble: stop this member only
-                sent = handle.cancel_sent.get(run["id"])
-                if sent is None:
-                    cells = list(handle.cancels)
-                    if 0 in cells:
-                        handle.cancels[cells.index(0)] = int(run["id"][1:])
-                    handle.cancel_sent[run["id"]] = now
-                elif now - sent > CANCEL_GRACE:
-                    self._log(f"{run['id']} did not stop within {CANCEL_GRACE:.0f} s; killing its worker")
-                    self._kill_worker(handle)
-                    self._on_worker_died(handle)
-                continue
-            if handle.stop_sent_at is None:
-                handle.flag.value = CANCEL
-                handle.stop_sent_at = now
-            elif now - handle.stop_sent_at > CANCEL_GRACE:
+            if handle is None or not run.get("cancel_requested") or self.workers.get(handle.slot.name) is not handle:
+                continue  # not ours, not asked, or its worker was killed for another member just now
+            sent = handle.cancel_sent.get(run["id"])
+            if sent is None:
+                handle.cancel(run["id"], now)
+            elif now - sent > CANCEL_GRACE:
                 self._log(f"{run['id']} did not stop within {CANCEL_GRACE:.0f} s; killing its worker")
                 self._kill_worker(handle)
                 self._on_worker_died(handle)
@@ -323,11 +314,12 @@ class Engine:
                 s.run_id = None
         for p in placements:
             handle = self.workers[p.slot.name]
+            members = groups.get(p.run_id, [p.run_id])
             started = []
-            for i, run_id in enumerate(groups.get(p.run_id, [p.run_id])):
+            for i, run_id in enumerate(members):
                 how = f"started on {p.slot.name}"
-                if len(groups.get(p.run_id, ())) > 1:
-                    how += f" (member {i + 1} of an ensemble of {len(groups[p.run_id])})"
+                if len(members) > 1:
+                    how += f" (member {i + 1} of an ensemble of {len(members)})"
                 try:
                     self.store.transition(run_id, RunState.RUNNING, worker=handle.pid, slot=p.slot.name,
                                           device=p.slot.device, cancel_requested=False,
@@ -357,7 +349,8 @@ class Engine:
         open_group: dict[str, str] = {}
         for run in queued:
             key = run.get("ensemble")
-            if not key or (self.ws.runs_dir / run["id"] / "checkpoint.pt").exists():
+            resumes = run.get("attempts") and (self.ws.runs_dir / run["id"] / "checkpoint.pt").exists()
+            if not key or resumes:  # (a run never started has no checkpoint: no file to look for)
                 heads.append(run)
                 continue
             head = open_group.get(key)

@@ -161,7 +161,8 @@ class Scheduler:
         return None if key is None else self.need_bytes.get(key)
 
     def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
-             util: dict[int, int | None] | None = None) -> bool:
+             util: dict[int, int | None] | None = None, need: int | None = None) -> bool:
+        """Whether `run` may start on `slot` now; `need` is its measured memory (None: never measured)."""
         pinned = run.get("device")
         if pinned and pinned not in ("auto", "cpu"):
             if pinned == "cuda" and slot.gpu is None:
@@ -173,7 +174,6 @@ class Scheduler:
         busy_here = any(s.gpu == slot.gpu and not s.free for s in self.slots)
         if not busy_here:
             return True
-        need = self.need_of(run)
         if need is None or slot.gpu not in free_memory:
             return False  # never measured, or no NVML reading: a shared GPU is not risked
         if (util or {}).get(slot.gpu) is not None and util[slot.gpu] >= SATURATED_UTIL:
@@ -186,15 +186,19 @@ class Scheduler:
         nowhere now waits; runs behind it may still take slots that suit them."""
         free_memory = dict(free_memory or {})
         placements: list[Placement] = []
+        gpus = any(s.gpu is not None for s in self.slots)
         for run in queued:
+            # Once per run, not per slot; and on a CPU-only box only for the runs placed.
+            key = footprint(run.get("config")) if gpus else None
+            need = self.need_bytes.get(key) if key is not None else None
             for slot in self.slots:
-                if slot.free and self.fits(run, slot, free_memory, util):
+                if slot.free and self.fits(run, slot, free_memory, util, need):
                     slot.run_id = run["id"]
-                    key = footprint(run.get("config"))
+                    key = key if gpus else footprint(run.get("config"))
                     if key is not None:
                         self.footprints[run["id"]] = key
                     if slot.gpu is not None and slot.gpu in free_memory:
-                        free_memory[slot.gpu] -= self.need_of(run) or free_memory[slot.gpu]
+                        free_memory[slot.gpu] -= need or free_memory[slot.gpu]
                     device = "cpu" if run.get("device") == "cpu" or slot.gpu is None else "cuda"
                     placements.append(Placement(run["id"], slot, device))
                     break

@@ -23,11 +23,14 @@ from engine import faults
 from engine.callbacks import Stop, TrainerCallback
 from engine.types import EventKind, RunEvent, RunState
 
-NO_STOP, CANCEL, INTERRUPT = 0, 1, 2
+NO_STOP, INTERRUPT = 0, 2
+"""Values of a worker's `flag`: INTERRUPT stops whatever it trains (the engine is stopping)."""
 
 
 class ControlCallback(TrainerCallback):
-    """Turns the engine's stop flag into a Stop for the trainer."""
+    """Turns the engine's stop requests into a Stop for the trainer: `flag` (INTERRUPT, for every
+    run of the worker) and `cancels` (run numbers to cancel, one cell each, so one member of an
+    ensemble can be cancelled alone)."""
 
     def __init__(self, flag, extra: TrainerCallback | None = None, run_id: str | None = None,
                  first_epoch: Callable[[], None] | None = None, cancels=None) -> None:
@@ -37,12 +40,11 @@ class ControlCallback(TrainerCallback):
         self.first_epoch = first_epoch
         """Called once, after this attempt's first epoch (the engine learns its peak memory)."""
         self.cancels = cancels
-        """An ensemble member's: the run numbers the engine asks this worker to cancel."""
         self.number = int(run_id[1:]) if cancels is not None and run_id else None
 
     def _stop(self) -> Stop | None:
         value = self.flag.value
-        if value == CANCEL or (self.cancels is not None and self.number in self.cancels[:]):
+        if self.cancels is not None and self.number in self.cancels[:]:
             return Stop(RunState.CANCELLED, RunEvent(EventKind.CANCELLED.value, None, "cancelled by the user"))
         if value == INTERRUPT:
             return Stop(RunState.INTERRUPTED,
@@ -108,14 +110,14 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
                 return
             continue
         _, run_id, device = message  # the engine cleared `flag` before sending
-        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train, conn)
+        state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train, conn)
         try:
             conn.send(("done", run_id, state))
         except (BrokenPipeError, OSError):
             return
 
 
-def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, train, conn=None) -> str:
+def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None) -> str:
     record = store.get_run(run_id)
     run_dir = ws.run_dir(run_id)
     recorder = None
@@ -123,13 +125,11 @@ def _run_one(store, ws, run_id: str, device: str, flag, RunSpec, RunRecorder, tr
         spec = RunSpec.model_validate(record["config"])
         extra = _extra_callback(store, ws, record)
         probe = _memory_probe(conn, run_id) if conn is not None and device.startswith("cuda") else None
-        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id, probe))
+        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id, probe, cancels))
         recorder.log(f"worker {os.getpid()} starting {run_id} on {device} (attempt {record.get('attempts', 1)})")
         result = train(spec, recorder, run_dir=run_dir, data_dir=ws.data_dir, device=device, resume=True)
         peak = _peak_memory(device)
         final = recorder.finish(result, **({"peak_memory": peak} if peak else {}))
-        if extra is not None and hasattr(extra, "finished"):
-            extra.finished(final)
         return final["state"]
     except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
         if recorder is not None:
@@ -148,30 +148,27 @@ def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, 
     from engine.scheduler import ensemble_key
 
     pending = list(run_ids)
-    members: list[tuple[str, Any, Any, TrainerCallback | None]] = []
+    members: list[tuple[str, Any, Any]] = []
     alone: list[str] = []
+    first_key = None
     for run_id in run_ids:
         record = store.get_run(run_id)
         try:
             spec = RunSpec.model_validate(record["config"])
-            joinable = ensemble_key(spec) is not None and not has_checkpoint(ws.run_dir(run_id))
+            key = None if has_checkpoint(ws.run_dir(run_id)) else ensemble_key(spec)
         except Exception:  # noqa: BLE001 - _run_one records the reason
-            joinable = False
-        if not joinable or (members and ensemble_key(spec) != ensemble_key(members[0][1])):
+            key = None
+        first_key = first_key or key
+        if key is None or key != first_key:
             alone.append(run_id)
             continue
-        extra = None
-        recorder = None
         try:
-            extra = _extra_callback(store, ws, record)
-            recorder = RunRecorder(store, run_id, ws.run_dir(run_id),
-                                   observer=ControlCallback(flag, extra, run_id, cancels=cancels))
-        except Exception:  # noqa: BLE001
-            if recorder is not None:
-                recorder.close()
+            recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=ControlCallback(
+                flag, _extra_callback(store, ws, record), run_id, cancels=cancels))
+        except Exception:  # noqa: BLE001 - _run_one records the reason
             alone.append(run_id)
             continue
-        members.append((run_id, spec, recorder, extra))
+        members.append((run_id, spec, recorder))
 
     def send_done(run_id: str, state: str) -> bool:
         pending.remove(run_id)
@@ -185,8 +182,8 @@ def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, 
 
     def on_end(i: int, result) -> None:
         nonlocal alive
-        run_id, _, recorder, extra = members[i]
-        state = _finish(store, recorder, extra, run_id, result)
+        run_id, _, recorder = members[i]
+        state = _finish(store, recorder, run_id, result)
         alive = send_done(run_id, state) and alive
 
     if len(members) == 1:
@@ -195,32 +192,29 @@ def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, 
         members = []
     try:
         if members:
-            for i, (run_id, _, recorder, _) in enumerate(members):
+            for i, (run_id, _, recorder) in enumerate(members):
                 recorder.log(f"worker {os.getpid()} starting {run_id} on {device}: member {i + 1} of an ensemble "
                              f"of {len(members)} ({', '.join(m[0] for m in members)})")
             train_ensemble([m[1] for m in members], [m[2] for m in members],
                            run_dirs=[ws.run_dir(m[0]) for m in members], data_dir=ws.data_dir, device=device,
                            on_end=on_end)
     finally:
-        for run_id, _, recorder, _ in members:
+        for run_id, _, recorder in members:
             recorder.close()
             if run_id in pending:  # never ended (a bug or a kill): fail it rather than leave it running
                 alive = send_done(run_id, _fail(store, run_id, "the ensemble ended without a result for it")) and alive
     for run_id in alone:
         if not alive:
             break
-        state = _run_one(store, ws, run_id, device, flag, RunSpec, RunRecorder, train)
+        state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train)
         alive = send_done(run_id, state)
     return alive
 
 
-def _finish(store, recorder, extra, run_id: str, result) -> str:
+def _finish(store, recorder, run_id: str, result) -> str:
     """Record a finished ensemble member; its final state."""
     try:
-        final = recorder.finish(result)
-        if extra is not None and hasattr(extra, "finished"):
-            extra.finished(final)
-        return final["state"]
+        return recorder.finish(result)["state"]
     except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
         recorder.log(traceback.format_exc())
         return _fail(store, run_id, f"{type(exc).__name__}: {exc}")
