@@ -1,178 +1,33 @@
-"""The catalogue: the only code that reads or writes `catalog.json`.
+"""The catalogue's records: runs, studies, trials and events, and their rules.
 
-`catalog.json` is a TinyDB file (tables `meta`, `runs`, `studies`, `trials`,
-`events`) so a person or a script can read it with TinyDB alone. TinyDB itself
-has no locking, caches query results and the next document id per process and
-rewrites the whole file on each write, so two processes holding TinyDB objects
-on one file corrupt it. This module therefore never lets TinyDB touch the file:
-
-- Every write is a transaction under an exclusive `filelock` on
-  `catalog.json.lock`: read the file fresh, run the operation with a throwaway
-  TinyDB over an in-memory storage, and if anything changed write the whole
-  JSON atomically (temp file, fsync, `os.replace`). Ids are allocated from a
-  counter in the `meta` table under that lock, so they are unique across
-  processes and never reused.
-- Reads take no file lock: `os.replace` means a reader sees the old or the new
-  file, never a mix. A fresh TinyDB per call means no stale query cache.
-- Parsing is skipped when the file is the one this process last read or wrote:
-  same (device, inode, mtime, size) and same first bytes, which hold a
-  generation counter bumped on every write (inodes get reused, mtimes are
-  coarse; the counter is not). `meta` is therefore always the first table.
-- The file is compact JSON except that the tables that grow (`runs`, `trials`,
-  `events`) hold one document per line:
-  `{"meta":{..},"runs":{\n"1":{..},\n"2":{..}\n},"studies":{..},...}`.
-  Newlines between members are plain JSON whitespace, and orjson never writes
-  one inside a document, so TinyDB and `json.load` read the file as before.
-- A file that changed is parsed incrementally. This process keeps each
-  growing table's lines as it last read or wrote them, in chunks of about
-  64 KB, with the documents they parsed to. A chunk found again byte for byte
-  (one `startswith`) keeps its documents; around a change, lines are compared
-  one by one and only changed or new lines are parsed, plus the small tables.
-  With 10,000 runs (43 MB) that is ~10 ms instead of ~300 ms for a whole
-  parse. A file in another layout (one line, as TinyDB or older versions write
-  it, or edited by hand) is parsed whole, and a file that does not parse is
-  reported exactly as by a whole parse.
-- Before each replace the previous good file is hard-linked to
-  `catalog.json.bak`. A file that does not parse is never replaced: every call
-  raises `CatalogCorrupt` naming it, after saving a copy next to it.
-- A writer re-encodes only the documents its transactions changed (TinyDB
-  reports their ids) and reuses the cached lines of the others (its own, or
-  what it read); the file is still rewritten whole, as TinyDB's format requires.
-- The cache (parsed state, and the chunks of lines) is mutated only inside a
-  transaction, which TinyDB does in place: a transaction that fails after
-  changing anything forgets the whole cache. Records handed out are copies
-  (or, on a Store's first read, the parsed objects themselves with the cache
-  forgotten: see `_reading`), so no object is ever shared between the cache
-  and a caller; callers may mutate them freely. One lock (`_mutex`) covers
-  the cache, so a Store may be shared by threads.
+The only code that reads or writes `catalog.json`; the file itself (locking,
+atomic writes, incremental re-reads, corruption) is `engine.catalog_file`,
+which `Store` extends. Records handed out are copies (or, on a Store's first
+read, the parsed objects themselves with the cache forgotten), so callers may
+mutate them freely.
 
 Run ids are "r<N>" and the TinyDB document id of a run is N.
 """
 
 from __future__ import annotations
 
-import datetime
-import gc
 import os
-import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 import orjson
-from filelock import FileLock, Timeout
 from tinydb import Query, TinyDB
-from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
-from engine.catalog_lines import Fragments, is_table, parse_lines, serialize
-from engine.errors import BadInput, CatalogCorrupt, EngineUnavailable
+from engine.catalog_file import META_ID, TABLES, CatalogFile, CatalogLocked, clone, gc_paused
+from engine.errors import BadInput
 from engine.types import TRANSITIONS, EpochRecord, RunEvent, RunState
-from engine.workspace import FILE_MODE, Workspace, atomic_write
+from engine.workspace import Workspace
 
 __all__ = ["CatalogLocked", "Store", "TABLES"]
 
-TABLES = ("meta", "runs", "studies", "trials", "events")
-_META_ID = 1
-# The first bytes of the file, compared with what we last saw: they hold
-# `{"meta":{"1":{"generation":N,...`, so any write by anyone changes them.
-_HEAD_BYTES = 64
 _PROTECTED_FIELDS = frozenset({"id", "state", "seq"})
-
-
-class CatalogLocked(EngineUnavailable):
-    """Another process held the catalogue lock for longer than the timeout."""
-
-
-class _DictStorage(Storage):
-    """TinyDB storage over a dict we own; records what TinyDB changed."""
-
-    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
-        self.data = data
-        self.dirty = False
-        # Set before TinyDB changes anything, so a failure midway is noticed.
-        self.mutating = False
-        # table -> ids of documents changed in this transaction (None: all).
-        self.touched: dict[str, set[str] | None] = {}
-
-    def read(self) -> dict[str, dict[str, Any]]:
-        return self.data
-
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
-        self.data = data
-        self.dirty = True
-
-    def touch(self, table: str, doc_ids: Iterable[int] | None) -> None:
-        if doc_ids is None:
-            self.touched[table] = None
-            return
-        ids = self.touched.setdefault(table, set())
-        if ids is not None:
-            ids.update(str(i) for i in doc_ids)
-
-
-class _TrackedTable(Table):
-    """A TinyDB table that reports which documents each write changed.
-
-    TinyDB updates documents in place, so object identity cannot tell a
-    changed document from an unchanged one; the ids these methods return can.
-    """
-
-    def _touch(self, doc_ids: Iterable[int] | None) -> None:
-        self._storage.touch(self.name, doc_ids)  # type: ignore[attr-defined]
-
-    def _update_table(self, updater: Callable[[dict[int, Mapping[str, Any]]], None]) -> None:
-        self._storage.mutating = True  # type: ignore[attr-defined]
-        super()._update_table(updater)
-
-    def insert(self, document: Mapping[str, Any]) -> int:
-        doc_id = super().insert(document)
-        self._touch([doc_id])
-        return doc_id
-
-    def insert_multiple(self, documents: Iterable[Mapping[str, Any]]) -> list[int]:
-        doc_ids = super().insert_multiple(documents)
-        self._touch(doc_ids)
-        return doc_ids
-
-    def update(self, fields: Any, cond: Any = None, doc_ids: Iterable[int] | None = None) -> list[int]:
-        changed = super().update(fields, cond, doc_ids)
-        self._touch(changed)
-        return changed
-
-    def update_multiple(self, updates: Any) -> list[int]:
-        changed = super().update_multiple(updates)
-        self._touch(changed)
-        return changed
-
-    def upsert(self, document: Mapping[str, Any], cond: Any = None) -> list[int]:
-        changed = super().upsert(document, cond)
-        self._touch(changed)
-        return changed
-
-    def remove(self, cond: Any = None, doc_ids: Iterable[int] | None = None) -> list[int]:
-        removed = super().remove(cond, doc_ids)
-        self._touch(removed)
-        return removed
-
-    def truncate(self) -> None:
-        super().truncate()
-        self._touch(None)
-
-
-class _CatalogDB(TinyDB):
-    table_class = _TrackedTable
-
-
-@dataclass
-class _Snapshot:
-    key: tuple[int, int, int, int]
-    head: bytes
-    state: dict[str, dict[str, Any]]
-    fragments: Fragments = field(default_factory=dict)
 
 
 def _json_default(obj: Any) -> Any:
@@ -194,33 +49,6 @@ def _to_json(obj: Any, what: str) -> Any:
         return orjson.loads(orjson.dumps(obj, default=_json_default))
     except TypeError as exc:
         raise TypeError(f"{what} cannot be stored in the catalogue: {exc}") from None
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Build many objects without the cyclic GC scanning them as they appear.
-
-    Parsing or copying 10,000 runs creates about a million dicts, lists and
-    floats; the generation scans they trigger (which also walk the cached
-    catalogue) measured 5-10x the cost of the parse itself. JSON trees hold no
-    reference cycles, so nothing is lost by collecting later.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _clone(obj: Any) -> Any:
-    with _gc_paused():
-        return orjson.loads(orjson.dumps(obj))
-
-
-def _empty_state() -> dict[str, dict[str, Any]]:
-    return {name: {} for name in TABLES}
 
 
 def _run_number(run_id: str | int) -> int:
@@ -294,7 +122,7 @@ def _merge_trials(db: TinyDB, study: str, bodies: list[dict[str, Any]]) -> int:
     return changed
 
 
-class Store:
+class Store(CatalogFile):
     """Locked, atomic access to the catalogue of one workspace.
 
     Safe to use from several threads and several processes at once. Unknown
@@ -307,216 +135,16 @@ class Store:
         if not isinstance(workspace, Workspace):
             workspace = Workspace.resolve(workspace)
         self.workspace = workspace.ensure()
-        self.path: Path = workspace.catalog_path
-        self.backup_path: Path = self.path.with_name(self.path.name + ".bak")
-        self.lock_path: Path = self.path.with_name(self.path.name + ".lock")
-        self.lock_timeout = lock_timeout
-        self._file_lock = FileLock(str(self.lock_path), timeout=lock_timeout, mode=FILE_MODE)
-        # One lock for the in-process cache: a write transaction mutates the
-        # cached state in place, so readers in other threads must wait.
-        self._mutex = threading.RLock()
-        self._snapshot: _Snapshot | None = None
-        self._parses = 0
-        self._buffer = bytearray()
-        self._swept = False
-
-    # ---------------------------------------------------------------- file I/O
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        """The current catalogue, parsed only if the file changed since last time.
-
-        The result is this process's cache: mutate it only inside a
-        transaction, and never hand its objects to a caller.
-        """
-        try:
-            f = open(self.path, "rb", buffering=0)
-        except FileNotFoundError:
-            self._snapshot = None
-            return _empty_state()
-        with f:
-            # fstat and read the same open file: the name may be replaced meanwhile.
-            st = os.fstat(f.fileno())
-            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-            head = f.read(_HEAD_BYTES)
-            snap = self._snapshot
-            if snap is not None and snap.key == key and snap.head == head:
-                return snap.state
-            f.seek(0)
-            data, size = self._read_whole(f, st.st_size)
-        state, fragments = self._parse(data, size, snap.fragments if snap is not None else {})
-        self._snapshot = _Snapshot(key, bytes(data[:_HEAD_BYTES]), state, fragments)
-        self._parses += 1
-        return state
-
-    def _read_whole(self, f: BinaryIO, expected: int) -> tuple[bytearray, int]:
-        """The open file's bytes, read into this Store's reusable buffer: (buffer, length).
-
-        A new bytes object per read costs more than the read itself once the
-        file passes 32 MB (glibc maps such allocations afresh and every page
-        faults): measured 16 ms against 2 ms for 36 MB.
-        """
-        buf = self._buffer
-        if len(buf) <= expected:
-            # A new one, never resized: a memoryview of the old may still be alive in a traceback.
-            buf = self._buffer = bytearray(expected + expected // 4 + 65536)
-        view = memoryview(buf)
-        size = 0
-        while got := f.readinto(view[size:]):
-            size += got
-            if size == len(buf):  # grown since fstat (someone writing in place): read the rest as it comes
-                rest = f.read()
-                return buf + rest, size + len(rest)
-        return buf, size
-
-    def _parse(self, data: bytearray, size: int, previous: Fragments) -> tuple[dict[str, dict[str, Any]], Fragments]:
-        """The tables in `data[:size]`, and the fragment cache for the next parse (see `parse_lines`)."""
-        if not data[: min(size, _HEAD_BYTES)].strip() and not data[:size].strip():
-            return _empty_state(), {}
-        with _gc_paused():
-            parsed = parse_lines(data, size, previous)
-            raw, fragments = parsed if parsed is not None else (self._parse_whole(bytes(data[:size])), {})
-        # Keep `meta` first so the generation counter sits in the head bytes.
-        state = {name: raw.pop(name, {}) for name in TABLES}
-        state.update(raw)
-        return state, fragments
-
-    def _parse_whole(self, data: bytes) -> dict[str, Any]:
-        """One `loads` of the whole file, whatever its layout; raises `CatalogCorrupt` if it is not a catalogue."""
-        try:
-            raw = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            self._corrupt(data, f"not valid JSON: {exc}")
-        if not isinstance(raw, dict):
-            self._corrupt(data, "not a TinyDB catalogue (top level is not an object)")
-        for name, table in raw.items():
-            if not is_table(table):
-                self._corrupt(data, f"not a TinyDB catalogue (table {name!r} is not an object of documents)")
-        return raw
-
-    def _corrupt(self, data: bytes, reason: str) -> NoReturn:
-        copy = self._save_corrupt_copy(data)
-        if self.backup_path.exists():
-            restore = f"{self.backup_path} holds the last good state"
-        else:
-            restore = f"there is no {self.backup_path.name} to restore from"
-        reason = " ".join(reason.split())
-        raise CatalogCorrupt(
-            f"{self.path} is corrupt ({reason}); it was left untouched, "
-            f"a copy was saved as {copy}, and {restore}"
-        ) from None
-
-    def _save_corrupt_copy(self, data: bytes) -> Path:
-        # Every call would otherwise add a copy; reuse one with the same bytes.
-        for existing in sorted(self.path.parent.glob(self.path.name + ".corrupt-*")):
-            try:
-                if existing.stat().st_size == len(data) and existing.read_bytes() == data:
-                    return existing
-            except OSError:
-                continue
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        copy = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        suffix = 1
-        while copy.exists():
-            copy = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{suffix}")
-            suffix += 1
-        atomic_write(copy, data)
-        return copy
-
-    def _save(self, state: dict[str, dict[str, Any]], touched: dict[str, set[str] | None]) -> None:
-        snap = self._snapshot
-        fragments = snap.fragments if snap is not None and snap.state is state else {}
-        meta_table = state.setdefault("meta", {})
-        meta = meta_table.get(str(_META_ID), {})
-        generation = int(meta.get("generation", 0)) + 1
-        meta_table[str(_META_ID)] = {"generation": generation, **{k: v for k, v in meta.items() if k != "generation"}}
-        if next(iter(state)) != "meta":
-            state = {"meta": state.pop("meta"), **state}
-        data = serialize(state, fragments, touched)
-        try:
-            atomic_write(self.path, data, backup=self.backup_path)
-        except BaseException:
-            # The transaction changed the cached state in place but the file kept the old
-            # version: forget the cache so the next read sees what is really on disk.
-            self._snapshot = None
-            raise
-        st = os.stat(self.path)  # ours: we hold the lock
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        self._snapshot = _Snapshot(key, data[:_HEAD_BYTES], state, fragments)
-
-    def _sweep_temp_files(self) -> None:
-        """Remove temp files left by a writer killed mid-write (we hold the lock)."""
-        for pattern in (f".{self.path.name}.tmp-*", f".{self.backup_path.name}.tmp-*"):
-            for leftover in self.path.parent.glob(pattern):
-                try:
-                    leftover.unlink()
-                except FileNotFoundError:
-                    pass
-        self._swept = True
-
-    @contextmanager
-    def _transaction(self) -> Iterator[TinyDB]:
-        """Exclusive read-modify-write of the whole catalogue."""
-        with self._mutex:
-            try:
-                self._file_lock.acquire()
-            except Timeout:
-                raise CatalogLocked(
-                    f"could not lock {self.lock_path} within {self.lock_timeout:g} s: another trialdeck "
-                    f"process is holding it; try again, or see which one with `fuser {self.lock_path}`"
-                ) from None
-            try:
-                if not self._swept:
-                    self._sweep_temp_files()
-                db = _CatalogDB(storage=_DictStorage, data=self._load())
-                storage: _DictStorage = db.storage  # type: ignore[assignment]
-                try:
-                    yield db
-                    if storage.dirty:
-                        self._save(storage.data, storage.touched)
-                except BaseException:
-                    # Refused before any change (unknown run, illegal
-                    # transition): the cache is intact. Otherwise it may be
-                    # half-modified: forget it.
-                    if storage.mutating:
-                        self._snapshot = None
-                    raise
-            finally:
-                self._file_lock.release()
-
-    @contextmanager
-    def _reading(self) -> Iterator[tuple[TinyDB, bool]]:
-        """A TinyDB over the current state, and whether its objects may be handed out as they are.
-
-        They may when this Store's first read parsed them just now: a one-shot
-        command (`runs list --json`) then skips a copy that would cost as much
-        as the parse, and a long-lived process (engine, worker, TUI) pays one
-        extra full parse, once, and keeps its cache afterwards. (Forgetting the
-        cache after every such read would make every later read a full parse.)
-        """
-        with self._mutex:
-            before = self._snapshot
-            state = self._load()
-            fresh = self._snapshot is None or (self._snapshot is not before and self._parses == 1)
-            yield _CatalogDB(storage=_DictStorage, data=state), fresh
-
-    def _forget(self) -> None:
-        self._snapshot = None
-
-    def _hand_out(self, records: list[Any], fresh: bool) -> list[Any]:
-        """Records the caller owns: the parsed objects themselves if fresh (see `_reading`), else copies."""
-        if fresh:
-            self._forget()
-            return records
-        return _clone(records)
+        super().__init__(workspace.catalog_path, lock_timeout=lock_timeout)
 
     # ----------------------------------------------------------------- helpers
 
     def _meta(self, db: TinyDB) -> dict[str, Any]:
-        doc = db.table("meta").get(doc_id=_META_ID)
+        doc = db.table("meta").get(doc_id=META_ID)
         return dict(doc) if doc is not None else {}
 
     def _set_meta(self, db: TinyDB, **fields: Any) -> None:
-        db.table("meta").upsert(Document(fields, doc_id=_META_ID))
+        db.table("meta").upsert(Document(fields, doc_id=META_ID))
 
     def _require_run(self, runs: Table, number: int) -> Document:
         doc = runs.get(doc_id=number)
@@ -635,7 +263,7 @@ class Store:
             self._require_run(runs, number)
             runs.update(transform, doc_ids=[number])
             self._insert_events(db, number, events or [])
-            return _clone(runs.get(doc_id=number))
+            return clone(runs.get(doc_id=number))
 
     # -------------------------------------------------------------------- runs
 
@@ -665,17 +293,18 @@ class Store:
             now = time.time()
             docs = [self._new_record(number + i, seq + i, now, **item) for i, item in enumerate(items)]
             db.table("runs").insert_multiple(docs)
-            return _clone(docs)
+            return clone(docs)
 
     def get_run(self, run_id: str | int) -> dict[str, Any] | None:
         """The run's record ("r12", "12" or 12), or None if there is no such run."""
         number = _run_number(run_id)
         with self._reading() as (db, _):
             doc = db.table("runs").get(doc_id=number)
-            return None if doc is None else _clone(doc)
+            return None if doc is None else clone(doc)
 
-    def list_runs(self, status: RunState | str | None = None, *, omit: Collection[str] = ()) -> list[dict[str, Any]]:
-        """All runs (or those in state `status`), oldest enqueue first.
+    def list_runs(self, status: RunState | str | None = None, *, omit: Collection[str] = (),
+                  studies: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """All runs (or those in state `status`, or trials of `studies`), oldest enqueue first.
 
         `omit` drops fields from the copies (e.g. `("config",)` for a table
         view): at 10,000 runs most of the cost is copying what is returned.
@@ -683,11 +312,12 @@ class Store:
         wanted = None if status is None else _run_state(status).value
         with self._reading() as (db, fresh):
             runs = db.storage.read().get("runs", {}).values()
-            selected = [d for d in runs if wanted is None or d.get("state") == wanted]
+            selected = [d for d in runs if (wanted is None or d.get("state") == wanted)
+                        and (studies is None or d.get("study") in studies)]
             selected.sort(key=lambda d: int(d.get("seq", 0)))
             if omit:
                 dropped = frozenset(omit)
-                with _gc_paused():
+                with gc_paused():
                     selected = [{k: v for k, v in d.items() if k not in dropped} for d in selected]
             return self._hand_out(selected, fresh)
 
@@ -700,7 +330,7 @@ class Store:
             selected = [{k: v for k, v in d.items() if k not in ("history", "events")}
                         for d in runs if d.get("state") == RunState.QUEUED.value]
             selected.sort(key=_dispatch_key)
-            return _clone(selected)
+            return clone(selected)
 
     def transition(
         self,
@@ -726,7 +356,7 @@ class Store:
         number = _run_number(run_id)
         with self._transaction() as db:
             doc = self._apply_transition(db, number, target, error=error, fields=extra, events=events, now=now)
-            return _clone(doc)
+            return clone(doc)
 
     def update_run(self, run_id: str | int, **fields: Any) -> dict[str, Any]:
         """Set fields on a run (not id, state or seq); returns the new record."""
@@ -775,7 +405,7 @@ class Store:
             if waiting[0].doc_id != number:
                 top = max(int(d.get("priority", 0)) for d in waiting) + 1
                 runs.update({"priority": top}, doc_ids=[number])
-            return _clone(runs.get(doc_id=number))
+            return clone(runs.get(doc_id=number))
 
     def set_priority(self, run_id: str | int, priority: int) -> dict[str, Any]:
         """Set a run's priority (higher is dispatched first)."""
@@ -792,7 +422,7 @@ class Store:
                 raise BadInput(f"r{number} is {doc['state']}, not queued; only queued runs can be cancelled here")
             event = _event_doc({"kind": "cancelled", "message": "cancelled while queued"}, now)
             doc = self._apply_transition(db, number, RunState.CANCELLED, error=None, fields={}, events=[event], now=now)
-            return _clone(doc)
+            return clone(doc)
 
     def clear_queue(self) -> int:
         """Cancel every queued run; returns how many were cancelled."""
@@ -817,12 +447,12 @@ class Store:
     def get_study(self, name: str) -> dict[str, Any] | None:
         with self._reading() as (db, _):
             doc = db.table("studies").get(Query().name == name)
-            return None if doc is None else _clone(doc)
+            return None if doc is None else clone(doc)
 
     def list_studies(self) -> list[dict[str, Any]]:
         """All studies, by name."""
         with self._reading() as (db, _):
-            return _clone(sorted(db.table("studies").all(), key=lambda d: str(d.get("name", ""))))
+            return clone(sorted(db.table("studies").all(), key=lambda d: str(d.get("name", ""))))
 
     def upsert_trial(self, study: str, number: int, doc: Mapping[str, Any]) -> dict[str, Any]:
         """Create or update trial `number` of `study` (same merge rule as studies)."""
@@ -850,13 +480,13 @@ class Store:
             old_doc = studies.get(cond)
             if old_doc is None or any(old_doc.get(k) != v for k, v in body.items()):
                 studies.upsert(body, cond)
-            return _clone(studies.get(cond))
+            return clone(studies.get(cond))
 
     def list_trials(self, study: str) -> list[dict[str, Any]]:
         """The study's trials, by number."""
         with self._reading() as (db, _):
             found = db.table("trials").search(Query().study == study)
-            return _clone(sorted(found, key=lambda d: int(d.get("number", 0))))
+            return clone(sorted(found, key=lambda d: int(d.get("number", 0))))
 
     def _upsert(self, *, db_table: str, cond: Any, body: dict[str, Any]) -> dict[str, Any]:
         with self._transaction() as db:
@@ -865,7 +495,7 @@ class Store:
             # Summaries get re-sent unchanged often; skip the whole-file write then.
             if existing is None or any(existing.get(k) != v for k, v in body.items()):
                 table.upsert(body, cond)
-            return _clone(table.get(cond))
+            return clone(table.get(cond))
 
     # ------------------------------------------------------------------ events
 
@@ -880,14 +510,3 @@ class Store:
             if limit is not None:
                 found = found[-limit:] if limit > 0 else []
             return self._hand_out([d for _, _, d in found], fresh)
-
-    # ----------------------------------------------------------------- version
-
-    def version(self) -> tuple[Any, ...]:
-        """A cheap token that changes whenever the catalogue file changes."""
-        try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, f.read(_HEAD_BYTES))
-        except FileNotFoundError:
-            return ()

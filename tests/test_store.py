@@ -268,6 +268,18 @@ def test_studies_trials_and_events(store: Store) -> None:
     assert [e["epoch"] for e in store.events(limit=1)] == [2]
 
 
+def test_list_runs_of_some_studies(store: Store) -> None:
+    store.create_run(preset="p", config={}, config_hash="h")
+    store.create_run(preset="p", config={}, config_hash="h", study="a", trial=0)
+    store.create_run(preset="p", config={}, config_hash="h", study="b", trial=0)
+    store.create_run(preset="p", config={}, config_hash="h", study="a", trial=1)
+    store.transition("r4", "running")
+    assert [r["id"] for r in store.list_runs(studies={"a"})] == ["r2", "r4"]
+    assert [r["id"] for r in store.list_runs(studies={"a", "b"})] == ["r2", "r3", "r4"]
+    assert [r["id"] for r in store.list_runs("running", studies=["a"])] == ["r4"]
+    assert store.list_runs(studies=()) == [] and len(store.list_runs()) == 4
+
+
 def test_version_changes_only_on_write(store: Store) -> None:
     v0 = store.version()
     store.create_run(preset="p", config={}, config_hash="h")

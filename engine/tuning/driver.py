@@ -85,7 +85,8 @@ class StudyDriver:
         docs = self.active()
         if not docs:
             return 0
-        runs = self.store.list_runs(omit=("config", "events"))
+        # Only these studies' runs: copying every run's history each tick would grow with the catalogue.
+        runs = self.store.list_runs(omit=("config", "events"), studies={d["name"] for d in docs})
         for doc in docs:
             try:
                 if doc.get("create"):
@@ -186,10 +187,10 @@ class StudyDriver:
 
     def reconcile(self) -> None:
         """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
-        runs = self.store.list_runs(omit=("config", "events"))
-        for doc in self.store.list_studies():
-            if doc.get("storage_url"):
-                self._reconcile_study(doc, runs)
+        docs = [doc for doc in self.store.list_studies() if doc.get("storage_url")]
+        runs = self.store.list_runs(omit=("config", "events"), studies={d["name"] for d in docs}) if docs else []
+        for doc in docs:
+            self._reconcile_study(doc, runs)
 
     def _reconcile_study(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         try:
