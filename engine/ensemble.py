@@ -47,6 +47,7 @@ from torch import nn
 from torch.func import functional_call
 
 from engine.callbacks import Stop, TrainerCallback
+from engine.ensemble_optim import StackedOptimizer
 from engine.presets.schema import RunSpec
 from engine.scheduler import ensemble_key
 from engine.trainer import (
@@ -64,8 +65,6 @@ from engine.types import EpochRecord, EventKind, RunEvent, RunState
 
 MAX_MEMBERS = 32
 """Default cap on one ensemble's size in `plan_ensembles` (memory grows with K)."""
-RMSPROP_ALPHA, RMSPROP_EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
-"""torch's defaults, which make_optimizer leaves in place."""
 
 
 def has_checkpoint(run_dir: Path | None) -> bool:
@@ -215,15 +214,10 @@ class _Ensemble:
         self.layout: list[tuple[str, torch.Size, int, int]] = []
         """(name, shape, offset, numel) of each parameter within a row of `flat`."""
         self.buffers: dict[str, torch.Tensor] = {}
-        self.state: dict[str, torch.Tensor] = {}
-        """Optimiser state, each (K, P) like `flat`: exp_avg, square_avg, momentum_buffer, ..."""
-        self.hyper: dict[str, torch.Tensor] = {}
-        """(K,) per-member values (the L1/L2 coefficients the vmapped objective takes)."""
-        self.col: dict[str, torch.Tensor] = {}
-        """(K, 1) per-member values, broadcast against `flat` by the optimiser update."""
-        self._work: dict[str, torch.Tensor] = {}
-        self.t = 0
-        """Optimiser steps taken (the same for every member still in the stack)."""
+        self.coeffs: dict[str, torch.Tensor] = {}
+        """(K,) per-member L1/L2 coefficients ("l1:<param>", "l2:<param>") the vmapped objective takes."""
+        self.flags: dict[str, bool] = {}
+        """Whether any member uses each coefficient (train()'s `if a` / `if b`)."""
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -237,6 +231,7 @@ class _Ensemble:
         spec0 = self.members[0].spec
         device = resolve_device(device_name or spec0.train.device)
         self.device = device
+        self.opt = StackedOptimizer(spec0.optimizer.name, device)
         datasets: list[Any] = []
         rows: list[int] = []
         stacks: list[list[torch.Tensor]] = []
@@ -357,43 +352,21 @@ class _Ensemble:
     # -- hyperparameters ---------------------------------------------------------------------
 
     def _sync_hyper(self) -> None:
-        """(K,) tensors of each active member's hyperparameters, in stack order; one host-to-device
-        copy, at the start of an epoch (the learning rate moves) and when a member leaves."""
-        opts = [m.spec.optimizer for m in self.active]
-        columns: dict[str, list[float]] = {
-            "lr": [m.lr for m in self.active],
-            "momentum": [o.momentum for o in opts],
-            "nesterov": [float(o.nesterov) for o in opts],
-            "wd": [o.weight_decay for o in opts],
-            "b1": [o.betas[0] for o in opts],
-            "b2": [o.betas[1] for o in opts],
-            # AdamW's decoupled decay factor, computed in double like torch's `1 - lr * weight_decay`.
-            "decay": [1 - m.lr * o.weight_decay for m, o in zip(self.active, opts)],
-            "one_minus_b1": [1 - o.betas[0] for o in opts],
-            "one_minus_b2": [1 - o.betas[1] for o in opts],
-        }
+        """Each active member's hyperparameters, in stack order: the optimiser's, and the L1/L2
+        coefficients of the objective. At the start of an epoch (the learning rate moves) and
+        when a member leaves."""
+        self.opt.set_rows([m.lr for m in self.active], [m.spec.optimizer for m in self.active])
+        self._sync_penalties()
+
+    def _sync_penalties(self) -> None:
+        columns: dict[str, list[float]] = {}
         for name, coeffs in self.penalised.items():
             columns[f"l1:{name}"] = [coeffs[m.index][0] for m in self.active]
             columns[f"l2:{name}"] = [coeffs[m.index][1] for m in self.active]
-        columns["neg_lr"] = [-m.lr for m in self.active]
-        table = torch.tensor(list(columns.values()), dtype=torch.float32).to(self.device)
-        self.hyper = dict(zip(columns, table.unbind(0)))
-        self.col = {name: values.unsqueeze(1) for name, values in self.hyper.items()}
-        self.coeffs = {name: values for name, values in self.hyper.items() if name.startswith(("l1:", "l2:"))}
         self.flags = {name: any(v != 0 for v in values) for name, values in columns.items()}
-        self.mixed_momentum = self.flags["momentum"] and not all(o.momentum > 0 for o in opts)
-
-    def _adam_tables(self, steps: int) -> None:
-        """Per-member bias corrections for this epoch's steps, in double on the host like torch's
-        single-tensor Adam (`lr / (1 - beta1**t)`, `(1 - beta2**t) ** 0.5`): one copy per epoch."""
-        neg_size, bc2 = [], []
-        for m in self.active:
-            b1, b2 = m.spec.optimizer.betas
-            ts = range(self.t + 1, self.t + steps + 1)
-            neg_size.append([-(m.lr / (1 - b1**t)) for t in ts])
-            bc2.append([(1 - b2**t) ** 0.5 for t in ts])
-        table = torch.tensor([neg_size, bc2], dtype=torch.float32).to(self.device)
-        self.neg_step_size, self.bc2_sqrt = table[0], table[1]
+        if columns:
+            table = torch.tensor(list(columns.values()), dtype=torch.float32).to(self.device)
+            self.coeffs = dict(zip(columns, table.unbind(0)))
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -407,81 +380,10 @@ class _Ensemble:
         with self.autocast:
             grads, (_, losses) = self._grad(self.params, self.buffers, xb, yb, self.coeffs)
         k = self.flat.shape[0]
-        g = torch.cat([grads[name].reshape(k, -1) for name, _, _, _ in self.layout], dim=1, out=self._scratch("grad"))
-        self.t += 1
-        name = self.members[0].spec.optimizer.name
-        if name == "sgd":
-            self._sgd(self.flat, g, self.state)
-        elif name in ("adam", "adamw"):
-            self._adam(self.flat, g, self.state, i, decoupled=name == "adamw")
-        else:
-            self._rmsprop(self.flat, g, self.state)
+        g = torch.cat([grads[name].reshape(k, -1) for name, _, _, _ in self.layout], dim=1,
+                      out=self.opt.scratch(self.flat, "grad"))
+        self.opt.step(self.flat, g, i)
         return losses
-
-    # Each update is torch's single-tensor implementation on (K, P) with (K, 1) hyperparameters,
-    # in place on the fresh gradient and one scratch buffer: on a CPU, a fresh (K, P) temporary
-    # per op costs more than the op (large allocations go back to the OS and fault in again).
-    # A member whose value is 0 gets exactly torch's result for 0 (x * 0 adds nothing), so
-    # the `if weight_decay != 0` branches become "if any member's is".
-
-    def _scratch(self, name: str = "scratch") -> torch.Tensor:
-        """A persistent (K, P) work buffer, reallocated only when a member leaves."""
-        buffer = self._work.get(name)
-        if buffer is None or buffer.shape != self.flat.shape:
-            buffer = self._work[name] = torch.empty_like(self.flat)
-        return buffer
-
-    def _sgd(self, p, g, st) -> None:
-        c = self.col
-        if self.flags["wd"]:
-            g.addcmul_(p, c["wd"])
-        if self.flags["momentum"]:
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = g.clone()
-            else:
-                buf.mul_(c["momentum"]).add_(g)
-            if self.flags["nesterov"]:
-                g = torch.where(c["nesterov"] > 0, g.addcmul_(buf, c["momentum"]), buf)
-            else:
-                g = buf
-        p.addcmul_(g, c["neg_lr"])
-
-    def _adam(self, p, g, st, i: int, decoupled: bool) -> None:
-        c = self.col
-        if not st:
-            st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
-        if self.flags["wd"]:
-            if decoupled:
-                p.mul_(c["decay"])
-            else:
-                g.addcmul_(p, c["wd"])
-        exp_avg, exp_avg_sq, tmp = st["exp_avg"], st["exp_avg_sq"], self._scratch()
-        exp_avg.lerp_(g, c["one_minus_b1"])
-        exp_avg_sq.mul_(c["b2"]).addcmul_(torch.mul(g, c["one_minus_b2"], out=tmp), g)
-        denom = torch.sqrt(exp_avg_sq, out=tmp).div_(self.bc2_sqrt[:, i : i + 1]).add_(ADAM_EPS)
-        p.addcdiv_(torch.mul(exp_avg, self.neg_step_size[:, i : i + 1], out=g), denom)
-
-    def _rmsprop(self, p, g, st) -> None:
-        c = self.col
-        if not st:
-            st["square_avg"] = torch.zeros_like(p)
-            if self.flags["momentum"]:
-                st["momentum_buffer"] = torch.zeros_like(p)
-        if self.flags["wd"]:
-            g.addcmul_(p, c["wd"])
-        square_avg = st["square_avg"]
-        square_avg.mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
-        avg = torch.sqrt(square_avg, out=self._scratch()).add_(RMSPROP_EPS)
-        if not self.flags["momentum"]:
-            p.addcdiv_(g.mul_(c["neg_lr"]), avg)
-            return
-        buf = st["momentum_buffer"]
-        buf.mul_(c["momentum"]).addcdiv_(g, avg)
-        if self.mixed_momentum:  # torch takes another path for momentum 0; keep its rounding
-            p.copy_(torch.where(c["momentum"] > 0, p.addcmul(buf, c["neg_lr"]), p.addcdiv(g * c["neg_lr"], avg)))
-        else:
-            p.addcmul_(buf, c["neg_lr"])
 
     # -- membership --------------------------------------------------------------------------
 
@@ -497,14 +399,11 @@ class _Ensemble:
         self.flat = self.flat.index_select(0, keep)
         self._views()
         self.buffers = {k: b.index_select(0, keep) for k, b in self.buffers.items()}
-        self.state = {k: t.index_select(0, keep) for k, t in self.state.items()}
         self.rows = self.rows.index_select(0, keep)
         self.perms = self.perms.index_select(0, keep)
         self.total = self.total.index_select(0, keep)
-        self._sync_hyper()
-        if self.members[0].spec.optimizer.name in ("adam", "adamw"):
-            self.neg_step_size = self.neg_step_size.index_select(0, keep)
-            self.bc2_sqrt = self.bc2_sqrt.index_select(0, keep)
+        self.opt.keep(keep, [m.lr for m in self.active], [m.spec.optimizer for m in self.active])
+        self._sync_penalties()
 
     def _member_model(self, row: int, m: _Member) -> dict[str, torch.Tensor]:
         return {own: self.params[name][row].clone() for own, (name, _, _, _) in zip(m.names, self.layout)}
@@ -514,17 +413,10 @@ class _Ensemble:
         placeholders = [torch.zeros(0) for _ in m.names]
         reference = make_optimizer(m.spec, placeholders).state_dict()
         reference["param_groups"][0]["lr"] = m.lr
-        o = m.spec.optimizer
-        state: dict[int, dict[str, Any]] = {}
-        keys = [k for k in self.state if not (k == "momentum_buffer" and o.momentum == 0)]
-        if keys:  # torch keeps no state for a parameter before its first step, nor SGD without momentum
-            for j, (_, shape, offset, numel) in enumerate(self.layout):
-                entry: dict[str, Any] = {k: self.state[k][row, offset : offset + numel].view(shape).clone()
-                                         for k in keys}
-                if o.name != "sgd":
-                    entry["step"] = torch.tensor(float(self.t))
-                state[j] = entry
-        reference["state"] = state
+        momentum = m.spec.optimizer.momentum
+        # torch keeps no state for a parameter before its first step, nor for SGD without momentum.
+        reference["state"] = {j: entry for j, (_, shape, offset, numel) in enumerate(self.layout)
+                              if (entry := self.opt.row_state(row, offset, numel, shape, momentum))}
         return reference
 
     def _save(self, m: _Member, epoch: int, final: bool = False) -> None:
@@ -593,7 +485,6 @@ class _Ensemble:
                      f"{n} train / {self.x_val.shape[1]} val samples (member {m.index + 1} of an ensemble of {size})")
             m.last_ckpt = time.monotonic()
         last_poll = time.monotonic()
-        adam = self.members[0].spec.optimizer.name in ("adam", "adamw")
         epoch = 0
         while self.active:
             epoch_start = time.perf_counter()
@@ -607,8 +498,7 @@ class _Ensemble:
                                              {"from": m.lr_prev, "to": m.lr}))
                 m.lr_prev = m.lr
             self._sync_hyper()
-            if adam:
-                self._adam_tables(steps)
+            self.opt.plan_epoch(steps)
 
             self.template.train()
             self.perms = torch.stack([torch.randperm(n, device=self.device, generator=m.gen) for m in self.active])
