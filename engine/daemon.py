@@ -307,6 +307,7 @@ class Engine:
         for s in hidden:
             s.run_id = "(starting)"
         heads, groups = self._ensembles(queued)
+        heads = [run for run in heads if not self._refuse(run, groups.get(run["id"], [run["id"]]))]
         try:
             placements = self.scheduler.plan(heads, *self._gpu_readings())
         finally:
@@ -360,7 +361,23 @@ class Engine:
             open_group[key] = run["id"]
             groups[run["id"]] = [run["id"]]
             heads.append(run)
+        for run in heads:
+            run["members"] = len(groups.get(run["id"], ())) or 1
         return heads, groups
+
+    def _refuse(self, run: dict[str, Any], members: list[str]) -> bool:
+        """Fail queued runs no slot of this engine can ever take (pinned to a missing GPU)."""
+        reason = self.scheduler.impossible(run)
+        if reason is None:
+            return False
+        for run_id in members:
+            try:
+                self.store.transition(run_id, RunState.FAILED, error=reason,
+                                      add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
+                self._log(f"{run_id} failed: {reason}")
+            except ValueError:  # cancelled meanwhile
+                pass
+        return True
 
     def _shutdown(self) -> None:
         busy = [h for h in self.workers.values() if h.run_id]

@@ -2,7 +2,9 @@
 
 Pure logic (no processes, no torch) so it is tested with simulated devices.
 Slots come from the machine: each CUDA GPU times `slots_per_gpu`, or CPU slots
-when there is no GPU. A run may pin a device (`--device cuda:1`, `cpu`).
+when there is no GPU. A run may pin a device (`--device cuda:1`, `cpu`, or its
+preset's `train.device`); one pinned to a GPU this box does not have is
+refused (`impossible`) rather than left queued for ever.
 
 Packing: a GPU takes a second (third, ...) run only when
 - the run's memory need is known: the peak its worker measured over the first
@@ -59,7 +61,8 @@ class GpuInfo:
 
 
 def probe_gpus() -> list[GpuInfo]:
-    """GPUs through NVML; an empty list when there is no NVIDIA driver."""
+    """GPUs through NVML; an empty list when there is no NVIDIA driver or NVML fails
+    (a reading the engine cannot get must not stop it)."""
     try:
         import pynvml
     except ImportError:
@@ -79,13 +82,27 @@ def probe_gpus() -> list[GpuInfo]:
                 util = None
             name = pynvml.nvmlDeviceGetName(handle)
             gpus.append(GpuInfo(i, name.decode() if isinstance(name, bytes) else name, mem.total, mem.free, util))
+    except pynvml.NVMLError:
+        return []
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         allowed = {int(x) for x in visible.split(",") if x.strip().isdigit()}
         gpus = [g for g in gpus if g.index in allowed]
     return gpus
+
+
+def pinned_device(run: dict[str, Any]) -> str:
+    """The device `run` asked for: `trialdeck run --device` (its record's `pinned`; older
+    records kept it in `device`), else its preset's `train.device`; "auto" if neither."""
+    device = run["pinned"] if "pinned" in run else run.get("device")
+    if not device or device == "auto":
+        device = ((run.get("config") or {}).get("train") or {}).get("device") or "auto"
+    return device
 
 
 def footprint(config: dict[str, Any] | None) -> str | None:
@@ -160,22 +177,36 @@ class Scheduler:
         key = footprint(run.get("config"))
         return None if key is None else self.need_bytes.get(key)
 
+    def impossible(self, run: dict[str, Any]) -> str | None:
+        """Why no slot of this engine can ever take `run` (pinned to a GPU it does not have),
+        or None."""
+        pinned = pinned_device(run)
+        if not pinned.startswith("cuda"):
+            return None
+        gpus = sorted({s.device for s in self.slots if s.gpu is not None})
+        if pinned == "cuda" and gpus or pinned in gpus:
+            return None
+        has = f"its GPUs are {', '.join(gpus)}" if gpus else "this machine has no NVIDIA GPU the engine can see"
+        return f"device {pinned!r} was asked for, but {has}"
+
     def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
              util: dict[int, int | None] | None = None, need: int | None = None) -> bool:
-        """Whether `run` may start on `slot` now; `need` is its measured memory (None: never measured)."""
-        pinned = run.get("device")
-        if pinned and pinned not in ("auto", "cpu"):
-            if pinned == "cuda" and slot.gpu is None:
-                return False
-            if pinned.startswith("cuda:") and slot.device != pinned:
-                return False
+        """Whether `run` may start on `slot` now; `need` is its measured memory (None: never
+        measured, or an ensemble, whose need grows with its size)."""
+        pinned = pinned_device(run)
+        if pinned == "cuda" and slot.gpu is None:
+            return False
+        if pinned.startswith("cuda:") and slot.device != pinned:
+            return False
         if slot.gpu is None:
             return True
-        busy_here = any(s.gpu == slot.gpu and not s.free for s in self.slots)
-        if not busy_here:
+        busy = [s for s in self.slots if s.gpu == slot.gpu and not s.free]
+        if not busy:
             return True
         if need is None or slot.gpu not in free_memory:
             return False  # never measured, or no NVML reading: a shared GPU is not risked
+        if any(s.run_id not in self.footprints or self.footprints[s.run_id] not in self.need_bytes for s in busy):
+            return False  # a neighbour not yet measured may not have allocated yet: NVML's free memory flatters
         if (util or {}).get(slot.gpu) is not None and util[slot.gpu] >= SATURATED_UTIL:
             return False
         return free_memory[slot.gpu] >= need + MARGIN_BYTES
@@ -190,16 +221,17 @@ class Scheduler:
         for run in queued:
             # Once per run, not per slot; and on a CPU-only box only for the runs placed.
             key = footprint(run.get("config")) if gpus else None
-            need = self.need_bytes.get(key) if key is not None else None
+            # An ensemble's members each need about one run's memory (and their own data copy).
+            need = self.need_bytes.get(key) if key is not None and run.get("members", 1) == 1 else None
             for slot in self.slots:
                 if slot.free and self.fits(run, slot, free_memory, util, need):
                     slot.run_id = run["id"]
                     key = key if gpus else footprint(run.get("config"))
-                    if key is not None:
+                    if key is not None and run.get("members", 1) == 1:  # an ensemble is never "measured"
                         self.footprints[run["id"]] = key
                     if slot.gpu is not None and slot.gpu in free_memory:
                         free_memory[slot.gpu] -= need or free_memory[slot.gpu]
-                    device = "cpu" if run.get("device") == "cpu" or slot.gpu is None else "cuda"
+                    device = "cpu" if pinned_device(run) == "cpu" or slot.gpu is None else "cuda"
                     placements.append(Placement(run["id"], slot, device))
                     break
             if all(not s.free for s in self.slots):

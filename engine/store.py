@@ -187,6 +187,7 @@ class Store(CatalogFile):
             "state": RunState.QUEUED.value,
             "priority": _check_priority(priority),
             "device": device,
+            "pinned": device,  # what was asked for; `device` becomes where it runs
             "config": _to_json(dict(config), "config"),
             "config_hash": str(config_hash),
             "created_at": now,

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from engine.scheduler import probe_gpus
 from tests.deck import REPO, TERMINAL, TRIALDECK
 from tests.deck import Deck as BaseDeck
 from tests.deck import gone as _gone
@@ -294,6 +295,12 @@ def test_each_failure_fails_alone_with_its_reason(deck: Deck) -> None:
     record = deck.wait_state(killed, TERMINAL, 15)
     assert record["state"] == "failed"
     assert "worker process was killed by signal SIGKILL" in record["error"]
+
+    if not probe_gpus():  # pinned to a GPU this box lacks: failed at once with the reason, not queued for ever
+        pinned = deck.enqueue("train.epochs=5", "train.device='cuda'")
+        record = deck.wait_state(pinned, TERMINAL, 30)
+        assert record["state"] == "failed"
+        assert record["error"] == "device 'cuda' was asked for, but this machine has no NVIDIA GPU the engine can see"
 
     after = deck.enqueue("train.epochs=5")
     final = deck.wait_state(after, TERMINAL, 60)

@@ -19,9 +19,10 @@ def gpus(n: int, total: int = 80 * GIB) -> list[GpuInfo]:
     return [GpuInfo(i, "H100", total, total) for i in range(n)]
 
 
-def run(rid: str, *, hidden=(256, 256), lr=0.1, seed=0, device=None, batch=64) -> dict:
+def run(rid: str, *, hidden=(256, 256), lr=0.1, seed=0, device=None, batch=64, preset_device="auto") -> dict:
     config = {"data": {"dataset": "digits", "batch_size": batch}, "model": {"kind": "mlp", "hidden": list(hidden)},
-              "optimizer": {"lr": lr}, "train": {"seed": seed, "precision": "fp32", "compile": False},
+              "optimizer": {"lr": lr}, "train": {"seed": seed, "precision": "fp32", "compile": False,
+                                                 "device": preset_device},
               "augment": {"rotation": 0.0}}
     return {"id": rid, "config": config, **({"device": device} if device else {})}
 
@@ -59,6 +60,47 @@ def test_a_pinned_run_waits_for_its_device_while_others_pass_it():
     assert [p.device for p in plan] == ["cuda", "cuda"]
     cpu_only = Scheduler(make_slots([], cpu_slots=1))
     assert cpu_only.plan([run("r4", device="cuda")]) == []
+
+
+def test_the_presets_device_pins_like_the_command_line():
+    s = Scheduler(make_slots(gpus(2), 1))
+    plan = s.plan([run("r1", preset_device="cuda:1"), run("r2", preset_device="cpu")], {0: 80 * GIB, 1: 80 * GIB})
+    assert [(p.run_id, p.slot.name, p.device) for p in plan] == [("r1", "gpu1.0", "cuda"), ("r2", "gpu0.0", "cpu")]
+    # `--device` (the record's `pinned`) wins over the preset; `device` alone is where a run last ran.
+    s = Scheduler(make_slots(gpus(2), 1))
+    plan = s.plan([{**run("r3", preset_device="cuda:1"), "pinned": "cuda:0", "device": "cuda:1"}], {0: 80 * GIB})
+    assert placed(plan) == [("r3", "gpu0.0")]
+
+
+def test_a_run_pinned_to_a_gpu_the_box_lacks_is_refused_with_the_reason():
+    cpu_only = Scheduler(make_slots([], cpu_slots=2))
+    assert cpu_only.impossible(run("r1", preset_device="cuda")) == (
+        "device 'cuda' was asked for, but this machine has no NVIDIA GPU the engine can see")
+    assert cpu_only.impossible(run("r1")) is None and cpu_only.impossible(run("r1", device="cpu")) is None
+    two = Scheduler(make_slots(gpus(2), 1))
+    assert two.impossible(run("r2", device="cuda:3")) == "device 'cuda:3' was asked for, but its GPUs are cuda:0, cuda:1"
+    assert two.impossible(run("r2", device="cuda:1")) is None and two.impossible(run("r2", device="cuda")) is None
+
+
+def test_an_ensemble_neither_joins_nor_is_joined_on_the_strength_of_one_runs_measurement():
+    s = Scheduler(make_slots(gpus(1), 4))
+    s.plan([run("r1")], {0: 80 * GIB})
+    s.learn("r1", GIB)
+    assert s.plan([{**run("r2"), "members": 16}], {0: 79 * GIB}, {0: 5}) == []  # 16 members need ~16x
+    s.release("r1")
+    assert placed(s.plan([{**run("r2"), "members": 16}], {0: 80 * GIB})) == [("r2", "gpu0.0")]
+    assert s.plan([run("r3")], {0: 78 * GIB}, {0: 5}) == []  # its neighbour's need is unknown
+
+
+def test_a_measured_run_waits_while_its_gpu_neighbour_is_unmeasured():
+    s = Scheduler(make_slots(gpus(1), 4))
+    s.plan([run("r1")], {0: 80 * GIB})
+    s.learn("r1", GIB)
+    s.release("r1")
+    s.plan([run("big", hidden=(4096, 4096))], {0: 80 * GIB})  # never measured: it may not have allocated yet
+    assert s.plan([run("r2")], {0: 79 * GIB}, {0: 5}) == []
+    s.learn("big", 20 * GIB)
+    assert placed(s.plan([run("r2")], {0: 59 * GIB}, {0: 5})) == [("r2", "gpu0.1")]
 
 
 def test_an_unmeasured_run_never_joins_a_busy_gpu():
