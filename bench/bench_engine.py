@@ -40,6 +40,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import gpus_hidden  # noqa: E402
 from engine.client import notify, start_engine, stop_engine  # noqa: E402
 from engine.presets import resolve  # noqa: E402
 from engine.store import Store  # noqa: E402
@@ -138,7 +139,7 @@ def _plain(n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(n):
         r0 = time.perf_counter()
-        result = train(spec)
+        result = train(spec, device="cpu")
         walls.append(time.perf_counter() - r0)
         epoch_sums.append(sum(h.seconds for h in result.history))
         if result.state.value != "completed":
@@ -192,11 +193,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     store = Store(ws)
     batches, plains = [], []
     try:
-        info = start_engine(ws, args=["--cpu-slots", "1"])
+        with gpus_hidden():  # a CPU figure, on a GPU box too
+            info = start_engine(ws, args=["--cpu-slots", "1"])
         # Warm both sides: the worker imports torch, loads digits and trains once; so does this process.
         first = store.create_run(**_item(resolve(PRESET, ["train.epochs=1"])))
         notify(ws)
-        train(resolve(PRESET, ["train.epochs=5"]))
+        train(resolve(PRESET, ["train.epochs=5"]), device="cpu")
         _wait_done(store, [first["id"]], timeout=120)
         _wait_idle(ws)
         latency = _latency(ws, store, m)

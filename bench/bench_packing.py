@@ -75,16 +75,17 @@ def _mode(tmp: Path, name: str, size: str, trials: int, epochs: int, device: str
         slots = [] if name == "packed" else ["--slots-per-gpu", "1"]
     else:
         slots = ["--cpu-slots", "2" if name == "packed" else "1"]
-    _cli(home, "engine", "start", *slots)
+    cpu = device == "cpu"  # GPUs hidden from the engine for the CPU figure
+    _cli(home, "engine", "start", *slots, cpu=cpu)
     try:
-        _cli(home, "run", str(preset), "--set", "train.epochs=1", "--wait", "--json")  # warm the workers
+        _cli(home, "run", str(preset), "--set", "train.epochs=1", "--wait", "--json", cpu=cpu)  # warm the workers
         t0 = time.perf_counter()
         out = json.loads(_cli(home, "tune", str(preset), "--study", "bench", "--trials", str(trials),
-                              "--wait", "--json").stdout)
+                              "--wait", "--json", cpu=cpu).stdout)
         wall = time.perf_counter() - t0
-        status = json.loads(_cli(home, "engine", "status", "--json").stdout)
+        status = json.loads(_cli(home, "engine", "status", "--json", cpu=cpu).stdout)
     finally:
-        _cli(home, "engine", "stop")
+        _cli(home, "engine", "stop", cpu=cpu)
     values = {t["number"]: t["value"] for t in out["trials"]}
     if out["state"] != "completed" or len(values) != trials or None in values.values():
         raise RuntimeError(f"{size} {name}: study ended {out['state']} with {out.get('counts')}")

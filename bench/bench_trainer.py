@@ -1,24 +1,30 @@
 """Per-epoch overhead of trialdeck's trainer versus a plain hand-written PyTorch loop.
 
-Both sides do the same work, in the same process, on the same tensors:
-`base/digits-mlp` (8x8 digits, MLP 64-256-256-10, Adam lr 1e-3, batch 64),
-on the CPU, no run directory (so no checkpoints), no augmentation:
+Both sides do the same work, in the same process, on the same tensors, with no
+run directory (so no checkpoints) and no augmentation:
+
+- CPU: `base/digits-mlp` (8x8 digits, MLP 64-256-256-10, Adam lr 1e-3, batch 64);
+- GPU (`--device cuda`): `base/mnist-cnn` on synthetic MNIST-shaped data
+  (60,000 samples of 1x28x28, CNN 32-64 channels, Adam, batch 128) in bf16
+  autocast with channels_last, the trainer's GPU path.
 
 - trainer: `engine.trainer.train(spec)` with no callback; per-epoch times are the
   history's `seconds` field (epoch start to after the epoch's evaluation and
   its one host read);
-- plain: the loop a person would write by hand: `randperm` batches of 64, Adam,
-  cross-entropy, losses summed on the device and read once per epoch, one
-  evaluation of the validation set per epoch, timed over the same span.
+- plain: the loop a person would write by hand: data on the device, `randperm`
+  batches, Adam, cross-entropy (under the same autocast and memory format on a
+  GPU), losses summed on the device and read once per epoch, one evaluation of
+  the validation set per epoch, timed over the same span.
 
 Repetitions are interleaved (trainer, plain, trainer, plain, ...) after a
 warm-up of each, and the table reports medians, so a noisy neighbour hits both
-sides alike. Usage: python bench/bench_trainer.py [--quick]
+sides alike. Usage: python bench/bench_trainer.py [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -35,17 +41,22 @@ from engine.models import build_model  # noqa: E402
 from engine.presets import resolve  # noqa: E402
 from engine.trainer import train  # noqa: E402
 
-PRESET = "base/digits-mlp"
 TARGET = 1.05
+SETUPS = {
+    "cpu": ("base/digits-mlp", ["train.device='cpu'"]),
+    "cuda": ("base/mnist-cnn", ["train.device='cuda'", "train.precision='bf16'", "data.dataset='synthetic'",
+                                "data.synthetic_shape=[1, 28, 28]", "data.synthetic_size=60000"]),
+}
 
 
-def _spec(epochs: int):
-    return resolve(PRESET, [f"train.epochs={epochs}", "train.device='cpu'"])
+def _spec(epochs: int, device: str = "cpu"):
+    preset, overrides = SETUPS[device]
+    return resolve(preset, [f"train.epochs={epochs}", *overrides])
 
 
-def _trainer_rep(epochs: int) -> tuple[list[float], float]:
+def _trainer_rep(epochs: int, device: str = "cpu") -> tuple[list[float], float]:
     """One train() call: (per-epoch seconds from the history, wall seconds of the whole call)."""
-    spec = _spec(epochs)
+    spec = _spec(epochs, device)
     t0 = time.perf_counter()
     result = train(spec)
     wall = time.perf_counter() - t0
@@ -54,14 +65,21 @@ def _trainer_rep(epochs: int) -> tuple[list[float], float]:
     return [h.seconds for h in result.history], wall
 
 
-def _plain_rep(epochs: int) -> tuple[list[float], float]:
+def _plain_rep(epochs: int, device_name: str = "cpu") -> tuple[list[float], float]:
     """The same training written by hand: (per-epoch seconds, wall seconds including setup)."""
-    spec = _spec(epochs)
+    spec = _spec(epochs, device_name)
     t0 = time.perf_counter()
     torch.manual_seed(spec.train.seed)
-    device = torch.device("cpu")
+    device = torch.device(device_name)
     data = load_data(spec.data, seed=spec.train.seed, device=device)
     model = build_model(spec.model, data.shape, data.classes).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        if spec.model.kind == "cnn":
+            model = model.to(memory_format=torch.channels_last)
+    bf16 = cuda and spec.train.precision == "bf16"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     opt = torch.optim.Adam(model.parameters(), lr=spec.optimizer.lr)
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     x, y, xv, yv = data.x_train, data.y_train, data.x_val, data.y_val
@@ -75,14 +93,15 @@ def _plain_rep(epochs: int) -> tuple[list[float], float]:
         total = torch.zeros((), device=device)
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            with autocast:
+                loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
         model.eval()
-        with torch.no_grad():
-            logits = model(xv)
+        with torch.no_grad(), autocast:
+            logits = torch.cat([model(xv[j : j + 4096]) for j in range(0, xv.shape[0], 4096)]).float()
             val_loss = F.cross_entropy(logits, yv).item()
             val_acc = (logits.argmax(1) == yv).float().mean().item()
         train_loss = (total / steps).item()  # the epoch's one read of the training loss
@@ -91,19 +110,22 @@ def _plain_rep(epochs: int) -> tuple[list[float], float]:
     return times, time.perf_counter() - t0
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, device: str = "cpu") -> dict:
     """Interleaved repetitions of both loops; returns medians and trainer/plain ratios."""
-    epochs, reps = (10, 5) if quick else (30, 15)
-    # Warm-up: loads and caches the digits tensors, warms allocator and kernels for both sides.
-    _trainer_rep(3)
-    _plain_rep(3)
+    if device == "cuda":
+        epochs, reps = (3, 3) if quick else (10, 7)
+    else:
+        epochs, reps = (10, 5) if quick else (30, 15)
+    # Warm-up: loads and caches the tensors, warms allocator and kernels (cudnn.benchmark) for both sides.
+    _trainer_rep(2 if device == "cuda" else 3, device)
+    _plain_rep(2 if device == "cuda" else 3, device)
     trainer_epochs: list[float] = []
     plain_epochs: list[float] = []
     trainer_walls: list[float] = []
     plain_walls: list[float] = []
     for _ in range(reps):
-        t, tw = _trainer_rep(epochs)
-        p, pw = _plain_rep(epochs)
+        t, tw = _trainer_rep(epochs, device)
+        p, pw = _plain_rep(epochs, device)
         trainer_epochs += t
         plain_epochs += p
         trainer_walls.append(tw / epochs)
@@ -111,8 +133,8 @@ def run(quick: bool = False) -> dict:
     t_med, p_med = statistics.median(trainer_epochs), statistics.median(plain_epochs)
     tw_med, pw_med = statistics.median(trainer_walls), statistics.median(plain_walls)
     return {
-        "preset": PRESET,
-        "device": "cpu",
+        "preset": SETUPS[device][0] + (" (synthetic 60,000 x 1x28x28, bf16)" if device == "cuda" else ""),
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "epochs_per_rep": epochs,
         "reps": reps,
@@ -129,8 +151,9 @@ def run(quick: bool = False) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repetitions, a few seconds")
+    parser.add_argument("--device", choices=tuple(SETUPS), default="cpu")
     args = parser.parse_args(argv)
-    r = run(quick=args.quick)
+    r = run(quick=args.quick, device=args.device)
     print(f"{r['preset']} on {r['device']}, {r['torch_threads']} torch threads, "
           f"{r['reps']} interleaved reps x {r['epochs_per_rep']} epochs, medians")
     print(f"{'loop':<10}{'epoch ms':>12}{'wall/epoch ms':>16}")

@@ -70,8 +70,9 @@ def _trialdeck() -> list[str]:
     return [exe] if exe else [sys.executable, "-c", "from tui.cli import main; main()"]
 
 
-def _cli(home: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TRIALDECK_HOME": str(home)}
+def _cli(home: Path, *args: str, timeout: float = 1800, cpu: bool = True) -> subprocess.CompletedProcess:
+    """`trialdeck ARGS --home HOME`; with `cpu`, GPUs are hidden from it (and from an engine it starts)."""
+    env = {**os.environ, "TRIALDECK_HOME": str(home), **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {})}
     env.pop("TRIALDECK_DEBUG", None)
     proc = subprocess.run([*_trialdeck(), *args, "--home", str(home)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 
 # (module, label, needs_cuda, extra kwargs)
 SECTIONS = [
-    ("bench.bench_trainer", "trainer vs plain loop (digits MLP, CPU)", False, {}),
+    ("bench.bench_trainer", "trainer vs plain loop (digits MLP, CPU)", False, {"device": "cpu"}),
+    ("bench.bench_trainer", "trainer vs plain loop (MNIST-shaped synthetic CNN, GPU)", True, {"device": "cuda"}),
     ("bench.bench_augment", "batched augmentation vs torchvision v2 per-sample (CPU)", False, {"device": "cpu"}),
     ("bench.bench_augment", "batched augmentation vs torchvision v2 per-sample (GPU)", True, {"device": "cuda"}),
     ("bench.bench_store", "store and CLI start-up", False, {}),

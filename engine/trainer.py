@@ -220,7 +220,11 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
             if stopper and ck.get("early_stopping"):
                 stopper.load_state_dict(ck["early_stopping"])
             best_state = ck.get("best_model")
-            gen.set_state(ck["generator"].to("cpu") if device.type != "cpu" else ck["generator"])
+            saved = ck["generator"].to("cpu")
+            if saved.numel() == gen.get_state().numel():
+                gen.set_state(saved)
+            else:  # a CUDA generator's state is 16 bytes, a CPU one's 5056: written on the other kind
+                cb.log(f"{ckpt_path} was written on another kind of device; the batch order goes on from the seed")
             torch.set_rng_state(ck["cpu_rng"])
             result.history = [EpochRecord(**h) for h in ck["history"]]
             start_epoch = ck["epoch"] + 1

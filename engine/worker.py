@@ -94,6 +94,10 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
     from engine.workspace import Workspace
 
     torch.set_num_threads(max(1, threads))
+    if cuda_visible and torch.cuda.is_available():
+        # The CUDA context (hundreds of MB) now, not at the first run: the first step comes
+        # sooner, and NVML's free memory, which packing trusts, already counts every worker's.
+        torch.zeros(1, device="cuda")
     ws = Workspace.resolve(home)
     store = Store(ws)
     conn.send(("ready", os.getpid()))
@@ -108,13 +112,18 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             _, run_ids, device = message
             if not _run_group(store, ws, run_ids, device, flag, cancels, conn, RunSpec, RunRecorder, train):
                 return
-            continue
-        _, run_id, device = message  # the engine cleared `flag` before sending
-        state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train, conn)
-        try:
-            conn.send(("done", run_id, state))
-        except (BrokenPipeError, OSError):
-            return
+        else:
+            _, run_id, device = message  # the engine cleared `flag` before sending
+            run_ids = [run_id]
+            state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train, conn)
+            try:
+                conn.send(("done", run_id, state))
+            except (BrokenPipeError, OSError):
+                return
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # give the run's cached blocks back to the other slots on this GPU
+            if _cuda_broken(store, run_ids):
+                return  # the engine starts a fresh worker in this slot
 
 
 def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None) -> str:
@@ -236,6 +245,17 @@ def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None
     from engine.tuning.reporter import TrialReporter
 
     return TrialReporter.for_record(store, ws, record)
+
+
+def _cuda_broken(store, run_ids: list[str]) -> bool:
+    """Whether one of these runs failed with a CUDA error other than out-of-memory (a
+    device-side assert, an illegal address): such an error poisons this process's CUDA
+    context, and every later run in it would fail the same way."""
+    for run_id in run_ids:
+        record = store.get_run(run_id) or {}
+        if record.get("state") == RunState.FAILED.value and "CUDA error" in (record.get("error") or ""):
+            return True
+    return False
 
 
 def _memory_probe(conn, run_id: str) -> Callable[[], None]:

@@ -183,3 +183,22 @@ def test_the_worker_reports_once_after_the_first_epoch():
     result = train(resolve("seed/step-decay", ["train.epochs=3"]),
                    ControlCallback(flag, None, "r1", first_epoch=lambda: calls.append(len(calls))))
     assert result.state.value == "completed" and calls == [0]
+
+
+def test_a_worker_leaves_after_a_cuda_error_that_poisons_its_context(tmp_path):
+    """A device-side assert or illegal address breaks the process's CUDA context for good;
+    out of memory does not. The worker exits after the first (the engine starts a new one)."""
+    from engine.store import Store
+    from engine.types import RunState
+    from engine.worker import _cuda_broken
+    from engine.workspace import Workspace
+
+    store = Store(Workspace(tmp_path / "ws").ensure())
+    errors = {"r1": "AcceleratorError: CUDA error: device-side assert triggered at epoch 2",
+              "r2": "CUDA out of memory at epoch 1", "r3": None}
+    for run_id, error in errors.items():
+        store.create_run(preset="p", config={}, config_hash="h")
+        store.transition(run_id, RunState.RUNNING)
+        store.transition(run_id, RunState.FAILED if error else RunState.COMPLETED, error=error)
+    assert _cuda_broken(store, ["r1"]) and _cuda_broken(store, ["r3", "r1"])
+    assert not _cuda_broken(store, ["r2"]) and not _cuda_broken(store, ["r2", "r3"])
