@@ -23,7 +23,7 @@ from engine.metrics import read_jsonl
 from engine.recorder import METRICS_NAME
 from engine.store import Store
 from engine.types import RunState
-from engine.workspace import Workspace
+from engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
 
@@ -52,6 +52,7 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     if info:
         return info
     Store(ws).list_studies()  # a corrupt catalogue: say so here, in one line, rather than in the engine's log
+    ws.held_path.unlink(missing_ok=True)  # started on purpose: no longer held stopped
     log = open(ws.engine_log, "ab")
     os.chmod(ws.engine_log, 0o600)
     # A list argv and no shell: nothing the user typed is interpreted by a shell.
@@ -101,8 +102,11 @@ def notify(ws: Workspace) -> bool:
     return True
 
 
-def stop_engine(ws: Workspace, timeout: float = 60.0) -> dict[str, Any] | None:
-    """Graceful stop: running runs checkpoint and become interrupted. Returns the old info."""
+def stop_engine(ws: Workspace, timeout: float = 60.0, *, hold: bool = False) -> dict[str, Any] | None:
+    """Graceful stop: running runs checkpoint and become interrupted. Returns the old info.
+    `hold`: the user's stop, kept until an explicit start (see `Workspace.held_path`)."""
+    if hold:
+        atomic_write(ws.held_path, f"{time.time():.0f}\n".encode())
     info = engine_info(ws)
     if not info:
         return None
@@ -131,6 +135,7 @@ def status(ws: Workspace) -> dict[str, Any]:
         "recovery": info.get("recovery") if info else None,
         "runs_running": counts.get("running", 0),
         "runs_queued": counts.get("queued", 0),
+        "held": ws.held_path.exists(),
         "runs": counts,
         "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device")}
                    for r in runs if r["state"] == "running"],
@@ -153,13 +158,13 @@ def wait_for_run(ws: Workspace, run_id: str, *, timeout: float | None = None,
             if record is None:
                 raise EngineUnavailable(f"run {run_id} vanished from {store.path}")
             if RunState(record["state"]).terminal or (
-                record["state"] == RunState.INTERRUPTED.value and record.get("foreground")
+                record["state"] == RunState.INTERRUPTED.value and (record.get("foreground") or ws.held_path.exists())
             ):
                 return record
         now = time.monotonic()
         if now - last_check > 2.0:
             last_check = now
-            if not engine_info(ws):
+            if not engine_info(ws) and not ws.held_path.exists():  # died, not stopped by the user
                 ensure_engine(ws, say=say)
         if deadline is not None and now > deadline:
             raise TimeoutError(run_id)
@@ -179,13 +184,14 @@ def follow(ws: Workspace, run_id: str, *, poll: float = 0.2) -> Iterator[dict[st
         record = store.get_run(run_id)
         if record is None:
             raise EngineUnavailable(f"no run {run_id}")
-        if RunState(record["state"]).terminal:
+        held = ws.held_path.exists()
+        if RunState(record["state"]).terminal or (held and record["state"] == RunState.INTERRUPTED.value):
             records, offset = read_jsonl(path, offset) if path.exists() else ([], offset)
             yield from records
             yield {"kind": "final", "record": record}
             return
         if time.monotonic() - last_check > 2.0:
             last_check = time.monotonic()
-            if record["state"] in ("queued", "running", "interrupted") and not engine_info(ws):
+            if record["state"] in ("queued", "running", "interrupted") and not held and not engine_info(ws):
                 ensure_engine(ws)
         time.sleep(poll)

@@ -172,6 +172,12 @@ class Workspace:
         return self.root / "engine.pid"
 
     @property
+    def held_path(self) -> Path:
+        """Present while the user keeps the engine stopped (`trialdeck engine stop`): reading
+        commands then do not bring it back for the runs it left interrupted."""
+        return self.root / "engine.stopped"
+
+    @property
     def engine_log(self) -> Path:
         return self.root / "engine.log"
 

@@ -377,6 +377,13 @@ def test_engine_stop_interrupts_with_a_checkpoint_and_start_resumes(deck: Deck) 
     proc = deck.cli("engine", "stop")
     assert proc.returncode == 0, proc.stderr
     assert deck.json("engine", "status")["running"] is False
+    # The user's stop holds: reading commands do not bring the engine back for the interrupted run.
+    for command in (["runs", "list"], ["queue", "list"], ["runs", "show", run_id]):
+        proc = deck.cli(*command)
+        assert proc.returncode == 0 and "started the engine" not in proc.stderr, (command, proc.stderr)
+    status = deck.json("engine", "status")
+    assert status["running"] is False and status["held"] is True and status["runs"]["interrupted"] == 1
+    assert "1 interrupted (resumed when the engine starts)" in deck.ok("engine", "status").stdout
     record = deck.run(run_id)
     assert record["state"] == "interrupted", record["state"]
     assert (deck.ws.runs_dir / run_id / "checkpoint.pt").is_file()
@@ -386,6 +393,7 @@ def test_engine_stop_interrupts_with_a_checkpoint_and_start_resumes(deck: Deck) 
     _assert_gapless(record, done_before)
 
     deck.ok("engine", "start")
+    assert deck.json("engine", "status")["held"] is False
     record = deck.wait_state(run_id, TERMINAL, 90)
     assert record["state"] == "completed", record.get("error")
     kinds = [e["kind"] for e in record["events"]]

@@ -81,15 +81,16 @@ def workspace(home: Path | None):
 
 def revive_engine(ws) -> None:
     """If runs are waiting or were cut off and no engine is alive (a crash, a reboot), bring one
-    back so nothing stays stuck, and say so on stderr. TRIALDECK_NO_AUTOSTART=1 turns this off
-    (for scripts that only read a workspace)."""
+    back so nothing stays stuck, and say so on stderr. Not after `trialdeck engine stop` (until
+    `engine start`, or a command that queues work), nor with TRIALDECK_NO_AUTOSTART=1 (for
+    scripts that only read a workspace)."""
     if os.environ.get("TRIALDECK_NO_AUTOSTART") == "1":
         return
     try:
         from engine.client import engine_info, start_engine
         from engine.store import Store
 
-        if not ws.catalog_path.exists() or engine_info(ws):
+        if not ws.catalog_path.exists() or ws.held_path.exists() or engine_info(ws):
             return
         pending = [r for r in Store(ws).list_runs(omit=("config", "history", "events"))
                    if r["state"] in ("queued", "running", "interrupted") and not r.get("foreground")]

@@ -5,9 +5,11 @@ Commands that need the engine start it themselves and say so on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -89,7 +91,10 @@ def run_cmd(
         else:
             from engine.client import wait_for_run
 
-            record = wait_for_run(ws, ids[0], say=err)
+            if not as_json:
+                err(f"queued {ids[0]}; waiting for it to end (Ctrl-C stops waiting, not the run)")
+            with _waiting_on(ids[0]):
+                record = wait_for_run(ws, ids[0], say=err)
             if as_json:
                 emit(record)
             else:
@@ -104,6 +109,17 @@ def run_cmd(
             print(f"queued {r['id']}  {r['preset']}")
 
 
+@contextlib.contextmanager
+def _waiting_on(run_id: str) -> Iterator[None]:
+    """Ctrl-C while waiting on a run stops the waiting; the run goes on in the engine."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err(f"trialdeck: stopped waiting; {run_id} goes on in the engine "
+            f"(`trialdeck runs follow {run_id}`, or `trialdeck runs cancel {run_id}` to stop it)")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
 def _summary(record: dict[str, Any]) -> None:
     from tui.cli import _print_run_summary
 
@@ -113,10 +129,15 @@ def _summary(record: dict[str, Any]) -> None:
 def _follow(ws, run_id: str, as_json: bool) -> dict[str, Any]:
     from engine.client import follow
 
+    with _waiting_on(run_id):
+        return _follow_lines(run_id, as_json, follow(ws, run_id))
+
+
+def _follow_lines(run_id: str, as_json: bool, items: Iterator[dict[str, Any]]) -> dict[str, Any]:
     tty = sys.stdout.isatty() and not as_json
     epochs = None
     final = None
-    for item in follow(ws, run_id):
+    for item in items:
         kind = item.get("kind")
         if as_json:
             if kind != "final":
@@ -355,14 +376,16 @@ def engine_start(
 @engine_app.command("stop")
 @handle_errors
 def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Stop the engine gracefully: running runs checkpoint and become interrupted."""
+    """Stop the engine gracefully: running runs checkpoint and become interrupted, and stay so
+    until `trialdeck engine start` (or a command that queues new work) resumes them."""
     from engine.client import stop_engine
 
-    info = stop_engine(workspace(home))
+    info = stop_engine(workspace(home), hold=True)
     if as_json:
         emit({"stopped": bool(info), "pid": info["pid"] if info else None})
     else:
-        print(f"engine {info['pid']} stopped" if info else "no engine was running")
+        print(f"engine {info['pid']} stopped; `trialdeck engine start` resumes its runs" if info
+              else "no engine was running")
 
 
 @engine_app.command("status")
@@ -378,8 +401,11 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     if info["running"]:
         print(f"engine running: pid {info['pid']}, up {info['uptime']:.0f} s, slots {', '.join(info['slots'])}")
     else:
-        print("engine not running")
-    print(f"runs: {info['runs_running']} running, {info['runs_queued']} queued")
+        print("engine not running" + ("; held stopped by `trialdeck engine stop` until `trialdeck engine start`"
+                                      if info.get("held") else ""))
+    interrupted = info["runs"].get("interrupted", 0)
+    print(f"runs: {info['runs_running']} running, {info['runs_queued']} queued"
+          + (f", {interrupted} interrupted (resumed when the engine starts)" if interrupted else ""))
     for a in info["active"]:
         print(f"  {a['id']} {a['preset']} on {a['slot'] or a['device']}")
 
