@@ -48,12 +48,16 @@ def make_private_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=DIR_MODE, parents=False)
     except FileNotFoundError:
+        if path.parent.is_dir() or path.parent == path:  # the parent is there, yet the folder cannot be made
+            raise BadInput(f"cannot create the folder {path}: {path.parent} does not accept new folders") from None
         make_private_dir(path.parent)
         return make_private_dir(path)
     except FileExistsError:
         if not path.is_dir():
             raise BadInput(f"{path} exists and is not a directory; trialdeck needs it as a folder")
         return path
+    except OSError as exc:  # read-only file system, permission denied, ...
+        raise BadInput(f"cannot create the folder {path}: {exc.strerror or exc}") from None
     # mkdir's mode is masked by the umask; set it explicitly.
     os.chmod(path, DIR_MODE)
     return path

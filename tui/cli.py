@@ -244,7 +244,29 @@ _register_tune(app)
 
 
 def main() -> None:
-    app()
+    import importlib
+
+    import typer.core
+
+    # Recent Typer vendors click as typer._click; older releases use click itself.
+    vendored = getattr(typer.core, "_click", None)
+    click = importlib.import_module(f"{vendored.__name__ if vendored else 'click'}.exceptions")
+    try:
+        code = app(standalone_mode=False, prog_name="trialdeck")
+    except click.UsageError as exc:  # a mistyped command or option: one line, like every other user mistake
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `trialdeck engine`: its help
+            err(exc.format_message())
+        else:
+            where = exc.ctx.command_path if exc.ctx is not None else "trialdeck"
+            err(f"trialdeck: {exc.format_message().rstrip('.')}; see `{where} --help`")
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err(f"trialdeck: {exc.format_message()}")
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        err("trialdeck: aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.reliability.conftest import cli, one_line
@@ -58,7 +60,20 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(home, args, expected
 
 
 def test_unknown_options_and_commands_are_usage_errors(home):
-    for args in (["run"], ["frobnicate"], ["runs", "list", "--colour"]):
+    cases = [(["run"], "Missing argument 'preset'; see `trialdeck run --help`"),
+             (["frobnicate"], "No such command 'frobnicate'; see `trialdeck --help`"),
+             (["runs", "list", "--colour"], "No such option: --colour; see `trialdeck runs list --help`"),
+             (["runs", "lst"], "Did you mean 'list'"),
+             (["run", "seed/step-decay", "--priority", "abc"], "Invalid value for '--priority'")]
+    for args, expected in cases:
         result = cli(home, *args)
         assert result.returncode == 2
-        assert "Traceback" not in result.stderr
+        assert expected in one_line(result.stderr), result.stderr
+    result = cli(home, "engine")  # a group alone: its help
+    assert result.returncode == 2 and "Start, stop and inspect the background engine." in result.stderr
+
+
+def test_a_workspace_folder_that_cannot_be_made_is_one_line():
+    result = cli(Path("/proc/trialdeck-nope"), "runs", "list")
+    assert result.returncode == 2
+    assert one_line(result.stderr) == "trialdeck: cannot create the folder /proc/trialdeck-nope: /proc does not accept new folders"
