@@ -380,12 +380,16 @@ def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     until `trialdeck engine start` (or a command that queues new work) resumes them."""
     from engine.client import stop_engine
 
-    info = stop_engine(workspace(home), hold=True)
+    ws = workspace(home)
+    info = stop_engine(ws, hold=True)
+    interrupted = len(_store(home).list_runs("interrupted", omit=("config", "history", "events")))
     if as_json:
-        emit({"stopped": bool(info), "pid": info["pid"] if info else None})
+        emit({"stopped": bool(info), "pid": info["pid"] if info else None, "interrupted": interrupted})
+    elif not info:
+        print("no engine was running")
     else:
-        print(f"engine {info['pid']} stopped; `trialdeck engine start` resumes its runs" if info
-              else "no engine was running")
+        print(f"engine {info['pid']} stopped" + (f"; {interrupted} interrupted run(s) resume at `trialdeck engine start`"
+                                                 if interrupted else ""))
 
 
 @engine_app.command("status")

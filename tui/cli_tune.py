@@ -56,6 +56,8 @@ def tune_cmd(
     url = launch.storage_url(ws, name, storage)
     store = Store(ws)
     existing = store.get_study(name)
+    _refuse_changed_resume(name, existing, spec)
+    _warn_space_overrides(spec, set_ or [])
     if existing and existing.get("state") in ("running", "stopping"):
         if not as_json:
             err(f"trialdeck: study {name} is already running; following it")
@@ -96,6 +98,33 @@ def tune_cmd(
         raise typer.Exit(int(ExitCode.JOB_FAILED))
     if not doc.get("best"):
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def _refuse_changed_resume(name: str, existing: dict[str, Any] | None, spec) -> None:
+    """Resuming a study keeps the config it was created with; refuse a request that differs,
+    rather than ignore the difference."""
+    from engine.tuning import launch
+
+    if not existing:
+        return
+    before = existing.get("config") or (existing.get("create") or {}).get("config")
+    if not before:  # a study mirrored by an older version: nothing to compare with
+        return
+    changes = launch.config_changes(before, spec.config())
+    if changes:
+        shown = ", ".join(f"{key}={old!r} (asked {new!r})" for key, old, new in changes[:3])
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise BadInput(f"study {name!r} exists with {shown}{more}; resuming it keeps its own settings: "
+                       f"drop those --set, or start another study with --study NAME")
+
+
+def _warn_space_overrides(spec, sets: list[str]) -> None:
+    """A `--set` on a key the search space samples is overwritten by every trial: say so."""
+    space = set(spec.tune.space) if spec.tune is not None else set()
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if key in space or any(s.startswith(key + ".") for s in space):
+            err(f"trialdeck: --set {key}: [tune.space] samples it, so each trial's own value is used")
 
 
 def _wait_study(ws, store, name: str, *, show: bool, timeout: float | None = None) -> dict[str, Any]:

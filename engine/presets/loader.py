@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,10 @@ class Composed:
 
     def source_of(self, loc: tuple[str | int, ...]) -> str:
         path = tuple(str(p) for p in loc)
+        # A --set below this key made it (`tune.space.x.low=1` creates `tune.space.x`).
+        below = [src for key, src in self.origin.items() if len(key) > len(path) and key[: len(path)] == path]
+        if below:
+            return below[-1]
         while path:
             if path in self.origin:
                 return self.origin[path]
@@ -189,7 +194,7 @@ def _check_top_level(raw: dict[str, Any], path: Path) -> None:
 def _suggest(word: str, options) -> str:
     hint = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     allowed = ", ".join(options)
-    return f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {allowed}"
+    return f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {allowed}" if allowed else ""
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -328,11 +333,15 @@ _UNION_TAGS = {"list[constrained-float]", "constrained-float", "function-after[_
 def _fields_at(loc: tuple) -> list[str]:
     model: Any = RunSpec
     for part in loc:
+        if typing.get_origin(model) is dict:  # a table of named entries (tune.space): `part` is a name
+            model = typing.get_args(model)[1]
+            continue
         fields = getattr(model, "model_fields", None)
         if not fields or part not in fields:
             return []
         model = fields[part].annotation
-        model = getattr(model, "__args__", (model,))[0] if not hasattr(model, "model_fields") else model
+        if not hasattr(model, "model_fields") and typing.get_origin(model) is not dict:
+            model = getattr(model, "__args__", (model,))[0]
     fields = getattr(model, "model_fields", {})
     return [f.alias or name for name, f in fields.items()]
 

@@ -67,3 +67,26 @@ def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: f
                     "sampler": tune.sampler, "pruner": tune.pruner, "storage": redact(url), "storage_url": url,
                     "counts": {}, "n_done": 0, "best": None})
     return store.upsert_study(name, doc)
+
+
+# What a resumed study may change: how long it goes on (`--trials`, `--timeout`).
+RESUMABLE_KEYS = frozenset({"tune.trials", "tune.timeout"})
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in `before`, value in `after`) for every leaf that differs, except
+    `RESUMABLE_KEYS`: what resuming a study created with `before` would silently ignore."""
+    changes: list[tuple[str, Any, Any]] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+            return
+        key = prefix.rstrip(".")
+        if a != b and key not in RESUMABLE_KEYS:
+            changes.append((key, a, b))
+
+    walk(before, after, "")
+    return changes
+

@@ -151,6 +151,7 @@ def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, 
         best = {"number": b["number"], "value": b["value"], "params": b["params"], "run_id": b["run_id"]}
     doc = {
         "preset": meta["preset"],
+        "config": meta["config"],
         "metric": tune.metric,
         "direction": tune.direction,
         "reduce": tune.reduce,

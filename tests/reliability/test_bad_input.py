@@ -31,6 +31,8 @@ BAD = [
     (["run", "seed/step-decay", "--priority", "99999999999"], "priority"),
     (["train", "seed/step-decay", "--set", "schedule.kind=stepp"], "did you mean 'step'"),
     (["tune", "seed/step-decay"], "has no [tune] block"),
+    (["tune", "seed/tpe-mnist", "--set", "tune.space.model.nope.low=1"],
+     "--set tune.space.model.nope.low: unknown key 'nope' in [tune.space.model]; allowed: float, int, choices"),
     (["tune", "seed/grid-search", "--study", "../evil"], "study name '../evil'"),
     (["tune", "seed/grid-search", "--study", "a/b"], "study name 'a/b'"),
     (["tune", "seed/grid-search", "--storage", "redis://x"], "--storage 'redis://x'"),
@@ -77,3 +79,25 @@ def test_a_workspace_folder_that_cannot_be_made_is_one_line():
     result = cli(Path("/proc/trialdeck-nope"), "runs", "list")
     assert result.returncode == 2
     assert one_line(result.stderr) == "trialdeck: cannot create the folder /proc/trialdeck-nope: /proc does not accept new folders"
+
+
+def test_resuming_a_study_with_other_settings_is_refused_not_ignored(home):
+    from engine.presets import resolve
+    from engine.store import Store
+    from engine.tuning import launch
+    from engine.workspace import Workspace
+
+    ws = Workspace(home).ensure()
+    spec = resolve("seed/tpe-mnist", ["data.dataset=digits", "train.epochs=3"])
+    launch.request(Store(ws), "s", launch.storage_url(ws, "s", None), spec, 8, None)  # as `tune` leaves it
+    before = snapshot(home)
+    result = cli(home, "tune", "seed/tpe-mnist", "--study", "s", "--set", "data.dataset=digits",
+                 "--set", "train.epochs=5", "--trials", "12")
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        "trialdeck: study 's' exists with train.epochs=3 (asked 5); resuming it keeps its own settings: "
+        "drop those --set, or start another study with --study NAME")
+    assert snapshot(home) == before and not (home / "engine.pid").exists()
+    # More trials, or a timeout, may change on a resume.
+    assert launch.config_changes(spec.config(), resolve("seed/tpe-mnist", [
+        "data.dataset=digits", "train.epochs=3", "tune.trials=50", "tune.timeout=60"]).config()) == []
