@@ -14,8 +14,10 @@ and the `studies` commands read TinyDB and never replay Optuna logs.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -51,8 +53,13 @@ def open_storage(url: str):
             if url.startswith("postgresql://"):
                 # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
                 engine_url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+            if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+                raise BadInput(f"--storage {redact(url)}: the PostgreSQL driver is not installed; "
+                               "install it with: pip install 'psycopg2-binary>=2.9' (the [postgres] extra)")
             try:
-                _STORAGES[url] = optuna.storages.RDBStorage(engine_url, heartbeat_interval=30, grace_period=90)
+                with warnings.catch_warnings():  # heartbeat_interval is "experimental": not the user's concern
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    _STORAGES[url] = optuna.storages.RDBStorage(engine_url, heartbeat_interval=30, grace_period=90)
             except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: one line for the user
                 raise BadInput(f"--storage {redact(url)}: cannot open: {str(exc).splitlines()[0]}") from None
     return _STORAGES[url]
