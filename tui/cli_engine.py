@@ -318,8 +318,10 @@ def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Home
     text = path.read_text(errors="replace") if path.exists() else ""
     if as_json:
         emit({"id": record["id"], "path": str(path), "log": text})
-    else:
+    elif text:
         sys.stdout.write(text)
+    else:
+        err(f"{record['id']} has no log yet (it is {record['state']})")
 
 
 @runs_app.command("follow")
