@@ -8,6 +8,7 @@ CUDA is available; they are never estimated.
 
     python bench/run_all.py            # full, writes BENCHMARKS.md
     python bench/run_all.py --quick    # seconds; what CI runs so the suite never rots
+    python bench/run_all.py --gpu-only --output GPU.md   # the CUDA sections alone
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ def machine() -> dict[str, str]:
     }
 
 
-def run_all(quick: bool) -> tuple[dict[str, str], list[tuple[str, list[tuple[str, str, str, str]], float]]]:
+def run_all(quick: bool, gpu_only: bool = False) -> tuple[dict[str, str], list[tuple[str, list[tuple[str, str, str, str]], float]]]:
     import torch
 
     info = machine()
     results = []
     for module_name, label, needs_cuda, kwargs in SECTIONS:
-        if needs_cuda and not torch.cuda.is_available():
+        if needs_cuda and not torch.cuda.is_available() or gpu_only and not needs_cuda:
             continue
         module = importlib.import_module(module_name)
         start = time.perf_counter()
@@ -108,11 +109,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, seconds each; no targets enforced")
     parser.add_argument("--output", type=Path, default=None, help="where to write the report (default: BENCHMARKS.md, "
                                                                        "or nowhere with --quick)")
+    parser.add_argument("--gpu-only", action="store_true", help="only the sections that need CUDA (a device "
+                                                                     "session with little time); see --output")
     args = parser.parse_args()
-    info, results = run_all(args.quick)
+    info, results = run_all(args.quick, args.gpu_only)
     text = render(info, results, args.quick)
     print(text)
-    output = args.output or (None if args.quick else ROOT / "BENCHMARKS.md")
+    output = args.output or (None if args.quick or args.gpu_only else ROOT / "BENCHMARKS.md")
     if output is not None:
         output.write_text(text)
         print(f"wrote {output}", file=sys.stderr)
