@@ -58,6 +58,7 @@ class GpuInfo:
     total: int
     free: int
     util: int | None = None
+    uuid: str | None = None
 
 
 def probe_gpus() -> list[GpuInfo]:
@@ -81,7 +82,9 @@ def probe_gpus() -> list[GpuInfo]:
             except pynvml.NVMLError:
                 util = None
             name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append(GpuInfo(i, name.decode() if isinstance(name, bytes) else name, mem.total, mem.free, util))
+            uuid = pynvml.nvmlDeviceGetUUID(handle)
+            gpus.append(GpuInfo(i, name.decode() if isinstance(name, bytes) else name, mem.total, mem.free, util,
+                                uuid.decode() if isinstance(uuid, bytes) else uuid))
     except pynvml.NVMLError:
         return []
     finally:
@@ -91,9 +94,19 @@ def probe_gpus() -> list[GpuInfo]:
             pass
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        allowed = {int(x) for x in visible.split(",") if x.strip().isdigit()}
-        gpus = [g for g in gpus if g.index in allowed]
+        gpus = [g for g in gpus if _visible(g, visible)]
     return gpus
+
+
+def _visible(gpu: GpuInfo, visible: str) -> bool:
+    """Whether CUDA_VISIBLE_DEVICES names `gpu`: by index (NVML's, the PCI bus order that
+    workers also use, see worker_main) or by UUID or a unique prefix of it ("GPU-8f3c")."""
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit() and int(entry) == gpu.index:
+            return True
+        if entry.startswith("GPU-") and gpu.uuid and gpu.uuid.startswith(entry):
+            return True
+    return False
 
 
 def pinned_device(run: dict[str, Any]) -> str:

@@ -83,6 +83,9 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `engine run` is the engine's to handle
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if cuda_visible is not None:
+        # `cuda_visible` is an NVML index, which follows the PCI bus; CUDA's own default order
+        # (fastest first) differs on a box with mixed GPUs.
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
     # Imported here: this is the one-time warm-up cost the worker exists to pay once.
     import torch

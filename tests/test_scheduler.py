@@ -202,3 +202,12 @@ def test_a_worker_leaves_after_a_cuda_error_that_poisons_its_context(tmp_path):
         store.transition(run_id, RunState.FAILED if error else RunState.COMPLETED, error=error)
     assert _cuda_broken(store, ["r1"]) and _cuda_broken(store, ["r3", "r1"])
     assert not _cuda_broken(store, ["r2"]) and not _cuda_broken(store, ["r2", "r3"])
+
+
+def test_cuda_visible_devices_by_index_or_uuid(monkeypatch):
+    from engine.scheduler import _visible
+
+    gpu = GpuInfo(1, "H100", 80 * GIB, 80 * GIB, uuid="GPU-8f3c1a2b-0000-1111-2222-333344445555")
+    assert _visible(gpu, "1") and _visible(gpu, "0, 1") and not _visible(gpu, "0")
+    assert _visible(gpu, "GPU-8f3c1a2b-0000-1111-2222-333344445555") and _visible(gpu, "GPU-8f3c")
+    assert not _visible(gpu, "GPU-aaaa") and not _visible(gpu, "") and not _visible(gpu, "MIG-1234")
