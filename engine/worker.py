@@ -100,7 +100,10 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
     if cuda_visible and torch.cuda.is_available():
         # The CUDA context (hundreds of MB) now, not at the first run: the first step comes
         # sooner, and NVML's free memory, which packing trusts, already counts every worker's.
-        torch.zeros(1, device="cuda")
+        try:
+            torch.zeros(1, device="cuda")
+        except Exception:  # noqa: BLE001 - each run then fails with the reason; the worker must not crash-loop
+            traceback.print_exc()
     ws = Workspace.resolve(home)
     store = Store(ws)
     conn.send(("ready", os.getpid()))
