@@ -109,7 +109,7 @@ class RunRecorder(TrainerCallback):
         for e in events:
             self._events.append(e.to_json())
             self.metrics.write({"t": e.time, "kind": "event", "event": e.to_json()})
-            self.log(f"[epoch {e.epoch}] {e.kind}: {e.message}")
+            self.log(_event_line(e))
         self._maybe_flush()
         if self.observer:
             return self.observer.on_epoch(record, events)
@@ -118,7 +118,7 @@ class RunRecorder(TrainerCallback):
     def on_event(self, event: RunEvent) -> None:
         self._events.append(event.to_json())
         self.metrics.write({"t": event.time, "kind": "event", "event": event.to_json()})
-        self.log(f"[epoch {event.epoch}] {event.kind}: {event.message}")
+        self.log(_event_line(event))
         if self.observer:
             self.observer.on_event(event)
 
@@ -131,3 +131,9 @@ class RunRecorder(TrainerCallback):
             self._log.write(f"{stamp} {part}\n")
         if self.observer:
             self.observer.log(line)
+
+
+def _event_line(event: RunEvent) -> str:
+    """An event as a log line: "[epoch 4] early_stopped: ...", or without the epoch when it has none."""
+    return f"{'' if event.epoch is None else f'[epoch {event.epoch}] '}{event.kind}: {event.message}"
+

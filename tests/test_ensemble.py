@@ -388,3 +388,11 @@ def test_trial_reporters_report_each_member_to_its_own_trial():
     for t, result in zip(trials, results):
         frozen = study._storage.get_trial(t._trial_id)
         assert frozen.intermediate_values == {h.epoch: h.val_loss for h in result.history}
+
+
+def test_log_lines_of_events_name_the_epoch_only_when_there_is_one():
+    from engine.recorder import _event_line
+    from engine.types import RunEvent
+
+    assert _event_line(RunEvent("cancelled", None, "cancelled by the user")) == "cancelled: cancelled by the user"
+    assert _event_line(RunEvent("pruned", 4, "median pruner")) == "[epoch 4] pruned: median pruner"

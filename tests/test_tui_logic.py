@@ -20,7 +20,7 @@ from engine.types import RunState
 from engine.workspace import Workspace
 from tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve
 from tui.control import Control, QueueRequest, reorder, specs_for
-from tui.keymap import ACTIONS, load_keymap
+from tui.keymap import ACTIONS, Place, check_clashes, load_keymap
 from tui.live import (
     BLOCKS,
     Catalog,
@@ -346,3 +346,33 @@ def test_keys_toml_overrides_by_binding_id(ws):
     (ws.root / "keys.toml").write_text("[keys\n")
     assert "TOML syntax error" in load_keymap(ws.root)[1][0]
     assert {"quit", "help", "open", "queue", "cancel", "filter", "show_runs", "show_presets"} <= set(ACTIONS)
+
+
+APP = Place("everywhere", frozenset({"show_runs", "show_queue", "help", "quit"}))
+PLACES = [Place("the Queue view", frozenset({"open", "clear", "cancel"})),
+          Place("a yes/no question", frozenset({"yes", "no", "back"}), under_app=False)]
+
+
+def test_a_key_two_actions_of_one_place_would_share_is_refused():
+    kept, problems = check_clashes({"quit": "1"}, APP, PLACES, path="ws/keys.toml")
+    assert kept == {}  # quit stays on q, and 1 still shows the runs
+    assert problems == ["ws/keys.toml: quit = '1' not applied: '1' is already show_runs (Runs) everywhere, and one "
+                        "key cannot do both. quit keeps 'q'; to use '1' for it, give show_runs another key too."]
+    # Both moved: no clash. "?" is question_mark, as Textual reads it.
+    assert check_clashes({"quit": "1", "show_runs": "f1"}, APP, PLACES) == ({"quit": "1", "show_runs": "f1"}, [])
+    kept, problems = check_clashes({"quit": "?"}, APP, PLACES)
+    assert kept == {} and "'?' is already help (Help)" in problems[0]
+    # Both set in keys.toml: the later one is refused; a refused one falls back to its default, which may clash too.
+    kept, problems = check_clashes({"cancel": "k", "clear": "k"}, APP, PLACES)
+    assert kept == {"cancel": "k"} and "clear = 'k' not applied" in problems[0] and "on the Queue view" in problems[0]
+    kept, problems = check_clashes({"help": "q", "quit": "1"}, APP, PLACES)
+    assert kept == {} and len(problems) == 2
+
+
+def test_a_key_shared_by_an_app_action_and_a_screen_action_is_kept_and_reported():
+    kept, problems = check_clashes({"quit": "x"}, APP, PLACES)
+    assert kept == {"quit": "x"}
+    assert problems == ["keys.toml: 'x' is quit (Quit) everywhere and clear (Clear queue) on the Queue view; "
+                        "there it does clear."]
+    assert check_clashes({"quit": "y"}, APP, PLACES) == ({"quit": "y"}, [])  # the app's keys do not reach a dialog
+    assert check_clashes({}, APP, PLACES) == ({}, [])

@@ -16,13 +16,15 @@ from textual.widgets import Input, SelectionList, TabbedContent
 
 from engine.metrics import JsonlMetricsWriter
 from engine.presets import preset_roots, resolve
-from engine.recorder import METRICS_NAME
+from engine.recorder import LOG_NAME, METRICS_NAME
 from engine.store import Store
 from engine.types import RunState
 from engine.workspace import Workspace
 from tui.app import make_app
+from tui.live import LogEntry
+from tui.messages import EventsArrived, OpenRun
 from tui.probes import FixedProbe
-from tui.testing import NOW, fixed_clock, screen_text, seed_workspace, wait_for
+from tui.testing import NOW, fixed_clock, screen_text, seed_study, seed_workspace, wait_for
 
 SIZE = (120, 40)
 
@@ -234,6 +236,71 @@ async def test_a_missing_run_says_so(seeded):
         await wait_for(pilot, lambda: "no run r999 in this workspace" in screen_text(app), what="the message")
         await pilot.press("c", "r", "v", "escape")
         assert screen_name(app) == "RunsScreen"
+
+
+LONG_ERROR = ("digits: not found in /srv/datasets/shared/trialdeck/digits-v2/raw and could not be downloaded "
+              "(no network?); copy the files into /srv/datasets/shared/trialdeck/digits-v2/raw by hand")
+
+
+async def test_run_text_with_brackets_shows_literally_in_every_tab(seeded):
+    ws, ids = seeded
+    store = Store(ws)
+    run_id = ids["failed"]
+    store.update_run(run_id, error="[data] dataset [bold]digits[/bold] is missing")
+    store.add_event(run_id, {"kind": "failed", "epoch": None, "time": NOW - 10,
+                             "message": "[model] hidden=[64] is [red]too small[/red]"})
+    with open(ws.run_dir(run_id) / LOG_NAME, "a", encoding="utf-8") as f:
+        f.write("00:00:09 [data] loading [b]digits[/b]\n")
+    app = new_app(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        app.post_message(OpenRun(run_id))
+        await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
+                       what="the run detail")
+        assert "error: [data] dataset [bold]digits[/bold] is missing" in screen_text(app)
+        await pilot.press("v")
+        text = screen_text(app)
+        assert "[model] hidden=[64] is [red]too small[/red]" in text
+        assert "None" not in text  # an event without an epoch shows no epoch
+        await pilot.press("v")
+        text = screen_text(app)
+        for header in ("[data]", "[model]"):  # the first two sections fit on the screen
+            assert header in text
+        await pilot.press("v")
+        assert "00:00:09 [data] loading [b]digits[/b]" in screen_text(app)
+
+
+async def test_the_header_shows_a_long_error_in_full(seeded):
+    ws, ids = seeded
+    Store(ws).update_run(ids["failed"], error=LONG_ERROR)
+    app = new_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        app.post_message(OpenRun(ids["failed"]))
+        await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
+                       what="the run detail")
+        assert app.screen.query_one(TabbedContent).active == "tab-curves"  # the error is not on this tab
+        words = " ".join(" ".join(screen_text(app).split()).split(" "))
+        assert LONG_ERROR in words
+
+
+async def test_toasts_and_filter_errors_show_brackets_literally(seeded):
+    ws, _ = seeded
+    app = new_app(ws)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        entry = LogEntry(NOW, "r3", "failed", None, "folder [b]x[/b] missing")
+        app.post_message(EventsArrived((entry,)))
+        await wait_for(pilot, lambda: any("folder [b]x[/b]" in n.message for n in app._notifications),
+                       what="the toast")
+        toast = next(n for n in app._notifications if "folder [b]x[/b]" in n.message)
+        assert not toast.markup  # shown as written, not as bold markup
+        app.clear_notifications()  # the toast would cover the filter's error line
+        await show(pilot, "4", "StudiesScreen")
+        await wait_for(pilot, lambda: len(app.screen.trials) == 7, what="trials")
+        await pilot.press("slash", *"lr<[b]")
+        await pilot.pause()
+        assert "optimizer.lr<[b]: < needs a number" in screen_text(app)
 
 
 # ----------------------------------------------------------------------------- queue
@@ -492,6 +559,35 @@ async def test_studies_browser_sorts_filters_pages_and_opens_a_trial(seeded):
         assert "study seed-activations" in screen_text(app)
 
 
+async def test_escape_goes_from_the_trials_back_to_the_study_list(seeded):
+    ws, ids = seeded
+    seed_study(Store(ws), ws, name="zz-second", trials=2)
+    app = new_app(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await show(pilot, "4", "StudiesScreen")
+        screen = app.screen
+        studies, trials = screen.query_one("#study-table"), screen.query_one("#trial-table")
+        await wait_for(pilot, lambda: studies.row_count == 2 and trials.row_count == 7, what="two studies")
+        assert studies.current_key == "seed-activations"
+        await pilot.press("enter")  # into the trials
+        assert app.focused is trials
+        assert "esc Study list" in screen_text(app)
+        await pilot.press("enter")  # the trial's run
+        await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
+                       what="the trial's run")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: screen_name(app) == "StudiesScreen", what="back on the studies")
+        assert app.focused is trials  # where it was before the run opened
+        assert "esc Study list" in screen_text(app)
+        await pilot.press("escape")
+        assert app.focused is studies
+        assert screen.check_action("focus_studies", ()) is None  # greyed: already there
+        await pilot.press("down")
+        await wait_for(pilot, lambda: screen.study == "zz-second", what="the study list to move")
+        await wait_for(pilot, lambda: trials.row_count == 2, what="the second study's trials")
+
+
 async def test_studies_plots_history_slice_intermediate_importance(seeded):
     ws, _ = seeded
     app = new_app(ws)
@@ -588,6 +684,36 @@ async def test_a_bad_keys_toml_is_reported_not_fatal(seeded):
         await pilot.press("q")
         await pilot.pause()
         assert not app.is_running
+
+
+async def test_a_key_given_to_two_actions_is_refused_and_said_so(seeded):
+    ws, _ = seeded
+    (ws.root / "keys.toml").write_text('[keys]\nquit = "1"\n')
+    app = new_app(ws)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        warnings = [n.message for n in app._notifications if n.title == "keys.toml"]
+        assert len(warnings) == 1
+        assert str(ws.root / "keys.toml") in warnings[0]
+        assert "quit = '1' not applied: '1' is already show_runs (Runs)" in warnings[0]
+        assert "quit keeps 'q'" in warnings[0]
+        await show(pilot, "4", "StudiesScreen")
+        await show(pilot, "1", "RunsScreen")  # 1 still shows the runs
+        assert app.is_running
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+
+async def test_a_key_an_app_action_shares_with_a_screen_is_kept_and_said_so(seeded):
+    ws, _ = seeded
+    (ws.root / "keys.toml").write_text('[keys]\nquit = "x"\n')
+    app = new_app(ws)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await loaded(pilot)
+        warnings = [n.message for n in app._notifications if n.title == "keys.toml"]
+        assert warnings == [f"{ws.root / 'keys.toml'}: 'x' is quit (Quit) everywhere and clear (Clear queue) on "
+                            "the Queue view; there it does clear."]
 
 
 async def test_reopening_shows_the_same_workspace(seeded):

@@ -29,7 +29,7 @@ from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -40,7 +40,7 @@ from engine.workspace import Workspace
 from tui import messages
 from tui.composition import PresetLibrary
 from tui.control import Control, specs_for
-from tui.keymap import ACTIONS, bind, load_keymap
+from tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, load_keymap
 from tui.live import (
     LOGGED_EVENTS,
     TOASTED_EVENTS,
@@ -56,6 +56,7 @@ from tui.live import (
 )
 from tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
 from tui.screens.base import LiveScreen
+from tui.screens.dialogs import ConfirmDialog, PriorityDialog, QueueDialog
 from tui.screens.help import HelpScreen
 from tui.screens.presets import PresetsScreen
 from tui.screens.queue import QueueScreen
@@ -114,7 +115,9 @@ class TrialdeckApp(App[None]):
         self._seq = 0
         self._poke = threading.Event()
         self._pending: dict[Worker, tuple[Callable[[Any], Any] | None, DOMNode | None]] = {}
-        self._keymap, self._keymap_problems = load_keymap(ws.root)
+        keymap, problems = load_keymap(ws.root)
+        self._keymap, clashes = check_clashes(keymap, *binding_places(type(self)), path=ws.root / KEYS_FILE)
+        self._keymap_problems = problems + clashes
 
     # ----------------------------------------------------------------- start-up
 
@@ -122,7 +125,7 @@ class TrialdeckApp(App[None]):
         if self._keymap:
             self.set_keymap(self._keymap)
         for problem in self._keymap_problems:
-            self.notify(problem, title="keys.toml", severity="warning", timeout=10)
+            self.notify(problem, title="keys.toml", severity="warning", timeout=10, markup=False)
         self._read_loop()
 
     def on_unmount(self) -> None:
@@ -228,11 +231,11 @@ class TrialdeckApp(App[None]):
             self.entries.append((self._seq, entry))
             if not message.initial and entry.kind in TOASTED_EVENTS:
                 self.notify(f"{entry.run} {entry.kind}: {entry.message}", title=entry.kind.replace("_", " "),
-                            severity=TOAST_SEVERITY.get(entry.kind, "information"), timeout=6)
+                            severity=TOAST_SEVERITY.get(entry.kind, "information"), timeout=6, markup=False)
         self._feed(entries=tuple(self.entries))
 
     def on_reader_failed(self, message: messages.ReaderFailed) -> None:
-        self.notify(message.error, title="cannot read the workspace", severity="error", timeout=10)
+        self.notify(message.error, title="cannot read the workspace", severity="error", timeout=10, markup=False)
 
     def _feed(self, screens: Iterable[Screen] | None = None, **values: Any) -> None:
         """Set the pushed data on the screens of the current stack (all values when none given)."""
@@ -311,10 +314,11 @@ class TrialdeckApp(App[None]):
 
     def _report(self, error: BaseException | None, what: str) -> None:
         if isinstance(error, TrialdeckError):
-            self.notify(error.message, title=what, severity="error", timeout=8)
+            self.notify(error.message, title=what, severity="error", timeout=8, markup=False)
         else:
             self.log.error(f"{what} failed: {error!r}")
-            self.notify(f"{type(error).__name__}: {error}", title=f"{what} failed", severity="error", timeout=8)
+            self.notify(f"{type(error).__name__}: {error}", title=f"{what} failed", severity="error", timeout=8,
+                        markup=False)
 
     def _write(self, fn: Callable[[], Any], done: Callable[[Any], Any] | None, name: str) -> None:
         def then(result: Any) -> None:
@@ -332,16 +336,17 @@ class TrialdeckApp(App[None]):
             return ctx.control.enqueue(specs_for(ctx.library, request), request.priority)
 
         self._write(queue, lambda records: self.notify(
-            f"queued {', '.join(r['id'] for r in records)}: {records[0]['preset']}", title="queued"), "queue")
+            f"queued {', '.join(r['id'] for r in records)}: {records[0]['preset']}", title="queued", markup=False),
+            "queue")
 
     def on_cancel_run(self, message: messages.CancelRun) -> None:
-        self._write(lambda: self.ctx.control.cancel(message.run_id), lambda text: self.notify(text, title="cancel"),
-                    "cancel")
+        self._write(lambda: self.ctx.control.cancel(message.run_id),
+                    lambda text: self.notify(text, title="cancel", markup=False), "cancel")
 
     def on_requeue_run(self, message: messages.RequeueRun) -> None:
         self._write(lambda: self.ctx.control.requeue(message.run_id),
                     lambda r: self.notify(f"queued {r['id']}: {r['preset']} (same config as {message.run_id})",
-                                          title="queued"), "requeue")
+                                          title="queued", markup=False), "requeue")
 
     def on_move_run(self, message: messages.MoveRun) -> None:
         self._write(lambda: self.ctx.control.move(message.run_id, message.where), None, "move")
@@ -366,7 +371,7 @@ class TrialdeckApp(App[None]):
 
         def saved(path) -> None:
             ctx.library.reload()
-            self.notify(f"saved {comp.name} to {path}", title="preset saved")
+            self.notify(f"saved {comp.name} to {path}", title="preset saved", markup=False)
             for screen in self.screen_stack:
                 if isinstance(screen, PresetsScreen):
                     screen.presets_changed(comp.name)
@@ -378,6 +383,24 @@ class TrialdeckApp(App[None]):
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         if not self.cursor_blink and isinstance(event.widget, Input):
             event.widget.cursor_blink = False
+
+
+SCREEN_NAMES: dict[type[Screen], str] = {
+    RunsScreen: "the Runs view", PresetsScreen: "the Presets view", QueueScreen: "the Queue view",
+    StudiesScreen: "the Studies view", RunDetailScreen: "a run's detail", HelpScreen: "the help screen",
+    QueueDialog: "the queue dialog", PriorityDialog: "the priority dialog", ConfirmDialog: "a yes/no question",
+}
+"""Every screen that binds keys, named as keys.toml's warnings name it."""
+
+
+def binding_places(app: type[App]) -> tuple[Place, list[Place]]:
+    """The app's binding ids and each screen's, for keys.toml's clash check."""
+
+    def ids(cls: type) -> frozenset[str]:
+        return frozenset(b.id for b in cls.BINDINGS if isinstance(b, Binding) and b.id in ACTIONS)
+
+    screens = [Place(name, ids(cls), under_app=not issubclass(cls, ModalScreen)) for cls, name in SCREEN_NAMES.items()]
+    return Place("everywhere", ids(app)), screens
 
 
 def make_app(ws: Workspace | None = None, *, start_engine: bool = True, clock: Callable[[], float] | None = None,

@@ -11,14 +11,30 @@ keys.toml:
     [keys]
     quit = "x"
     cancel = "ctrl+k"
+
+A key given to an action that another action of the same screen (or of the
+app) still uses is refused, and said so: Textual would silently take the key
+from the other action, leaving it no key at all. A key that an app-wide action
+and one screen's action share is kept (the screen's action wins there), and
+said so too.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual.binding import Binding
+from textual.keys import format_key
+
+try:  # what App.set_keymap applies: "?" and "question_mark" are one key. Private in Textual, hence:
+    from textual.keys import _normalize_key_list
+except ImportError:  # pragma: no cover - a Textual without it: compare keys as written
+
+    def _normalize_key_list(keys: str) -> str:
+        return keys
 
 KEYS_FILE = "keys.toml"
 
@@ -83,3 +99,79 @@ def load_keymap(workspace_root: Path) -> tuple[dict[str, str], list[str]]:
         else:
             keymap[name] = keys.strip()
     return keymap, problems
+
+
+@dataclass(frozen=True)
+class Place:
+    """One set of bindings Textual keeps together (a screen's or the app's): keys must not repeat in it."""
+
+    name: str
+    """How a person knows it: "everywhere", "the Queue view"."""
+    ids: frozenset[str]
+    """The binding ids declared there."""
+    under_app: bool = True
+    """The app-wide bindings apply here too (False for a modal dialog)."""
+
+
+def _keys(binding_id: str, keymap: Mapping[str, str]) -> list[str]:
+    return _normalize_key_list(keymap.get(binding_id, ACTIONS[binding_id][0])).split(",")
+
+
+def _described(binding_id: str) -> str:
+    return f"{binding_id} ({ACTIONS[binding_id][1]})"
+
+
+def check_clashes(keymap: Mapping[str, str], app: Place, places: Iterable[Place],
+                  path: Path | str = KEYS_FILE) -> tuple[dict[str, str], list[str]]:
+    """`keymap` less the entries that would take a key from another action, and one line per clash.
+
+    Within one place, a key the user gave to an action that another action
+    there still has is refused (the entry is dropped whole, so the action
+    keeps its default key); when both were set in keys.toml, the later one is
+    refused. A key shared by an app-wide action and a screen's action is kept
+    and reported: on that screen, the screen's action wins.
+    """
+    places = list(places)
+    kept = dict(keymap)
+    problems: list[str] = []
+    # A refused entry falls back to its default key, which may clash in turn: look again until none does.
+    while (clash := _first_clash(app, places, kept)) is not None:
+        place, key, victim, holder = clash
+        where = "everywhere" if place is app else f"on {place.name}"
+        shown, default = format_key(key), format_key(ACTIONS[victim][0])
+        problems.append(f"{path}: {victim} = {keymap[victim]!r} not applied: {shown!r} is already "
+                        f"{_described(holder)} {where}, and one key cannot do both. {victim} keeps {default!r}; "
+                        f"to use {shown!r} for it, give {holder} another key too.")
+        del kept[victim]
+    shadows: dict[tuple[str, str, str], list[str]] = {}
+    for place in places:
+        if not place.under_app:
+            continue
+        for screen_id in sorted(place.ids - app.ids):
+            for app_id in sorted(app.ids):
+                if screen_id not in kept and app_id not in kept:
+                    continue
+                for key in set(_keys(screen_id, kept)) & set(_keys(app_id, kept)):
+                    shadows.setdefault((key, app_id, screen_id), []).append(place.name)
+    for (key, app_id, screen_id), names in shadows.items():
+        problems.append(f"{path}: {format_key(key)!r} is {_described(app_id)} everywhere and "
+                        f"{_described(screen_id)} on {' and '.join(names)}; there it does {screen_id}.")
+    return kept, problems
+
+
+def _first_clash(app: Place, places: list[Place], keymap: Mapping[str, str]) -> tuple[Place, str, str, str] | None:
+    """(place, key, id to refuse, id that keeps the key) for the first key two ids of one place share.
+
+    Two defaults never clash (as shipped); of two ids set in keys.toml, the later one is refused.
+    """
+    order = list(keymap)
+    for place in (app, *places):
+        seen: dict[str, str] = {}
+        for binding_id in sorted(place.ids):
+            for key in _keys(binding_id, keymap):
+                other = seen.setdefault(key, binding_id)
+                if other == binding_id or (other not in keymap and binding_id not in keymap):
+                    continue
+                victim = max((i for i in (other, binding_id) if i in keymap), key=order.index)
+                return place, key, victim, other if victim == binding_id else binding_id
+    return None

@@ -6,6 +6,7 @@ means the user backed out.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
@@ -45,7 +46,7 @@ class QueueDialog(ModalScreen[QueueRequest | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="queue-dialog", classes="dialog"):
-            yield Static(f"Queue {self.composition.label}", classes="dialog-title")
+            yield Static(Text(f"Queue {self.composition.label}"), classes="dialog-title")
             with Horizontal(classes="dialog-row"):
                 yield Static("repeat", classes="dialog-label")
                 yield Input("1", id="repeat", restrict=r"[0-9]*", classes="dialog-number")
@@ -133,14 +134,14 @@ class PriorityDialog(ModalScreen[int | None]):
             parse_int(event.value, "priority", -1_000_000, 1_000_000)
             self.query_one("#priority-error", Static).update("")
         except BadInput as exc:
-            self.query_one("#priority-error", Static).update(exc.message)
+            self.query_one("#priority-error", Static).update(Text(exc.message))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         try:
             self.dismiss(parse_int(event.value, "priority", -1_000_000, 1_000_000))
         except BadInput as exc:
-            self.query_one("#priority-error", Static).update(exc.message)
+            self.query_one("#priority-error", Static).update(Text(exc.message))
             self.app.bell()
 
     def action_cancel_dialog(self) -> None:
@@ -162,7 +163,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-dialog", classes="dialog"):
-            yield Static(self.question, classes="dialog-title")
+            yield Static(Text(self.question), classes="dialog-title")
             yield Static("y: yes   n / escape: no", classes="dialog-help")
 
     def action_answer(self, yes: bool) -> None:

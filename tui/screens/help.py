@@ -26,7 +26,7 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()
         for key, description, enabled in self.rows:
-            table.add_row(key, Text(description, style="" if enabled else "dim"))
+            table.add_row(Text(key), Text(description, style="" if enabled else "dim"))  # "[" is a key here
         table.add_row("ctrl+p", "Command palette: every action above, by name")
         with VerticalScroll(id="help-box"):
             yield Static(Text("Keys", style="bold"), id="help-title")

@@ -6,6 +6,7 @@ enqueue order); every change is a request to the app, which writes it.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Static
 
@@ -88,7 +89,7 @@ class QueueScreen(LiveScreen):
         summary = f"{n_run} running, {len(rows) - n_run} queued{where}. Order: priority, then enqueue time."
         if summary != self._summary:
             self._summary = summary
-            self.query_one("#queue-summary", Static).update(summary)
+            self.query_one("#queue-summary", Static).update(Text(summary))
         self.sync_bindings()
 
     def _selected(self) -> dict | None:

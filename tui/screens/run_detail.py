@@ -77,7 +77,7 @@ class RunDetailScreen(LiveScreen):
         self._missing = False
 
     def compose(self) -> ComposeResult:
-        yield Static(f"run {self.run_id}", id="run-header")
+        yield Static(Text(f"run {self.run_id}"), id="run-header")
         with TabbedContent(id="run-tabs"):
             with TabPane("Curves", id="tab-curves"):
                 with Grid(id="run-curves"):
@@ -139,7 +139,8 @@ class RunDetailScreen(LiveScreen):
         self.query_one("#run-events", Static).update(self._events(record.get("events") or []))
         from engine.presets.authoring import config_toml
 
-        self.query_one("#run-config", Static).update(config_toml(record.get("config") or {}))
+        # Text, not str: a str is read as markup, and every `[section]` header would vanish.
+        self.query_one("#run-config", Static).update(Text(config_toml(record.get("config") or {})))
 
     def watch_log_tail(self, tail: str) -> None:
         self.query_one("#run-log", Static).update(Text(tail or "(no log yet)"))
@@ -182,7 +183,7 @@ class RunDetailScreen(LiveScreen):
             stamp = time.strftime("%H:%M:%S", time.localtime(e["time"])) if e.get("time") else ""
             epoch = "" if e.get("epoch") is None else f"ep {e['epoch']}"
             table.add_row(stamp, epoch, Text(e.get("kind", ""), style=STATE_STYLES.get(e.get("kind", ""), "bold")),
-                          e.get("message", ""))
+                          Text(str(e.get("message", ""))))  # a str cell is read as markup
         return table
 
     # -- actions -----------------------------------------------------------------------------

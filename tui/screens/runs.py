@@ -8,6 +8,7 @@ sparkline is a string of block characters in its row.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Input, Static
 
@@ -133,7 +134,7 @@ class RunsScreen(LiveScreen):
             text += f" │ showing {shown} of {len(self.catalog.runs)}"
         if text != self._status_text:  # an update re-lays out the screen: only when it changed
             self._status_text = text
-            self.query_one("#status-line", Static).update(text)
+            self.query_one("#status-line", Static).update(Text(text))
 
     # -- actions -----------------------------------------------------------------------------
 

@@ -58,10 +58,13 @@ def study_row(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 class StudiesScreen(LiveScreen):
-    """Keys: enter opens a trial's run, s/S sort, / filter, [ ] page, v next view."""
+    """Keys: enter goes from the study list into its trials and opens a trial's run, escape goes back to
+    the study list, s/S sort, / filter, [ ] page, v next view."""
 
     BINDINGS = [
         bind("open", "open_trial", description="Open", priority=True),
+        # Early in the list: the footer is narrow, and this is the way back from the trials.
+        bind("back", "focus_studies", description="Study list"),
         bind("sort", "sort"),
         bind("reverse", "reverse"),
         bind("filter"),
@@ -126,7 +129,7 @@ class StudiesScreen(LiveScreen):
             self.study = table.current_key or studies[0]["name"]
         doc = next((s for s in studies if s["name"] == self.study), None)
         if doc is not None:
-            self.query_one("#study-best", Static).update(best_text(doc))
+            self.query_one("#study-best", Static).update(Text(best_text(doc)))
             bars = tuple((k, float(v)) for k, v in (doc.get("importances") or {}).items() if isinstance(v, (int, float)))
             self.query_one(BarList).bars = bars
             mark = (doc.get("synced_at"), doc.get("n_done"), tuple(sorted((doc.get("counts") or {}).items())))
@@ -244,6 +247,8 @@ class StudiesScreen(LiveScreen):
             return True if trial is not None and trial.get("run_id") else None
         if action in ("sort", "reverse", "filter"):
             return True if self.trials else None
+        if action == "focus_studies":
+            return None if isinstance(self.focused, StudyTable) else True
         if action == "page":
             return True if len(self.trials) > len(self._shown) else None
         return True
@@ -259,6 +264,9 @@ class StudiesScreen(LiveScreen):
             self.notify(f"trial #{trial['number']} has no run on this box", severity="warning")
             return
         self.post_message(messages.OpenRun(trial["run_id"]))
+
+    def action_focus_studies(self) -> None:
+        self.query_one(StudyTable).focus()
 
     def action_sort(self) -> None:
         cols = columns_for(self._params)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
@@ -58,7 +59,7 @@ class FilterBar(Horizontal):
         self.post_message(self.Closed(self))
 
     def watch_error(self, error: str) -> None:
-        self.query_one(".filter-error", Static).update(error)
+        self.query_one(".filter-error", Static).update(Text(error))  # it quotes what was typed
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -87,7 +88,7 @@ class OverrideEditor(Vertical):
             self.query_one(f"#value-{i}", Input).set_class(i == bad, "-invalid")
             self.query_one(f"#key-{i}", Input).set_class(i == bad, "-invalid")
         line = self.query_one(".override-message", Static)
-        line.update(self.message)
+        line.update(Text(self.message))  # it may quote a value: literal, not markup
         line.set_class(not self.valid, "-error")
 
     def watch_invalid_row(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widgets import Tree
 
 
@@ -23,9 +24,10 @@ class PresetTree(Tree[str]):
             group, _, _rest = name.rpartition("/")
             groups.setdefault(group or "(top)", []).append(name)
         for group in sorted(groups, key=lambda g: (g != "seed", g)):
-            node = self.root.add(group, expand=group == "seed" or bool(needle))
+            # Text labels: a str label is read as markup, and a file named `[x].toml` would vanish.
+            node = self.root.add(Text(group), expand=group == "seed" or bool(needle))
             for name in groups[group]:
-                node.add_leaf(name.rpartition("/")[2], data=name)
+                node.add_leaf(Text(name.rpartition("/")[2]), data=name)
 
     def first_leaf(self):
         for group in self.root.children:
