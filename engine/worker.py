@@ -127,9 +127,9 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             except (BrokenPipeError, OSError):
                 return
         if device.startswith("cuda"):
-            torch.cuda.empty_cache()  # give the run's cached blocks back to the other slots on this GPU
             if _cuda_broken(store, run_ids):
-                return  # the engine starts a fresh worker in this slot
+                return  # the engine starts a fresh worker in this slot (any CUDA call here would raise again)
+            torch.cuda.empty_cache()  # give the run's cached blocks back to the other slots on this GPU
 
 
 def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None) -> str:
