@@ -11,7 +11,10 @@ Packing: a GPU takes a second (third, ...) run only when
   epoch of a run with the same footprint (data, model, batch size, precision;
   see `footprint`), so the trials of a study are measured once. A run never
   measured starts only on an idle GPU;
-- the GPU's free memory (nvidia-ml-py) covers that need plus a margin; and
+- the GPU's free memory (nvidia-ml-py) covers that need plus a margin, after
+  taking off the need of each run already there that has not reported its own
+  measurement (it may not have allocated yet); a run there whose need is not
+  known at all (never measured, or an ensemble) keeps the GPU to itself; and
 - the GPU is not already saturated (utilisation under `SATURATED_UTIL`):
   time-slicing runs that each fill the GPU gains nothing.
 `slots_per_gpu = "auto"` (the default) offers up to `AUTO_MAX_PER_GPU` slots per
@@ -178,6 +181,8 @@ class Scheduler:
     """Measured peak GPU memory per footprint (see `footprint`)."""
     footprints: dict[str, str] = field(default_factory=dict)
     """Footprint of each placed run, so a measurement reported by run id can be learned."""
+    reported: set[str] = field(default_factory=set)
+    """Placed runs whose own measurement came in: they have allocated, so NVML's free memory counts them."""
 
     def learn(self, run_id: str, peak_bytes: int) -> None:
         """A worker measured `peak_bytes` for `run_id` (its first epoch): runs of the same
@@ -185,6 +190,7 @@ class Scheduler:
         key = self.footprints.get(run_id)
         if key is not None and peak_bytes > 0:
             self.need_bytes[key] = max(self.need_bytes.get(key, 0), int(peak_bytes))
+            self.reported.add(run_id)
 
     def need_of(self, run: dict[str, Any]) -> int | None:
         key = footprint(run.get("config"))
@@ -218,11 +224,18 @@ class Scheduler:
             return True
         if need is None or slot.gpu not in free_memory:
             return False  # never measured, or no NVML reading: a shared GPU is not risked
-        if any(s.run_id not in self.footprints or self.footprints[s.run_id] not in self.need_bytes for s in busy):
-            return False  # a neighbour not yet measured may not have allocated yet: NVML's free memory flatters
+        # A neighbour that has not reported yet may not have allocated yet, so NVML's free memory
+        # flatters: count its footprint's need against it, or refuse if that is unknown too.
+        pending = 0
+        for s in busy:
+            key = self.footprints.get(s.run_id or "")
+            if key is None or key not in self.need_bytes:
+                return False
+            if s.run_id not in self.reported:
+                pending += self.need_bytes[key]
         if (util or {}).get(slot.gpu) is not None and util[slot.gpu] >= SATURATED_UTIL:
             return False
-        return free_memory[slot.gpu] >= need + MARGIN_BYTES
+        return free_memory[slot.gpu] - pending >= need + MARGIN_BYTES
 
     def plan(self, queued: list[dict[str, Any]], free_memory: dict[int, int] | None = None,
              util: dict[int, int | None] | None = None) -> list[Placement]:
@@ -242,8 +255,8 @@ class Scheduler:
                     key = key if gpus else footprint(run.get("config"))
                     if key is not None and run.get("members", 1) == 1:  # an ensemble is never "measured"
                         self.footprints[run["id"]] = key
-                    if slot.gpu is not None and slot.gpu in free_memory:
-                        free_memory[slot.gpu] -= need or free_memory[slot.gpu]
+                    if slot.gpu is not None and slot.gpu in free_memory and need is None:
+                        free_memory[slot.gpu] = 0  # unknown need: nothing else joins (a known one counts as pending)
                     device = "cpu" if pinned_device(run) == "cpu" or slot.gpu is None else "cuda"
                     placements.append(Placement(run["id"], slot, device))
                     break
@@ -253,6 +266,7 @@ class Scheduler:
 
     def release(self, run_id: str) -> None:
         self.footprints.pop(run_id, None)
+        self.reported.discard(run_id)
         for slot in self.slots:
             if slot.run_id == run_id:
                 slot.run_id = None

@@ -120,6 +120,20 @@ def test_measured_runs_of_the_same_footprint_pack_until_memory_runs_out():
     assert free - 3 * GIB < 3 * GIB + MARGIN_BYTES
 
 
+def test_runs_placed_but_not_yet_measured_count_against_a_stale_reading():
+    s = Scheduler(make_slots(gpus(1), 8))
+    s.plan([run("r1")], {0: 80 * GIB})
+    s.learn("r1", 10 * GIB)
+    # NVML still says 30 GiB free while r2 and r3 have not allocated: 30 - 2 x 10 leaves room for none more.
+    assert placed(s.plan([run("r2"), run("r3"), run("r4")], {0: 30 * GIB}, {0: 5})) == [("r2", "gpu0.1"),
+                                                                                         ("r3", "gpu0.2")]
+    assert s.plan([run("r4")], {0: 30 * GIB}, {0: 5}) == []  # the next dispatch, same stale reading
+    s.learn("r2", 10 * GIB)
+    s.learn("r3", 10 * GIB)
+    assert s.plan([run("r4")], {0: 10 * GIB}, {0: 5}) == []  # now NVML counts them: 10 GiB is not 10 + margin
+    assert placed(s.plan([run("r4")], {0: 11 * GIB}, {0: 5})) == [("r4", "gpu0.3")]
+
+
 def test_a_saturated_gpu_takes_no_further_run():
     s = Scheduler(make_slots(gpus(1), 4))
     s.plan([run("r1")], {0: 80 * GIB})
