@@ -103,7 +103,7 @@ def tune_cmd(
 def _refuse_changed_resume(name: str, existing: dict[str, Any] | None, spec) -> None:
     """Resuming a study keeps the config it was created with; refuse a request that differs,
     rather than ignore the difference."""
-    from engine.tuning import launch
+    from engine.tuning import launch  # light: no Optuna
 
     if not existing:
         return
@@ -120,9 +120,11 @@ def _refuse_changed_resume(name: str, existing: dict[str, Any] | None, spec) -> 
 
 def _warn_space_overrides(spec, sets: list[str]) -> None:
     """A `--set` on a key the search space samples is overwritten by every trial: say so."""
+    from engine.presets.loader import parse_set
+
     space = set(spec.tune.space) if spec.tune is not None else set()
     for item in sets:
-        key = item.split("=", 1)[0].strip()
+        key = ".".join(parse_set(item)[0])  # already parsed once by resolve(): valid here
         if key in space or any(s.startswith(key + ".") for s in space):
             err(f"trialdeck: --set {key}: [tune.space] samples it, so each trial's own value is used")
 

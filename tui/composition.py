@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.errors import PresetError, TrialdeckError
 from engine.presets import compose, list_presets
+from engine.presets.authoring import config_diff, flatten
 from engine.presets.loader import Composed, apply_set, read_toml, validate
 from engine.presets.schema import RunSpec
 
@@ -63,19 +64,6 @@ def merge(dst: dict[str, Any], src: dict[str, Any], prefix: tuple[str, ...] = ()
             merge(dst[key], value, path)
         else:
             dst[key] = copy.deepcopy(value)
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; lists stay whole, and so does each
-    search-space entry (`tune.space.<key>`), without its unset fields."""
-    if prefix.startswith("tune.space.") and isinstance(value, dict):
-        return {prefix: {k: v for k, v in value.items() if v not in (None, False)}}
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def dotted_keys() -> list[str]:
@@ -181,12 +169,7 @@ class PresetLibrary:
         spec = self.resolve(Composition((name,)))
         parents = self.parents_of(name)
         base = self.resolve(Composition(tuple(parents))) if parents else RunSpec()
-        skip = {"preset", "description"}
-        mine = {k: v for k, v in flatten(spec.config()).items() if k not in skip}
-        theirs = {k: v for k, v in flatten(base.config()).items() if k not in skip}
-        changes = [(k, theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v]
-        changes += [(k, v, None) for k, v in theirs.items() if k not in mine]
-        return parents, sorted(changes, key=lambda c: c[0])
+        return parents, config_diff(base.config(), spec.config(), skip={"preset", "description"})
 
 
 def lr_curve(spec: RunSpec, limit: int = 2000) -> list[float]:

@@ -6,6 +6,7 @@ so it stays small and follows later changes to its parents.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,27 @@ import tomli_w
 from engine.errors import PresetError
 from engine.presets.loader import Composed, apply_set, check_name, compose, parse_set, validate
 from engine.presets.schema import RunSpec
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; lists stay whole, and so does each
+    search-space entry (`tune.space.<key>`), without its unset fields."""
+    if prefix.startswith("tune.space.") and isinstance(value, dict):
+        return {prefix: {k: v for k, v in value.items() if v not in (None, False)}}
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def config_diff(before: dict[str, Any], after: dict[str, Any], skip: Collection[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in `before`, value in `after`) for each key (see `flatten`) whose
+    value differs, a missing key counting as None; sorted by key, `skip` left out."""
+    old, new = flatten(before), flatten(after)
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k not in skip and old.get(k) != new.get(k)]
 
 
 def overrides_table(sets: list[str]) -> dict[str, Any]:

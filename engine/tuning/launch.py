@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from engine.errors import BadInput
+from engine.presets.authoring import config_diff
 from engine.presets.schema import RunSpec, TuneConfig
 from engine.tuning.space import grid_size
 from engine.workspace import Workspace
@@ -74,19 +75,6 @@ RESUMABLE_KEYS = frozenset({"tune.trials", "tune.timeout"})
 
 
 def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted key, value in `before`, value in `after`) for every leaf that differs, except
+    """(dotted key, value in `before`, value in `after`) for every key that differs, except
     `RESUMABLE_KEYS`: what resuming a study created with `before` would silently ignore."""
-    changes: list[tuple[str, Any, Any]] = []
-
-    def walk(a: Any, b: Any, prefix: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{prefix}{key}.")
-            return
-        key = prefix.rstrip(".")
-        if a != b and key not in RESUMABLE_KEYS:
-            changes.append((key, a, b))
-
-    walk(before, after, "")
-    return changes
-
+    return config_diff(before, after, skip=RESUMABLE_KEYS)
