@@ -226,6 +226,8 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
             else:  # a CUDA generator's state is 16 bytes, a CPU one's 5056: written on the other kind
                 cb.log(f"{ckpt_path} was written on another kind of device; the batch order goes on from the seed")
             torch.set_rng_state(ck["cpu_rng"])
+            if device.type == "cuda" and ck.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ck["cuda_rng"], device)  # dropout's masks on the GPU
             result.history = [EpochRecord(**h) for h in ck["history"]]
             start_epoch = ck["epoch"] + 1
             lr_prev = result.history[-1].lr if result.history else None
@@ -377,6 +379,7 @@ def write_checkpoint(path, spec, model, optimizer, schedule, stopper, best_state
         "best_model": best_state,
         "generator": gen.get_state(),
         "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(gen.device) if gen.device.type == "cuda" else None,
         "history": [h.to_json() for h in result.history],
         "final": final,
     }

@@ -250,6 +250,24 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     assert [h.val_loss for h in resumed.history] == pytest.approx([h.val_loss for h in full.history], rel=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_run_with_dropout_resumes_with_the_same_masks(tmp_path):
+    """Dropout on the GPU draws from the CUDA generator, which the checkpoint keeps."""
+    from engine.callbacks import Stop
+
+    class InterruptAfter(TrainerCallback):
+        def on_epoch(self, record, events):
+            return Stop(RunState.INTERRUPTED) if record.epoch == 2 else None
+
+    spec = resolve("seed/dropout", ["train.epochs=4", "train.device='cuda'", "train.precision='fp32'",
+                                    "train.checkpoint_seconds=0"])
+    full = train(spec)
+    assert train(spec, InterruptAfter(), run_dir=tmp_path).state == RunState.INTERRUPTED
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["cuda_rng"] is not None
+    resumed = train(spec, run_dir=tmp_path)
+    assert [h.train_loss for h in resumed.history] == pytest.approx([h.train_loss for h in full.history], rel=1e-5)
+
+
 def test_a_checkpoint_from_another_kind_of_device_resumes(tmp_path):
     """A CUDA generator's state (16 bytes) cannot be loaded into a CPU one: the run goes on
     from its weights and optimiser state, and says the batch order was not replayed."""

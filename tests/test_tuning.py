@@ -208,6 +208,33 @@ def test_a_trial_run_record_keeps_its_sampled_params(tpe) -> None:
     assert run.get("params") == t["params"], f"run {t['run_id']} params: {run.get('params')!r}"
 
 
+def test_a_failed_trial_keeps_why_in_the_study_and_a_finished_one_its_value() -> None:
+    import optuna
+
+    from engine.presets.schema import TuneConfig
+    from engine.tuning import study as studies
+
+    tune = TuneConfig.model_validate({"space": {"optimizer.lr": {"float": [1e-4, 1e-1], "log": True}}})
+    study = optuna.create_study(direction="minimize")
+    endings = [
+        {"state": "completed", "history": [{"val_loss": 0.5}, {"val_loss": 0.3}, {"val_loss": 0.4}]},
+        {"state": "early_stopped", "history": [{"val_loss": None}]},
+        {"state": "failed", "error": "CUDA out of memory"},
+        {"state": "cancelled"},
+        {"state": "pruned", "history": [{"val_loss": 0.9}]},
+    ]
+    told = []
+    for record in endings:
+        trial = study.ask()
+        told.append(studies.tell_run(study, tune, trial._trial_id, trial.number, record))
+    docs = [studies.trial_doc(t, tune) for t in study.get_trials()]
+    assert told == [d["state"] for d in docs] == ["complete", "fail", "fail", "fail", "pruned"]
+    assert docs[0]["value"] == 0.3 and docs[0]["fail_reason"] is None
+    assert [d["fail_reason"] for d in docs[1:4]] == [
+        "the run recorded no val_loss", "failed: CUDA out of memory", "cancelled"]
+    assert docs[4]["fail_reason"] is None
+
+
 # ------------------------------------------------------------------ 3. the article's grid
 
 

@@ -182,7 +182,9 @@ def _print_study(doc: dict[str, Any], trials: list[dict[str, Any]]) -> None:
         print("  importances: " + ", ".join(f"{k} {v:.2f}" for k, v in doc["importances"].items()))
     for t in trials:
         value = f"{t['value']:.4g}" if t.get("value") is not None else "-"
-        print(f"  #{t['number']:<4} {t['state']:<9} {value:>9}  {t.get('run_id') or '':<8} {json.dumps(t.get('params'))}")
+        why = t.get("fail_reason") or t.get("prune_reason")
+        print(f"  #{t['number']:<4} {t['state']:<9} {value:>9}  {t.get('run_id') or '':<8} {json.dumps(t.get('params'))}"
+              + (f"  ({why})" if why else ""))
 
 
 def _sync_from_storage(ws, store, name: str, storage: str | None) -> dict[str, Any]:

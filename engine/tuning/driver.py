@@ -144,6 +144,7 @@ class StudyDriver:
             try:
                 spec = apply_params(meta["config"], params, f"study {doc['name']} trial {trial.number}")
             except Exception as exc:  # noqa: BLE001 - a sampled combination the preset rejects
+                trial.set_user_attr("fail_reason", f"invalid parameters: {exc}"[:300])
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 self.log(f"study {doc['name']} trial {trial.number}: invalid parameters: {exc}")
                 continue
@@ -172,16 +173,7 @@ class StudyDriver:
                 continue
             if states.get(trial_id) != optuna.trial.TrialState.RUNNING:
                 continue
-            if r["state"] in ("completed", "early_stopped"):
-                value = studies.trial_value(tune, r.get("history") or [])
-                if value is None:
-                    study.tell(r["trial"], state=optuna.trial.TrialState.FAIL)
-                else:
-                    study.tell(r["trial"], value)
-            elif r["state"] == "pruned":
-                study.tell(r["trial"], state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(r["trial"], state=optuna.trial.TrialState.FAIL)
+            studies.tell_run(study, tune, trial_id, r["trial"], r)
             told = True
         return told
 
@@ -208,6 +200,8 @@ class StudyDriver:
                 ours = local or t.user_attrs.get("workspace") == self.workspace_id
                 if ours and t._trial_id not in known:
                     # Asked by an engine that died before it recorded the trial's run.
+                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                                       "the engine stopped before it recorded the trial's run")
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                     self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
             studies.sync(self.store, study, tune, meta, url=url)

@@ -42,6 +42,7 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
         try:
             spec = apply_params(meta["config"], params, f"study {name} trial {trial.number}")
         except Exception as exc:  # noqa: BLE001 - a sampled combination the preset rejects
+            trial.set_user_attr("fail_reason", f"invalid parameters: {exc}"[:300])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             say(f"trial {trial.number}: invalid parameters: {exc}")
             continue
@@ -58,24 +59,12 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
         except KeyboardInterrupt:
             recorder.flush()
             store.transition(record["id"], RunState.INTERRUPTED, error="interrupted by the user (Ctrl-C)")
+            trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         finally:
             recorder.close()
-        if final["state"] in ("completed", "early_stopped"):
-            value = studies.trial_value(tune, final.get("history") or [])
-            if value is None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                done["fail"] += 1
-            else:
-                study.tell(trial, value)
-                done["complete"] += 1
-        elif final["state"] == "pruned":
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            done["pruned"] += 1
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            done["fail"] += 1
+        done[studies.tell_run(study, tune, trial._trial_id, trial.number, final)] += 1
         ran += 1
         say(f"trial {trial.number} {final['state']}" + (f" ({final['error']})" if final.get("error") else ""))
     studies.sync(store, study, tune, meta, url=url)

@@ -129,7 +129,31 @@ def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
         "finished_at": end,
         "duration": (end - start) if start and end else None,
         "prune_reason": t.user_attrs.get("prune_reason"),
+        "fail_reason": t.user_attrs.get("fail_reason"),
     }
+
+
+def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, record: dict[str, Any]) -> str:
+    """Tell Optuna how a trial's run ended and return the state told.
+
+    Optuna has one state for every other ending, FAIL, so a failed trial keeps
+    why (cancelled, the run's error, no metric) in its `fail_reason` attribute.
+    """
+    state = record["state"]
+    if state in ("completed", "early_stopped"):
+        value = trial_value(tune, record.get("history") or [])
+        if value is not None:
+            study.tell(number, value)
+            return "complete"
+        reason = f"the run recorded no {tune.metric}"
+    elif state == "pruned":
+        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        return "pruned"
+    else:
+        reason = f"{state}: {record['error']}" if record.get("error") else state
+    study._storage.set_trial_user_attr(trial_id, "fail_reason", reason[:300])
+    study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return "fail"
 
 
 def importances(study: optuna.Study) -> dict[str, float] | None:
