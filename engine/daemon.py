@@ -153,7 +153,7 @@ class Engine:
         for run in self.store.list_runs(RunState.INTERRUPTED):
             if run.get("foreground") or self.recovery == "leave":
                 continue
-            checkpoint = self.ws.run_dir(run["id"]) / "checkpoint.pt"
+            checkpoint = self.ws.checkpoint_path(run["id"])
             if self.recovery == "requeue" and checkpoint.exists():
                 checkpoint.unlink()
             how = "resumes from its checkpoint" if checkpoint.exists() else "starts over"
@@ -350,7 +350,7 @@ class Engine:
         open_group: dict[str, str] = {}
         for run in queued:
             key = run.get("ensemble")
-            resumes = run.get("attempts") and (self.ws.runs_dir / run["id"] / "checkpoint.pt").exists()
+            resumes = run.get("attempts") and self.ws.checkpoint_path(run["id"]).exists()
             if not key or resumes:  # (a run never started has no checkpoint: no file to look for)
                 heads.append(run)
                 continue

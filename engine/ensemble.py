@@ -55,6 +55,7 @@ from engine.trainer import (
     EVAL_BATCH,
     EarlyStopper,
     NonFiniteLoss,
+    Partial,
     TrainResult,
     describe_failure,
     make_optimizer,
@@ -419,15 +420,16 @@ class _Ensemble:
                               if (entry := self.opt.row_state(row, offset, numel, shape, momentum))}
         return reference
 
-    def _save(self, m: _Member, epoch: int, final: bool = False) -> None:
+    def _save(self, m: _Member, epoch: int, final: bool = False, partial: Partial | None = None) -> None:
         """train()'s checkpoint for one member, written by train()'s own writer."""
         row = self.active.index(m)
         model = m.best_state if m.restored else self._member_model(row, m)
         write_checkpoint(m.ckpt_path, m.spec, _Snapshot(model), _Snapshot(self._member_optimizer(row, m)), m.schedule,
-                    m.stopper, m.best_state, m.gen, epoch, m.result, m.cb, final=final)
+                    m.stopper, m.best_state, m.gen, epoch, m.result, m.cb, final=final, partial=partial)
 
-    def finish(self, m: _Member, stop: Stop | None) -> None:
-        """End a member still in the stack, as train() ends after its epoch loop."""
+    def finish(self, m: _Member, stop: Stop | None, partial: Partial | None = None) -> None:
+        """End a member still in the stack, as train() ends after its epoch loop (`partial`:
+        where inside an epoch it stopped)."""
         r = m.result
         m.done = True
         if stop is not None:
@@ -435,8 +437,8 @@ class _Ensemble:
             if stop.event is not None:
                 r.events.append(stop.event)
                 m.cb.on_event(stop.event)
-            if stop.state == RunState.INTERRUPTED and m.ckpt_path is not None and r.history:
-                self._save(m, r.history[-1].epoch - 1)
+            if stop.state == RunState.INTERRUPTED and m.ckpt_path is not None and (r.history or partial):
+                self._save(m, len(r.history) - 1, partial=partial)
         elif r.state == RunState.RUNNING:
             r.state = RunState.COMPLETED
         if m.stopper is not None:
@@ -444,8 +446,8 @@ class _Ensemble:
         elif r.history:
             best = min(r.history, key=lambda h: h.val_loss)
             r.best_epoch, r.best_value = best.epoch, best.val_loss
-        if m.ckpt_path is not None and r.history and r.state != RunState.INTERRUPTED:
-            self._save(m, r.history[-1].epoch - 1, final=True)
+        if m.ckpt_path is not None and (r.history or partial) and r.state != RunState.INTERRUPTED:
+            self._save(m, len(r.history) - 1, final=True, partial=partial)
         r.seconds = time.perf_counter() - self.started
         self._ended(m)
 
@@ -540,7 +542,7 @@ class _Ensemble:
                     m.cb.on_step(epoch + 1, i + 1, values[row])
                 stop = m.cb.poll()
                 if stop is not None:
-                    self.finish(m, stop)
+                    self.finish(m, stop, Partial(i + 1, self.perms[row], float(self.total[row])))
                     ended.add(row)
             except Exception as exc:  # noqa: BLE001 - a member's callback fails it alone
                 if not m.done:

@@ -27,9 +27,18 @@ import torch.nn.functional as F
 from engine.callbacks import Stop, TrainerCallback
 from engine.presets.schema import RunSpec
 from engine.types import EpochRecord, EventKind, RunEvent, RunState
+from engine.workspace import CHECKPOINT_NAME, atomic_write
 
-CHECKPOINT_NAME = "checkpoint.pt"
 EVAL_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Where a stop cut an epoch short: steps done, its batch order, its summed loss so far."""
+
+    step: int
+    perm: torch.Tensor
+    total: float
 
 
 @dataclass
@@ -131,8 +140,6 @@ class EarlyStopper:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomic: a kill at any moment leaves either the old or the new checkpoint."""
-    from engine.workspace import atomic_write
-
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write(path, buffer.getbuffer())
@@ -209,6 +216,7 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
     n, bs = x_train.shape[0], spec.data.batch_size
     steps = math.ceil(n / bs)
     start_epoch, best_state, lr_prev = 0, None, None
+    inside: Partial | None = None  # where a checkpoint written inside an epoch stopped
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
 
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -231,7 +239,11 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
             result.history = [EpochRecord(**h) for h in ck["history"]]
             start_epoch = ck["epoch"] + 1
             lr_prev = result.history[-1].lr if result.history else None
-            event = RunEvent(EventKind.RESUMED.value, start_epoch, f"resumed from the checkpoint after epoch {ck['epoch'] + 1}")
+            where = f"after epoch {start_epoch}"
+            if ck.get("partial") and ck["partial"]["perm"].numel() == n:
+                inside = Partial(int(ck["partial"]["step"]), ck["partial"]["perm"].to(device), float(ck["partial"]["total"]))
+                where = (f"{where}, " if start_epoch else "") + f"at step {inside.step} of {steps} in epoch {start_epoch + 1}"
+            event = RunEvent(EventKind.RESUMED.value, start_epoch, f"resumed from the checkpoint {where}")
             result.events.append(event)
             cb.on_event(event)
         else:
@@ -262,9 +274,12 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
         lr_prev = lr
 
         model.train()
-        perm = torch.randperm(n, device=device, generator=gen)
-        total = torch.zeros((), device=device)
-        for i in range(steps):
+        if inside is not None:  # the rest of the epoch a stop cut short, in its batch order
+            first, perm, total = inside.step, inside.perm, torch.full((), inside.total, device=device)
+            inside = None
+        else:
+            first, perm, total = 0, torch.randperm(n, device=device, generator=gen), torch.zeros((), device=device)
+        for i in range(first, steps):
             idx = perm[i * bs : (i + 1) * bs]
             xb, yb = x_train[idx], y_train[idx]
             if augment is not None:
@@ -284,6 +299,7 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
                         cb.on_step(epoch + 1, i + 1, loss.item())  # .item() syncs; throttled
                     stop = cb.poll()
                     if stop is not None:
+                        inside = Partial(i + 1, perm, float(total))
                         break
         if stop is not None:
             break
@@ -333,9 +349,9 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
         if stop.event is not None:
             result.events.append(stop.event)
             cb.on_event(stop.event)
-        if stop.state == RunState.INTERRUPTED and ckpt_path is not None and result.history:
+        if stop.state == RunState.INTERRUPTED and ckpt_path is not None and (result.history or inside):
             write_checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
-                        result.history[-1].epoch - 1, result, cb)
+                             len(result.history) - 1, result, cb, partial=inside)
     elif result.state == RunState.RUNNING:
         result.state = RunState.COMPLETED
     if stopper is not None:
@@ -343,9 +359,9 @@ def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) ->
     elif result.history:
         best = min(result.history, key=lambda h: h.val_loss)
         result.best_epoch, result.best_value = best.epoch, best.val_loss
-    if ckpt_path is not None and result.history and result.state != RunState.INTERRUPTED:
+    if ckpt_path is not None and (result.history or inside) and result.state != RunState.INTERRUPTED:
         write_checkpoint(ckpt_path, spec, model, optimizer, schedule, stopper, best_state, gen,
-                    result.history[-1].epoch - 1, result, cb, final=True)
+                         len(result.history) - 1, result, cb, final=True, partial=inside)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -367,7 +383,10 @@ def evaluate(model, x, y, autocast=contextlib.nullcontext()) -> tuple[float, flo
     return loss / n, acc / n
 
 
-def write_checkpoint(path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb, final=False):
+def write_checkpoint(path, spec, model, optimizer, schedule, stopper, best_state, gen, epoch, result, cb, final=False,
+                     partial: Partial | None = None):
+    """`epoch`: the last whole epoch (0-based; -1 for none). `partial`: where in the next one
+    a stop cut it short, so a resume goes on from that step in the same batch order."""
     payload = {
         "config": spec.config(),
         "config_hash": spec.content_hash,
@@ -382,9 +401,13 @@ def write_checkpoint(path, spec, model, optimizer, schedule, stopper, best_state
         "cuda_rng": torch.cuda.get_rng_state(gen.device) if gen.device.type == "cuda" else None,
         "history": [h.to_json() for h in result.history],
         "final": final,
+        "partial": {"step": partial.step, "perm": partial.perm.cpu(), "total": partial.total} if partial else None,
     }
     save_checkpoint(path, payload)
-    event = RunEvent(EventKind.CHECKPOINT.value, epoch + 1, f"checkpoint written after epoch {epoch + 1}", {"path": str(path)})
+    where = f"after epoch {epoch + 1}"
+    if partial:
+        where = (f"{where}, " if epoch >= 0 else "") + f"at step {partial.step} of epoch {epoch + 2}"
+    event = RunEvent(EventKind.CHECKPOINT.value, epoch + 1 or None, f"checkpoint written {where}", {"path": str(path)})
     result.checkpoint = str(path)
     if not final:
         result.events.append(event)

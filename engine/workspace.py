@@ -24,6 +24,7 @@ from pathlib import Path
 from engine.errors import BadInput, StorageError
 
 __all__ = [
+    "CHECKPOINT_NAME",
     "DIR_MODE",
     "FILE_MODE",
     "RUN_ID_RE",
@@ -35,6 +36,7 @@ __all__ = [
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+CHECKPOINT_NAME = "checkpoint.pt"
 RUN_ID_RE = re.compile(r"^r[0-9]+$")
 HOME_ENV = "TRIALDECK_HOME"
 
@@ -200,6 +202,10 @@ class Workspace:
     @property
     def studies_dir(self) -> Path:
         return self.root / "studies"
+
+    def checkpoint_path(self, run_id: str) -> Path:
+        """Where the run's checkpoint is (or would be); creates nothing."""
+        return self.runs_dir / run_id / CHECKPOINT_NAME
 
     def run_dir(self, run_id: str) -> Path:
         """The run's own folder (metrics, log, checkpoints), created 0700."""

@@ -313,6 +313,30 @@ def test_an_interrupted_member_resumes_with_train(tmp_path):
     assert_same_run(train(specs[0]), resumed)
 
 
+def test_a_member_stopped_inside_an_epoch_resumes_with_train_at_that_step(tmp_path):
+    class InterruptAtThirdPoll(TrainerCallback):
+        step_interval, polls = 0.0, 0
+
+        def poll(self):
+            self.polls += 1
+            return Stop(RunState.INTERRUPTED) if self.polls == 3 else None  # inside epoch 2
+
+    specs = [spec("optimizer.name='adam'", "optimizer.lr=0.002", "train.epochs=4"),
+             spec("optimizer.name='adam'", "optimizer.lr=0.001", "train.seed=1", "train.epochs=4")]
+    dirs = run_dirs(tmp_path, "a", "b")
+    interrupted, other = train_ensemble(specs, [InterruptAtThirdPoll(), None], run_dirs=dirs)
+    assert interrupted.state == RunState.INTERRUPTED and len(interrupted.history) == 1
+    payload = load_checkpoint(dirs[0] / CHECKPOINT_NAME)
+    step = payload["partial"]["step"]
+    assert payload["epoch"] == 0 and step % 8 == 0  # polled every 8th step
+    assert other.state == RunState.COMPLETED
+    resumed = train(specs[0], run_dir=dirs[0])
+    [said] = [e.message for e in resumed.events if e.kind == "resumed"]
+    assert said.startswith(f"resumed from the checkpoint after epoch 1, at step {step} of ") and said.endswith(" in epoch 2")
+    resumed.events = [e for e in resumed.events if e.kind != "resumed"]
+    assert_same_run(train(specs[0]), resumed)
+
+
 def test_callbacks_hear_what_train_tells_them():
     s = spec("optimizer.name='sgd'", "optimizer.lr=0.1", "schedule.kind='step'", "schedule.epochs_drop=2",
              "train.epochs=4")

@@ -250,6 +250,50 @@ def test_checkpoint_resumes_where_it_stopped(tmp_path):
     assert [h.val_loss for h in resumed.history] == pytest.approx([h.val_loss for h in full.history], rel=1e-5)
 
 
+class _StopAtPoll(TrainerCallback):
+    """Stops the run at its n-th poll: inside an epoch, as `engine stop` or a cancel does."""
+
+    step_interval = 0.0
+
+    def __init__(self, n: int, state: RunState = RunState.INTERRUPTED) -> None:
+        self.n, self.state, self.polls, self.events = n, state, 0, []
+
+    def poll(self):
+        from engine.callbacks import Stop
+
+        self.polls += 1
+        return Stop(self.state) if self.polls == self.n else None
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+@pytest.mark.parametrize(("preset", "n", "state"), [
+    ("base/digits-mlp", 3, RunState.INTERRUPTED),  # step 16 of epoch 2 (polls every 8 of 23 steps)
+    ("base/digits-mlp", 1, RunState.INTERRUPTED),  # inside the first epoch: nothing whole yet
+    ("seed/augmentation", 4, RunState.CANCELLED),  # augmentation draws from the generator per batch
+    ("seed/dropout", 5, RunState.INTERRUPTED),  # dropout draws from the global generator
+])
+def test_a_stop_inside_an_epoch_resumes_at_that_step_and_ends_as_if_never_stopped(tmp_path, preset, n, state):
+    spec = resolve(preset, ["train.epochs=3", "train.device='cpu'", "train.checkpoint_seconds=0"])
+    full = train(spec)
+    stopper = _StopAtPoll(n, state)
+    first = train(spec, stopper, run_dir=tmp_path)
+    assert first.state == state
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert payload["partial"] is not None and payload["epoch"] == len(first.history) - 1
+    step = payload["partial"]["step"]
+    if state == RunState.INTERRUPTED:  # a final checkpoint (any other stop) is written without an event
+        assert f"at step {step} of epoch {len(first.history) + 1}" in [e.message for e in stopper.events][-1]
+    listener = _StopAtPoll(0)
+    resumed = train(spec, listener, run_dir=tmp_path)
+    assert resumed.state == RunState.COMPLETED and [h.epoch for h in resumed.history] == [1, 2, 3]
+    [said] = [e.message for e in listener.events if e.kind == "resumed"]
+    assert f"at step {step} of" in said
+    for got, want in zip(resumed.history, full.history, strict=True):
+        assert (got.train_loss, got.val_loss) == pytest.approx((want.train_loss, want.val_loss), rel=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_cuda_run_with_dropout_resumes_with_the_same_masks(tmp_path):
     """Dropout on the GPU draws from the CUDA generator, which the checkpoint keeps."""
