@@ -4,7 +4,10 @@ Queueing validates the priority and creates the runs in one write; cancelling
 follows the run's state: a queued run is cancelled at once, a running one is
 asked to stop (the engine stops it within a second, or it is cancelled
 directly when no engine is alive), an interrupted one is cancelled, and a
-finished one is refused with the reason.
+finished one is refused with the reason. A run that ended without its result
+(failed, cancelled, interrupted) can be resumed in place from its checkpoint;
+any run can be run again as a new run with the same configuration, and its
+old record stays as it was.
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ from engine.presets.schema import RunSpec
 from engine.store import Store
 from engine.types import EventKind, RunEvent, RunState
 
+RESUMABLE = ("failed", "cancelled", "interrupted")
+
 PRIORITY_LIMIT = 1_000_000
 
 
-def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
+def _check_priority(priority: Any) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > PRIORITY_LIMIT:
         raise BadInput(f"priority {priority!r}: allowed: a whole number from -{PRIORITY_LIMIT} to {PRIORITY_LIMIT}")
+
+
+def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
+    _check_priority(priority)
     return store.create_runs([
         {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
          "device": None if device in (None, "auto") else device}
@@ -63,3 +72,43 @@ def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[dict[st
     if state == "interrupted":
         return store.transition(run_id, RunState.CANCELLED, add_events=_cancelled("cancelled by the user")), "cancelled"
     raise BadInput(f"{run_id} is already {state}; only queued, running or interrupted runs can be cancelled")
+
+
+def check_resumable(record: dict[str, Any]) -> None:
+    """Refuse, with the reason, a run `resume` cannot queue again."""
+    run_id, state = record["id"], record["state"]
+    if state in ("queued", "running"):
+        raise BadInput(f"{run_id} is {state}; only failed, cancelled or interrupted runs can be resumed")
+    if state not in RESUMABLE:
+        raise BadInput(f"{run_id} already {state}; `trialdeck runs rerun {run_id}` trains its configuration again as a new run")
+    if record.get("study") is not None and (state != "interrupted" or record.get("remote")):
+        raise BadInput(f"{run_id} is trial {record.get('trial')} of study {record['study']}, and Optuna has its result; "
+                       f"`trialdeck runs rerun {run_id}` trains its configuration again as a plain run")
+
+
+def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
+    """Queue a failed, cancelled or interrupted run again under its own id; the worker
+    continues from its checkpoint when it has one. Returns its record and how it goes on."""
+    record = get_run(store, run_id)
+    check_resumable(record)
+    run_id = record["id"]
+    how = "resumes from its checkpoint" if store.workspace.checkpoint_path(run_id).exists() else "starts over (it has no checkpoint)"
+    event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
+    return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
+                            foreground=False), how  # a `trialdeck train` run goes on in the engine
+
+
+def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None) -> list[dict[str, Any]]:
+    """New queued runs with the same resolved configurations, pins and priorities, in one
+    write; the old records stay as they are."""
+    records = [get_run(store, run_id) for run_id in run_ids]
+    for record in records:
+        if not record.get("config"):
+            raise BadInput(f"{record['id']} has no stored configuration to run again")
+    if priority is not None:
+        _check_priority(priority)
+    return store.create_runs([{
+        "preset": r["preset"], "config": r["config"], "config_hash": r.get("config_hash", ""),
+        "priority": int(r.get("priority", 0)) if priority is None else priority,
+        "device": r["pinned"] if "pinned" in r else None,
+    } for r in records])

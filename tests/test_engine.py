@@ -365,6 +365,37 @@ def test_queue_cancel_move_and_clear(deck: Deck) -> None:
     assert not (deck.ws.runs_dir / first / "metrics.jsonl").exists()
 
 
+def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(deck: Deck) -> None:
+    epochs = 300
+    run_id = deck.json("run", "base/digits-mlp", "--set", f"train.epochs={epochs}",
+                       "--set", "train.checkpoint_seconds=0")["id"]
+    deck.wait(lambda: deck.ws.checkpoint_path(run_id).exists(), 60, f"{run_id}'s first checkpoint")
+    assert deck.json("queue", "cancel", run_id)["state"] == "cancelled"
+    stopped = len(deck.run(run_id)["history"])
+    assert 0 < stopped < epochs
+
+    out = deck.json("runs", "resume", run_id)
+    assert out == {"id": run_id, "state": "queued", "how": "resumes from its checkpoint"}
+    final = deck.wait_state(run_id, TERMINAL, 240)
+    assert final["state"] == "completed" and final["attempts"] == 2
+    assert _epochs(final["history"]) == list(range(1, epochs + 1))
+    resumed = [e["message"] for e in final["events"] if e["kind"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0].startswith("resumed from the checkpoint after epoch")
+
+    refused = deck.cli("runs", "resume", run_id)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert f"`trialdeck runs rerun {run_id}`" in refused.stderr
+
+    new = deck.json("runs", "rerun", run_id)
+    assert new["id"] != run_id and new["config"] == final["config"]
+    again = deck.wait_state(new["id"], TERMINAL, 240)
+    assert again["state"] == "completed" and not [e for e in again["events"] if e["kind"] == "resumed"]
+    # The resumed run ends where the same configuration trained without a stop ends.
+    assert [h["val_loss"] for h in final["history"]] == pytest.approx([h["val_loss"] for h in again["history"]],
+                                                                     rel=1e-5)
+    assert deck.run(run_id)["finished_at"] == final["finished_at"]
+
+
 # ------------------------------------------------------------------ 6. engine stop / start
 
 

@@ -35,7 +35,8 @@ from tui.live import (
 )
 from tui.probes import EngineSample, GpuSample, HardwareSample, status_text
 from tui.testing import NOW, T0, seed_workspace
-from tui.trials import history, intermediate_curves, page_of, parse_filter, slice_of, sort_trials
+from tui.trials import history, intermediate_curves, page_of, parse_filter, short_names, slice_of, sort_trials
+from tui.widgets.live_table import fit_columns
 
 
 @pytest.fixture
@@ -376,3 +377,40 @@ def test_a_key_shared_by_an_app_action_and_a_screen_action_is_kept_and_reported(
                         "there it does clear."]
     assert check_clashes({"quit": "y"}, APP, PLACES) == ({"quit": "y"}, [])  # the app's keys do not reach a dialog
     assert check_clashes({}, APP, PLACES) == ({}, [])
+
+
+# ----------------------------------------------------------------------------- narrow terminals
+
+
+def test_trial_columns_name_indexed_parameters_apart():
+    # seed/tpe-mnist's space: one unit count and one dropout per layer. The last dotted part
+    # alone ("0", "0") made two columns read the same.
+    params = ["model.depth", "model.hidden.0", "model.hidden.1", "model.dropout.0", "data.batch_size",
+              "optimizer.name", "model.name", "optimizer.lr"]
+    names = short_names(params)
+    assert names == {"model.depth": "depth", "model.hidden.0": "hidden.0", "model.hidden.1": "hidden.1",
+                     "model.dropout.0": "dropout.0", "data.batch_size": "batch_size",
+                     "optimizer.name": "optimizer.name", "model.name": "model.name", "optimizer.lr": "lr"}
+    assert len(set(names.values())) == len(params)
+    trial = {"number": 0, "state": "complete", "value": 0.2,
+             "params": {"model.hidden.0": 512, "model.dropout.0": 0.3, "optimizer.name": "adam"}}
+    for param, header in names.items():  # each header is a key the trial filter takes
+        if param in trial["params"]:
+            assert parse_filter(f"{header}={trial['params'][param]}", params)(trial)
+
+
+def test_table_columns_fit_80_columns_by_shrinking_then_dropping_the_least_useful():
+    spec = [("id", "id", 6), ("state", "state", 13), ("preset", "preset", 20), ("loss", "loss", 16),
+            ("epoch", "epoch", 9), ("val_acc", "val_acc", 7), ("best", "best", 7), ("slot", "slot", 8),
+            ("elapsed", "elapsed", 8)]
+    drop, shrink = ("slot", "best", "elapsed"), {"preset": 14}
+    assert fit_columns(spec, 0, drop, shrink) == list(enumerate(spec))  # not laid out yet
+    assert fit_columns(spec, 200, drop, shrink) == list(enumerate(spec))
+    narrow = fit_columns(spec, 80, drop, shrink)
+    assert [c[0] for _, c in narrow] == ["id", "state", "preset", "loss", "epoch", "val_acc"]
+    assert sum(c[2] + 2 for _, c in narrow) <= 80
+    assert dict((c[0], c[2]) for _, c in narrow)["preset"] == 17  # the room left goes back to the preset
+    assert [i for i, _ in narrow] == [0, 1, 2, 3, 4, 5]  # indices into the row's cells
+    middle = fit_columns(spec, 100, drop, shrink)
+    assert [c[0] for _, c in middle] == ["id", "state", "preset", "loss", "epoch", "val_acc", "best", "elapsed"]
+    assert [i for i, _ in middle][-1] == 8

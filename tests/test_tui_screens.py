@@ -225,6 +225,36 @@ async def test_requeue_from_the_detail_makes_a_new_run_with_the_same_config(seed
         assert new["config"] == old["config"] and new["preset"] == old["preset"] and new["id"] == "r11"
 
 
+async def test_resume_queues_a_failed_run_again_under_its_id_and_only_where_it_applies(seeded):
+    ws, ids = seeded
+    app = new_app(ws)
+    toasts: list[str] = []
+    original = app.notify
+    app.notify = lambda message, **kw: (toasts.append(message), original(message, **kw))  # type: ignore[method-assign]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        table = app.screen.query_one("RunsTable")
+        order = [table.current_key]
+        for _ in range(12):  # walk the rows: R is in the footer exactly on the resumable ones
+            await pilot.pause(0.1)
+            shown = {k.key for k in footer_keys(app)}
+            state = Store(ws).get_run(table.current_key)["state"]
+            assert ("R" in shown) == (state in ("failed", "cancelled", "interrupted")), (table.current_key, state)
+            assert max(k.region.right for k in footer_keys(app)) <= 80
+            if table.current_key == ids["failed"]:
+                break
+            await pilot.press("down")
+            order.append(table.current_key)
+        assert table.current_key == ids["failed"], order
+        await pilot.press("R")
+        await wait_for(pilot, lambda: Store(ws).get_run(ids["failed"])["state"] == "queued", what="the run queued")
+        await wait_for(pilot, lambda: f"{ids['failed']} queued; it starts over (it has no checkpoint)" in toasts,
+                       what="the toast")
+        record = Store(ws).get_run(ids["failed"])
+        assert record["error"] is None and record["events"][-1]["kind"] == "requeued"
+        assert len(runs(ws, "queued")) == 3  # the same run, not a new one
+
+
 async def test_a_missing_run_says_so(seeded):
     ws, _ = seeded
     app = new_app(ws)
@@ -727,6 +757,100 @@ async def test_reopening_shows_the_same_workspace(seeded):
             assert row_of(tbl, ids["running"])[1] == "running"
             await pilot.press("q")
     assert Store(ws).get_run(ids["running"])["state"] == "running"  # closing the TUI stops nothing
+
+
+def footer_keys(app) -> list:
+    from textual.widgets import Footer
+
+    return list(app.screen.query_one(Footer).query("FooterKey"))
+
+
+async def test_every_footer_fits_80_columns_with_help_and_quit(seeded):
+    # The mode bar names the four views; the footer used to repeat them and ran out of room
+    # at 80 columns ("/ Fi…" on the Studies view; help and quit never showed).
+    ws, _ = seeded
+    app = new_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        views = (("1", "RunsScreen"), ("2", "PresetsScreen"), ("3", "QueueScreen"), ("4", "StudiesScreen"))
+        for key, screen in views:
+            await show(pilot, key, screen)
+            await pilot.pause(0.2)
+            keys = footer_keys(app)
+            palette = next(k for k in keys if k.key == "ctrl+p")
+            mine = [k for k in keys if k is not palette]
+            assert {"question_mark", "q"} <= {k.key for k in mine}, screen
+            assert max(k.region.right for k in mine) <= palette.region.x, screen
+            assert not {"1", "2", "3", "4"} & {k.key for k in mine}
+        text = screen_text(app)
+        assert "/ Filter" in text and "? Help" in text and "q Quit" in text
+        await pilot.press("question_mark")  # help still names every key in full
+        await wait_for(pilot, lambda: screen_name(app) == "HelpScreen", what="help")
+        text = screen_text(app)
+        for words in ("Sort by next column", "Reverse sort", "Study list", "Next view", "Studies", "Runs"):
+            assert words in text
+
+
+async def test_typing_shows_the_way_out_not_keys_that_would_type(seeded):
+    ws, _ = seeded
+    app = new_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash")
+        await pilot.pause(0.2)
+        shown = {k.key: k.description for k in footer_keys(app)}
+        assert shown.get("escape") == "Close filter" and "slash" not in shown  # "/" types a slash here
+        await pilot.press("escape")
+        await show(pilot, "2", "PresetsScreen")
+        assert "escape" not in {k.key for k in footer_keys(app)}  # already in the tree
+        await pilot.press("n")  # the composer: the key input has the focus
+        await pilot.pause(0.2)
+        assert isinstance(app.focused, Input)
+        shown = {k.key: k.description for k in footer_keys(app)}
+        assert shown.get("escape") == "Preset list" and "slash" not in shown
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.focused, Input)
+
+
+async def test_runs_table_at_80_columns_keeps_val_acc_whole(seeded):
+    ws, _ = seeded
+    app = new_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        runs_table = table(app, "#runs-table")
+        await pilot.pause(0.2)
+        assert runs_table.shown_columns == ["id", "state", "preset", "loss", "epoch", "val_acc"]
+        assert runs_table.virtual_size.width <= runs_table.scrollable_content_region.width  # no sideways scroll
+        assert " val_acc" in screen_text(app).splitlines()[1]
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause(0.3)
+        assert runs_table.shown_columns[-3:] == ["best", "slot", "elapsed"]
+
+
+async def test_study_table_and_trial_headers_read_whole(seeded):
+    ws, _ = seeded
+    store = Store(ws)
+    store.upsert_trials("seed-tpe-mnist", [
+        {"number": n, "state": "complete", "value": 0.5 - n / 10, "run_id": None, "intermediate": {},
+         "params": {"model.depth": 2, "model.hidden.0": 512 + n, "model.hidden.1": 256, "model.dropout.0": 0.25,
+                    "model.dropout.1": 0.5, "optimizer.name": "adam"}, "duration": 3.0} for n in range(2)])
+    store.upsert_study("seed-tpe-mnist", {"preset": "seed/tpe-mnist", "metric": "val_loss", "direction": "minimize",
+                                          "sampler": "tpe", "pruner": "median", "state": "completed",
+                                          "counts": {"complete": 2}, "n_trials": 2, "n_done": 2})
+    app = new_app(ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        await show(pilot, "4", "StudiesScreen")
+        studies, trials = table(app, "#study-table"), table(app, "#trial-table")
+        await wait_for(pilot, lambda: studies.row_count == 2, what="two studies")
+        assert "completed" in screen_text(app)  # not "complet…"
+        studies.focus()
+        assert studies.select_key("seed-tpe-mnist")
+        await wait_for(pilot, lambda: trials.row_count == 2, what="the tpe study's trials")
+        header = next(line for line in screen_text(app).splitlines() if line.lstrip().startswith("#"))
+        assert header.split() == ["#", "state", "value", "time", "depth", "hidden.0", "hidden.1", "dropout.0",
+                                  "dropout.1", "name"]
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])

@@ -217,7 +217,8 @@ def test_a_failed_trial_keeps_why_in_the_study_and_a_finished_one_its_value() ->
     tune = TuneConfig.model_validate({"space": {"optimizer.lr": {"float": [1e-4, 1e-1], "log": True}}})
     study = optuna.create_study(direction="minimize")
     endings = [
-        {"state": "completed", "history": [{"val_loss": 0.5}, {"val_loss": 0.3}, {"val_loss": 0.4}]},
+        {"state": "completed", "history": [{"val_loss": 0.5, "seconds": 1.5}, {"val_loss": 0.3, "seconds": 2.0},
+                                           {"val_loss": 0.4, "seconds": 2.5}]},
         {"state": "early_stopped", "history": [{"val_loss": None}]},
         {"state": "failed", "error": "CUDA out of memory"},
         {"state": "cancelled"},
@@ -230,6 +231,7 @@ def test_a_failed_trial_keeps_why_in_the_study_and_a_finished_one_its_value() ->
     docs = [studies.trial_doc(t, tune) for t in study.get_trials()]
     assert told == [d["state"] for d in docs] == ["complete", "fail", "fail", "fail", "pruned"]
     assert docs[0]["value"] == 0.3 and docs[0]["fail_reason"] is None
+    assert docs[0]["duration"] == 6.0  # time in its epochs, not since it was asked (queued)
     assert [d["fail_reason"] for d in docs[1:4]] == [
         "the run recorded no val_loss", "failed: CUDA out of memory", "cancelled"]
     assert docs[4]["fail_reason"] is None

@@ -40,7 +40,7 @@ from engine.workspace import Workspace
 from tui import messages
 from tui.composition import PresetLibrary
 from tui.control import Control, specs_for
-from tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, load_keymap
+from tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, described, load_keymap
 from tui.live import (
     LOGGED_EVENTS,
     TOASTED_EVENTS,
@@ -89,11 +89,13 @@ class TrialdeckApp(App[None]):
     CSS_PATH = "trialdeck.tcss"
     MODES = {"runs": RunsScreen, "presets": PresetsScreen, "queue": QueueScreen, "studies": StudiesScreen}
     DEFAULT_MODE = "runs"
+    # The mode bar at the top names the four views with their keys: the footer leaves them
+    # out, so that at 80 columns it has room for each view's own keys, help and quit.
     BINDINGS = [
-        bind("show_runs", "show_mode('runs')"),
-        bind("show_presets", "show_mode('presets')"),
-        bind("show_queue", "show_mode('queue')"),
-        bind("show_studies", "show_mode('studies')"),
+        bind("show_runs", "show_mode('runs')", show=False),
+        bind("show_presets", "show_mode('presets')", show=False),
+        bind("show_queue", "show_mode('queue')", show=False),
+        bind("show_studies", "show_mode('studies')", show=False),
         bind("help"),
         bind("quit"),
     ]
@@ -264,7 +266,7 @@ class TrialdeckApp(App[None]):
         rows = []
         for key, active in screen.active_bindings.items():
             if active.binding.id in ACTIONS:
-                rows.append((self.get_key_display(active.binding), active.binding.description, active.enabled))
+                rows.append((self.get_key_display(active.binding), described(active.binding), active.enabled))
         return rows
 
     def on_open_run(self, message: messages.OpenRun) -> None:
@@ -281,7 +283,7 @@ class TrialdeckApp(App[None]):
                 continue  # (Textual's own palette already offers Quit)
             seen.add(binding.id)
             node = active.node
-            yield SystemCommand(binding.description, f"key: {self.get_key_display(binding)}",
+            yield SystemCommand(described(binding), f"key: {self.get_key_display(binding)}",
                                 lambda action=binding.action, node=node: self.run_action(action, node))
         yield from super().get_system_commands(screen)
 
@@ -347,6 +349,10 @@ class TrialdeckApp(App[None]):
         self._write(lambda: self.ctx.control.requeue(message.run_id),
                     lambda r: self.notify(f"queued {r['id']}: {r['preset']} (same config as {message.run_id})",
                                           title="queued", markup=False), "requeue")
+
+    def on_resume_run(self, message: messages.ResumeRun) -> None:
+        self._write(lambda: self.ctx.control.resume(message.run_id),
+                    lambda text: self.notify(text, title="resumed", markup=False), "resume")
 
     def on_move_run(self, message: messages.MoveRun) -> None:
         self._write(lambda: self.ctx.control.move(message.run_id, message.where), None, "move")

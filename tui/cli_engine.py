@@ -19,7 +19,7 @@ from engine.errors import BadInput, ExitCode
 from tui.cli_common import HomeOpt, JsonOpt, SetOpt, emit, err, handle_errors, roots, workspace
 
 queue_app = typer.Typer(help="Inspect and reorder the queue.", no_args_is_help=True)
-runs_app = typer.Typer(help="Inspect runs: list, show, logs, follow.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect runs: list, show, logs, follow; resume or rerun them.", no_args_is_help=True)
 engine_app = typer.Typer(help="Start, stop and inspect the background engine.", no_args_is_help=True)
 
 STATES = ("queued", "running", "completed", "early_stopped", "pruned", "failed", "cancelled", "interrupted")
@@ -333,6 +333,56 @@ def runs_follow(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Ho
     record = _get_run(_store(home), run_id)
     final = _follow(ws, record["id"], as_json)
     _exit_for(final)
+
+
+@runs_app.command("resume")
+@handle_errors
+def runs_resume(run_ids: Annotated[list[str], typer.Argument(help="Failed, cancelled or interrupted run id(s).")],
+                home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Queue failed, cancelled or interrupted runs again, from their last checkpoint."""
+    from engine import control
+    from engine.client import ensure_engine, notify
+
+    ws = workspace(home)
+    store = _store(home)
+    for run_id in run_ids:  # all or none
+        control.check_resumable(_get_run(store, run_id))
+    out = []
+    for run_id in run_ids:
+        record, how = control.resume(store, run_id)
+        out.append({"id": record["id"], "state": record["state"], "how": how})
+    ensure_engine(ws, say=err)
+    notify(ws)
+    if as_json:
+        emit(out if len(out) > 1 else out[0])
+    else:
+        for r in out:
+            print(f"{r['id']} queued; it {r['how']}")
+
+
+@runs_app.command("rerun")
+@handle_errors
+def runs_rerun(
+    run_ids: Annotated[list[str], typer.Argument(help="Run id(s) whose configuration to train again.")],
+    priority: Annotated[Optional[int], typer.Option("--priority", help="Higher runs first (default: the old run's).")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a new run with the same configuration as each given run (theirs stay as they are)."""
+    from engine import control
+    from engine.client import ensure_engine, notify
+
+    ws = workspace(home)
+    store = _store(home)
+    check_range("--priority", priority, -control.PRIORITY_LIMIT, control.PRIORITY_LIMIT)
+    records = control.rerun(store, run_ids, priority=priority)
+    ensure_engine(ws, say=err)
+    notify(ws)
+    if as_json:
+        emit(records if len(records) > 1 else records[0])
+    else:
+        for old, r in zip(run_ids, records, strict=True):
+            print(f"queued {r['id']}  {r['preset']}  (the configuration of {old})")
 
 
 # ---------------------------------------------------------------- engine

@@ -84,15 +84,15 @@ class Control:
 
     def requeue(self, run_id: str) -> dict[str, Any]:
         """A new queued run with the same resolved config (the old record stays as it is)."""
-        record = self._get(run_id)
-        if not record.get("config"):
-            raise BadInput(f"{run_id} has no stored config to run again")
-        [new] = self.store.create_runs([{
-            "preset": record["preset"], "config": record["config"], "config_hash": record.get("config_hash", ""),
-            "priority": int(record.get("priority", 0)), "device": record.get("device") if record["state"] == "queued" else None,
-        }])
+        [new] = control.rerun(self.store, [run_id])
         self._kick()
         return new
+
+    def resume(self, run_id: str) -> str:
+        """Queue a failed, cancelled or interrupted run again from its checkpoint; says how, in words."""
+        record, how = control.resume(self.store, run_id)
+        self._kick()
+        return f"{record['id']} queued; it {how}"
 
     def move(self, run_id: str, where: str) -> dict[str, int]:
         """Move a queued run to the top, or one place up or down; returns the priorities changed."""

@@ -49,6 +49,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "open": ("enter", "Open"),
     "queue": ("r", "Queue run"),
     "cancel": ("c", "Cancel run"),
+    "resume": ("R", "Resume from its checkpoint"),
     "filter": ("slash", "Filter"),
     "back": ("escape", "Back"),
     "top": ("t", "Move to top"),
@@ -69,10 +70,23 @@ ACTIONS: dict[str, tuple[str, str]] = {
 
 
 def bind(binding_id: str, action: str | None = None, *, show: bool = True, priority: bool = False,
-         description: str | None = None) -> Binding:
-    """The binding with id `binding_id`, its default key and description from ACTIONS."""
+         description: str | None = None, short: str | None = None, group: Binding.Group | None = None) -> Binding:
+    """The binding with id `binding_id`, its default key and description from ACTIONS.
+
+    `short` is the footer's word for it where the footer is crowded (80 columns
+    hold about seven keys); the full description then rides in the tooltip,
+    which the help screen and the command palette show (`described`). `group`
+    shows related keys once in the footer ("[] Page").
+    """
     keys, text = ACTIONS[binding_id]
-    return Binding(keys, action or binding_id, description or text, show=show, priority=priority, id=binding_id)
+    text = description or text
+    return Binding(keys, action or binding_id, short or text, show=show, priority=priority, id=binding_id,
+                   tooltip=text if short else "", group=group)
+
+
+def described(binding: Binding) -> str:
+    """What the help screen and the palette call a binding: its full description, not the footer's short word."""
+    return binding.tooltip or binding.description
 
 
 def load_keymap(workspace_root: Path) -> tuple[dict[str, str], list[str]]:

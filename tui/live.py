@@ -30,6 +30,20 @@ BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
 ACTIVE_STATES = frozenset({"running"})
 CANCELLABLE = frozenset({"queued", "running", "interrupted"})
+
+
+def resumable(run: dict[str, Any] | None) -> bool:
+    """Whether `trialdeck runs resume` (R) would take this run."""
+    from engine.control import check_resumable
+    from engine.errors import BadInput
+
+    if run is None:
+        return False
+    try:
+        check_resumable(run)
+    except BadInput:
+        return False
+    return True
 LOGGED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "cancelled", "interrupted", "finished"})
 """Event kinds the dashboard's log shows; "finished" is derived from a run reaching `completed`."""
 TOASTED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "finished"})

@@ -93,6 +93,13 @@ class RequeueRun(Message):
 
 
 @dataclass
+class ResumeRun(Message):
+    """Queue a failed, cancelled or interrupted run again under its id, from its checkpoint."""
+
+    run_id: str
+
+
+@dataclass
 class MoveRun(Message):
     run_id: str
     where: str

@@ -117,6 +117,27 @@ def _predicate(field: str, op: str, raw: str) -> Predicate:
     return equal if op == "=" else (lambda t: not equal(t))
 
 
+def short_names(params: Sequence[str]) -> dict[str, str]:
+    """A column header per parameter: the shortest dotted suffix that names it alone.
+
+    `optimizer.lr` -> `lr`; `model.hidden.0` -> `hidden.0` (a bare index says nothing, and
+    `model.dropout.0` would read the same). Each is a key the filter accepts (`hidden.0>256`).
+    """
+    out = {}
+    for p in params:
+        parts = p.split(".")
+        name = p
+        for n in range(1, len(parts) + 1):
+            if parts[-n].isdigit():
+                continue
+            suffix = ".".join(parts[-n:])
+            if sum(1 for q in params if q == suffix or q.endswith("." + suffix)) == 1:
+                name = suffix
+                break
+        out[p] = name
+    return out
+
+
 def columns_for(params: Sequence[str]) -> list[str]:
     return ["number", "state", "value", "duration", *params]
 

@@ -127,7 +127,9 @@ def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
         "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "started_at": start,
         "finished_at": end,
-        "duration": (end - start) if start and end else None,
+        # Its run's time in its epochs (a trial is asked when its run is queued, so
+        # Optuna's own start-to-end includes the wait in the queue).
+        "duration": t.user_attrs.get("train_seconds") or ((end - start) if start and end else None),
         "prune_reason": t.user_attrs.get("prune_reason"),
         "fail_reason": t.user_attrs.get("fail_reason"),
     }
@@ -137,8 +139,12 @@ def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, 
     """Tell Optuna how a trial's run ended and return the state told.
 
     Optuna has one state for every other ending, FAIL, so a failed trial keeps
-    why (cancelled, the run's error, no metric) in its `fail_reason` attribute.
+    why (cancelled, the run's error, no metric) in its `fail_reason` attribute,
+    and every trial its run's time in its epochs in `train_seconds`.
     """
+    seconds = sum(h.get("seconds") or 0.0 for h in record.get("history") or [])
+    if seconds:
+        study._storage.set_trial_user_attr(trial_id, "train_seconds", round(seconds, 3))
     state = record["state"]
     if state in ("completed", "early_stopped"):
         value = trial_value(tune, record.get("history") or [])
@@ -161,7 +167,9 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
     if len(complete) < 2:
         return None
     try:
-        return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
+        with warnings.catch_warnings():  # e.g. "Some regimes ... have less than 2 trials": a few trials are normal
+            warnings.simplefilter("ignore")
+            return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
     except (ValueError, RuntimeError):  # e.g. every param constant across complete trials
         return None
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.widgets import Input
 
 from tui.live import Catalog, LiveRun, LogEntry
 from tui.probes import EngineSample, HardwareSample
@@ -43,6 +44,11 @@ class LiveScreen(Screen):
 
     def now(self) -> float:
         return self.ctx.clock()
+
+    @property
+    def typing(self) -> bool:
+        """An input has the focus: printable keys (`/` included) type into it, so their bindings do nothing."""
+        return isinstance(self.focused, Input)
 
     _availability: tuple | None = None
 

@@ -39,11 +39,12 @@ class PresetsScreen(LiveScreen):
 
     BINDINGS = [
         bind("queue", "queue_preset", description="Queue"),
-        bind("compose", "compose_from"),
-        bind("save", "save_preset"),
-        bind("view", "next_tab", description="Config/Compose"),
+        bind("compose", "compose_from", short="Compose"),
+        bind("save", "save_preset", short="Save"),
+        bind("view", "next_tab", description="Config/Compose", short="Next tab"),
         bind("filter"),
-        bind("back", "focus_tree", show=False),
+        # Shown only away from the tree: in the composer's inputs it is the one way out.
+        bind("back", "focus_tree", description="Preset list"),
     ]
 
     highlighted: reactive[str | None] = reactive(None, init=False)
@@ -234,6 +235,10 @@ class PresetsScreen(LiveScreen):
             return True if ok and self._name_ok(self.composition.name) else None
         if action == "compose_from":
             return True if self.highlighted else None
+        if action == "filter" and self.typing:
+            return False  # "/" types into the input
+        if action == "focus_tree":
+            return False if isinstance(self.focused, PresetTree) else True
         return True
 
     def action_queue_preset(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.widgets import Footer, Static
 
 from tui import messages
@@ -23,6 +24,7 @@ class QueueTable(LiveTable):
     COLUMNS = (("id", "id", 6), ("state", "state", 9), ("where", "slot / next", 16), ("priority", "prio", 5),
                ("preset", "preset", 24), ("waited", "waiting", 8))
     STYLED = {"state": STATE_STYLES}
+    SHRINK = {"preset": 14}  # 80 columns with a scrollbar: the preset gives way, not "waiting"
 
 
 def queue_rows(catalog: Catalog, slots: tuple[str, ...], now: float) -> list[tuple[str, tuple]]:
@@ -43,19 +45,23 @@ def queue_rows(catalog: Catalog, slots: tuple[str, ...], now: float) -> list[tup
     return rows
 
 
+MOVE_KEYS = Binding.Group("Move", compact=True)
+
+
 class QueueScreen(LiveScreen):
     """t top, + up, - down, p priority, c cancel, x clear, enter open."""
 
     _summary = ""
 
+    # Short footer words: at 80 columns the footer holds these, help and quit (help says them in full).
     BINDINGS = [
         bind("open", "open_run", priority=True),
-        bind("top", "move('top')"),
-        bind("up", "move('up')"),
-        bind("down", "move('down')"),
-        bind("priority", "set_priority"),
-        bind("cancel"),
-        bind("clear", "clear_queue"),
+        bind("top", "move('top')", short="Top"),
+        bind("up", "move('up')", short="Up", group=MOVE_KEYS),
+        bind("down", "move('down')", short="Down", group=MOVE_KEYS),
+        bind("priority", "set_priority", short="Prio"),
+        bind("cancel", short="Cancel"),
+        bind("clear", "clear_queue", short="Clear"),
     ]
 
     def compose(self) -> ComposeResult:

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from engine.recorder import LOG_NAME
 from tui import messages
 from tui.keymap import bind
-from tui.live import CANCELLABLE, fmt_seconds
+from tui.live import CANCELLABLE, fmt_seconds, resumable
 from tui.screens.base import LiveScreen
 from tui.widgets.live_table import STATE_STYLES
 from tui.widgets.plots import CurvePlot, Series, clean
@@ -62,6 +62,7 @@ class RunDetailScreen(LiveScreen):
         bind("back", "close", description="Back"),
         bind("cancel"),
         bind("queue", "requeue", description="Run again"),
+        bind("resume", short="Resume"),
         bind("view", "next_tab"),
     ]
 
@@ -193,6 +194,8 @@ class RunDetailScreen(LiveScreen):
             return True if self.record is not None and self.record["state"] in CANCELLABLE else None
         if action == "requeue":
             return True if self.record is not None and self.record.get("config") else None
+        if action == "resume":
+            return resumable(self.record)
         return True
 
     def action_close(self) -> None:
@@ -203,6 +206,9 @@ class RunDetailScreen(LiveScreen):
 
     def action_requeue(self) -> None:
         self.post_message(messages.RequeueRun(self.run_id))
+
+    def action_resume(self) -> None:
+        self.post_message(messages.ResumeRun(self.run_id))
 
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Footer, Static
 
 from tui import messages
 from tui.keymap import bind
-from tui.live import CANCELLABLE, Catalog, run_number, run_row
+from tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row
 from tui.probes import status_text
 from tui.screens.base import LiveScreen
 from tui.widgets.event_log import EventLog
@@ -32,6 +32,10 @@ class RunsTable(LiveTable):
                ("elapsed", "elapsed", 8))
     STYLED = {"state": STATE_STYLES}
     COLUMN_STYLES = {"loss": "cyan"}
+    # At 80 columns: id, state, preset, loss, epoch and val_acc whole; best, slot and elapsed
+    # are in the run's detail (enter) and come back on a wider terminal.
+    SHRINK = {"preset": 14}
+    DROP = ("slot", "best", "elapsed")
 
 
 def matches(run: dict, words: list[str]) -> bool:
@@ -66,6 +70,7 @@ class RunsScreen(LiveScreen):
         bind("open", "open_run", priority=True),
         bind("cancel"),
         bind("queue", "requeue", description="Run again"),
+        bind("resume", short="Resume"),
         bind("filter"),
     ]
 
@@ -143,13 +148,15 @@ class RunsScreen(LiveScreen):
         return self.catalog.by_id.get(key) if key and self.catalog is not None else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "open_run" and isinstance(self.focused, Input):
-            return False  # enter belongs to the filter input then
+        if action in ("open_run", "filter") and self.typing:
+            return False  # enter and / belong to the filter input then
         if action in ("open_run", "requeue"):
             return True if self._selected() is not None else None
         if action == "cancel":
             run = self._selected()
             return True if run is not None and run["state"] in CANCELLABLE else None
+        if action == "resume":
+            return resumable(self._selected())  # hidden unless the selected run can be resumed
         return True
 
     def action_open_run(self) -> None:
@@ -173,6 +180,11 @@ class RunsScreen(LiveScreen):
         run = self._selected()
         if run is not None:
             self.post_message(messages.RequeueRun(run["id"]))
+
+    def action_resume(self) -> None:
+        run = self._selected()
+        if run is not None:
+            self.post_message(messages.ResumeRun(run["id"]))
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()

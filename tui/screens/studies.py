@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
@@ -28,6 +29,7 @@ from tui.trials import (
     page_of,
     param_names,
     parse_filter,
+    short_names,
     slice_of,
     sort_trials,
     trial_cells,
@@ -41,8 +43,10 @@ TABS = ("tab-trials", "tab-history", "tab-slice", "tab-intermediate", "tab-impor
 
 
 class StudyTable(LiveTable):
-    COLUMNS = (("name", "study", 18), ("state", "state", 8), ("done", "done", 5), ("best", "best", 7))
-    STYLED = {"state": {"running": "bold green", "finished": "green", "failed": "bold red", "stopping": "yellow"}}
+    # The states a study takes (engine/tuning): running, stopping, stopped, completed, failed.
+    COLUMNS = (("name", "study", 17), ("state", "state", 9), ("done", "done", 5), ("best", "best", 7))
+    STYLED = {"state": {"running": "bold green", "completed": "green", "failed": "bold red", "stopping": "yellow",
+                        "stopped": "yellow"}}
 
 
 class TrialTable(LiveTable):
@@ -57,20 +61,26 @@ def study_row(s: dict[str, Any]) -> tuple[str, ...]:
     return (s["name"], str(s.get("state", "")), done, fmt(best.get("value")))
 
 
+SORT_KEYS = Binding.Group("Sort", compact=True)
+PAGE_KEYS = Binding.Group("Page", compact=True)
+
+
 class StudiesScreen(LiveScreen):
     """Keys: enter goes from the study list into its trials and opens a trial's run, escape goes back to
     the study list, s/S sort, / filter, [ ] page, v next view."""
 
+    # Short footer words and grouped keys: at 80 columns the footer holds these, help and quit
+    # (help and the palette say them in full).
     BINDINGS = [
         bind("open", "open_trial", description="Open", priority=True),
         # Early in the list: the footer is narrow, and this is the way back from the trials.
         bind("back", "focus_studies", description="Study list"),
-        bind("sort", "sort"),
-        bind("reverse", "reverse"),
+        bind("sort", "sort", short="Sort", group=SORT_KEYS),
+        bind("reverse", "reverse", short="Reverse", group=SORT_KEYS),
         bind("filter"),
-        bind("next_page", "page(1)"),
-        bind("prev_page", "page(-1)"),
-        bind("view", "next_tab"),
+        bind("prev_page", "page(-1)", short="Previous", group=PAGE_KEYS),
+        bind("next_page", "page(1)", short="Next", group=PAGE_KEYS),
+        bind("view", "next_tab", short="View"),
     ]
 
     study: reactive[str | None] = reactive(None, init=False)
@@ -170,8 +180,9 @@ class StudiesScreen(LiveScreen):
     def _show_trials(self) -> None:
         table = self.query_one(TrialTable)
         bar = self.query_one(FilterBar)
-        spec = [(c, {"number": "#", "duration": "time"}.get(c, c.rsplit(".", 1)[-1]),
-                 {"number": 5, "state": 9, "value": 10, "duration": 8}.get(c, 12)) for c in columns_for(self._params)]
+        labels = {"number": "#", "duration": "time", **short_names(self._params)}
+        spec = [(c, labels.get(c, c), {"number": 5, "state": 9, "value": 10, "duration": 8}.get(c, 12))
+                for c in columns_for(self._params)]
         table.set_columns(spec)
         try:
             keep = parse_filter(self.filter_text, self._params)
@@ -245,12 +256,16 @@ class StudiesScreen(LiveScreen):
                 return True if self.trials else None
             trial = self._selected_trial()
             return True if trial is not None and trial.get("run_id") else None
+        if action == "filter" and self.typing:
+            return False  # "/" types into the input
         if action in ("sort", "reverse", "filter"):
             return True if self.trials else None
         if action == "focus_studies":
             return None if isinstance(self.focused, StudyTable) else True
         if action == "page":
-            return True if len(self.trials) > len(self._shown) else None
+            # Hidden, not greyed, with one page (up to 200 trials, nearly always): the footer
+            # has no room to spare at 80 columns, and the caption names [ ] when there are pages.
+            return True if len(self.trials) > len(self._shown) else False
         return True
 
     def action_open_trial(self) -> None:

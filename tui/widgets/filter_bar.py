@@ -21,7 +21,8 @@ from tui.keymap import bind
 class FilterBar(Horizontal):
     """Hidden until `open()`; escape hides it again (the filter stays unless cleared)."""
 
-    BINDINGS = [bind("back", "close", show=False, description="Close filter")]
+    # Shown: while typing, the footer names the way out (the view's own keys type into the filter).
+    BINDINGS = [bind("back", "close", description="Close filter")]
 
     error: reactive[str] = reactive("", init=False)
     """Why the current text cannot be applied; empty when it can."""

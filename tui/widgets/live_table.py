@@ -48,6 +48,38 @@ STATE_STYLES = {
 }
 
 
+def fit_columns(spec: Sequence[Column], width: int, drop: Sequence[str] = (),
+                shrink: dict[str, int] | None = None) -> list[tuple[int, Column]]:
+    """The columns to draw in `width` cells, as (index in `spec`, column).
+
+    When all of `spec` is wider than `width`: the `shrink` columns are cut to
+    their narrowest, then the `drop` columns are hidden in that order until
+    the rest fit, then the shrunk ones get back what room is left. With no
+    width yet (not laid out), or when everything fits, every column as given.
+    """
+    def total(cols) -> int:
+        return sum(w + 2 for _, (_, _, w) in cols)
+
+    full = list(enumerate(spec))
+    if width <= 0 or total(full) <= width:
+        return full
+    shrink = shrink or {}
+    cols = [(i, (k, label, min(w, shrink.get(k, w)))) for i, (k, label, w) in full]
+    hidden: set[str] = set()
+    for key in drop:
+        if total([c for c in cols if c[1][0] not in hidden]) <= width:
+            break
+        hidden.add(key)
+    kept = [c for c in cols if c[1][0] not in hidden]
+    room = width - total(kept)
+    out = []
+    for i, (k, label, w) in kept:
+        extra = max(0, min(room, spec[i][2] - w))
+        room -= extra
+        out.append((i, (k, label, w + extra)))
+    return out
+
+
 def _fit(text: str, width: int) -> str:
     if cell_len(text) <= width:
         return text + " " * (width - cell_len(text))
@@ -69,6 +101,11 @@ class LiveTable(ScrollView, can_focus=True):
     """column key -> {cell text: style}."""
     COLUMN_STYLES: ClassVar[dict[str, str]] = {}
     """column key -> style of every cell in it."""
+    SHRINK: ClassVar[dict[str, int]] = {}
+    """column key -> the narrowest it may be cut to (with "…") when the table is narrower than its columns."""
+    DROP: ClassVar[tuple[str, ...]] = ()
+    """Columns hidden, least useful first, while the table is still narrower than its columns
+    (an 80-column terminal): better a few whole columns than the key ones scrolled out of sight."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {"live-table--header", "live-table--cursor", "live-table--cursor-blur"}
     DEFAULT_CSS = """
@@ -121,6 +158,8 @@ class LiveTable(ScrollView, can_focus=True):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._spec: list[Column] = list(self.COLUMNS)
+        self._layout: list[tuple[int, Column]] = list(enumerate(self._spec))
+        """The columns drawn at the current width: (index into the row's cells, column)."""
         self._keys: list[str] = []
         self._index: dict[str, int] = {}
         self._cells: dict[str, tuple[str, ...]] = {}
@@ -146,13 +185,34 @@ class LiveTable(ScrollView, can_focus=True):
     def current_key(self) -> str | None:
         return self._keys[self.cursor_row] if 0 <= self.cursor_row < len(self._keys) else None
 
+    @property
+    def shown_columns(self) -> list[str]:
+        """Keys of the columns drawn at the current width."""
+        return [key for _, (key, _, _) in self._layout]
+
     def set_columns(self, spec: Sequence[Column]) -> None:
         if list(spec) == self._spec:
             return
         self._spec = list(spec)
         self._keys, self._index, self._cells, self._lines, self._header = [], {}, {}, {}, None
-        self._update_virtual_size()
+        self._relayout()
         self.refresh()
+
+    def _relayout(self) -> None:
+        layout = fit_columns(self._spec, self.scrollable_content_region.width, self.DROP, self.SHRINK)
+        if layout != self._layout:
+            self._layout = layout
+            self._lines.clear()
+            self._header = None
+            self.refresh()
+        self._update_virtual_size()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._relayout()
+
+    def watch_show_vertical_scrollbar(self) -> None:
+        # Rows outgrew the height (or shrank back): the scrollbar takes or gives back two cells.
+        self.call_after_refresh(self._relayout)
 
     def show(self, rows: Sequence[Row]) -> None:
         """Display `rows`; same keys in the same order repaint only the rows that changed."""
@@ -223,7 +283,7 @@ class LiveTable(ScrollView, can_focus=True):
     def on_click(self, event: events.Click) -> None:
         if event.y == 0:
             x = event.x + int(self.scroll_offset.x)
-            for key, _label, width in self._spec:
+            for _, (key, _label, width) in self._layout:
                 if x < width + 2:
                     self.post_message(self.HeaderClicked(self, key))
                     return
@@ -246,7 +306,7 @@ class LiveTable(ScrollView, can_focus=True):
     # -- rendering ---------------------------------------------------------------------------
 
     def _update_virtual_size(self) -> None:
-        width = sum(w + 2 for _, _, w in self._spec)
+        width = sum(w + 2 for _, (_, _, w) in self._layout)
         self.virtual_size = Size(width, len(self._keys) + 1)
 
     def _style(self, name: str) -> Style:
@@ -257,7 +317,8 @@ class LiveTable(ScrollView, can_focus=True):
 
     def _render_row(self, cells: tuple[str, ...], base: Style, cursor: Style | None) -> Strip:
         segments = []
-        for (key, _label, width), text in zip(self._spec, cells):
+        for i, (key, _label, width) in self._layout:
+            text = cells[i] if i < len(cells) else ""
             style = base
             styled = self.STYLED.get(key)
             name = styled.get(text) if styled is not None else None
@@ -275,9 +336,9 @@ class LiveTable(ScrollView, can_focus=True):
         base = self.rich_style
         if y == 0:
             header_style = base + self.get_component_rich_style("live-table--header")
-            mark = (tuple(self._spec), header_style)
+            mark = (tuple(self._layout), header_style)
             if self._header is None or self._header[0] != mark:
-                strip = Strip([Segment(" " + _fit(label, w) + " ", header_style) for _, label, w in self._spec])
+                strip = Strip([Segment(" " + _fit(label, w) + " ", header_style) for _, (_, label, w) in self._layout])
                 self._header = (mark, strip)
             return self._header[1].crop_extend(x, x + width, header_style)
         row = int(self.scroll_offset.y) + y - 1
