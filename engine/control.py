@@ -95,7 +95,7 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
     how = "resumes from its checkpoint" if store.workspace.checkpoint_path(run_id).exists() else "starts over (it has no checkpoint)"
     event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
     return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
-                            foreground=False), how  # a `trialdeck train` run goes on in the engine
+                            foreground=False, to_back=True), how  # a `trialdeck train` run goes on in the engine
 
 
 def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None) -> list[dict[str, Any]]:

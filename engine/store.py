@@ -158,12 +158,18 @@ class Store(CatalogFile):
         runs_raw = db.storage.read().get("runs", {})
         # Counters may be missing in a hand-made file; never go below what exists.
         number = max(int(meta.get("next_run", 1)), max(map(int, runs_raw), default=0) + 1)
+        self._set_meta(db, next_run=number + count)
+        return number, self._take_seqs(db, count)
+
+    def _take_seqs(self, db: TinyDB, count: int) -> int:
+        """The first of `count` new places at the back of the queue's enqueue order."""
+        meta = self._meta(db)
         if "next_seq" in meta:
             seq = int(meta["next_seq"])
         else:
-            seq = max((int(d.get("seq", 0)) for d in runs_raw.values()), default=0) + 1
-        self._set_meta(db, next_run=number + count, next_seq=seq + count)
-        return number, seq
+            seq = max((int(d.get("seq", 0)) for d in db.storage.read().get("runs", {}).values()), default=0) + 1
+        self._set_meta(db, next_seq=seq + count)
+        return seq
 
     @staticmethod
     def _new_record(
@@ -340,6 +346,7 @@ class Store(CatalogFile):
         *,
         error: str | None = None,
         add_events: list[RunEvent | Mapping[str, Any]] | None = None,
+        to_back: bool = False,
         **fields: Any,
     ) -> dict[str, Any]:
         """Move a run to `new_state` if TRANSITIONS allows it (ValueError if not).
@@ -348,6 +355,8 @@ class Store(CatalogFile):
         `finished_at`; re-queueing clears `finished_at`, `error` and `worker`;
         each start increments `attempts`. `error` is the failure reason;
         `add_events` are appended in the same write; `fields` are stored as is.
+        `to_back`: a re-queued run goes behind the runs already queued at its
+        priority (a user's resume), not back to its old place (a recovery).
         """
         target = _run_state(new_state)
         _check_fields(fields)
@@ -356,6 +365,8 @@ class Store(CatalogFile):
         events = [_event_doc(e, now) for e in add_events or ()]
         number = _run_number(run_id)
         with self._transaction() as db:
+            if to_back and target is RunState.QUEUED:
+                extra = {**extra, "seq": self._take_seqs(db, 1)}
             doc = self._apply_transition(db, number, target, error=error, fields=extra, events=events, now=now)
             return clone(doc)
 

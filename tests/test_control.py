@@ -34,7 +34,8 @@ def test_a_failed_run_with_a_checkpoint_is_queued_again_under_its_own_id(seeded)
     assert record["id"] == run_id and record["state"] == "queued"
     assert record["error"] is None and record["finished_at"] is None and record["cancel_requested"] is False
     assert record["events"][-1]["kind"] == "requeued" and how in record["events"][-1]["message"]
-    assert [r["id"] for r in store.queued()].count(run_id) == 1
+    # Behind what was already queued at its priority (r6, at 0; r7 is at 5), not back in its old place.
+    assert [r["id"] for r in store.queued()] == [ids["queued_high"], ids["queued"], run_id]
 
 
 def test_a_cancelled_run_without_a_checkpoint_starts_over(seeded) -> None:

@@ -618,6 +618,25 @@ async def test_escape_goes_from_the_trials_back_to_the_study_list(seeded):
         await wait_for(pilot, lambda: trials.row_count == 2, what="the second study's trials")
 
 
+async def test_the_caption_says_why_the_highlighted_trial_was_pruned(seeded):
+    ws, _ = seeded
+    app = new_app(ws)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot)
+        await show(pilot, "4", "StudiesScreen")
+        trials = app.screen.query_one("#trial-table")
+        await wait_for(pilot, lambda: trials.row_count == 7, what="the trials")
+        caption = app.screen.query_one("#trial-caption")
+        await pilot.press("enter")
+        assert str(caption.render()).startswith("7 of 7 trials")  # trial 0 finished without a reason
+        await pilot.press("down", "down", "down")
+        await wait_for(pilot, lambda: trials.current_key == "3", what="trial 3")
+        await wait_for(pilot, lambda: str(caption.render()).startswith("#3 pruned: val_acc 0.") and
+                       "at step 4 was below the median" in str(caption.render()), what="the prune reason")
+        await pilot.press("escape")  # back to the study list: the counts again
+        await wait_for(pilot, lambda: str(caption.render()).startswith("7 of 7 trials"), what="the counts")
+
+
 async def test_studies_plots_history_slice_intermediate_importance(seeded):
     ws, _ = seeded
     app = new_app(ws)

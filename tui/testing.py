@@ -169,7 +169,9 @@ def seed_study(store: Store, ws: Workspace, name: str = "seed-activations", tria
         docs.append({"number": n, "state": state, "value": value, "params": {"model.activation": act, "optimizer.lr": lr},
                      "run_id": run_id, "intermediate": curve_vals, "started_at": T0 + 400 + 20 * n,
                      "finished_at": None if state == "running" else T0 + 410 + 20 * n,
-                     "duration": None if state == "running" else 10.0 + n, "host": "box"})
+                     "duration": None if state == "running" else 10.0 + n, "host": "box",
+                     "prune_reason": f"val_acc {curve_vals['4']:.4f} at step 4 was below the median" if state == "pruned"
+                     else None})
     store.upsert_trials(name, docs)
     complete = [d for d in docs if d["state"] == "complete"]
     best = max(complete, key=lambda d: d["value"])

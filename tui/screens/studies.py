@@ -197,10 +197,18 @@ class StudiesScreen(LiveScreen):
         arrow = "↓" if self.sort_reverse else "↑"
         where = f" page {self.page + 1}/{pages} ([ ])" if pages > 1 else ""
         filt = f"  filter: {self.filter_text}" if self.filter_text.strip() else ""
-        self.query_one("#trial-caption", Static).update(
-            Text(f"{len(selected)} of {len(self.trials)} trials, sorted by {self.sort_column} {arrow}{where}{filt}",
-                 style="dim"))
+        self._counts = f"{len(selected)} of {len(self.trials)} trials, sorted by {self.sort_column} {arrow}{where}{filt}"
+        self._show_caption()
         self.sync_bindings()
+
+    _counts = ""
+
+    def _show_caption(self) -> None:
+        """The trial list's counts, or why the highlighted trial was pruned or failed."""
+        trial = self._selected_trial() if self.query_one(TrialTable).has_focus else None
+        why = trial and (trial.get("fail_reason") or trial.get("prune_reason"))
+        text = Text(f"#{trial['number']} {trial['state']}: {why}") if why else Text(self._counts, style="dim")
+        self.query_one("#trial-caption", Static).update(text)
 
     def _show_plots(self) -> None:
         doc = next((s for s in (self.catalog.studies if self.catalog else ()) if s["name"] == self.study), {})
@@ -233,7 +241,12 @@ class StudiesScreen(LiveScreen):
     def on_live_table_highlighted(self, event: LiveTable.Highlighted) -> None:
         if event.table.id == "study-table" and event.key is not None:
             self.study = event.key
+        else:
+            self._show_caption()
         self.sync_bindings()
+
+    def on_descendant_focus(self, event) -> None:
+        self._show_caption()  # the trial table's focus decides what the caption says
 
     def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         event.stop()
