@@ -73,7 +73,8 @@ class StudyDriver:
         self._cache.pop(name, None)  # a resumed study reloads with its own sampler settings
         self._reconcile_study(doc, runs)
         study, tune, meta, url = self._load(doc)
-        return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None})
+        return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None},
+                             runs=[r for r in runs if r.get("study") == name])
 
     def active(self) -> list[dict[str, Any]]:
         return [d for d in self.store.list_studies() if d.get("state") in ("running", "stopping")]
@@ -117,23 +118,23 @@ class StudyDriver:
                 elif not r.get("cancel_requested"):
                     self.store.update_run(r["id"], cancel_requested=True)
             if not inflight:
-                studies.sync(self.store, study, tune, meta, url=url, with_importances=True,
+                studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
                              fields={"state": "stopped", "finished_at": time.time()})
                 self.log(f"study {doc['name']} stopped")
             elif changed:
-                studies.sync(self.store, study, tune, meta, url=url)
+                studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0
         target = int(doc["n_trials"])
         deadline = doc.get("deadline")
         expired = deadline is not None and time.time() > deadline
         if len(runs) >= target or expired:
             if not inflight:
-                studies.sync(self.store, study, tune, meta, url=url, with_importances=True,
+                studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
                              fields={"state": "completed", "finished_at": time.time(),
                                      "stopped_by": "timeout" if expired and len(runs) < target else "trials"})
                 self.log(f"study {doc['name']} completed")
             elif changed:
-                studies.sync(self.store, study, tune, meta, url=url)
+                studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0
         want = min(target - len(runs), capacity - len(inflight))
         made = []
@@ -160,7 +161,7 @@ class StudyDriver:
             for (trial, _, _), record in zip(made, records, strict=True):
                 trial.set_user_attr("run_id", record["id"])
         if made or changed:
-            studies.sync(self.store, study, tune, meta, url=url)
+            studies.sync(self.store, study, tune, meta, url=url, runs=runs)
         return len(made)
 
     def _tell_finished(self, study: optuna.Study, tune, runs: list[dict[str, Any]]) -> bool:
@@ -204,6 +205,6 @@ class StudyDriver:
                                                        "the engine stopped before it recorded the trial's run")
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                     self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
-            studies.sync(self.store, study, tune, meta, url=url)
+            studies.sync(self.store, study, tune, meta, url=url, runs=mine)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
             self.log(f"study {doc['name']}: cannot reconcile: {type(exc).__name__}: {exc}")

@@ -18,6 +18,7 @@ import importlib.util
 import socket
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -127,9 +128,7 @@ def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
         "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "started_at": start,
         "finished_at": end,
-        # Its run's time in its epochs (a trial is asked when its run is queued, so
-        # Optuna's own start-to-end includes the wait in the queue).
-        "duration": t.user_attrs.get("train_seconds") or ((end - start) if start and end else None),
+        "duration": (end - start) if start and end else None,  # `sync` puts its run's own time here
         "prune_reason": t.user_attrs.get("prune_reason"),
         "fail_reason": t.user_attrs.get("fail_reason"),
     }
@@ -139,12 +138,8 @@ def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, 
     """Tell Optuna how a trial's run ended and return the state told.
 
     Optuna has one state for every other ending, FAIL, so a failed trial keeps
-    why (cancelled, the run's error, no metric) in its `fail_reason` attribute,
-    and every trial its run's time in its epochs in `train_seconds`.
+    why (cancelled, the run's error, no metric) in its `fail_reason` attribute.
     """
-    seconds = sum(h.get("seconds") or 0.0 for h in record.get("history") or [])
-    if seconds:
-        study._storage.set_trial_user_attr(trial_id, "train_seconds", round(seconds, 3))
     state = record["state"]
     if state in ("completed", "early_stopped"):
         value = trial_value(tune, record.get("history") or [])
@@ -175,10 +170,22 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
 
 
 def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, url: str,
-         fields: dict[str, Any] | None = None, with_importances: bool = False) -> dict[str, Any]:
-    """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc."""
+         fields: dict[str, Any] | None = None, with_importances: bool = False,
+         runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc.
+
+    A trial's `duration` is its run's time in its epochs, from `runs` (this workspace's runs
+    of the study; read when not given): Optuna's own start is when the trial was asked,
+    which is when its run was queued.
+    """
     trials = study.get_trials(deepcopy=False)
     docs = [trial_doc(t, tune) for t in trials]
+    if runs is None:
+        runs = store.list_runs(omit=("config", "events"), studies={study.study_name})
+    seconds = {r["id"]: sum(h.get("seconds") or 0.0 for h in r.get("history") or []) for r in runs}
+    for d in docs:
+        if seconds.get(d["run_id"]):
+            d["duration"] = round(seconds[d["run_id"]], 3)
     counts: dict[str, int] = {}
     for d in docs:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
