@@ -94,8 +94,12 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
     run_id = record["id"]
     how = "resumes from its checkpoint" if store.workspace.checkpoint_path(run_id).exists() else "starts over (it has no checkpoint)"
     event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
-    return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
-                            foreground=False, to_back=True), how  # a `trialdeck train` run goes on in the engine
+    try:
+        return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
+                                foreground=False, to_back=True), how  # a `trialdeck train` run goes on in the engine
+    except ValueError:  # the engine moved it (e.g. requeued an interrupted run at its start) since the read
+        state = get_run(store, run_id)["state"]
+        raise BadInput(f"{run_id} is {state} now; only failed, cancelled or interrupted runs can be resumed") from None
 
 
 def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None) -> list[dict[str, Any]]:

@@ -374,7 +374,7 @@ def test_a_cancelled_run_resumes_from_its_checkpoint_and_ends_as_if_never_stoppe
     stopped = len(deck.run(run_id)["history"])
     assert 0 < stopped < epochs
 
-    out = deck.json("runs", "resume", run_id)
+    out = deck.json("runs", "resume", run_id, run_id)  # named twice: queued once
     assert out == {"id": run_id, "state": "queued", "how": "resumes from its checkpoint"}
     final = deck.wait_state(run_id, TERMINAL, 240)
     assert final["state"] == "completed" and final["attempts"] == 2

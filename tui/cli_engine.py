@@ -345,10 +345,11 @@ def runs_resume(run_ids: Annotated[list[str], typer.Argument(help="Failed, cance
 
     ws = workspace(home)
     store = _store(home)
-    for run_id in run_ids:  # all or none
-        control.check_resumable(_get_run(store, run_id))
+    records = [_get_run(store, run_id) for run_id in run_ids]
+    for record in records:  # all or none
+        control.check_resumable(record)
     out = []
-    for run_id in run_ids:
+    for run_id in dict.fromkeys(r["id"] for r in records):  # each once, however it was written
         record, how = control.resume(store, run_id)
         out.append({"id": record["id"], "state": record["state"], "how": how})
     ensure_engine(ws, say=err)
