@@ -22,9 +22,9 @@ from tui.widgets.mode_bar import ModeBar
 
 class QueueTable(LiveTable):
     COLUMNS = (("id", "id", 6), ("state", "state", 9), ("where", "slot / next", 16), ("priority", "prio", 5),
-               ("preset", "preset", 24), ("waited", "waiting", 8))
+               ("preset", "preset", 24), ("waited", "in state", 8))
     STYLED = {"state": STATE_STYLES}
-    SHRINK = {"preset": 14}  # 80 columns with a scrollbar: the preset gives way, not "waiting"
+    SHRINK = {"preset": 14}  # 80 columns with a scrollbar: the preset gives way, not "in state"
 
 
 def queue_rows(catalog: Catalog, slots: tuple[str, ...], now: float) -> list[tuple[str, tuple]]:
