@@ -228,10 +228,7 @@ async def test_requeue_from_the_detail_makes_a_new_run_with_the_same_config(seed
 async def test_resume_queues_a_failed_run_again_under_its_id_and_only_where_it_applies(seeded):
     ws, ids = seeded
     app = new_app(ws)
-    toasts: list[str] = []
-    original = app.notify
-    app.notify = lambda message, **kw: (toasts.append(message), original(message, **kw))  # type: ignore[method-assign]
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
         await loaded(pilot)
         table = app.screen.query_one("RunsTable")
         order = [table.current_key]
@@ -248,8 +245,8 @@ async def test_resume_queues_a_failed_run_again_under_its_id_and_only_where_it_a
         assert table.current_key == ids["failed"], order
         await pilot.press("R")
         await wait_for(pilot, lambda: Store(ws).get_run(ids["failed"])["state"] == "queued", what="the run queued")
-        await wait_for(pilot, lambda: f"{ids['failed']} queued; it starts over (it has no checkpoint)" in toasts,
-                       what="the toast")
+        said = f"{ids['failed']} queued; it starts over (it has no checkpoint)"
+        await wait_for(pilot, lambda: any(n.message == said for n in app._notifications), what="the toast")
         record = Store(ws).get_run(ids["failed"])
         assert record["error"] is None and record["events"][-1]["kind"] == "requeued"
         assert len(runs(ws, "queued")) == 3  # the same run, not a new one

@@ -74,9 +74,6 @@ class Control:
         self._kick()
         return records
 
-    def _get(self, run_id: str) -> dict[str, Any]:
-        return control.get_run(self.store, run_id)
-
     def cancel(self, run_id: str) -> str:
         """Cancel a queued, running or interrupted run; returns what happened, in words."""
         record, how = control.cancel(self.store, run_id, lambda: self._wake(self.ws))

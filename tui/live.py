@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from engine.control import check_resumable
+from engine.errors import BadInput
 from engine.metrics import read_jsonl
 from engine.recorder import METRICS_NAME
 from engine.workspace import RUN_ID_RE, Workspace
@@ -34,9 +36,6 @@ CANCELLABLE = frozenset({"queued", "running", "interrupted"})
 
 def resumable(run: dict[str, Any] | None) -> bool:
     """Whether `trialdeck runs resume` (R) would take this run."""
-    from engine.control import check_resumable
-    from engine.errors import BadInput
-
     if run is None:
         return False
     try:
