@@ -145,8 +145,7 @@ class StudyDriver:
             try:
                 spec = apply_params(meta["config"], params, f"study {doc['name']} trial {trial.number}")
             except Exception as exc:  # noqa: BLE001 - a sampled combination the preset rejects
-                trial.set_user_attr("fail_reason", f"invalid parameters: {exc}"[:300])
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                studies.tell_failed(study, trial._trial_id, trial.number, f"invalid parameters: {exc}")
                 self.log(f"study {doc['name']} trial {trial.number}: invalid parameters: {exc}")
                 continue
             made.append((trial, params, spec))
@@ -201,9 +200,8 @@ class StudyDriver:
                 ours = local or t.user_attrs.get("workspace") == self.workspace_id
                 if ours and t._trial_id not in known:
                     # Asked by an engine that died before it recorded the trial's run.
-                    study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                                       "the engine stopped before it recorded the trial's run")
-                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    studies.tell_failed(study, t._trial_id, t.number,
+                                        "the engine stopped before it recorded the trial's run")
                     self.log(f"study {doc['name']}: trial {t.number} had no run; told FAIL")
             studies.sync(self.store, study, tune, meta, url=url, runs=mine)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others

@@ -42,8 +42,7 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
         try:
             spec = apply_params(meta["config"], params, f"study {name} trial {trial.number}")
         except Exception as exc:  # noqa: BLE001 - a sampled combination the preset rejects
-            trial.set_user_attr("fail_reason", f"invalid parameters: {exc}"[:300])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            studies.tell_failed(study, trial._trial_id, trial.number, f"invalid parameters: {exc}")
             say(f"trial {trial.number}: invalid parameters: {exc}")
             continue
         record = store.create_run(preset=meta["preset"], config=spec.config(), config_hash=spec.content_hash,
@@ -59,8 +58,7 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
         except KeyboardInterrupt:
             recorder.flush()
             store.transition(record["id"], RunState.INTERRUPTED, error="interrupted by the user (Ctrl-C)")
-            trial.set_user_attr("fail_reason", "interrupted by the user (Ctrl-C)")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            studies.tell_failed(study, trial._trial_id, trial.number, "interrupted by the user (Ctrl-C)")
             raise
         finally:
             recorder.close()

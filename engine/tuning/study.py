@@ -152,6 +152,11 @@ def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, 
         return "pruned"
     else:
         reason = f"{state}: {record['error']}" if record.get("error") else state
+    return tell_failed(study, trial_id, number, reason)
+
+
+def tell_failed(study: optuna.Study, trial_id: int, number: int, reason: str) -> str:
+    """Tell Optuna the trial failed, keeping why in its `fail_reason` attribute."""
     study._storage.set_trial_user_attr(trial_id, "fail_reason", reason[:300])
     study.tell(number, state=optuna.trial.TrialState.FAIL)
     return "fail"
