@@ -4,7 +4,7 @@ Both sides use the article's ImageDataGenerator settings (rotation 20, shifts 0.
 shear 0.2, zoom 0.2, horizontal flip) on MNIST-shaped uint8 images converted to
 float, batch 256, in the same run:
 
-- batched: `engine.augment.BatchAugment` on a device-resident tensor, batches
+- batched: `trialdeck.engine.training.augment.BatchAugment` on a device-resident tensor, batches
   drawn with `randperm` (how the trainer feeds small datasets);
 - per-sample: torchvision.transforms.v2 RandomAffine + RandomHorizontalFlip in a
   Dataset read by a DataLoader (num_workers=0, batch 256), always on the CPU,
@@ -26,8 +26,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.augment import BatchAugment  # noqa: E402
-from engine.presets.schema import AugmentConfig  # noqa: E402
+from trialdeck.engine.presets.schema import AugmentConfig  # noqa: E402
+from trialdeck.engine.training.augment import BatchAugment  # noqa: E402
 
 ARTICLE = AugmentConfig(
     rotation=20, width_shift=0.2, height_shift=0.2, shear=0.2, zoom=0.2, horizontal_flip=True, fill_mode="nearest"

@@ -7,11 +7,11 @@ are cached):
 (a) throughput: N short runs (`seed/step-decay`, train.epochs=5) queued at
     once (one `Store.create_runs` + `notify`); engine wall time per run =
     (last `finished_at` - first enqueue) / N, against the plain trainer doing
-    the same runs in this process (`engine.trainer.train(spec)` repeated N
+    the same runs in this process (`trialdeck.engine.training.trainer.train(spec)` repeated N
     times after a warm-up, no callback, no run directory). Target: engine /
     plain <= 1.25.
 (b) latency: on the warm, idle engine, one run enqueued (`Store.create_run` +
-    `engine.client.notify`); time from just before the enqueue to the `t` of
+    `trialdeck.engine.runtime.client.notify`); time from just before the enqueue to the `t` of
     the first record in the run's metrics.jsonl (the "start" record the
     recorder writes at on_start, just before the first step). Median over M
     runs. Target: <= 0.3 s.
@@ -41,10 +41,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import gpus_hidden  # noqa: E402
-from engine.client import notify, start_engine, stop_engine  # noqa: E402
-from engine.presets import resolve  # noqa: E402
-from engine.store import Store  # noqa: E402
-from engine.workspace import Workspace  # noqa: E402
+from trialdeck.engine.catalogue.store import Store  # noqa: E402
+from trialdeck.engine.presets import resolve  # noqa: E402
+from trialdeck.engine.runtime.client import notify, start_engine, stop_engine  # noqa: E402
+from trialdeck.engine.workspace import Workspace  # noqa: E402
 
 PRESET = "seed/step-decay"
 RATIO_TARGET = 1.25
@@ -132,7 +132,7 @@ def _throughput(ws: Workspace, store: Store, n: int) -> dict[str, Any]:
 def _plain(n: int) -> dict[str, Any]:
     """The same runs in this process: `train(spec)` with no callback and no run directory."""
     # Deferred: the trainer imports torch, only needed for the in-process reference.
-    from engine.trainer import train
+    from trialdeck.engine.training.trainer import train
 
     spec = resolve(PRESET, ["train.epochs=5"])
     walls, epoch_sums = [], []
@@ -184,7 +184,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     # Deferred: torch and the trainer are only needed once the benchmark runs.
     import torch
 
-    from engine.trainer import train
+    from trialdeck.engine.training.trainer import train
 
     n, m, rounds = (6, 4, 1) if quick else (30, 10, 5)
     saved_fault = os.environ.pop("TRIALDECK_INJECT_FAULT", None)  # the engine inherits our environment

@@ -5,9 +5,9 @@ Both sides train the same K specs, in the same process, on the same device:
 with its own random learning rate, seed and L2 penalty, no run directory (so no
 checkpoints), no callback:
 
-- one at a time: `engine.trainer.train(spec)` for each spec in turn (the
+- one at a time: `trialdeck.engine.training.trainer.train(spec)` for each spec in turn (the
   engine's warm worker, minus the store);
-- ensemble: `engine.ensemble.train_ensemble(specs)`, every trial in one
+- ensemble: `trialdeck.engine.training.ensemble.train_ensemble(specs)`, every trial in one
   stack, each still with its own history and result.
 
 Data and kernels are warmed up first; repetitions alternate the two sides and
@@ -31,9 +31,9 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.ensemble import train_ensemble  # noqa: E402
-from engine.presets import resolve  # noqa: E402
-from engine.trainer import train  # noqa: E402
+from trialdeck.engine.presets import resolve  # noqa: E402
+from trialdeck.engine.training.ensemble import train_ensemble  # noqa: E402
+from trialdeck.engine.training.trainer import train  # noqa: E402
 
 PRESET = "base/digits-mlp"
 TARGETS = {"cpu": 1.0, "cuda": 4.0}

@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.presets import resolve
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.workspace import Workspace
 
 
 def _median_wall(argv: list[str], repeats: int, env: dict[str, str] | None = None) -> float:
@@ -100,7 +100,7 @@ def run(quick: bool = False) -> dict:
             store.create_runs(batch)
         # Only reading: the queued runs must not start an engine that would try to train them.
         env = {**os.environ, "TRIALDECK_HOME": str(ws.root), "TRIALDECK_NO_AUTOSTART": "1"}
-        trialdeck = [sys.executable, "-m", "tui.cli"]
+        trialdeck = [sys.executable, "-m", "trialdeck.tui.cli"]
         runs_list = _median_wall([*trialdeck, "runs", "list", "--json"], 3, env)
         list_ref = _median_wall([sys.executable, "-c",
                                  f"import json,sys; json.dump(json.load(open({str(ws.catalog_path)!r})), sys.stdout)"], 3)

@@ -8,7 +8,7 @@ run directory (so no checkpoints) and no augmentation:
   (60,000 samples of 1x28x28, CNN 32-64 channels, Adam, batch 128) in bf16
   autocast with channels_last, the trainer's GPU path.
 
-- trainer: `engine.trainer.train(spec)` with no callback; per-epoch times are the
+- trainer: `trialdeck.engine.training.trainer.train(spec)` with no callback; per-epoch times are the
   history's `seconds` field (epoch start to after the epoch's evaluation and
   its one host read);
 - plain: the loop a person would write by hand: data on the device, `randperm`
@@ -36,10 +36,10 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.datasets import load_data  # noqa: E402
-from engine.models import build_model  # noqa: E402
-from engine.presets import resolve  # noqa: E402
-from engine.trainer import train  # noqa: E402
+from trialdeck.engine.datasets import load_data  # noqa: E402
+from trialdeck.engine.presets import resolve  # noqa: E402
+from trialdeck.engine.training.models import build_model  # noqa: E402
+from trialdeck.engine.training.trainer import train  # noqa: E402
 
 TARGET = 1.05
 SETUPS = {

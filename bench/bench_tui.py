@@ -50,10 +50,10 @@ LATENCY_TARGET_MS = 100.0
 
 
 def _prepare(root: Path, n: int) -> tuple[object, list[str]]:
-    from engine.presets import resolve
-    from engine.store import Store
-    from engine.types import RunState
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.types import RunState
+    from trialdeck.engine.workspace import Workspace
 
     ws = Workspace(root).ensure()
     store = Store(ws)
@@ -72,9 +72,9 @@ class Writer(threading.Thread):
 
     def __init__(self, ws, ids: list[str]) -> None:
         super().__init__(daemon=True)
-        from engine.metrics import JsonlMetricsWriter
-        from engine.recorder import METRICS_NAME
-        from engine.store import Store
+        from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+        from trialdeck.engine.catalogue.store import Store
+        from trialdeck.engine.runtime.recorder import METRICS_NAME
 
         self.ws, self.ids = ws, ids
         self.store = Store(ws)
@@ -130,8 +130,8 @@ def child(home: str, seconds: float, n: int) -> dict:
 
     from textual import events
 
-    from engine.workspace import Workspace
-    from tui.app import make_app
+    from trialdeck.engine.workspace import Workspace
+    from trialdeck.tui.app import make_app
 
     ws = Workspace(Path(home))
     app = make_app(ws, start_engine=False, interval=0.5)

@@ -12,8 +12,8 @@ epochs on the 8x8 digits, CPU, minimising the best val_loss.
 - plain: `optuna.create_study(...).optimize(objective, n_trials=N)` in this
   process, with the study in a JournalStorage file (the storage the engine
   uses for a workspace study) and the objective built from the same pieces:
-  `engine.tuning.space.sample` on the trial, `apply_params` on the same
-  resolved base config, `engine.trainer.train` (no run directory, so no
+  `trialdeck.engine.tuning.space.sample` on the trial, `apply_params` on the same
+  resolved base config, `trialdeck.engine.training.trainer.train` (no run directory, so no
   checkpoint), the value by `trial_value`. Warmed up the same way (one
   1-epoch training first). Torch threads: the process default, which is what
   the engine gives its one CPU worker here (cpu_count // slots).
@@ -67,7 +67,7 @@ PRESET = """
 
 def _trialdeck() -> list[str]:
     exe = shutil.which("trialdeck")
-    return [exe] if exe else [sys.executable, "-c", "from tui.cli import main; main()"]
+    return [exe] if exe else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
 
 
 def _cli(home: Path, *args: str, timeout: float = 1800, cpu: bool = True) -> subprocess.CompletedProcess:
@@ -83,7 +83,7 @@ def _cli(home: Path, *args: str, timeout: float = 1800, cpu: bool = True) -> sub
 
 def _tune_side(preset: Path, home: Path, study: str, trials: int, epochs: int) -> dict:
     """One `trialdeck tune --wait` on the workspace's already warm engine, and where its time went."""
-    from engine.store import Store
+    from trialdeck.engine.catalogue.store import Store
 
     t0 = time.time()
     proc = _cli(home, "tune", str(preset), "--study", study, "--trials", str(trials),
@@ -114,11 +114,11 @@ def _plain_side(preset: Path, journal: Path, trials: int, epochs: int) -> dict:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from engine.presets import resolve
-    from engine.trainer import train
-    from engine.tuning.samplers import make_sampler
-    from engine.tuning.space import apply_params, sample
-    from engine.tuning.study import trial_value
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.training.trainer import train
+    from trialdeck.engine.tuning.samplers import make_sampler
+    from trialdeck.engine.tuning.space import apply_params, sample
+    from trialdeck.engine.tuning.study import trial_value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = resolve(str(preset), [f"train.epochs={epochs}"])
@@ -162,8 +162,8 @@ def _sum(sides: list[dict], key: str) -> float:
 
 def run(quick: bool = False) -> dict:
     """plain, tune, tune, plain (so a load change on the shared box hits both sides alike); sums compared."""
-    from engine.presets import resolve
-    from engine.trainer import train
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.training.trainer import train
 
     trials, epochs = (6, 3) if quick else (30, 10)
     tmp = Path(tempfile.mkdtemp(prefix="trialdeck-bench-tune."))

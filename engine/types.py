@@ -1,7 +1,7 @@
 """Data types shared by the engine, the CLI and the TUI.
 
 Plain dataclasses and enums only (no torch, no pydantic models beyond RunSpec
-which lives in engine.presets.schema), so every process can import them cheaply.
+which lives in trialdeck.engine.presets.schema), so every process can import them cheaply.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import BadInput, StorageError
+from trialdeck.engine.errors import BadInput, StorageError
 
 __all__ = [
     "CHECKPOINT_NAME",

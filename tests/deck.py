@@ -10,15 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 _EXE = shutil.which("trialdeck")
-TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from tui.cli import main; main()"]
+TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
 TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.augment import BatchAugment
-from engine.presets.schema import AugmentConfig
+from trialdeck.engine.presets.schema import AugmentConfig
+from trialdeck.engine.training.augment import BatchAugment
 
 ATOL = 1e-5
 

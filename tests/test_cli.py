@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tui.cli import app
+from trialdeck.tui.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_PRESETS = {
@@ -49,7 +49,7 @@ def cli(home: Path, *args: str):
 def trialdeck(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """A real `trialdeck` process with TRIALDECK_HOME set, stdout and stderr apart."""
     exe = shutil.which("trialdeck")
-    cmd = [exe] if exe else [sys.executable, "-c", "from tui.cli import main; main()"]
+    cmd = [exe] if exe else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
     env = {**os.environ, "TRIALDECK_HOME": str(home)}
     env.pop("TRIALDECK_DEBUG", None)
     return subprocess.run([*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -293,8 +293,8 @@ def test_train_json_in_a_real_process(home):
 
 @pytest.mark.parametrize("args", [[], ["tui"]])
 def test_the_tui_without_a_terminal_says_so_in_one_line(home, args):
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--home", str(home)] if args else
-                          [sys.executable, "-m", "tui.cli", "--home", str(home)],
+    proc = subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args, "--home", str(home)] if args else
+                          [sys.executable, "-m", "trialdeck.tui.cli", "--home", str(home)],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "trialdeck: the TUI needs a terminal; use a subcommand (trialdeck --help) for scripts"

@@ -1,4 +1,4 @@
-"""engine.control's resume and rerun rules on a real TinyDB catalogue, no engine.
+"""trialdeck.engine.runtime.control's resume and rerun rules on a real TinyDB catalogue, no engine.
 
 These are the rules `trialdeck runs resume|rerun` and the TUI share: which runs
 may be queued again under their own id, what the record says afterwards, and
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine import control
-from engine.errors import BadInput
-from engine.store import Store
-from engine.types import RunState
-from engine.workspace import Workspace
-from tui.testing import seed_workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.runtime import control
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.testing import seed_workspace
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import datasets
-from engine.datasets import (
+from trialdeck.engine import datasets
+from trialdeck.engine.datasets import (
     DATASET_REGISTRY,
     TensorData,
     allocate,
@@ -26,8 +26,8 @@ from engine.datasets import (
     load_data,
     split_indices,
 )
-from engine.errors import DatasetUnavailable, PresetError
-from engine.presets.schema import DATASETS, DataConfig
+from trialdeck.engine.errors import DatasetUnavailable, PresetError
+from trialdeck.engine.presets.schema import DATASETS, DataConfig
 
 
 @pytest.fixture(autouse=True)

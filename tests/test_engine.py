@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from engine.scheduler import probe_gpus
 from tests.deck import REPO, TERMINAL, TRIALDECK
 from tests.deck import Deck as BaseDeck
 from tests.deck import gone as _gone
+from trialdeck.engine.runtime.gpus import probe_gpus
 
 pytestmark = pytest.mark.slow
 
@@ -441,10 +441,10 @@ def test_engine_stop_interrupts_with_a_checkpoint_and_start_resumes(deck: Deck) 
 ENQUEUE = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
-    from engine.client import notify
-    from engine.presets import resolve
-    from engine.store import Store
-    from engine.workspace import Workspace
+    from trialdeck.engine.runtime.client import notify
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.workspace import Workspace
 
     home, go = sys.argv[1], sys.argv[2]
     spec = resolve("seed/step-decay", ["train.epochs=1"])
@@ -514,15 +514,16 @@ def test_a_command_with_home_after_the_subcommand_revives_that_workspace(deck: D
 
 
 def test_the_systemd_unit_starts_this_engine_from_any_directory(deck: Deck, tmp_path: Path) -> None:
-    """What `systemctl --user start` would run: the unit's Environment and ExecStart, from /."""
+    """What `systemctl --user start` would run: the unit's ExecStart, from /, with no PYTHONPATH: the
+    installed `trialdeck` package is found on its own (one import name, no path workarounds)."""
     units = tmp_path / "units"
     deck.ok("engine", "install-service", "--unit-dir", str(units))
     unit = next(units.glob("*.service")).read_text()
-    env_line = next(line for line in unit.splitlines() if line.startswith("Environment="))
-    key, value = env_line[len("Environment="):].strip('"').split("=", 1)
+    assert "PYTHONPATH" not in unit, unit
     argv = shlex.split(next(line for line in unit.splitlines() if line.startswith("ExecStart="))[len("ExecStart="):])
+    assert argv[1:3] == ["-m", "trialdeck.engine.runtime.daemon"], argv
     env = {k: v for k, v in deck.env.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen(argv, cwd="/", env={**env, key: value, "PYTHONNOUSERSITE": "1"},
+    proc = subprocess.Popen(argv, cwd="/", env={**env, "PYTHONNOUSERSITE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         status = deck.wait(lambda: deck.engine_pid() == proc.pid and deck.json("engine", "status"), 60,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.callbacks import Stop, TrainerCallback
-from engine.datasets import load_data
-from engine.ensemble import ensemble_key, plan_ensembles, train_ensemble
-from engine.models import build_model
-from engine.presets import resolve
-from engine.trainer import CHECKPOINT_NAME, evaluate, load_checkpoint, make_optimizer, train
-from engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.datasets import load_data
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.training.ensemble import ensemble_key, plan_ensembles, train_ensemble
+from trialdeck.engine.training.models import build_model
+from trialdeck.engine.training.trainer import CHECKPOINT_NAME, evaluate, load_checkpoint, make_optimizer, train
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 TOL = dict(rel=1e-5, abs=1e-5)
 """Batched matmuls round differently from single ones; measured differences are below 5e-7."""
@@ -351,8 +351,8 @@ def test_callbacks_hear_what_train_tells_them():
 
 
 def test_run_recorders_record_each_member_on_its_own(tmp_path):
-    from engine.metrics import read_jsonl
-    from engine.recorder import METRICS_NAME, RunRecorder
+    from trialdeck.engine.catalogue.metrics import read_jsonl
+    from trialdeck.engine.runtime.recorder import METRICS_NAME, RunRecorder
 
     class FakeStore:
         """The four calls RunRecorder makes, kept in memory."""
@@ -399,7 +399,7 @@ def test_trial_reporters_report_each_member_to_its_own_trial():
 
     import optuna
 
-    from engine.tuning.reporter import TrialReporter
+    from trialdeck.engine.tuning.reporter import TrialReporter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
@@ -415,8 +415,8 @@ def test_trial_reporters_report_each_member_to_its_own_trial():
 
 
 def test_log_lines_of_events_name_the_epoch_only_when_there_is_one():
-    from engine.recorder import _event_line
-    from engine.types import RunEvent
+    from trialdeck.engine.runtime.recorder import _event_line
+    from trialdeck.engine.types import RunEvent
 
     assert _event_line(RunEvent("cancelled", None, "cancelled by the user")) == "cancelled: cancelled by the user"
     assert _event_line(RunEvent("pruned", 4, "median pruner")) == "[epoch 4] pruned: median pruner"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from deck import Deck
 
 pytestmark = pytest.mark.slow
@@ -54,8 +53,8 @@ def deck(tmp_path):
 
 
 def test_a_random_study_trains_its_trials_as_ensembles_with_each_trial_recorded(deck, tmp_path):
-    from engine.presets import RunSpec
-    from engine.trainer import train
+    from trialdeck.engine.presets import RunSpec
+    from trialdeck.engine.training.trainer import train
 
     out = deck.json("tune", preset(tmp_path, 3, 6), "--study", "ens", "--wait", timeout=300)
     assert out["state"] == "completed", out.get("error")

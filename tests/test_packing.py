@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 SETS = ["--set", "train.epochs=4", "--set", "data.batch_size=32"]
@@ -19,7 +19,7 @@ SETS = ["--set", "train.epochs=4", "--set", "data.batch_size=32"]
 
 def cli(home, *args, timeout=180):
     env = {**os.environ, "TRIALDECK_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 

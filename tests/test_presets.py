@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import PresetError
-from engine.presets import list_presets, parse_set, preset_roots, resolve
-from engine.presets.loader import Composed, _merge
+from trialdeck.engine.errors import PresetError
+from trialdeck.engine.presets import list_presets, parse_set, preset_roots, resolve
+from trialdeck.engine.presets.loader import Composed, _merge
 
 SEED_PRESETS = {
     "seed/l1-l2", "seed/dropout", "seed/early-stopping", "seed/batch-norm", "seed/activations", "seed/step-decay",

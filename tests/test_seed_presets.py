@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.presets import list_presets, preset_roots, resolve
+from trialdeck.engine.presets import list_presets, preset_roots, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_PRESETS = [
@@ -42,7 +42,7 @@ def test_the_seed_catalogue_is_exactly_the_article():
 
 @pytest.mark.parametrize("name", SEED_PRESETS)
 def test_seed_preset_trains_on_digits(name, tmp_path):
-    from engine.trainer import train  # deferred: torch
+    from trialdeck.engine.training.trainer import train  # deferred: torch
 
     spec = resolve(name, [*SHORT, *OFFLINE.get(name, [])])
     assert spec.data.dataset == "digits"
@@ -65,7 +65,7 @@ def test_tuned_seed_presets_keep_their_tune_block():
 
 def test_step_decay_for_50_epochs_reaches_95_percent(tmp_path):
     exe = shutil.which("trialdeck")
-    cmd = [exe] if exe else [sys.executable, "-c", "from tui.cli import main; main()"]
+    cmd = [exe] if exe else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
     env = {**os.environ, "TRIALDECK_HOME": str(tmp_path / "home")}
     env.pop("TRIALDECK_DEBUG", None)
     proc = subprocess.run([*cmd, "train", "seed/step-decay", "--device", "cpu", "--json"], cwd=REPO, env=env,

@@ -22,11 +22,11 @@ import orjson
 import pytest
 from tinydb import TinyDB
 
-from engine.errors import BadInput, CatalogCorrupt
-from engine.metrics import JsonlMetricsWriter, read_jsonl
-from engine.catalog_lines import serialize
-from engine.store import Store
-from engine.workspace import Workspace, atomic_write
+from trialdeck.engine.catalogue.lines import serialize
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter, read_jsonl
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput, CatalogCorrupt
+from trialdeck.engine.workspace import Workspace, atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -319,8 +319,8 @@ def test_incremental_encoding_matches_a_full_rewrite(ws: Workspace) -> None:
 
 _READER = """
 import sys
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 store = Store(Workspace.resolve())
 for line in sys.stdin:
     cmd, run_id = line.split()
@@ -359,8 +359,8 @@ def test_other_process_sees_writes_immediately(ws: Workspace) -> None:
 
 _ENQUEUER = """
 import os, sys, time
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 tag, go = sys.argv[1], sys.argv[2]
 store = Store(Workspace.resolve())
 while not os.path.exists(go):
@@ -390,8 +390,8 @@ def test_four_processes_enqueue_concurrently(ws: Workspace, tmp_path: Path) -> N
 
 _HAMMER = """
 import sys
-from engine.store import Store
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 store = Store(Workspace.resolve())
 print("ready", flush=True)
 while True:

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tinydb import TinyDB
 
-from engine import catalog_lines as lines_module
-from engine.errors import CatalogCorrupt
-from engine.store import Store
-from engine.types import TRANSITIONS, RunState
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue import lines as lines_module
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import CatalogCorrupt
+from trialdeck.engine.types import TRANSITIONS, RunState
+from trialdeck.engine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = [{"epoch": i, "train_loss": 2.0 / (i + 1), "val_loss": 1.5 / (i + 1), "val_acc": 0.8, "lr": 0.1} for i in range(5)]
@@ -472,10 +472,10 @@ def test_a_hand_edited_file_reads_as_a_whole_parse_would(ws: Workspace, edit) ->
 _READER = textwrap.dedent(
     """
     import json, sys
-    from engine import catalog_lines as lines_module
-    from engine.store import Store
-    from engine.errors import CatalogCorrupt
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue import lines as lines_module
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.errors import CatalogCorrupt
+    from trialdeck.engine.workspace import Workspace
 
     whole = 0
     original = Store._parse_whole

@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import engine.trainer as trainer_mod
-from engine.callbacks import TrainerCallback
-from engine.models import build_model, penalty, penalty_terms
-from engine.presets import resolve
-from engine.presets.schema import ModelConfig, ScheduleConfig
-from engine.schedules import make_schedule, preview
-from engine.trainer import EarlyStopper, train
-from engine.types import RunState
+import trialdeck.engine.training.trainer as trainer_mod
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.presets.schema import ModelConfig, ScheduleConfig
+from trialdeck.engine.training.callbacks import TrainerCallback
+from trialdeck.engine.training.models import build_model, penalty, penalty_terms
+from trialdeck.engine.training.schedules import make_schedule, preview
+from trialdeck.engine.training.trainer import EarlyStopper, train
+from trialdeck.engine.types import RunState
 
 
 def test_step_decay_over_50_epochs_is_the_articles_formula():
@@ -85,7 +85,7 @@ def test_penalty_reaches_the_gradient_in_training(monkeypatch):
 
 
 def result_train_samples(spec) -> int:
-    from engine.datasets import load_data
+    from trialdeck.engine.datasets import load_data
 
     return load_data(spec.data, seed=spec.train.seed).x_train.shape[0]
 
@@ -161,7 +161,7 @@ def test_trainer_stops_early_at_the_right_epoch_and_restores_best_weights(monkey
     scripted = iter([0.9, 0.5, 0.6, 0.7, 0.65, 0.8, 0.8, 0.8])
     monkeypatch.setattr(trainer_mod, "evaluate", lambda *a, **k: (next(scripted), 0.5))
     holder = {}
-    import engine.models as models
+    import trialdeck.engine.training.models as models
 
     real_build = models.build_model
 
@@ -231,7 +231,7 @@ def test_lr_changed_events_follow_the_step_schedule():
 
 
 def test_checkpoint_resumes_where_it_stopped(tmp_path):
-    from engine.callbacks import Stop
+    from trialdeck.engine.training.callbacks import Stop
 
     class InterruptAfter(TrainerCallback):
         def on_epoch(self, record, events):
@@ -259,7 +259,7 @@ class _StopAtPoll(TrainerCallback):
         self.n, self.state, self.polls, self.events = n, state, 0, []
 
     def poll(self):
-        from engine.callbacks import Stop
+        from trialdeck.engine.training.callbacks import Stop
 
         self.polls += 1
         return Stop(self.state) if self.polls == self.n else None
@@ -297,7 +297,7 @@ def test_a_stop_inside_an_epoch_resumes_at_that_step_and_ends_as_if_never_stoppe
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_cuda_run_with_dropout_resumes_with_the_same_masks(tmp_path):
     """Dropout on the GPU draws from the CUDA generator, which the checkpoint keeps."""
-    from engine.callbacks import Stop
+    from trialdeck.engine.training.callbacks import Stop
 
     class InterruptAfter(TrainerCallback):
         def on_epoch(self, record, events):
@@ -315,7 +315,7 @@ def test_a_cuda_run_with_dropout_resumes_with_the_same_masks(tmp_path):
 def test_a_checkpoint_from_another_kind_of_device_resumes(tmp_path):
     """A CUDA generator's state (16 bytes) cannot be loaded into a CPU one: the run goes on
     from its weights and optimiser state, and says the batch order was not replayed."""
-    from engine.callbacks import Stop, TrainerCallback
+    from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 
     class Listener(TrainerCallback):
         def __init__(self, stop_at=None):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Static, Tree
 
-from engine.workspace import Workspace
-from tui.app import make_app
-from tui.testing import wait_for
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.app import make_app
+from trialdeck.tui.testing import wait_for
 
 SIZE = (120, 40)
 

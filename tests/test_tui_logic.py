@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import BadInput
-from engine.metrics import JsonlMetricsWriter
-from engine.presets import preset_roots, resolve
-from engine.presets.authoring import write_preset
-from engine.recorder import METRICS_NAME
-from engine.store import Store
-from engine.types import RunState
-from engine.workspace import Workspace
-from tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve
-from tui.control import Control, QueueRequest, reorder, specs_for
-from tui.keymap import ACTIONS, Place, check_clashes, load_keymap
-from tui.live import (
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets import preset_roots, resolve
+from trialdeck.engine.presets.authoring import write_preset
+from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve
+from trialdeck.tui.control import Control, QueueRequest, reorder, specs_for
+from trialdeck.tui.keymap import ACTIONS, Place, check_clashes, load_keymap
+from trialdeck.tui.live import (
     BLOCKS,
     Catalog,
     EventFeed,
@@ -33,10 +33,10 @@ from tui.live import (
     run_row,
     spark,
 )
-from tui.probes import EngineSample, GpuSample, HardwareSample, status_text
-from tui.testing import NOW, T0, seed_workspace
-from tui.trials import history, intermediate_curves, page_of, parse_filter, short_names, slice_of, sort_trials
-from tui.widgets.live_table import fit_columns
+from trialdeck.tui.probes import EngineSample, GpuSample, HardwareSample, status_text
+from trialdeck.tui.testing import NOW, T0, seed_workspace
+from trialdeck.tui.trials import history, intermediate_curves, page_of, parse_filter, short_names, slice_of, sort_trials
+from trialdeck.tui.widgets.live_table import fit_columns
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Every screen through Pilot, on a seeded workspace (tui.testing): the main key paths.
+"""Every screen through Pilot, on a seeded workspace (trialdeck.tui.testing): the main key paths.
 
 No engine is started: the app is made with `start_engine=False`, so queueing
 writes the store (asserted here) and cancelling a running run with no engine
@@ -14,17 +14,17 @@ import time
 import pytest
 from textual.widgets import Input, SelectionList, TabbedContent
 
-from engine.metrics import JsonlMetricsWriter
-from engine.presets import preset_roots, resolve
-from engine.recorder import LOG_NAME, METRICS_NAME
-from engine.store import Store
-from engine.types import RunState
-from engine.workspace import Workspace
-from tui.app import make_app
-from tui.live import LogEntry
-from tui.messages import EventsArrived, OpenRun
-from tui.probes import FixedProbe
-from tui.testing import NOW, fixed_clock, screen_text, seed_study, seed_workspace, wait_for
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets import preset_roots, resolve
+from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.app import make_app
+from trialdeck.tui.live import LogEntry
+from trialdeck.tui.messages import EventsArrived, OpenRun
+from trialdeck.tui.probes import FixedProbe
+from trialdeck.tui.testing import NOW, fixed_clock, screen_text, seed_study, seed_workspace, wait_for
 
 SIZE = (120, 40)
 
@@ -214,7 +214,7 @@ async def test_requeue_from_the_detail_makes_a_new_run_with_the_same_config(seed
     app = new_app(ws)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
-        app.post_message(__import__("tui.messages", fromlist=["OpenRun"]).OpenRun(ids["failed"]))
+        app.post_message(__import__("trialdeck.tui.messages", fromlist=["OpenRun"]).OpenRun(ids["failed"]))
         await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
                        what="the run detail")
         assert "error: CUDA out of memory at epoch 3" in screen_text(app)
@@ -257,7 +257,7 @@ async def test_a_missing_run_says_so(seeded):
     app = new_app(ws)
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
-        from tui.messages import OpenRun
+        from trialdeck.tui.messages import OpenRun
 
         app.post_message(OpenRun("r999"))
         await wait_for(pilot, lambda: "no run r999 in this workspace" in screen_text(app), what="the message")
@@ -894,7 +894,7 @@ async def test_failures_become_notifications_not_crashes(seeded):
     app = new_app(ws)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await loaded(pilot)
-        from tui import messages
+        from trialdeck.tui import messages
 
         app.post_message(messages.CancelRun(ids["completed"]))  # refused by the engine-facing code
         app.post_message(messages.MoveRun(ids["running"], "up"))

@@ -1,6 +1,6 @@
 """SVG snapshots of the main screens at 80x24 and 120x40 (pytest-textual-snapshot).
 
-Deterministic: a seeded workspace with fixed timestamps (tui.testing), the app's
+Deterministic: a seeded workspace with fixed timestamps (trialdeck.tui.testing), the app's
 clock fixed, hardware readings fixed (FixedProbe), TZ=UTC, the workspace
 isolated through TRIALDECK_HOME, the cursor not blinking. Each screenshot is
 taken once the screen shows its data (`run_before` waits for it).
@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from engine.workspace import Workspace
-from tui.app import make_app
-from tui.probes import FixedProbe
-from tui.testing import fixed_clock, seed_workspace, wait_for
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.app import make_app
+from trialdeck.tui.probes import FixedProbe
+from trialdeck.tui.testing import fixed_clock, seed_workspace, wait_for
 
 SMALL, LARGE = (80, 24), (120, 40)
 

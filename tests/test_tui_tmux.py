@@ -73,7 +73,7 @@ class Tmux:
 
 
 def cli(ws: Path, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args, "--json", "--home", str(ws)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args, "--json", "--home", str(ws)], capture_output=True,
                           text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -143,5 +143,5 @@ def test_queue_watch_detach_and_reattach(tmp_path):
         assert spark_of(screen, "r1")
     finally:
         tmux.kill_server()
-        subprocess.run([sys.executable, "-m", "tui.cli", "engine", "stop", "--home", str(ws)], capture_output=True,
+        subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", "engine", "stop", "--home", str(ws)], capture_output=True,
                        timeout=90, cwd=Path(__file__).resolve().parents[1])

@@ -36,10 +36,10 @@ from typing import Any
 
 import pytest
 
-from engine.workspace import Workspace
 from tests.deck import REPO, TERMINAL, Deck
 from tests.deck import gone as _gone
 from tests.deck import journal_trials as _journal_trials
+from trialdeck.engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -214,8 +214,8 @@ def test_a_trial_run_record_keeps_its_sampled_params(tpe) -> None:
 def test_a_failed_trial_keeps_why_in_the_study_and_a_finished_one_its_value() -> None:
     import optuna
 
-    from engine.presets.schema import TuneConfig
-    from engine.tuning import study as studies
+    from trialdeck.engine.presets.schema import TuneConfig
+    from trialdeck.engine.tuning import study as studies
 
     tune = TuneConfig.model_validate({"space": {"optimizer.lr": {"float": [1e-4, 1e-1], "log": True}}})
     study = optuna.create_study(direction="minimize")
@@ -564,14 +564,14 @@ PG_PRESET = """
     "model.hidden.0" = { int = [64, 256] }
 """
 
-# Creating the study exactly as `trialdeck tune --storage URL --trials 8` does (engine.tuning.study.create_or_load,
+# Creating the study exactly as `trialdeck tune --storage URL --trials 8` does (trialdeck.engine.tuning.study.create_or_load,
 # then n_trials in the study's "trialdeck" user attr), minus starting an engine: `tune` always hands the
 # study to the local engine, which would ask and run trials itself (and `engine stop` right after would leave
 # an interrupted trial RUNNING in the shared storage). Here only the two workers may run trials.
 CREATE_STUDY = """
 import sys
-from engine.presets import resolve
-from engine.tuning import study as studies
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.tuning import study as studies
 url, name, preset, n = sys.argv[1:5]
 spec = resolve(preset, [])
 study = studies.create_or_load(name, url, preset=spec.preset, config=spec.config(), tune=spec.tune)

@@ -1,4 +1,4 @@
-"""trialdeck's terminal front end: the Typer CLI (tui.cli) and the Textual app (tui.app).
+"""trialdeck's terminal front end: the Typer CLI (trialdeck.tui.cli) and the Textual app (trialdeck.tui.app).
 
 Kept import-light: importing this package loads neither textual nor torch.
 """

@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from textual import events, work
@@ -33,15 +32,16 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from engine.errors import TrialdeckError
-from engine.presets import preset_roots
-from engine.store import Store
-from engine.workspace import Workspace
-from tui import messages
-from tui.composition import PresetLibrary
-from tui.control import Control, specs_for
-from tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, described, load_keymap
-from tui.live import (
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import TrialdeckError
+from trialdeck.engine.presets import preset_roots
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui import messages
+from trialdeck.tui.composition import PresetLibrary
+from trialdeck.tui.context import Context
+from trialdeck.tui.control import Control, specs_for
+from trialdeck.tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, described, load_keymap
+from trialdeck.tui.live import (
     LOGGED_EVENTS,
     TOASTED_EVENTS,
     Catalog,
@@ -54,15 +54,15 @@ from tui.live import (
     finished_since,
     run_number,
 )
-from tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
-from tui.screens.base import LiveScreen
-from tui.screens.dialogs import ConfirmDialog, PriorityDialog, QueueDialog
-from tui.screens.help import HelpScreen
-from tui.screens.presets import PresetsScreen
-from tui.screens.queue import QueueScreen
-from tui.screens.run_detail import RunDetailScreen
-from tui.screens.runs import MAX_ROWS, RunsScreen
-from tui.screens.studies import StudiesScreen
+from trialdeck.tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.screens.dialogs import ConfirmDialog, PriorityDialog, QueueDialog
+from trialdeck.tui.screens.help import HelpScreen
+from trialdeck.tui.screens.presets import PresetsScreen
+from trialdeck.tui.screens.queue import QueueScreen
+from trialdeck.tui.screens.run_detail import RunDetailScreen
+from trialdeck.tui.screens.runs import MAX_ROWS, RunsScreen
+from trialdeck.tui.screens.studies import StudiesScreen
 
 STATUS_EVERY = 2.0
 """Seconds between engine/hardware samples."""
@@ -71,17 +71,6 @@ READ_BACKOFF_MAX = 5.0
 """After a catalogue read that took t seconds, the next waits min(6 t, 5 s): ~15% of a core at most."""
 LOG_KEEP = 200
 TOAST_SEVERITY = {"failed": "error", "nan_loss": "error", "early_stopped": "warning", "pruned": "warning"}
-
-
-@dataclass
-class Context:
-    """What every screen may use: the workspace, its store, the preset library, the clock."""
-
-    ws: Workspace
-    store: Store
-    library: PresetLibrary
-    control: Control
-    clock: Callable[[], float]
 
 
 class TrialdeckApp(App[None]):
@@ -366,7 +355,7 @@ class TrialdeckApp(App[None]):
                     "clear")
 
     def on_save_preset(self, message: messages.SavePreset) -> None:
-        from engine.presets.authoring import write_preset
+        from trialdeck.engine.presets.authoring import write_preset
 
         comp, ctx = message.composition, self.ctx
 
@@ -425,10 +414,10 @@ __all__ = ["Context", "FixedProbe", "TrialdeckApp", "make_app"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tui.app [--home DIR]`: the app without the CLI around it (debugging)."""
+    """`python -m trialdeck.tui.app [--home DIR]`: the app without the CLI around it (debugging)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m tui.app", description="Open the trialdeck TUI.")
+    parser = argparse.ArgumentParser(prog="python -m trialdeck.tui.app", description="Open the trialdeck TUI.")
     parser.add_argument("--home", default=None, help="workspace folder (default: $TRIALDECK_HOME, else ~/.trialdeck)")
     args = parser.parse_args(argv)
     make_app(Workspace.resolve(args.home).ensure()).run()

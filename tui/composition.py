@@ -3,7 +3,7 @@
 One job: turn "these parents, these key=value overrides" into a validated
 RunSpec or one plain error line, exactly as the CLI would (`presets new
 --from A --from B --set k=v` and `run PRESET --set k=v`): parents composed
-with `engine.presets.compose`, deep-merged left to right like
+with `trialdeck.engine.presets.compose`, deep-merged left to right like
 `write_preset`, overrides applied with `apply_set`, validated with
 `validate`. Composed parents are cached so validating on every keystroke
 reads no file.
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import PresetError, TrialdeckError
-from engine.presets import compose, list_presets
-from engine.presets.authoring import config_diff, flatten
-from engine.presets.loader import Composed, apply_set, read_toml, validate
-from engine.presets.schema import RunSpec
+from trialdeck.engine.errors import PresetError, TrialdeckError
+from trialdeck.engine.presets import compose, list_presets
+from trialdeck.engine.presets.authoring import config_diff, flatten
+from trialdeck.engine.presets.loader import Composed, apply_set, read_toml, validate
+from trialdeck.engine.presets.schema import RunSpec
 
 BLOCK_GROUPS = ("reg", "sched", "aug", "es")
 """Preset groups that hold building blocks (one strategy each) rather than whole runs."""
@@ -174,7 +174,7 @@ class PresetLibrary:
 
 def lr_curve(spec: RunSpec, limit: int = 2000) -> list[float]:
     """Learning rate per epoch (no plateau reactions), at most `limit` epochs."""
-    from engine.schedules import preview
+    from trialdeck.engine.training.schedules import preview
 
     epochs = max(1, min(spec.train.epochs, limit))
     return [v for v in preview(spec.schedule, spec.optimizer.lr, epochs) if math.isfinite(v)]

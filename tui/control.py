@@ -1,7 +1,7 @@
 """What the TUI asks of the engine: queue, cancel, requeue, reorder. No Textual here.
 
 One job: the TUI's writes, through the engine's public API only (Store and
-engine.client), with the same rules as the CLI (`run`, `queue cancel|move|clear`):
+trialdeck.engine.runtime.client), with the same rules as the CLI (`run`, `queue cancel|move|clear`):
 a running run is cancelled by setting `cancel_requested` and waking the
 engine; with no engine alive it is marked cancelled directly. These run in
 thread workers: `ensure_engine` may take seconds.
@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine import control
-from engine.errors import BadInput
-from engine.presets.schema import RunSpec
-from engine.store import Store
-from engine.workspace import Workspace
-from tui.composition import Composition, PresetLibrary
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.runtime import control
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.composition import Composition, PresetLibrary
 
 MAX_REPEAT = 100
 
@@ -57,7 +57,7 @@ class Control:
         self.store = store
         self.start_engine = start_engine
         if ensure is None or wake is None:
-            from engine.client import ensure_engine, notify
+            from trialdeck.engine.runtime.client import ensure_engine, notify
 
             ensure = ensure or ensure_engine
             wake = wake or notify

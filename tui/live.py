@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from engine.control import check_resumable
-from engine.errors import BadInput
-from engine.metrics import read_jsonl
-from engine.recorder import METRICS_NAME
-from engine.workspace import RUN_ID_RE, Workspace
+from trialdeck.engine.catalogue.metrics import read_jsonl
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.runtime.control import check_resumable
+from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.workspace import RUN_ID_RE, Workspace
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16

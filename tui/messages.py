@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from tui.composition import Composition
-from tui.control import QueueRequest
-from tui.live import Catalog, LiveRun, LogEntry
-from tui.probes import EngineSample, HardwareSample
+from trialdeck.tui.composition import Composition
+from trialdeck.tui.control import QueueRequest
+from trialdeck.tui.live import Catalog, LiveRun, LogEntry
+from trialdeck.tui.probes import EngineSample, HardwareSample
 
 # ----------------------------------------------------------------------------- reports (reader -> app)
 

@@ -1,10 +1,10 @@
 """Engine and hardware readings for the dashboard's status line, without Textual.
 
 One job: sample cheaply what the status line shows. The engine is found the
-way `engine.client.status` finds it (pid file + lock), but the run counts come
+way `trialdeck.engine.runtime.client.status` finds it (pid file + lock), but the run counts come
 from the catalogue read the UI already has: `status()` lists every run with
 its config on each call, too costly at 2 Hz. GPUs are probed through
-nvidia-ml-py (`engine.scheduler.probe_gpus`); a box without an NVIDIA driver
+nvidia-ml-py (`trialdeck.engine.runtime.gpus.probe_gpus`); a box without an NVIDIA driver
 is probed once, then no more.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine.workspace import Workspace
+from trialdeck.engine.workspace import Workspace
 
 GIB = 1 << 30
 
@@ -43,7 +43,7 @@ class HardwareSample:
 
 
 class SystemProbe:
-    """Real readings: engine.client for the engine, psutil for CPU/RAM, NVML for GPUs."""
+    """Real readings: trialdeck.engine.runtime.client for the engine, psutil for CPU/RAM, NVML for GPUs."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -51,7 +51,7 @@ class SystemProbe:
         self._primed = False
 
     def engine(self) -> EngineSample:
-        from engine.client import engine_info
+        from trialdeck.engine.runtime.client import engine_info
 
         info = engine_info(self.ws)
         if not info:
@@ -67,7 +67,7 @@ class SystemProbe:
         mem = psutil.virtual_memory()
         gpus: tuple[GpuSample, ...] = ()
         if self._gpus:
-            from engine.scheduler import probe_gpus
+            from trialdeck.engine.runtime.gpus import probe_gpus
 
             found = probe_gpus()
             self._gpus = bool(found)
@@ -90,7 +90,7 @@ class FixedProbe:
 
 
 def _uptime(seconds: float) -> str:
-    from tui.live import fmt_seconds
+    from trialdeck.tui.live import fmt_seconds
 
     return fmt_seconds(seconds)
 

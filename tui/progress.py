@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from engine.callbacks import TrainerCallback
+from trialdeck.engine.training.callbacks import TrainerCallback
 
 
 class EpochProgress(TrainerCallback):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.metrics import JsonlMetricsWriter
-from engine.presets import preset_roots, resolve
-from engine.recorder import LOG_NAME, METRICS_NAME
-from engine.store import Store
-from engine.types import RunState
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets import preset_roots, resolve
+from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
 
 T0 = 1_767_225_600.0
 """2026-01-01 00:00:00 UTC: every seeded timestamp is T0 + a fixed offset."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import BadInput
+from trialdeck.engine.errors import BadInput
 
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 PAGE = 200

@@ -8,12 +8,12 @@ or scikit-learn: those load only when a dataset that needs them is used.
 
 from __future__ import annotations
 
-from engine.datasets._base import BaseDataset, RawArrays, TensorData
-from engine.datasets._digits import DigitsDataset
-from engine.datasets._load import DATASET_REGISTRY, clear_cache, default_data_dir, get_dataset, load_data
-from engine.datasets._split import allocate, split_indices, stratified_pick
-from engine.datasets._synthetic import SyntheticDataset, sample_shape
-from engine.datasets._torchvision import Cifar10Dataset, FashionMnistDataset, MnistDataset
+from trialdeck.engine.datasets._base import BaseDataset, RawArrays, TensorData
+from trialdeck.engine.datasets._digits import DigitsDataset
+from trialdeck.engine.datasets._load import DATASET_REGISTRY, clear_cache, default_data_dir, get_dataset, load_data
+from trialdeck.engine.datasets._split import allocate, split_indices, stratified_pick
+from trialdeck.engine.datasets._synthetic import SyntheticDataset, sample_shape
+from trialdeck.engine.datasets._torchvision import Cifar10Dataset, FashionMnistDataset, MnistDataset
 
 __all__ = [
     "DATASET_REGISTRY",

@@ -2,7 +2,7 @@
 
 A dataset only knows how to produce its raw *training split* as tensors
 (`RawArrays`); splitting, subsampling, normalising and moving to a device are
-done once, for every dataset alike, by `engine.datasets.load_data`.
+done once, for every dataset alike, by `trialdeck.engine.datasets.load_data`.
 
 Invariants of `RawArrays`: `x` is (N, C, H, W), uint8 or float, in raw pixel
 units (0..pixel_max), on the CPU; `y` is int64 in [0, len(classes)).
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from engine.presets.schema import DataConfig
+    from trialdeck.engine.presets.schema import DataConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class BaseDataset:
     def load_arrays(self, cfg: DataConfig, data_dir: Path) -> RawArrays:
         """Return the training split as raw tensors.
 
-        Raises `engine.errors.DatasetUnavailable` with a one-line, actionable
+        Raises `trialdeck.engine.errors.DatasetUnavailable` with a one-line, actionable
         message when the data cannot be had (missing files, no network).
         """
         raise NotImplementedError

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.datasets._base import BaseDataset, RawArrays
+from trialdeck.engine.datasets._base import BaseDataset, RawArrays
 
 if TYPE_CHECKING:
-    from engine.presets.schema import DataConfig
+    from trialdeck.engine.presets.schema import DataConfig
 
 
 class DigitsDataset(BaseDataset):

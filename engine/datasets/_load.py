@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.datasets._base import BaseDataset, RawArrays, TensorData
-from engine.datasets._digits import DigitsDataset
-from engine.datasets._split import split_indices
-from engine.datasets._synthetic import SyntheticDataset
-from engine.datasets._torchvision import Cifar10Dataset, FashionMnistDataset, MnistDataset
-from engine.errors import PresetError
+from trialdeck.engine.datasets._base import BaseDataset, RawArrays, TensorData
+from trialdeck.engine.datasets._digits import DigitsDataset
+from trialdeck.engine.datasets._split import split_indices
+from trialdeck.engine.datasets._synthetic import SyntheticDataset
+from trialdeck.engine.datasets._torchvision import Cifar10Dataset, FashionMnistDataset, MnistDataset
+from trialdeck.engine.errors import PresetError
 
 if TYPE_CHECKING:
-    from engine.presets.schema import DataConfig
+    from trialdeck.engine.presets.schema import DataConfig
 
 DATASET_REGISTRY: dict[str, type[BaseDataset]] = {
     cls.name: cls

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.datasets._base import BaseDataset, RawArrays
+from trialdeck.engine.datasets._base import BaseDataset, RawArrays
 
 if TYPE_CHECKING:
-    from engine.presets.schema import DataConfig
+    from trialdeck.engine.presets.schema import DataConfig
 
 # Prototype scale: with unit noise, a linear model separates classes well
 # but not perfectly at the default [1, 28, 28] shape.

@@ -23,11 +23,11 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
-from engine.datasets._base import BaseDataset, RawArrays
-from engine.errors import DatasetUnavailable
+from trialdeck.engine.datasets._base import BaseDataset, RawArrays
+from trialdeck.engine.errors import DatasetUnavailable
 
 if TYPE_CHECKING:
-    from engine.presets.schema import DataConfig
+    from trialdeck.engine.presets.schema import DataConfig
 
 _DOWNLOAD_TIMEOUT_S = 20.0
 """Per socket operation: a black-holed network fails in seconds, not minutes."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.presets.loader import (
+from trialdeck.engine.presets.loader import (
     BUILTIN_ROOT,
     check_name,
     compose,
@@ -13,7 +13,7 @@ from engine.presets.loader import (
     resolve,
     resolve_data,
 )
-from engine.presets.schema import RunSpec
+from trialdeck.engine.presets.schema import RunSpec
 
 __all__ = [
     "BUILTIN_ROOT",

@@ -12,9 +12,9 @@ from typing import Any
 
 import tomli_w
 
-from engine.errors import PresetError
-from engine.presets.loader import Composed, apply_set, check_name, compose, parse_set, validate
-from engine.presets.schema import RunSpec
+from trialdeck.engine.errors import PresetError
+from trialdeck.engine.presets.loader import Composed, apply_set, check_name, compose, parse_set, validate
+from trialdeck.engine.presets.schema import RunSpec
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -73,7 +73,7 @@ def write_preset(
     composed = Composed()
     for parent in parents:
         sub = compose(parent, roots)
-        from engine.presets.loader import _merge
+        from trialdeck.engine.presets.loader import _merge
 
         _merge(composed.data, sub.data, "", composed.origin)
         composed.origin.update(sub.origin)
@@ -89,7 +89,7 @@ def write_preset(
     _merge_plain(table, overrides_table(sets))
     doc.update(table)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    from engine.workspace import atomic_write
+    from trialdeck.engine.workspace import atomic_write
 
     atomic_write(path, tomli_w.dumps(doc).encode())
     return path, spec

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import copy
 import difflib
-import typing
+import importlib.resources
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from engine.errors import PresetError
-from engine.presets.schema import SECTIONS, TOP_LEVEL_KEYS, RunSpec
+from trialdeck.engine.errors import PresetError
+from trialdeck.engine.presets.schema import SECTIONS, TOP_LEVEL_KEYS, RunSpec
 
-BUILTIN_ROOT = Path(__file__).resolve().parents[2] / "experiments"
+# The built-in catalogue is package data of trialdeck.experiments, wherever trialdeck is installed.
+BUILTIN_ROOT = Path(str(importlib.resources.files("trialdeck.experiments")))
 SET_SOURCE = "--set"
 
 

@@ -277,7 +277,7 @@ class TuneConfig(Block):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     ensemble: bool = True
     """Grid and random studies: train trials that share an architecture as one vmapped
-    ensemble per worker (engine.ensemble); false: one run per trial."""
+    ensemble per worker (trialdeck.engine.training.ensemble); false: one run per trial."""
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")

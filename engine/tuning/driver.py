@@ -22,12 +22,12 @@ from typing import Any
 
 import optuna
 
-from engine.errors import BadInput
-from engine.scheduler import ensemble_key
-from engine.store import Store
-from engine.tuning import study as studies
-from engine.tuning.space import apply_params, sample
-from engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.training.membership import ensemble_key
+from trialdeck.engine.tuning import study as studies
+from trialdeck.engine.tuning.space import apply_params, sample
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 IN_FLIGHT = ("queued", "running", "interrupted")
 PRUNER_STARTUP_TRIALS = 5
@@ -40,7 +40,7 @@ once and trained together as an ensemble without changing what the study samples
 
 def _group_of(study: str, spec) -> str | None:
     """The `ensemble` field of a trial run: runs with equal values may train as one ensemble
-    (engine.ensemble.ensemble_key); None when this trial must train alone."""
+    (trialdeck.engine.training.ensemble.ensemble_key); None when this trial must train alone."""
     key = ensemble_key(spec)
     if key is None:
         return None

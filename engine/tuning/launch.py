@@ -14,11 +14,11 @@ import re
 import time
 from typing import Any
 
-from engine.errors import BadInput
-from engine.presets.authoring import config_diff
-from engine.presets.schema import RunSpec, TuneConfig
-from engine.tuning.space import grid_size
-from engine.workspace import Workspace
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.authoring import config_diff
+from trialdeck.engine.presets.schema import RunSpec, TuneConfig
+from trialdeck.engine.tuning.space import grid_size
+from trialdeck.engine.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RDB_PREFIXES = ("postgresql", "mysql", "sqlite")
@@ -38,7 +38,7 @@ def storage_url(ws: Workspace, name: str, url: str | None) -> str:
     """The study's storage as a string stored in the catalogue ("journal:<path>" or an RDB URL)."""
     if url is None:
         return f"journal:{ws.studies_dir / (check_study_name(name) + '.journal')}"
-    if not url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
+    if url.split(":", 1)[0].split("+", 1)[0] not in RDB_PREFIXES:
         raise BadInput(f"--storage {url!r}: allowed: postgresql://USER@HOST/DB, mysql://..., sqlite:///PATH, "
                        "or leave it out for the workspace's journal file")
     return url

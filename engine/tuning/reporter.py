@@ -11,10 +11,10 @@ from typing import Any
 
 import optuna
 
-from engine.callbacks import Stop, TrainerCallback
-from engine.tuning import study as studies
-from engine.tuning.samplers import explain_prune
-from engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.tuning import study as studies
+from trialdeck.engine.tuning.samplers import explain_prune
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 _LOADED: dict[tuple[str, str], Any] = {}
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import optuna
 
-from engine.presets.schema import TuneConfig
-from engine.tuning.space import grid
+from trialdeck.engine.presets.schema import TuneConfig
+from trialdeck.engine.tuning.space import grid
+
 
 class ExhaustibleGridSampler(optuna.samplers.GridSampler):
     """GridSampler without its `study.stop()` on the last grid point: that call only works

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.errors import PresetError
-from engine.presets.loader import Composed, apply_override, validate
-from engine.presets.schema import RunSpec, SpaceEntry, TuneConfig
+from trialdeck.engine.errors import PresetError
+from trialdeck.engine.presets.loader import Composed, apply_override, validate
+from trialdeck.engine.presets.schema import RunSpec, SpaceEntry, TuneConfig
 
 _OPTUNA_SCALARS = (type(None), bool, int, float, str)
 

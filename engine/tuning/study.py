@@ -23,10 +23,9 @@ from typing import Any
 
 import optuna
 
-from engine.errors import BadInput
-from engine.presets.schema import TuneConfig
-from engine.tuning.samplers import make_pruner, make_sampler
-from engine.tuning.launch import (  # noqa: F401 - re-exported: the names and URLs of studies
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.schema import TuneConfig
+from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the names and URLs of studies
     RDB_PREFIXES,
     check_study_name,
     default_study_name,
@@ -34,7 +33,8 @@ from engine.tuning.launch import (  # noqa: F401 - re-exported: the names and UR
     storage_url,
     target_trials,
 )
-from engine.tuning.space import decode_params
+from trialdeck.engine.tuning.samplers import make_pruner, make_sampler
+from trialdeck.engine.tuning.space import decode_params
 
 _STORAGES: dict[str, Any] = {}
 

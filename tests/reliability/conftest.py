@@ -37,7 +37,7 @@ def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: floa
     """`trialdeck ARGS --home HOME` in a real subprocess (list argv, no shell)."""
     full_env = {**os.environ, "TRIALDECK_HOME": str(home), **(env or {})}
     full_env.pop("TRIALDECK_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
 
 

@@ -82,10 +82,10 @@ def test_a_workspace_folder_that_cannot_be_made_is_one_line():
 
 
 def test_resuming_a_study_with_other_settings_is_refused_not_ignored(home):
-    from engine.presets import resolve
-    from engine.store import Store
-    from engine.tuning import launch
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.tuning import launch
+    from trialdeck.engine.workspace import Workspace
 
     ws = Workspace(home).ensure()
     spec = resolve("seed/tpe-mnist", ["data.dataset=digits", "train.epochs=3"])

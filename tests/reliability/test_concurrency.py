@@ -9,17 +9,17 @@ import textwrap
 
 ENQUEUE = textwrap.dedent("""
     import sys
-    from engine.store import Store
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.workspace import Workspace
     store = Store(Workspace.resolve(sys.argv[1]))
     for i in range(40):
         store.create_run(preset="seed/step-decay", config={"n": i}, config_hash="h")
 """)
 CANCEL = textwrap.dedent("""
     import sys, time
-    from engine.errors import BadInput
-    from engine.store import Store
-    from engine.workspace import Workspace
+    from trialdeck.engine.errors import BadInput
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.workspace import Workspace
     store = Store(Workspace.resolve(sys.argv[1]))
     cancelled = 0
     deadline = time.monotonic() + 20
@@ -34,8 +34,8 @@ CANCEL = textwrap.dedent("""
 """)
 READ = textwrap.dedent("""
     import json, sys, time
-    from engine.store import Store
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.workspace import Workspace
     ws = Workspace.resolve(sys.argv[1])
     store = Store(ws)
     reads = 0

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from engine.metrics import JsonlMetricsWriter, read_jsonl
-from engine.presets import resolve
-from engine.store import Store
-from engine.workspace import Workspace
 from tests.reliability.conftest import cli, one_line
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter, read_jsonl
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.workspace import Workspace
 
 
 def seeded(home) -> Store:

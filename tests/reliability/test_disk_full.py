@@ -9,11 +9,11 @@ from unittest import mock
 
 import pytest
 
-from engine.errors import StorageError
-from engine.presets import resolve
-from engine.store import Store
-from engine.trainer import save_checkpoint
-from engine.workspace import Workspace, atomic_write
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import StorageError
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.training.trainer import save_checkpoint
+from trialdeck.engine.workspace import Workspace, atomic_write
 
 
 def no_space(*args, **kwargs):

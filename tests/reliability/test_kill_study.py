@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from engine.metrics import read_jsonl
-from engine.store import Store
-from engine.workspace import Workspace
 from tests.deck import journal_trials
 from tests.reliability.conftest import cli
+from trialdeck.engine.catalogue.metrics import read_jsonl
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

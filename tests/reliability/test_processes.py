@@ -7,9 +7,9 @@ import os
 import signal
 import time
 
-from engine.store import Store
-from engine.workspace import Workspace
 from tests.reliability.conftest import cli
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.workspace import Workspace
 
 
 def wait_for(predicate, timeout: float, what: str):

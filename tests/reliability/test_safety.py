@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.errors import BadInput
-from engine.workspace import Workspace
 from tests.reliability.conftest import cli
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(p for d in ("engine", "tui") for p in (ROOT / d).rglob("*.py"))
@@ -120,7 +120,7 @@ def test_run_ids_cannot_escape_the_workspace(tmp_path, run_id):
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden/..", "x" * 200, "a\\b", ""])
 def test_study_names_cannot_escape_the_workspace(name):
-    from engine.tuning.study import check_study_name
+    from trialdeck.engine.tuning.study import check_study_name
 
     with pytest.raises(BadInput):
         check_study_name(name)

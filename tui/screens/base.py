@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Input
 
-from tui.live import Catalog, LiveRun, LogEntry
-from tui.probes import EngineSample, HardwareSample
-
-if TYPE_CHECKING:  # only for annotations: the app module imports the screens
-    from tui.app import Context
+from trialdeck.tui.context import Context
+from trialdeck.tui.live import Catalog, LiveRun, LogEntry
+from trialdeck.tui.probes import EngineSample, HardwareSample
 
 
 class LiveScreen(Screen):

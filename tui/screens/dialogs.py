@@ -12,11 +12,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from engine.errors import BadInput
-from tui.composition import Composition, PresetLibrary, summary_line
-from tui.control import MAX_REPEAT, QueueRequest
-from tui.keymap import bind
-from tui.widgets.override_editor import OverrideEditor
+from trialdeck.engine.errors import BadInput
+from trialdeck.tui.composition import Composition, PresetLibrary, summary_line
+from trialdeck.tui.control import MAX_REPEAT, QueueRequest
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.widgets.override_editor import OverrideEditor
 
 
 def parse_int(text: str, what: str, low: int, high: int) -> int:

@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from tui.keymap import KEYS_FILE, bind
+from trialdeck.tui.keymap import KEYS_FILE, bind
 
 
 class HelpScreen(ModalScreen[None]):

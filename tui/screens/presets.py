@@ -14,18 +14,18 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Input, Select, SelectionList, Static, TabbedContent, TabPane, Tree
 
-from engine.errors import TrialdeckError
-from engine.presets import check_name
-from tui import messages
-from tui.composition import Check, Composition, lr_curve, summary_line
-from tui.keymap import bind
-from tui.screens.base import LiveScreen
-from tui.screens.dialogs import QueueDialog
-from tui.widgets.filter_bar import FilterBar
-from tui.widgets.mode_bar import ModeBar
-from tui.widgets.override_editor import OverrideEditor
-from tui.widgets.plots import CurvePlot, Series
-from tui.widgets.preset_tree import PresetTree
+from trialdeck.engine.errors import TrialdeckError
+from trialdeck.engine.presets import check_name
+from trialdeck.tui import messages
+from trialdeck.tui.composition import Check, Composition, lr_curve, summary_line
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.screens.dialogs import QueueDialog
+from trialdeck.tui.widgets.filter_bar import FilterBar
+from trialdeck.tui.widgets.mode_bar import ModeBar
+from trialdeck.tui.widgets.override_editor import OverrideEditor
+from trialdeck.tui.widgets.plots import CurvePlot, Series
+from trialdeck.tui.widgets.preset_tree import PresetTree
 
 DEFAULT_BASE = "base/digits-mlp"
 
@@ -110,7 +110,7 @@ class PresetsScreen(LiveScreen):
         self.sync_bindings()
 
     def _show(self, name: str) -> None:
-        from engine.presets.authoring import config_toml
+        from trialdeck.engine.presets.authoring import config_toml
 
         library = self.ctx.library
         config = self.query_one("#config", Static)

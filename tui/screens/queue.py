@@ -11,13 +11,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Static
 
-from tui import messages
-from tui.keymap import bind
-from tui.live import Catalog, fmt_seconds
-from tui.screens.base import LiveScreen
-from tui.screens.dialogs import ConfirmDialog, PriorityDialog
-from tui.widgets.live_table import STATE_STYLES, LiveTable
-from tui.widgets.mode_bar import ModeBar
+from trialdeck.tui import messages
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.live import Catalog, fmt_seconds
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.screens.dialogs import ConfirmDialog, PriorityDialog
+from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
+from trialdeck.tui.widgets.mode_bar import ModeBar
 
 
 class QueueTable(LiveTable):

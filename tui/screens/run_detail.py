@@ -17,13 +17,13 @@ from textual.containers import Grid, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from engine.recorder import LOG_NAME
-from tui import messages
-from tui.keymap import bind
-from tui.live import CANCELLABLE, fmt_seconds, resumable
-from tui.screens.base import LiveScreen
-from tui.widgets.live_table import STATE_STYLES
-from tui.widgets.plots import CurvePlot, Series, clean
+from trialdeck.engine.runtime.recorder import LOG_NAME
+from trialdeck.tui import messages
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.live import CANCELLABLE, fmt_seconds, resumable
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.widgets.live_table import STATE_STYLES
+from trialdeck.tui.widgets.plots import CurvePlot, Series, clean
 
 LOG_TAIL_BYTES = 64 * 1024
 LOG_TAIL_LINES = 200
@@ -138,7 +138,7 @@ class RunDetailScreen(LiveScreen):
         self.query_one("#plot-acc", CurvePlot).series = acc
         self.query_one("#plot-lr", CurvePlot).series = lr
         self.query_one("#run-events", Static).update(self._events(record.get("events") or []))
-        from engine.presets.authoring import config_toml
+        from trialdeck.engine.presets.authoring import config_toml
 
         # Text, not str: a str is read as markup, and every `[section]` header would vanish.
         self.query_one("#run-config", Static).update(Text(config_toml(record.get("config") or {})))

@@ -12,15 +12,15 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Static
 
-from tui import messages
-from tui.keymap import bind
-from tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row
-from tui.probes import status_text
-from tui.screens.base import LiveScreen
-from tui.widgets.event_log import EventLog
-from tui.widgets.filter_bar import FilterBar
-from tui.widgets.live_table import STATE_STYLES, LiveTable
-from tui.widgets.mode_bar import ModeBar
+from trialdeck.tui import messages
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row
+from trialdeck.tui.probes import status_text
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.widgets.event_log import EventLog
+from trialdeck.tui.widgets.filter_bar import FilterBar
+from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
+from trialdeck.tui.widgets.mode_bar import ModeBar
 
 MAX_ROWS = 500
 """Newest runs shown (plus every active one); filter with `/` to reach older ones."""

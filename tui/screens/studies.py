@@ -16,11 +16,11 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
-from engine.errors import BadInput
-from tui import messages
-from tui.keymap import bind
-from tui.screens.base import LiveScreen
-from tui.trials import (
+from trialdeck.engine.errors import BadInput
+from trialdeck.tui import messages
+from trialdeck.tui.keymap import bind
+from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.trials import (
     best_text,
     columns_for,
     fmt,
@@ -34,10 +34,10 @@ from tui.trials import (
     sort_trials,
     trial_cells,
 )
-from tui.widgets.filter_bar import FilterBar
-from tui.widgets.live_table import STATE_STYLES, LiveTable
-from tui.widgets.mode_bar import ModeBar
-from tui.widgets.plots import BarList, CurvePlot, Series
+from trialdeck.tui.widgets.filter_bar import FilterBar
+from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
+from trialdeck.tui.widgets.mode_bar import ModeBar
+from trialdeck.tui.widgets.plots import BarList, CurvePlot, Series
 
 TABS = ("tab-trials", "tab-history", "tab-slice", "tab-intermediate", "tab-importance")
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import RichLog
 
-from tui.live import LogEntry
+from trialdeck.tui.live import LogEntry
 
 KIND_STYLES = {"failed": "bold red", "nan_loss": "bold red", "early_stopped": "yellow", "pruned": "magenta",
                "finished": "green", "cancelled": "dim", "interrupted": "yellow"}

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Input, Static
 
-from tui.keymap import bind
+from trialdeck.tui.keymap import bind
 
 
 class FilterBar(Horizontal):

@@ -18,7 +18,7 @@ from textual.reactive import reactive
 from textual.suggester import SuggestFromList
 from textual.widgets import Input, Static
 
-from tui.composition import dotted_keys
+from trialdeck.tui.composition import dotted_keys
 
 
 class OverrideEditor(Vertical):

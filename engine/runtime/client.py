@@ -12,18 +12,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from engine.daemon import _alive, read_pid_info
-from engine.errors import EngineUnavailable
-from engine.metrics import read_jsonl
-from engine.recorder import METRICS_NAME
-from engine.store import Store
-from engine.types import RunState
-from engine.workspace import Workspace, atomic_write
+from trialdeck.engine.catalogue.metrics import read_jsonl
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import EngineUnavailable
+from trialdeck.engine.runtime.pidfile import alive, read_pid_info
+from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
 
@@ -41,7 +40,7 @@ def lock_held(ws: Workspace) -> bool:
 def engine_info(ws: Workspace) -> dict[str, Any] | None:
     """The live engine's pid file contents, or None when no engine runs here."""
     info = read_pid_info(ws)
-    if info and _alive(info.get("pid")) and lock_held(ws):
+    if info and alive(info.get("pid")) and lock_held(ws):
         return info
     return None
 
@@ -57,9 +56,9 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     os.chmod(ws.engine_log, 0o600)
     # A list argv and no shell: nothing the user typed is interpreted by a shell.
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.daemon", "--home", str(ws.root), *(args or [])],
+        [sys.executable, "-m", "trialdeck.engine.runtime.daemon", "--home", str(ws.root), *(args or [])],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, close_fds=True, cwd=str(ws.root), env=_same_code_env(),
+        start_new_session=True, close_fds=True, cwd=str(ws.root),
     )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT
@@ -76,14 +75,6 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
             raise EngineUnavailable(f"the engine exited at start (code {process.returncode}); see {ws.engine_log}")
         time.sleep(0.05)
     raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
-
-
-def _same_code_env() -> dict[str, str]:
-    """The engine imports the very `engine` package this client runs, even when the install
-    points elsewhere (a moved checkout, a stale editable install) or none exists."""
-    root = str(Path(__file__).resolve().parents[1])
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *(p for p in paths if p != root)])}
 
 
 def ensure_engine(ws: Workspace, say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -113,7 +104,7 @@ def stop_engine(ws: Workspace, timeout: float = 60.0, *, hold: bool = False) -> 
     os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(info["pid"]) or not lock_held(ws):
+        if not alive(info["pid"]) or not lock_held(ws):
             return info
         time.sleep(0.1)
     raise EngineUnavailable(f"the engine (pid {info['pid']}) did not stop within {timeout:.0f} s")

@@ -1,24 +1,26 @@
-"""Shared pieces of the CLI: options, output helpers and the error-to-exit-code wrapper."""
+"""Shared pieces of the CLI: options, output helpers, the error-to-exit-code wrapper, and what
+several command groups use (the store, a run by id, a run's summary)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
-from engine.errors import ExitCode, TrialdeckError, exit_code_for
+from trialdeck.engine.errors import BadInput, ExitCode, TrialdeckError, exit_code_for
 
 HomeOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--home", help="Workspace folder (default: $TRIALDECK_HOME, else ~/.trialdeck).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", help="Override a preset key with a TOML value: --set train.epochs=5 (repeatable).",
                  show_default=False),
 ]
@@ -71,7 +73,7 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def workspace(home: Path | None):
-    from engine.workspace import Workspace
+    from trialdeck.engine.workspace import Workspace
 
     ws = Workspace.resolve(home or _state["home"]).ensure()
     if _state.pop("revive", False):
@@ -87,8 +89,8 @@ def revive_engine(ws) -> None:
     if os.environ.get("TRIALDECK_NO_AUTOSTART") == "1":
         return
     try:
-        from engine.client import engine_info, start_engine
-        from engine.store import Store
+        from trialdeck.engine.catalogue.store import Store
+        from trialdeck.engine.runtime.client import engine_info, start_engine
 
         if not ws.catalog_path.exists() or ws.held_path.exists() or engine_info(ws):
             return
@@ -101,6 +103,54 @@ def revive_engine(ws) -> None:
 
 
 def roots(home: Path | None):
-    from engine.presets import preset_roots
+    from trialdeck.engine.presets import preset_roots
 
     return preset_roots(workspace(home).presets_dir)
+
+
+STATES = ("queued", "running", "completed", "early_stopped", "pruned", "failed", "cancelled", "interrupted")
+
+
+def check_range(option: str, value: int | float | None, low: float, high: float) -> None:
+    """Range checks done here, not by click, so a bad value is one plain line (exit 2)."""
+    if value is not None and not low <= value <= high:
+        raise BadInput(f"{option} {value}: allowed: {low:g} to {high:g}")
+
+
+def open_store(home: Path | None):
+    from trialdeck.engine.catalogue.store import Store
+
+    return Store(workspace(home))
+
+
+def find_run(store, run_id: str) -> dict[str, Any]:
+    from trialdeck.engine.runtime.control import get_run
+
+    return get_run(store, run_id)
+
+
+def exit_for(record: dict[str, Any]) -> None:
+    if record["state"] not in ("completed", "early_stopped", "pruned"):
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def print_run_summary(record: dict) -> None:
+    hist = record.get("history") or []
+    last = hist[-1] if hist else {}
+    best = max((h["val_acc"] for h in hist), default=None)
+    where = f"  on {record['device']}" if record.get("device") else ""
+    print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
+    if last:
+        print(f"  epochs {last['epoch']}  val_loss {last['val_loss']:.4f}  val_acc {last['val_acc']:.4f}"
+              f"  best val_acc {best:.4f}  lr {last['lr']:.3g}")
+    for ev in record.get("events") or []:
+        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
+            print(f"  {ev['kind']}: {ev['message']}")
+    if record.get("error"):
+        print(f"  error: {record['error']}")
+
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="Optuna storage URL shared across boxes (postgresql://...); default: the workspace journal."),
+]

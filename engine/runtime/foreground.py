@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from engine.callbacks import TrainerCallback
-from engine.presets.schema import RunSpec
-from engine.recorder import RunRecorder
-from engine.store import Store
-from engine.trainer import train
-from engine.types import RunState
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.runtime.recorder import RunRecorder
+from trialdeck.engine.training.callbacks import TrainerCallback
+from trialdeck.engine.training.trainer import train
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
 
 
 def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | None = None) -> dict:

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.callbacks import Stop, TrainerCallback
-from engine.presets.schema import RunSpec
-from engine.types import EpochRecord, EventKind, RunEvent, RunState
-from engine.workspace import CHECKPOINT_NAME, atomic_write
+from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
+from trialdeck.engine.workspace import CHECKPOINT_NAME, atomic_write
 
 EVAL_BATCH = 4096
 
@@ -182,10 +182,10 @@ def train(
 def _train(spec, cb, run_dir, data_dir, resume, device_name, result, started) -> TrainResult:
     # Imported here, not at module top: the dataset and augmentation modules pull in
     # scikit-learn/torchvision, which only a process that trains should pay for.
-    from engine.augment import BatchAugment
-    from engine.datasets import load_data
-    from engine.models import build_model, penalty, penalty_terms
-    from engine.schedules import make_schedule
+    from trialdeck.engine.datasets import load_data
+    from trialdeck.engine.training.augment import BatchAugment
+    from trialdeck.engine.training.models import build_model, penalty, penalty_terms
+    from trialdeck.engine.training.schedules import make_schedule
 
     t = spec.train
     device = resolve_device(device_name or t.device)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from engine.workspace import private_open
+from trialdeck.engine.workspace import private_open
 
 __all__ = ["JsonlMetricsWriter", "read_jsonl"]
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.callbacks import Stop, TrainerCallback
-from engine.metrics import JsonlMetricsWriter
-from engine.types import EpochRecord, RunEvent
+from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.types import EpochRecord, RunEvent
 
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "log.txt"
@@ -35,7 +35,7 @@ class RunRecorder(TrainerCallback):
         self.observer = observer
         self.flush_seconds = flush_seconds
         self.metrics = JsonlMetricsWriter(run_dir / METRICS_NAME)
-        from engine.workspace import private_open
+        from trialdeck.engine.workspace import private_open
 
         self._log = open(private_open(run_dir / LOG_NAME), "a", buffering=1, encoding="utf-8")
         self._history: list[dict[str, Any]] = []

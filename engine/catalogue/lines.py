@@ -11,7 +11,7 @@ confirming unchanged chunks with one `startswith` and parsing only changed or
 new lines, plus the small tables. `serialize` writes a state re-encoding only
 the documents a transaction touched. Anything not in this layout makes
 `parse_lines` return None, and the store parses the file whole. Used only by
-`engine.store`, which owns the file, its lock and its cache.
+`trialdeck.engine.catalogue.store`, which owns the file, its lock and its cache.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`catalog.json` on disk: locked, atomic writes and incremental re-reads.
 
-`CatalogFile` is the file half of `engine.store.Store` (which adds the record
+`CatalogFile` is the file half of `trialdeck.engine.catalogue.store.Store` (which adds the record
 API on top). `catalog.json` is a TinyDB file (tables `meta`, `runs`,
 `studies`, `trials`, `events`) so a person or a script can read it with TinyDB
 alone. TinyDB itself has no locking, caches query results and the next
@@ -67,9 +67,9 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
-from engine.catalog_lines import Fragments, is_table, parse_lines, serialize
-from engine.errors import CatalogCorrupt, EngineUnavailable
-from engine.workspace import FILE_MODE, atomic_write
+from trialdeck.engine.catalogue.lines import Fragments, is_table, parse_lines, serialize
+from trialdeck.engine.errors import CatalogCorrupt, EngineUnavailable
+from trialdeck.engine.workspace import FILE_MODE, atomic_write
 
 __all__ = ["CatalogFile", "CatalogLocked", "TABLES", "META_ID", "HEAD_BYTES", "clone", "gc_paused"]
 
@@ -317,7 +317,7 @@ class CatalogFile:
                     return existing
             except OSError:
                 continue
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         copy = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         suffix = 1
         while copy.exists():

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.errors import BadInput
-from engine.presets.schema import RunSpec
-from engine.store import Store
-from engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 RESUMABLE = ("failed", "cancelled", "interrupted")
 

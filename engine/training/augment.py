@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from engine.presets.schema import AugmentConfig
+    from trialdeck.engine.presets.schema import AugmentConfig
 
 __all__ = ["AugmentParams", "BatchAugment"]
 

@@ -46,11 +46,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from engine.callbacks import Stop, TrainerCallback
-from engine.ensemble_optim import StackedOptimizer
-from engine.presets.schema import RunSpec
-from engine.scheduler import ensemble_key
-from engine.trainer import (
+from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.training.membership import ensemble_key
+from trialdeck.engine.training.stacked_optim import StackedOptimizer
+from trialdeck.engine.training.trainer import (
     CHECKPOINT_NAME,
     EVAL_BATCH,
     EarlyStopper,
@@ -62,7 +62,7 @@ from engine.trainer import (
     resolve_device,
     write_checkpoint,
 )
-from engine.types import EpochRecord, EventKind, RunEvent, RunState
+from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
 
 MAX_MEMBERS = 32
 """Default cap on one ensemble's size in `plan_ensembles` (memory grows with K)."""
@@ -225,9 +225,9 @@ class _Ensemble:
     def setup(self, data_dir: Path | None, device_name: str | None) -> None:
         # Imported here, not at module top: the dataset modules pull in scikit-learn and
         # torchvision, which only a process that trains should pay for.
-        from engine.datasets import load_data
-        from engine.models import build_model, penalty_terms
-        from engine.schedules import make_schedule
+        from trialdeck.engine.datasets import load_data
+        from trialdeck.engine.training.models import build_model, penalty_terms
+        from trialdeck.engine.training.schedules import make_schedule
 
         spec0 = self.members[0].spec
         device = resolve_device(device_name or spec0.train.device)
@@ -313,7 +313,7 @@ class _Ensemble:
         with a dropout slot wherever any member has a rate above 0. Members differ in module
         structure there (build_model leaves out a Dropout of rate 0, shifting the indices), which
         is why the stack is built by parameter order, not with stack_module_state."""
-        from engine.models import build_model
+        from trialdeck.engine.training.models import build_model
 
         cfg = self.members[0].spec.model
         per_layer = [m.spec.model.dropout_rates for m in self.members]

@@ -1,7 +1,7 @@
 """The catalogue's records: runs, studies, trials and events, and their rules.
 
 The only code that reads or writes `catalog.json`; the file itself (locking,
-atomic writes, incremental re-reads, corruption) is `engine.catalog_file`,
+atomic writes, incremental re-reads, corruption) is `trialdeck.engine.catalogue.file`,
 which `Store` extends. Records handed out are copies (or, on a Store's first
 read, the parsed objects themselves with the cache forgotten), so callers may
 mutate them freely.
@@ -20,10 +20,10 @@ import orjson
 from tinydb import Query, TinyDB
 from tinydb.table import Document, Table
 
-from engine.catalog_file import META_ID, TABLES, CatalogFile, CatalogLocked, clone, gc_paused
-from engine.errors import BadInput
-from engine.types import TRANSITIONS, EpochRecord, RunEvent, RunState
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.file import META_ID, TABLES, CatalogFile, CatalogLocked, clone, gc_paused
+from trialdeck.engine.errors import BadInput
+from trialdeck.engine.types import TRANSITIONS, EpochRecord, RunEvent, RunState
+from trialdeck.engine.workspace import Workspace
 
 __all__ = ["CatalogLocked", "Store", "TABLES"]
 
@@ -126,7 +126,7 @@ class Store(CatalogFile):
     """Locked, atomic access to the catalogue of one workspace.
 
     Safe to use from several threads and several processes at once. Unknown
-    run ids raise `BadInput`; a state change that `engine.types.TRANSITIONS`
+    run ids raise `BadInput`; a state change that `trialdeck.engine.types.TRANSITIONS`
     does not allow raises `ValueError`; an unreadable file raises
     `CatalogCorrupt`; a lock held too long raises `CatalogLocked`.
     """

@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from trialdeck.engine.runtime.gpus import GpuInfo
+
 GIB = 1 << 30
 MARGIN_BYTES = 512 << 20
 """Kept free on a shared GPU beyond the measured needs (a new worker's CUDA context, fragmentation)."""
@@ -54,64 +56,6 @@ class Slot:
         return {"name": self.name, "device": self.device, "run": self.run_id}
 
 
-@dataclass
-class GpuInfo:
-    index: int
-    name: str
-    total: int
-    free: int
-    util: int | None = None
-    uuid: str | None = None
-
-
-def probe_gpus() -> list[GpuInfo]:
-    """GPUs through NVML; an empty list when there is no NVIDIA driver or NVML fails
-    (a reading the engine cannot get must not stop it)."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    gpus = []
-    try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            try:
-                util = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
-            except pynvml.NVMLError:
-                util = None
-            name = pynvml.nvmlDeviceGetName(handle)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            gpus.append(GpuInfo(i, name.decode() if isinstance(name, bytes) else name, mem.total, mem.free, util,
-                                uuid.decode() if isinstance(uuid, bytes) else uuid))
-    except pynvml.NVMLError:
-        return []
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        gpus = [g for g in gpus if _visible(g, visible)]
-    return gpus
-
-
-def _visible(gpu: GpuInfo, visible: str) -> bool:
-    """Whether CUDA_VISIBLE_DEVICES names `gpu`: by index (NVML's, the PCI bus order that
-    workers also use, see worker_main) or by UUID or a unique prefix of it ("GPU-8f3c")."""
-    for entry in (e.strip() for e in visible.split(",")):
-        if entry.isdigit() and int(entry) == gpu.index:
-            return True
-        if entry.startswith("GPU-") and gpu.uuid and gpu.uuid.startswith(entry):
-            return True
-    return False
-
-
 def pinned_device(run: dict[str, Any]) -> str:
     """The device `run` asked for: `trialdeck run --device` (its record's `pinned`; older
     records kept it in `device`), else its preset's `train.device`; "auto" if neither."""
@@ -131,23 +75,6 @@ def footprint(config: dict[str, Any] | None) -> str | None:
         section = config.get(block) or {}
         picked[block] = section if keys is None else {k: section.get(k) for k in keys}
     return hashlib.sha1(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def ensemble_key(spec) -> tuple | None:
-    """Specs with equal keys can train as one ensemble; None: this spec trains alone.
-
-    Equal: the data block (dataset, fractions, batch size), the architecture
-    (kind, hidden sizes, channels, activation), the optimiser's name (the state
-    it keeps), the device and precision. Free per member: lr, momentum,
-    nesterov, weight_decay, betas, l1, l2, dropout rates, seed, epochs, the
-    schedule and early stopping (host-side objects, one per member).
-    """
-    m, t = spec.model, spec.train
-    if spec.augment.active or m.batch_norm != "none" or t.compile:
-        return None
-    arch = (m.kind, tuple(m.hidden_sizes), tuple(m.channels) if m.kind == "cnn" else (), m.activation)
-    data = json.dumps(spec.data.model_dump(mode="json"), sort_keys=True)
-    return ("ensemble/1", data, arch, spec.optimizer.name, t.device, t.precision)
 
 
 def auto_slots_per_gpu(n_gpus: int, cpu_count: int | None = None) -> int:

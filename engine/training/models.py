@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from engine.presets.schema import ModelConfig
+from trialdeck.engine.presets.schema import ModelConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

@@ -13,14 +13,14 @@ from collections.abc import Callable
 
 import optuna
 
-from engine.recorder import RunRecorder
-from engine.store import Store
-from engine.trainer import train
-from engine.tuning import study as studies
-from engine.tuning.reporter import TrialReporter
-from engine.tuning.space import apply_params, sample
-from engine.types import RunState
-from engine.workspace import Workspace
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.runtime.recorder import RunRecorder
+from trialdeck.engine.training.trainer import train
+from trialdeck.engine.tuning import study as studies
+from trialdeck.engine.tuning.reporter import TrialReporter
+from trialdeck.engine.tuning.space import apply_params, sample
+from trialdeck.engine.types import RunState
+from trialdeck.engine.workspace import Workspace
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 

@@ -19,9 +19,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from engine import faults
-from engine.callbacks import Stop, TrainerCallback
-from engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.training import faults
+from trialdeck.engine.training.callbacks import Stop, TrainerCallback
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 NO_STOP, INTERRUPT = 0, 2
 """Values of a worker's `flag`: INTERRUPT stops whatever it trains (the engine is stopping)."""
@@ -90,11 +90,11 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
     # Imported here: this is the one-time warm-up cost the worker exists to pay once.
     import torch
 
-    from engine.presets.schema import RunSpec
-    from engine.recorder import RunRecorder
-    from engine.store import Store
-    from engine.trainer import train
-    from engine.workspace import Workspace
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.presets.schema import RunSpec
+    from trialdeck.engine.runtime.recorder import RunRecorder
+    from trialdeck.engine.training.trainer import train
+    from trialdeck.engine.workspace import Workspace
 
     torch.set_num_threads(max(1, threads))
     if cuda_visible and torch.cuda.is_available():
@@ -156,11 +156,11 @@ def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRec
 
 
 def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, RunSpec, RunRecorder, train) -> bool:
-    """Train `run_ids` as one ensemble (engine.ensemble); each is recorded, and reported to the
+    """Train `run_ids` as one ensemble (trialdeck.engine.training.ensemble); each is recorded, and reported to the
     engine, the moment it ends. Runs that cannot join train one after another with train().
     False when the engine's end of the pipe is gone."""
-    from engine.ensemble import has_checkpoint, train_ensemble
-    from engine.scheduler import ensemble_key
+    from trialdeck.engine.training.ensemble import has_checkpoint, train_ensemble
+    from trialdeck.engine.training.membership import ensemble_key
 
     pending = list(run_ids)
     members: list[tuple[str, Any, Any]] = []
@@ -248,7 +248,7 @@ def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None
     """Trials report to their Optuna study; plain runs need nothing extra."""
     if record.get("study") is None:
         return None
-    from engine.tuning.reporter import TrialReporter
+    from trialdeck.engine.tuning.reporter import TrialReporter
 
     return TrialReporter.for_record(store, ws, record)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.types import EpochRecord, RunEvent, RunState
+from trialdeck.engine.types import EpochRecord, RunEvent, RunState
 
 
 @dataclass(frozen=True)

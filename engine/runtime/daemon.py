@@ -32,16 +32,18 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from engine.errors import EngineUnavailable, TrialdeckError
-from engine.scheduler import Scheduler, Slot, make_slots, probe_gpus
-from engine.store import Store
-from engine.types import EventKind, RunEvent, RunState
-from engine.worker import INTERRUPT, NO_STOP, worker_main
-from engine.workspace import Workspace, atomic_write
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.errors import EngineUnavailable, TrialdeckError
+from trialdeck.engine.runtime.gpus import probe_gpus
+from trialdeck.engine.runtime.pidfile import alive, describe_pid
+from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots
+from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, worker_main
+from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.workspace import Workspace, atomic_write
 
 RECOVERY_POLICIES = ("resume", "requeue", "leave")
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
-"""Most trials one worker trains as one ensemble (engine.ensemble)."""
+"""Most trials one worker trains as one ensemble (trialdeck.engine.training.ensemble)."""
 CANCEL_GRACE = 5.0
 """Seconds a worker gets to stop a run cooperatively before its process group is killed."""
 STOP_GRACE = 30.0
@@ -145,7 +147,7 @@ class Engine:
     def reconcile(self) -> None:
         """Runs left `running` by a dead engine or worker become interrupted, then follow the policy."""
         for run in self.store.list_runs(RunState.RUNNING):
-            if run.get("foreground") and _alive(run.get("worker")):
+            if run.get("foreground") and alive(run.get("worker")):
                 continue  # a `trialdeck train` in another terminal, still going
             event = RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: its engine or worker stopped unexpectedly")
             self.store.transition(run["id"], RunState.INTERRUPTED, add_events=[event])
@@ -165,7 +167,7 @@ class Engine:
     def driver(self):
         """The tuning driver, created on first use: optuna is imported only when studies exist."""
         if self._driver is None:
-            from engine.tuning.driver import StudyDriver
+            from trialdeck.engine.tuning.driver import StudyDriver
 
             self._driver = StudyDriver(self.store, self._log)
         return self._driver
@@ -418,32 +420,8 @@ def _warm_tuning_imports() -> None:
         pass
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_pid_info(ws: Workspace) -> dict[str, Any] | None:
-    try:
-        return json.loads(ws.pid_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return None
-
-
-def describe_pid(ws: Workspace) -> str:
-    info = read_pid_info(ws)
-    return f"pid {info['pid']}" if info else "pid unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.daemon", description="Run the trialdeck engine in the foreground.")
+    parser = argparse.ArgumentParser(prog="python -m trialdeck.engine.runtime.daemon", description="Run the trialdeck engine in the foreground.")
     parser.add_argument("--home", default=None)
     parser.add_argument("--slots-per-gpu", type=int, default=None)
     parser.add_argument("--cpu-slots", type=int, default=None)
@@ -481,7 +459,7 @@ def load_engine_config(ws: Workspace) -> dict[str, Any]:
     path = Path(ws.root) / "engine.toml"
     if not path.exists():
         return {}
-    from engine.errors import BadInput
+    from trialdeck.engine.errors import BadInput
 
     try:
         data = tomllib.loads(path.read_text())

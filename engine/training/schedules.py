@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from engine.presets.schema import ScheduleConfig
+from trialdeck.engine.presets.schema import ScheduleConfig
 
 
 class BaseSchedule:

@@ -1,6 +1,6 @@
 """K optimisers as one: torch's SGD, Adam, AdamW and RMSprop steps on the rows of a (K, P) tensor.
 
-`engine.ensemble` keeps each member's parameters flattened into one row of a
+`trialdeck.engine.training.ensemble` keeps each member's parameters flattened into one row of a
 (K, P) tensor; `StackedOptimizer` applies each member's own step, with its own
 learning rate, momentum, betas and weight decay, to its row. Each update is
 torch's single-tensor implementation with (K, 1) hyperparameter columns, in
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from engine.presets.schema import OptimizerConfig
+from trialdeck.engine.presets.schema import OptimizerConfig
 
 RMSPROP_ALPHA, RMSPROP_EPS, ADAM_EPS = 0.99, 1e-8, 1e-8
 """torch's defaults, which make_optimizer leaves in place."""

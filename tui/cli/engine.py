@@ -1,0 +1,162 @@
+"""`trialdeck engine`: start, stop, inspect the background engine, or run it in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trialdeck.engine.errors import BadInput
+from trialdeck.tui.cli.common import (
+    HomeOpt,
+    JsonOpt,
+    check_range,
+    emit,
+    err,
+    handle_errors,
+    open_store,
+    workspace,
+)
+
+app = typer.Typer(help="Start, stop and inspect the background engine.", no_args_is_help=True)
+
+
+def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str | None) -> list[str]:
+    """Validated engine options as `python -m trialdeck.engine.runtime.daemon` arguments."""
+    from trialdeck.engine.runtime.daemon import RECOVERY_POLICIES
+
+    if recovery is not None and recovery not in RECOVERY_POLICIES:
+        raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
+    check_range("--cpu-slots", cpu_slots, 1, 64)
+    check_range("--slots-per-gpu", slots_per_gpu, 1, 64)
+    args: list[str] = []
+    for flag, value in (("--cpu-slots", cpu_slots), ("--slots-per-gpu", slots_per_gpu), ("--recovery", recovery)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+@app.command("start")
+@handle_errors
+def engine_start(
+    cpu_slots: Annotated[int | None, typer.Option("--cpu-slots", help="CPU slots when there is no GPU (1 to 64).")] = None,
+    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
+    recovery: Annotated[str | None, typer.Option("--recovery", help="resume | requeue | leave")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the engine in the background (detached: it survives logout and SSH drops)."""
+    from trialdeck.engine.runtime.client import engine_info, start_engine
+
+    args = _daemon_args(cpu_slots, slots_per_gpu, recovery)
+    ws = workspace(home)
+    running = engine_info(ws)
+    info = running or start_engine(ws, say=None if as_json else err, args=args)
+    if as_json:
+        emit({"pid": info["pid"], "already_running": bool(running), "log": str(ws.engine_log)})
+    elif running:
+        print(f"the engine already runs (pid {info['pid']})")
+
+
+@app.command("stop")
+@handle_errors
+def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the engine gracefully: running runs checkpoint and become interrupted, and stay so
+    until `trialdeck engine start` (or a command that queues new work) resumes them."""
+    from trialdeck.engine.runtime.client import stop_engine
+
+    ws = workspace(home)
+    info = stop_engine(ws, hold=True)
+    interrupted = len(open_store(home).list_runs("interrupted", omit=("config", "history", "events")))
+    if as_json:
+        emit({"stopped": bool(info), "pid": info["pid"] if info else None, "interrupted": interrupted})
+    elif not info:
+        print("no engine was running")
+    else:
+        print(f"engine {info['pid']} stopped" + (f"; {interrupted} interrupted run(s) resume at `trialdeck engine start`"
+                                                 if interrupted else ""))
+
+
+@app.command("status")
+@handle_errors
+def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Whether the engine runs, its pid, uptime, slots, running and queued counts."""
+    from trialdeck.engine.runtime.client import status
+
+    info = status(workspace(home))
+    if as_json:
+        emit(info)
+        return
+    if info["running"]:
+        print(f"engine running: pid {info['pid']}, up {info['uptime']:.0f} s, slots {', '.join(info['slots'])}")
+    else:
+        print("engine not running" + ("; held stopped by `trialdeck engine stop` until `trialdeck engine start`"
+                                      if info.get("held") else ""))
+    interrupted = info["runs"].get("interrupted", 0)
+    print(f"runs: {info['runs_running']} running, {info['runs_queued']} queued"
+          + (f", {interrupted} interrupted (resumed when the engine starts)" if interrupted else ""))
+    for a in info["active"]:
+        print(f"  {a['id']} {a['preset']} on {a['slot'] or a['device']}")
+
+
+@app.command("run")
+@handle_errors
+def engine_run(
+    cpu_slots: Annotated[int | None, typer.Option("--cpu-slots", help="CPU slots (1 to 64).")] = None,
+    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
+    recovery: Annotated[str | None, typer.Option("--recovery", help="resume | requeue | leave")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run the engine in the foreground (for debugging); Ctrl-C stops it gracefully."""
+    from trialdeck.engine.runtime.daemon import main as daemon_main
+
+    args = _daemon_args(cpu_slots, slots_per_gpu, recovery)
+    args = ["--home", str(workspace(home).root), *args]
+    code = daemon_main(args)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("install-service")
+@handle_errors
+def engine_install_service(
+    home: HomeOpt = None,
+    unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the unit (default: ~/.config/systemd/user).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a systemd user service that keeps the engine alive across logouts and reboots."""
+    import shlex
+
+    from trialdeck.engine.workspace import atomic_write
+
+    ws = workspace(home)
+    folder = unit_dir or Path.home() / ".config" / "systemd" / "user"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "trialdeck.service" if ws.root == Path.home() / ".trialdeck" else f"trialdeck-{ws.root.name}.service"
+    path = folder / name
+    command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "trialdeck.engine.runtime.daemon", "--home", str(ws.root)))
+    unit = (
+        "[Unit]\n"
+        f"Description=trialdeck engine for {ws.root}\n\n"
+        "[Service]\n"
+        f"ExecStart={command}\n"
+        "Restart=on-failure\n"
+        "KillMode=mixed\n"
+        "TimeoutStopSec=60\n\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )
+    atomic_write(path, unit.encode())
+    steps = [
+        "systemctl --user daemon-reload",
+        f"systemctl --user enable --now {name}",
+        "loginctl enable-linger $USER   # keep user services running after logout",
+    ]
+    if as_json:
+        emit({"unit": str(path), "next": steps})
+    else:
+        print(f"wrote {path}; to start it now and at every boot:")
+        for step in steps:
+            print(f"  {step}")
