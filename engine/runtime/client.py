@@ -77,6 +77,16 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
 
 
+def wants_engine(store: Store) -> bool:
+    """Whether the catalogue holds work only an engine can do: runs queued, running (a dead
+    engine's) or interrupted, or a study that still wants trials (running, or stopping), also
+    one the engine has not created yet (killed before its first tick)."""
+    if any(d.get("state") in ("running", "stopping") for d in store.list_studies()):
+        return True
+    return any(r["state"] in ("queued", "running", "interrupted") and not r.get("foreground")
+               for r in store.list_runs(omit=("config", "history", "events")))
+
+
 def ensure_engine(ws: Workspace, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     return engine_info(ws) or start_engine(ws, say=say)
 

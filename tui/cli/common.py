@@ -82,21 +82,19 @@ def workspace(home: Path | None):
 
 
 def revive_engine(ws) -> None:
-    """If runs are waiting or were cut off and no engine is alive (a crash, a reboot), bring one
-    back so nothing stays stuck, and say so on stderr. Not after `trialdeck engine stop` (until
-    `engine start`, or a command that queues work), nor with TRIALDECK_NO_AUTOSTART=1 (for
-    scripts that only read a workspace)."""
+    """If runs are waiting or were cut off, or a study still wants trials, and no engine is alive
+    (a crash, a reboot), bring one back so nothing stays stuck, and say so on stderr. Not after
+    `trialdeck engine stop` (until `engine start`, or a command that queues work), nor with
+    TRIALDECK_NO_AUTOSTART=1 (for scripts that only read a workspace)."""
     if os.environ.get("TRIALDECK_NO_AUTOSTART") == "1":
         return
     try:
         from trialdeck.engine.catalogue.store import Store
-        from trialdeck.engine.runtime.client import engine_info, start_engine
+        from trialdeck.engine.runtime.client import engine_info, start_engine, wants_engine
 
         if not ws.catalog_path.exists() or ws.held_path.exists() or engine_info(ws):
             return
-        pending = [r for r in Store(ws).list_runs(omit=("config", "history", "events"))
-                   if r["state"] in ("queued", "running", "interrupted") and not r.get("foreground")]
-        if pending:
+        if wants_engine(Store(ws)):
             start_engine(ws, say=err)
     except TrialdeckError:
         pass  # the command itself meets the same problem and reports it, once

@@ -75,6 +75,8 @@ def print_study(doc: dict[str, Any], trials: list[dict[str, Any]]) -> None:
           f"{doc.get('metric')}  sampler {doc.get('sampler')}  pruner {doc.get('pruner')}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted((doc.get("counts") or {}).items()))
     print(f"  trials: {doc.get('n_done', 0)}/{doc.get('n_trials')} done ({counts})")
+    if doc.get("create") and doc.get("state") in ("running", "stopping"):
+        print("  waiting for the engine to create the study and ask its first trial")
     if best:
         print(f"  best: trial {best['number']} {doc.get('metric')} {best['value']:.4g} {json.dumps(best['params'])}")
     if doc.get("importances"):
@@ -95,7 +97,12 @@ def _sync_from_storage(ws, store, name: str, storage: str | None) -> dict[str, A
     if url is None:
         raise BadInput(f"no study {name!r} in {store.path}; see `trialdeck studies list` (or pass --storage URL)")
     url = studies.storage_url(ws, name, url) if not url.startswith("journal:") else url
-    study, tune, meta = studies.load(name, url)
+    try:
+        study, tune, meta = studies.load(name, url)
+    except BadInput:
+        if doc is not None and doc.get("create") and storage is None:
+            return doc  # asked for, not created yet: the engine creates it at its next tick
+        raise
     fields: dict[str, Any] = {}
     if doc is None:
         fields = {"state": "remote", "n_trials": studies.target_trials(tune, meta.get("n_trials"))}
