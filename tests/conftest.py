@@ -1,4 +1,10 @@
-"""Shared fixtures: a PostgreSQL server for the multi-box tuning tests.
+"""Shared fixtures: every test's own workspace, and a PostgreSQL server for the multi-box tuning tests.
+
+`isolated_home` (autouse) points TRIALDECK_HOME at a fresh folder for every test and clears the
+variables that change trialdeck's behaviour (debug tracebacks, fault injection, no-autostart), so
+no test reads or writes ~/.trialdeck and none leaks into another. Tests that want a workspace of
+their own still pass `--home` (or use the `home` fixture); the default one catches a command that
+ignores it.
 
 `pg_url` is TRIALDECK_TEST_PG_URL when set (`.ci/run` starts a cluster and sets
 it); otherwise a throwaway cluster started here, the way `.ci/run` does it
@@ -22,6 +28,27 @@ from pathlib import Path
 import pytest
 
 PG_ENV = "TRIALDECK_TEST_PG_URL"
+BEHAVIOUR_VARS = ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT", "TRIALDECK_NO_AUTOSTART")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default workspace of this test (TRIALDECK_HOME), separate from any `--home` it passes."""
+    default = tmp_path / "default-home"
+    monkeypatch.setenv("TRIALDECK_HOME", str(default))
+    for name in BEHAVIOUR_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return default
+
+
+@pytest.fixture
+def home(tmp_path: Path):
+    """A workspace folder for commands run with `--home`; its engine is stopped at the end."""
+    from tests.deck import stop_engine
+
+    path = tmp_path / "ws"
+    yield path
+    stop_engine(path)
 
 
 def _pg_bindir() -> Path | None:

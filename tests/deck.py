@@ -23,6 +23,46 @@ TRIALDECK = [_EXE] if _EXE else [sys.executable, "-c", "from trialdeck.tui.cli i
 TERMINAL = {"completed", "early_stopped", "pruned", "failed", "cancelled"}
 
 
+def cli(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+        cwd: str | Path | None = None, home_option: bool = True) -> subprocess.CompletedProcess:
+    """`trialdeck ARGS --home HOME` as a real process (list argv, no shell), stdout and stderr kept
+    apart; the one way tests run the command line as a user would. TRIALDECK_HOME names HOME too
+    (`home_option=False` leaves `--home` out, for a command that takes none, such as a group alone),
+    and the variables that change behaviour (debug, fault injection) are dropped unless `env` sets them."""
+    full = {k: v for k, v in os.environ.items() if k not in ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT")}
+    full.update({"TRIALDECK_HOME": str(home), **(env or {})})
+    argv = [*TRIALDECK, *args, *(("--home", str(home)) if home_option else ())]
+    return subprocess.run(argv, cwd=cwd or REPO, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def stop_engine(home: Path) -> None:
+    """Never leave an engine behind a test: stop it, and kill it if it does not stop."""
+    pid_file = home / "engine.pid"
+    if not pid_file.exists():
+        return
+    try:
+        cli(home, "engine", "stop", timeout=90)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        pid = json.loads(pid_file.read_text())["pid"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return
+    if not gone(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def one_line(stderr: str) -> str:
+    """The one plain line a user mistake gets on stderr (never a traceback)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
 def gone(pid: int) -> bool:
     """True when `pid` no longer runs (a zombie nobody reaped yet counts as gone)."""
     try:
@@ -46,12 +86,12 @@ class Deck:
         self._store: Store | None = None
 
     def argv(self, *args: str) -> list[str]:
+        """The argv of `trialdeck ARGS --home HOME`, for a process the test starts itself."""
         return [*TRIALDECK, *args, "--home", str(self.home)]
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
-        """`trialdeck ARGS --home HOME` as a real process; stdout and stderr kept apart."""
-        return subprocess.run(self.argv(*args), cwd=REPO, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout or self.cli_timeout)
+        """`trialdeck ARGS --home HOME` as a real process (tests.deck.cli)."""
+        return cli(self.home, *args, env=env, timeout=timeout or self.cli_timeout)
 
     def ok(self, *args: str, **kw: Any) -> subprocess.CompletedProcess:
         proc = self.cli(*args, **kw)
@@ -95,16 +135,7 @@ class Deck:
 
     def stop(self) -> None:
         """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""
-        try:
-            self.cli("engine", "stop", timeout=90)
-        except subprocess.TimeoutExpired:
-            pass
-        pid = self.engine_pid()
-        if pid is not None and not gone(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_engine(self.home)
 
 
 def journal_trials(ws: Workspace, study: str):

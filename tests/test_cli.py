@@ -8,8 +8,6 @@ can touch ~/.trialdeck.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.deck import cli
 from trialdeck.tui.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,29 +29,9 @@ TUNED = {"seed/activations", "seed/grid-search", "seed/random-search", "seed/tpe
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def isolated_default_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    monkeypatch.delenv("TRIALDECK_DEBUG", raising=False)
-
-
-@pytest.fixture
-def home(tmp_path) -> Path:
-    """A workspace folder that does not exist yet: trialdeck creates it."""
-    return tmp_path / "home"
-
-
-def cli(home: Path, *args: str):
+def invoke(home: Path, *args: str):
+    """The command line in this process (CliRunner): parsing and output, no engine."""
     return runner.invoke(app, ["--home", str(home), *args])
-
-
-def trialdeck(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """A real `trialdeck` process with TRIALDECK_HOME set, stdout and stderr apart."""
-    exe = shutil.which("trialdeck")
-    cmd = [exe] if exe else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
-    env = {**os.environ, "TRIALDECK_HOME": str(home)}
-    env.pop("TRIALDECK_DEBUG", None)
-    return subprocess.run([*cmd, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_line_error(stderr: str, *needles: str) -> str:
@@ -68,7 +47,7 @@ def assert_one_line_error(stderr: str, *needles: str) -> str:
 
 
 def test_presets_list_json_has_the_11_seed_presets(home):
-    result = cli(home, "presets", "list", "--json")
+    result = invoke(home, "presets", "list", "--json")
     assert result.exit_code == 0, result.output
     items = json.loads(result.stdout)
     by_name = {i["name"]: i for i in items}
@@ -83,14 +62,14 @@ def test_presets_list_json_has_the_11_seed_presets(home):
 
 
 def test_presets_list_text_is_one_line_per_preset(home):
-    result = cli(home, "presets", "list")
+    result = invoke(home, "presets", "list")
     assert result.exit_code == 0
     names = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert SEED_PRESETS <= names
 
 
 def test_presets_show_json_is_the_fully_resolved_config(home):
-    result = cli(home, "presets", "show", "seed/step-decay", "--json")
+    result = invoke(home, "presets", "show", "seed/step-decay", "--json")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["name"] == "seed/step-decay"
@@ -110,13 +89,13 @@ def test_presets_show_json_is_the_fully_resolved_config(home):
 
 
 def test_presets_show_applies_set(home):
-    result = cli(home, "presets", "show", "seed/step-decay", "--set", "train.epochs=3", "--json")
+    result = invoke(home, "presets", "show", "seed/step-decay", "--set", "train.epochs=3", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["config"]["train"]["epochs"] == 3
 
 
 def test_presets_show_text_is_toml(home):
-    result = cli(home, "presets", "show", "seed/step-decay")
+    result = invoke(home, "presets", "show", "seed/step-decay")
     assert result.exit_code == 0, result.output
     assert "epochs_drop = 10" in result.stdout
     assert 'kind = "step"' in result.stdout
@@ -132,7 +111,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_presets_validate_good_file(home, tmp_path):
     good = write(tmp_path / "good.toml", 'extends = ["base/digits-mlp"]\n[train]\nepochs = 3\n')
-    result = cli(home, "presets", "validate", str(good), "seed/step-decay")
+    result = invoke(home, "presets", "validate", str(good), "seed/step-decay")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert str(good) in result.stdout and "seed/step-decay" in result.stdout
@@ -150,7 +129,7 @@ def test_presets_validate_good_file(home, tmp_path):
 )
 def test_presets_validate_bad_file_exits_2_with_one_line(home, tmp_path, body, key):
     bad = write(tmp_path / "bad.toml", body)
-    proc = trialdeck(home, "presets", "validate", str(bad))
+    proc = cli(home, "presets", "validate", str(bad))
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_line_error(proc.stderr, "bad.toml", key)
@@ -158,7 +137,7 @@ def test_presets_validate_bad_file_exits_2_with_one_line(home, tmp_path, body, k
 
 def test_presets_validate_toml_syntax_error(home, tmp_path):
     bad = write(tmp_path / "broken.toml", "[train]\nepochs = \n")
-    result = cli(home, "presets", "validate", str(bad))
+    result = invoke(home, "presets", "validate", str(bad))
     assert result.exit_code == 2
     assert_one_line_error(result.stderr, "broken.toml")
 
@@ -166,7 +145,7 @@ def test_presets_validate_toml_syntax_error(home, tmp_path):
 def test_presets_validate_mixed_json_reports_each(home, tmp_path):
     good = write(tmp_path / "good.toml", 'extends = ["base/digits-mlp"]\n')
     bad = write(tmp_path / "bad.toml", 'extends = ["base/digits-mlp"]\n[optimizer]\nname = "adamm"\n')
-    proc = trialdeck(home, "presets", "validate", str(good), str(bad), "--json")
+    proc = cli(home, "presets", "validate", str(good), str(bad), "--json")
     assert proc.returncode == 2
     report = {Path(r["preset"]).name: r for r in json.loads(proc.stdout)}
     assert report["good.toml"]["ok"] is True and report["good.toml"]["hash"]
@@ -177,7 +156,7 @@ def test_presets_validate_mixed_json_reports_each(home, tmp_path):
 
 
 def test_presets_new_writes_a_workspace_preset_that_resolves(home):
-    result = cli(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--from", "reg/dropout",
+    result = invoke(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--from", "reg/dropout",
                  "--set", "train.epochs=3")
     assert result.exit_code == 0, result.output
     path = home / "presets" / "mine.toml"
@@ -185,7 +164,7 @@ def test_presets_new_writes_a_workspace_preset_that_resolves(home):
     text = path.read_text()
     assert "base/digits-mlp" in text and "reg/dropout" in text and "epochs = 3" in text
 
-    shown = cli(home, "presets", "show", "mine", "--json")
+    shown = invoke(home, "presets", "show", "mine", "--json")
     assert shown.exit_code == 0, shown.output
     config = json.loads(shown.stdout)["config"]
     assert config["preset"] == "mine"
@@ -193,23 +172,23 @@ def test_presets_new_writes_a_workspace_preset_that_resolves(home):
     assert config["model"]["dropout"] == 0.5  # from reg/dropout
     assert config["data"]["dataset"] == "digits"  # from base/digits-mlp
 
-    listed = {i["name"] for i in json.loads(cli(home, "presets", "list", "--json").stdout)}
+    listed = {i["name"] for i in json.loads(invoke(home, "presets", "list", "--json").stdout)}
     assert "mine" in listed
 
 
 def test_presets_new_refuses_to_overwrite_without_force(home):
-    assert cli(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=3").exit_code == 0
+    assert invoke(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=3").exit_code == 0
     path = home / "presets" / "mine.toml"
     before = path.read_text()
 
-    again = cli(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=7")
+    again = invoke(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=7")
     assert again.exit_code == 2
     assert_one_line_error(again.stderr, "mine.toml", "--force")
     assert path.read_text() == before
 
-    forced = cli(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=7", "--force")
+    forced = invoke(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", "train.epochs=7", "--force")
     assert forced.exit_code == 0, forced.output
-    assert json.loads(cli(home, "presets", "show", "mine", "--json").stdout)["config"]["train"]["epochs"] == 7
+    assert json.loads(invoke(home, "presets", "show", "mine", "--json").stdout)["config"]["train"]["epochs"] == 7
 
 
 @pytest.mark.parametrize(
@@ -217,7 +196,7 @@ def test_presets_new_refuses_to_overwrite_without_force(home):
     ["train.epochs=0", "train.epoch=3", "trian.epochs=3", "train.epochs", "optimizer.name=adamm", "model.hidden.0=32"],
 )
 def test_presets_new_with_bad_set_writes_nothing(home, bad_set):
-    result = cli(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", bad_set)
+    result = invoke(home, "presets", "new", "mine", "--from", "base/digits-mlp", "--set", bad_set)
     assert result.exit_code == 2
     assert_one_line_error(result.stderr)
     assert result.stdout == ""
@@ -226,7 +205,7 @@ def test_presets_new_with_bad_set_writes_nothing(home, bad_set):
 
 
 def test_presets_new_rejects_a_name_escaping_the_workspace(home, tmp_path):
-    result = cli(home, "presets", "new", "../escape", "--from", "base/digits-mlp")
+    result = invoke(home, "presets", "new", "../escape", "--from", "base/digits-mlp")
     assert result.exit_code == 2
     assert_one_line_error(result.stderr)
     assert not (tmp_path / "escape.toml").exists()
@@ -256,7 +235,7 @@ def test_trialdeck_home_env_selects_the_workspace(tmp_path):
     ids=["unknown-preset", "out-of-range", "unknown-key", "unknown-section", "no-value", "bad-choice"],
 )
 def test_train_bad_input_exits_2_with_one_stderr_line(home, args, needle):
-    proc = trialdeck(home, "train", *args, "--json")
+    proc = cli(home, "train", *args, "--json")
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert_one_line_error(proc.stderr, needle)
@@ -264,7 +243,7 @@ def test_train_bad_input_exits_2_with_one_stderr_line(home, args, needle):
 
 
 def test_train_json_in_a_real_process(home):
-    proc = trialdeck(home, "train", "seed/step-decay", "--set", "train.epochs=3", "--json")
+    proc = cli(home, "train", "seed/step-decay", "--set", "train.epochs=3", "--json")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     record = json.loads(proc.stdout)  # stdout is the JSON record and nothing else

@@ -18,8 +18,7 @@ from trialdeck.tui.testing import seed_workspace
 
 
 @pytest.fixture
-def seeded(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
+def seeded(tmp_path):
     ws = Workspace(tmp_path / "home").ensure()
     return ws, Store(ws), seed_workspace(ws)
 

@@ -288,19 +288,22 @@ def write_cifar(root: Path, per_batch: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def test_cifar10_reads_python_batches_through_torchvision(tmp_path, no_network, monkeypatch):
+def trust_cifar_files(monkeypatch, folder: Path) -> None:
+    """torchvision checks every batch (in _check_integrity) and batches.meta (in _load_meta)
+    against the md5 of the real 170 MB files; point those checksums at our tiny files so the
+    real integrity check still runs and passes."""
     import torchvision.datasets
 
-    x, y = write_cifar(tmp_path, per_batch=4)
-    # torchvision checks every batch (in _check_integrity) and batches.meta (in _load_meta)
-    # against the md5 of the real 170 MB files; point those checksums at our tiny files so
-    # the real integrity check still runs and passes.
-    folder = tmp_path / "cifar-10-batches-py"
     md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
     cls = torchvision.datasets.CIFAR10
     monkeypatch.setattr(cls, "train_list", [[f, md5[f]] for f, _ in cls.train_list])
     monkeypatch.setattr(cls, "test_list", [[f, md5[f]] for f, _ in cls.test_list])
     monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+
+
+def test_cifar10_reads_python_batches_through_torchvision(tmp_path, no_network, monkeypatch):
+    x, y = write_cifar(tmp_path, per_batch=4)
+    trust_cifar_files(monkeypatch, tmp_path / "cifar-10-batches-py")
 
     data = load_data(DataConfig(dataset="cifar10", val_fraction=0.5), seed=0, data_dir=tmp_path)
     assert no_network == []

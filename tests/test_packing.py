@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.deck import cli
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 SETS = ["--set", "train.epochs=4", "--set", "data.batch_size=32"]
-
-
-def cli(home, *args, timeout=180):
-    env = {**os.environ, "TRIALDECK_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def finals(home, presets: list[str], *, packed: bool) -> dict[str, list[float]]:

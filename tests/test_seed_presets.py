@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.deck import cli
 from trialdeck.engine.presets import list_presets, preset_roots, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +25,6 @@ SEED_PRESETS = [
 ]
 SHORT = ["train.epochs=2", "train.device='cpu'"]
 OFFLINE = {"seed/tpe-mnist": ["data.dataset='digits'"]}
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "home"))
 
 
 def test_the_seed_catalogue_is_exactly_the_article():
@@ -64,12 +56,7 @@ def test_tuned_seed_presets_keep_their_tune_block():
 
 
 def test_step_decay_for_50_epochs_reaches_95_percent(tmp_path):
-    exe = shutil.which("trialdeck")
-    cmd = [exe] if exe else [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
-    env = {**os.environ, "TRIALDECK_HOME": str(tmp_path / "home")}
-    env.pop("TRIALDECK_DEBUG", None)
-    proc = subprocess.run([*cmd, "train", "seed/step-decay", "--device", "cpu", "--json"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = cli(tmp_path / "home", "train", "seed/step-decay", "--device", "cpu", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["state"] == "completed"

@@ -363,6 +363,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
 tag, go = sys.argv[1], sys.argv[2]
 store = Store(Workspace.resolve())
+open(go + "." + tag, "w").close()  # ready: imported and at the gate
 while not os.path.exists(go):
     time.sleep(0.001)
 for i in range(25):
@@ -374,7 +375,11 @@ def test_four_processes_enqueue_concurrently(ws: Workspace, tmp_path: Path) -> N
     Store(ws)  # create the workspace once, as the CLI would
     go = tmp_path / "go"
     procs = [_run_python(_ENQUEUER, ws.root, f"p{k}", str(go)) for k in range(4)]
-    time.sleep(0.5)  # let them all import and wait at the gate
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.p{k}").exists() for k in range(4)):  # every process imported, at the gate
+        assert time.monotonic() < deadline, "the enqueuers never reached the gate"
+        assert all(p.poll() is None for p in procs), "an enqueuer died before the gate"
+        time.sleep(0.01)
     go.touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
 

@@ -269,8 +269,11 @@ def test_grid_search_runs_exactly_its_twelve_points(tmp_path: Path) -> None:
             assert run["config"]["train"]["epochs"] == t["params"]["train.epochs"]
             assert run["config"]["data"]["batch_size"] == t["params"]["data.batch_size"]
             assert run["config"]["optimizer"]["name"] == t["params"]["optimizer.name"]
-        # No 13th trial: not in Optuna, not in the queue, not asked later by the idle engine.
-        time.sleep(1.0)
+        # No 13th trial: not in Optuna, not in the queue, not asked later by the idle engine. A plain
+        # run queued now ends only after the engine's loop went round (feeding studies, then
+        # dispatching) at least once more with the study complete: a handshake, not a sleep.
+        later = deck.json("run", "seed/step-decay", "--set", "train.epochs=1", "--wait", timeout=STUDY_TIMEOUT)
+        assert later["state"] == "completed", later
         journal = _journal_trials(deck.ws, "grid")
         assert len(journal) == 12, [(t.number, t.state.name) for t in journal]
         assert len([r for r in deck.store.list_runs() if r.get("study") == "grid"]) == 12

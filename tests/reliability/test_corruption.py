@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import cli, one_line
+from tests.deck import cli, one_line
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter, read_jsonl
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import resolve

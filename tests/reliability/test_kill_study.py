@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.deck import gone, journal_trials
-from tests.reliability.conftest import cli
+from tests.deck import cli, gone, journal_trials
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace

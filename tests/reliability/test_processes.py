@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from tests.reliability.conftest import cli
+from tests.deck import cli
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
 

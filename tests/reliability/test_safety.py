@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.reliability.conftest import cli
+from tests.deck import cli
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.workspace import Workspace
 

@@ -43,8 +43,11 @@ def root(
     _state["home"] = home
     if ctx.invoked_subcommand is None:
         _open_tui(home)
-    elif ctx.invoked_subcommand in ("run", "queue", "runs", "tune", "studies") and not any(a in sys.argv for a in ("-h", "--help")):
-        _state["revive"] = True  # done by workspace(), once the subcommand's own --home is known
+    elif ctx.invoked_subcommand in ("queue", "runs", "studies") and not any(a in sys.argv for a in ("-h", "--help")):
+        # Reading commands bring a dead engine back when work waits for it (done by workspace(),
+        # once the subcommand's own --home is known). `run` and `tune` start it themselves once
+        # their input is valid: a refused command starts nothing.
+        _state["revive"] = True
 
 
 @app.command("tui")

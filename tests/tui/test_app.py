@@ -1,8 +1,8 @@
 """The Textual app through Pilot: it starts on the runs dashboard, `2` shows the preset
 browser, which lists presets and shows a resolved config; `q` quits.
 
-The other screens have their own tests (test_tui_screens.py, test_tui_logic.py,
-test_tui_snapshots.py, test_tui_tmux.py). The workspace is a temp folder
+The other screens have their own tests (test_screens.py, test_logic.py,
+test_snapshots.py, test_tmux.py). The workspace is a temp folder
 (never ~/.trialdeck), and no test here starts an engine.
 """
 
@@ -19,9 +19,8 @@ SIZE = (120, 40)
 
 
 @pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    return make_app(Workspace(tmp_path / "home").ensure(), start_engine=False)
+def app(ws):
+    return make_app(ws, start_engine=False)
 
 
 async def presets_screen(pilot) -> None:
@@ -102,7 +101,6 @@ async def test_every_seed_preset_can_be_highlighted_with_the_arrow_keys(app):
 
 
 async def test_an_invalid_workspace_preset_shows_its_error_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "home").ensure()
     (ws.presets_dir / "broken.toml").write_text('extends = ["base/digits-mlp"]\n[model]\nwidth = 3\n')
     app = make_app(ws, start_engine=False)
@@ -120,7 +118,6 @@ async def test_an_invalid_workspace_preset_shows_its_error_line(tmp_path, monkey
 
 
 async def test_a_workspace_preset_appears_in_the_tree(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "home").ensure()
     (ws.presets_dir / "mine.toml").write_text('extends = ["seed/step-decay"]\n[train]\nepochs = 3\n')
     app = make_app(ws, start_engine=False)

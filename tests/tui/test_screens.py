@@ -9,61 +9,20 @@ fixed; the workspace is a temp folder.
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from textual.widgets import Input, SelectionList, TabbedContent
 
+from tests.tui.conftest import SIZE, loaded, new_app, screen_name, show
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import preset_roots, resolve
 from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
-from trialdeck.tui.app import make_app
 from trialdeck.tui.live import LogEntry
 from trialdeck.tui.messages import EventsArrived, OpenRun
-from trialdeck.tui.probes import FixedProbe
-from trialdeck.tui.testing import NOW, fixed_clock, screen_text, seed_study, seed_workspace, wait_for
-
-SIZE = (120, 40)
-
-
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-@pytest.fixture
-def seeded(tmp_path, monkeypatch, utc):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    ws = Workspace(tmp_path / "home").ensure()
-    ids = seed_workspace(ws)
-    return ws, ids
-
-
-def new_app(ws: Workspace):
-    return make_app(ws, start_engine=False, clock=fixed_clock, probe=FixedProbe(), interval=0.05, cursor_blink=False)
-
-
-def screen_name(app) -> str:
-    return type(app.screen).__name__
-
-
-async def show(pilot, key: str, screen: str) -> None:
-    await pilot.press(key)
-    await wait_for(pilot, lambda: screen_name(pilot.app) == screen and pilot.app.screen.is_mounted, what=screen)
-
-
-async def loaded(pilot) -> None:
-    """The first catalogue read has reached the screen."""
-    app = pilot.app
-    await wait_for(pilot, lambda: app.catalog is not None and getattr(app.screen, "catalog", None) is not None,
-                   what="the first catalogue read")
+from trialdeck.tui.testing import NOW, screen_text, seed_study, wait_for
 
 
 def table(app, selector: str):
@@ -657,7 +616,6 @@ async def test_studies_plots_history_slice_intermediate_importance(seeded):
 
 
 async def test_an_empty_workspace_shows_every_screen(tmp_path, monkeypatch, utc):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "empty").ensure()
     app = new_app(ws)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -909,7 +867,6 @@ async def test_failures_become_notifications_not_crashes(seeded):
 
 
 async def test_a_corrupt_catalogue_is_reported_and_the_app_goes_on(tmp_path, monkeypatch, utc):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
     ws = Workspace(tmp_path / "home").ensure()
     ws.catalog_path.write_text('{"meta": {"1": {"generation": 3}}, "runs": {"1": ')
     app = new_app(ws)

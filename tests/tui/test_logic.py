@@ -17,7 +17,6 @@ from trialdeck.engine.presets import preset_roots, resolve
 from trialdeck.engine.presets.authoring import write_preset
 from trialdeck.engine.runtime.recorder import METRICS_NAME
 from trialdeck.engine.types import RunState
-from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve
 from trialdeck.tui.control import Control, QueueRequest, reorder, specs_for
 from trialdeck.tui.keymap import ACTIONS, Place, check_clashes, load_keymap
@@ -37,13 +36,6 @@ from trialdeck.tui.probes import EngineSample, GpuSample, HardwareSample, status
 from trialdeck.tui.testing import NOW, T0, seed_workspace
 from trialdeck.tui.trials import history, intermediate_curves, page_of, parse_filter, short_names, slice_of, sort_trials
 from trialdeck.tui.widgets.live_table import fit_columns
-
-
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    return Workspace(tmp_path / "home").ensure()
-
 
 # ----------------------------------------------------------------------------- sparklines
 

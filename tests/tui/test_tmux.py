@@ -14,12 +14,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.deck import cli, stop_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
@@ -45,6 +46,10 @@ class Tmux:
         # If the TUI exits, the pane stays up showing why (a timeout then prints it).
         shell = f"env {exports} {command}; echo \"[the TUI exited with status $?]\"; sleep 3600"
         self("new-session", "-d", "-s", name, "-x", "120", "-y", "40", shell)
+
+    def has(self, name: str) -> bool:
+        return subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", name], capture_output=True,
+                              timeout=30).returncode == 0
 
     def screen(self, name: str) -> str:
         return self("capture-pane", "-p", "-t", name)
@@ -72,9 +77,8 @@ class Tmux:
         self("kill-server", check=False)
 
 
-def cli(ws: Path, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", *args, "--json", "--home", str(ws)], capture_output=True,
-                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+def cli_json(ws: Path, *args: str) -> dict:
+    proc = cli(ws, *args, "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -123,16 +127,19 @@ def test_queue_watch_detach_and_reattach(tmp_path):
         assert len(second) >= len(first)
 
         tmux("kill-session", "-t", "one")  # the terminal goes away
-        time.sleep(1.0)
-        record = cli(ws, "runs", "show", "r1")
+        deadline = time.monotonic() + 30
+        while tmux.has("one"):
+            assert time.monotonic() < deadline, "the tmux session outlived kill-session"
+            time.sleep(0.05)
+        record = cli_json(ws, "runs", "show", "r1")
         assert record["state"] in ("running", "completed"), record["state"]
-        status = cli(ws, "engine", "status")
+        status = cli_json(ws, "engine", "status")
         assert status["running"] is True
 
         deadline = time.monotonic() + 300
         while record["state"] == "running" and time.monotonic() < deadline:
             time.sleep(1.0)
-            record = cli(ws, "runs", "show", "r1")
+            record = cli_json(ws, "runs", "show", "r1")
         assert record["state"] == "completed", record.get("error")
         assert len(record["history"]) == 400
 
@@ -143,5 +150,4 @@ def test_queue_watch_detach_and_reattach(tmp_path):
         assert spark_of(screen, "r1")
     finally:
         tmux.kill_server()
-        subprocess.run([sys.executable, "-m", "trialdeck.tui.cli", "engine", "stop", "--home", str(ws)], capture_output=True,
-                       timeout=90, cwd=Path(__file__).resolve().parents[1])
+        stop_engine(ws)

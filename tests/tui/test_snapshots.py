@@ -5,61 +5,33 @@ clock fixed, hardware readings fixed (FixedProbe), TZ=UTC, the workspace
 isolated through TRIALDECK_HOME, the cursor not blinking. Each screenshot is
 taken once the screen shows its data (`run_before` waits for it).
 
-Update with `pytest tests/test_tui_snapshots.py --snapshot-update`, and look at
-the SVGs (tests/__snapshots__/test_tui_snapshots/) before committing them.
+Update with `pytest tests/tui/test_snapshots.py --snapshot-update`, and look at
+the SVGs (tests/tui/__snapshots__/test_snapshots/) before committing them.
 """
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
+from tests.tui.conftest import LARGE, SMALL, loaded, new_app, screen_is, show
 from trialdeck.engine.workspace import Workspace
-from trialdeck.tui.app import make_app
-from trialdeck.tui.probes import FixedProbe
-from trialdeck.tui.testing import fixed_clock, seed_workspace, wait_for
-
-SMALL, LARGE = (80, 24), (120, 40)
+from trialdeck.tui.testing import seed_workspace, wait_for
 
 
 @pytest.fixture
-def ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIALDECK_HOME", str(tmp_path / "default-home"))
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
+def ws(tmp_path, utc):
+    """The seeded workspace every snapshot shows (tui.testing.seed_workspace), in UTC."""
     home = Workspace(tmp_path / "home").ensure()
     seed_workspace(home)
-    yield home
-    monkeypatch.undo()
-    time.tzset()
-
-
-def app_for(ws: Workspace):
-    return make_app(ws, start_engine=False, clock=fixed_clock, probe=FixedProbe(), interval=0.05, cursor_blink=False)
-
-
-def screen_is(app, name: str) -> bool:
-    return type(app.screen).__name__ == name and app.screen.is_mounted
-
-
-async def loaded(pilot) -> None:
-    app = pilot.app
-    await wait_for(pilot, lambda: app.catalog is not None and app.status is not None and app.live, what="data")
-    await wait_for(pilot, lambda: getattr(app.screen, "catalog", None) is not None, what="the screen fed")
-
-
-async def go(pilot, key: str, screen: str) -> None:
-    await pilot.press(key)
-    await wait_for(pilot, lambda: screen_is(pilot.app, screen), what=screen)
+    return home
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
 def test_runs_dashboard(ws, snap_compare, size):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
+        await loaded(pilot, everything=True)
         await wait_for(pilot, lambda: pilot.app.screen.query_one("#runs-table").row_count == 10, what="rows")
 
     assert snap_compare(app, terminal_size=size, run_before=ready)
@@ -67,11 +39,11 @@ def test_runs_dashboard(ws, snap_compare, size):
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
 def test_presets_config(ws, snap_compare, size):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "2", "PresetsScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "2", "PresetsScreen")
         screen = pilot.app.screen
         tree = screen.query_one("#presets")
         tree.move_cursor(tree.leaf("seed/step-decay"))
@@ -81,11 +53,11 @@ def test_presets_config(ws, snap_compare, size):
 
 
 def test_presets_composer_with_an_invalid_value(ws, snap_compare):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "2", "PresetsScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "2", "PresetsScreen")
         screen = pilot.app.screen
         await pilot.press("v")
         blocks = screen.query_one("#compose-blocks")
@@ -102,27 +74,27 @@ def test_presets_composer_with_an_invalid_value(ws, snap_compare):
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
 def test_queue(ws, snap_compare, size):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "3", "QueueScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "3", "QueueScreen")
         await wait_for(pilot, lambda: pilot.app.screen.query_one("#queue-table").row_count == 3, what="rows")
 
     assert snap_compare(app, terminal_size=size, run_before=ready)
 
 
 def test_queue_dialog(ws, snap_compare):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "2", "PresetsScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "2", "PresetsScreen")
         screen = pilot.app.screen
         tree = screen.query_one("#presets")
         tree.move_cursor(tree.leaf("seed/step-decay"))
         await wait_for(pilot, lambda: screen.highlighted == "seed/step-decay", what="step-decay")
-        await go(pilot, "r", "QueueDialog")
+        await show(pilot, "r", "QueueDialog")
         await pilot.press("tab", "tab", *"train.epochs", "tab", *"400")
         await wait_for(pilot, lambda: "400 epochs" in pilot.app.screen.query_one("#queue-overrides").message,
                        what="the summary")
@@ -132,22 +104,22 @@ def test_queue_dialog(ws, snap_compare):
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
 def test_studies(ws, snap_compare, size):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "4", "StudiesScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "4", "StudiesScreen")
         await wait_for(pilot, lambda: pilot.app.screen.query_one("#trial-table").row_count == 7, what="trials")
 
     assert snap_compare(app, terminal_size=size, run_before=ready)
 
 
 def test_study_history_plot(ws, snap_compare):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "4", "StudiesScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "4", "StudiesScreen")
         await wait_for(pilot, lambda: pilot.app.screen.query_one("#trial-table").row_count == 7, what="trials")
         await pilot.press("v")
 
@@ -156,10 +128,10 @@ def test_study_history_plot(ws, snap_compare):
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
 def test_run_detail(ws, snap_compare, size):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
+        await loaded(pilot, everything=True)
         table = pilot.app.screen.query_one("#runs-table")
         await wait_for(pilot, lambda: table.row_count == 10, what="rows")
         table.select_key("r1")
@@ -171,10 +143,10 @@ def test_run_detail(ws, snap_compare, size):
 
 
 def test_help(ws, snap_compare):
-    app = app_for(ws)
+    app = new_app(ws)
 
     async def ready(pilot):
-        await loaded(pilot)
-        await go(pilot, "question_mark", "HelpScreen")
+        await loaded(pilot, everything=True)
+        await show(pilot, "question_mark", "HelpScreen")
 
     assert snap_compare(app, terminal_size=SMALL, run_before=ready)
