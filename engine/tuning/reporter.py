@@ -2,11 +2,14 @@
 
 Early stopping inside a trial stays early stopping (the trainer's own event);
 only the pruner's decision becomes a `pruned` event, carrying the rule and
-the numbers it compared.
+the numbers it compared. A script trial (runtime.script) reports whatever its
+script reported: an epoch without the study's metric as a number is not
+reported, and its last epoch is `params.epochs` when the script has one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -20,7 +23,7 @@ _LOADED: dict[tuple[str, str], Any] = {}
 
 
 class TrialReporter(TrainerCallback):
-    def __init__(self, study: optuna.Study, tune, trial_id: int, epochs: int) -> None:
+    def __init__(self, study: optuna.Study, tune, trial_id: int, epochs: int | None) -> None:
         self.study = study
         self.tune = tune
         self.trial = optuna.trial.Trial(study, trial_id)
@@ -34,15 +37,25 @@ class TrialReporter(TrainerCallback):
         if key not in _LOADED:  # a warm worker loads each study once
             _LOADED[key] = studies.load(record["study"], url)
         study, tune, _ = _LOADED[key]
-        return cls(study, tune, int(record["trial_id"]), int(record["config"]["train"]["epochs"]))
+        return cls(study, tune, int(record["trial_id"]), _epochs(record["config"]))
 
     def on_epoch(self, record, events) -> Stop | None:
-        value = getattr(record, self.tune.metric)
+        value = record.to_json().get(self.tune.metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None  # a script's epoch without the metric: nothing to report or compare
         self.trial.report(value, step=record.epoch)
         # Pruning after the last epoch saves nothing and would throw the trial's value away.
-        if record.epoch < self.epochs and self.trial.should_prune():
+        if (self.epochs is None or record.epoch < self.epochs) and self.trial.should_prune():
             frozen = self.study._storage.get_trial(self.trial._trial_id)
             message, data = explain_prune(self.tune, self.study, record.epoch, frozen, value)
             self.trial.set_user_attr("prune_reason", message)
             return Stop(RunState.PRUNED, RunEvent(EventKind.PRUNED.value, record.epoch, message, data))
         return None
+
+
+def _epochs(config: dict[str, Any]) -> int | None:
+    """How many epochs a trial trains: `train.epochs`, or a script's `params.epochs` (None: unknown)."""
+    if config.get("script") is not None:
+        epochs = (config.get("params") or {}).get("epochs")
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    return int(config["train"]["epochs"])

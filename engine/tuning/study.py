@@ -15,6 +15,7 @@ and the `studies` commands read TinyDB and never replay Optuna logs.
 from __future__ import annotations
 
 import importlib.util
+import math
 import socket
 import time
 import warnings
@@ -107,7 +108,9 @@ def load(name: str, url: str, *, seed_salt: str | None = None) -> tuple[optuna.S
 
 
 def trial_value(tune: TuneConfig, history: list[dict[str, Any]]) -> float | None:
-    values = [h[tune.metric] for h in history if h.get(tune.metric) is not None]
+    # A script's history may hold any value under any name: only finite numbers count.
+    values = [float(v) for v in (h.get(tune.metric) for h in history)
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not values:
         return None
     if tune.reduce == "last":

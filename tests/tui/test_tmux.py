@@ -151,3 +151,46 @@ def test_queue_watch_detach_and_reattach(tmp_path):
     finally:
         tmux.kill_server()
         stop_engine(ws)
+
+
+def test_a_script_runs_sparkline_grows(tmp_path):
+    """A user's own training program (tests/scripts/train.py, run by the system's python3) queued
+    from the command line: the dashboard shows its reported losses as a growing sparkline."""
+    ws = tmp_path / "ws"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    preset = tmp_path / "mine.toml"
+    preset.write_text(f'[script]\ncommand = ["/usr/bin/python3", "{script}", "--epochs", "400", "--sleep", "0.4"]\n'
+                      f'workdir = "{tmp_path}"\n')
+    env = {"TERM": "xterm-256color", "TRIALDECK_HOME": str(ws), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    tmux = Tmux()
+    try:
+        queued = cli_json(ws, "run", str(preset))
+        assert queued["id"] == "r1"
+        tmux.start("one", f"{COMMAND} --home {ws}", env)
+        screen = tmux.wait("one", lambda s: "running" in row_of(s, "r1") and spark_of(s, "r1"), timeout=90,
+                           what="the script run running with a sparkline")
+        assert "mine" in row_of(screen, "r1")
+        first = spark_of(screen, "r1")
+        screen = tmux.wait("one", lambda s: len(spark_of(s, "r1")) > len(first), timeout=30,
+                           what="the script run's sparkline to grow")
+        assert "running" in row_of(screen, "r1")
+        assert cli(ws, "queue", "cancel", "r1", timeout=60).returncode == 0
+    finally:
+        tmux.kill_server()
+        stop_engine(ws)
+
+
+def test_an_empty_workspace_says_how_to_begin(tmp_path):
+    ws = tmp_path / "ws"
+    env = {"TERM": "xterm-256color", "TRIALDECK_HOME": str(ws), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    tmux = Tmux()
+    try:
+        tmux.start("first", f"{COMMAND} --home {ws}", env)
+        screen = tmux.wait("first", lambda s: "No runs yet" in s, what="the first-screen hint")
+        assert "Press 2 for the presets, then r to queue the one highlighted." in screen
+        assert "Runs train in a background engine that goes on after this terminal closes." in screen
+        tmux.keys("first", "4")
+        tmux.wait("first", lambda s: "no studies yet" in s and "starts one" in s, what="how to start a study")
+    finally:
+        tmux.kill_server()
+        stop_engine(ws)

@@ -1,0 +1,488 @@
+"""Script runs: a user's own training program in a device slot, watched and stopped like a built-in run.
+
+A worker calls `run_script` instead of the trainer for a RunSpec with a
+[script] table (DESIGN "Script runs"). Invariants:
+
+- Start: the command (placeholders filled, no shell) runs in `script.workdir`,
+  in its own session and process group, with the slot's CUDA_VISIBLE_DEVICES
+  (empty for a CPU slot) and the TRIALDECK_* environment. It gets SIGKILL if its
+  worker dies (PR_SET_PDEATHSIG), and whatever it left behind is killed before
+  the run starts again, so a killed engine never leaves two copies training.
+- Output: stdout is the run's log file itself (the child writes it, the engine
+  never reads it); stderr passes through a pipe that a thread copies into the
+  log in large chunks, keeping only its tail for the failure reason. Nothing is
+  parsed per line, so a script printing 10,000 lines a second costs the engine
+  next to nothing.
+- Metrics: the JSON lines the script appends to TRIALDECK_METRICS are read
+  incrementally; a torn last line waits for its newline. Each epoch goes
+  through the RunRecorder like a built-in epoch (metrics.jsonl, the catalogue,
+  the TUI and `runs follow` work unchanged) and through early stopping and the
+  trial reporter. An epoch reported again (a resumed script going back to its
+  checkpoint) replaces that epoch and every later one: a history never holds
+  a duplicate, and has a gap only where the script skipped one.
+- Stopping: early stopping, a pruner, cancel and engine stop send SIGTERM to
+  the process group and to every process carrying the run's marker (its
+  TRIALDECK_RUN_DIR, inherited by children that left the group), then SIGKILL
+  after `grace_seconds`. No process of a run outlives it.
+
+Reading the reported lines is catalogue.reported's; finding, stopping and
+measuring the processes is runtime.proctree's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory, numeric
+from trialdeck.engine.presets.schema import RunSpec, expand
+from trialdeck.engine.runtime.proctree import MARKER_ENV, read_gpu_memory, run_processes, stop_processes
+from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.workspace import Workspace, make_private_dir, private_open
+
+FILES_NAME = "files"
+"""runs/<id>/files/: TRIALDECK_RUN_DIR, the script's own checkpoints and files."""
+REPORTED_NAME = "reported.jsonl"
+"""runs/<id>/reported.jsonl: TRIALDECK_METRICS, the lines the script appends (across attempts)."""
+POLL_SECONDS = 0.1
+"""How often the runner looks for new lines, an exit and a stop request."""
+TAIL_BYTES = 8192
+"""How much of stderr's end is kept in memory for the failure reason."""
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def command_of(spec: RunSpec) -> list[str]:
+    assert spec.script is not None
+    return [expand(part, spec.params) for part in spec.script.command]
+
+
+def script_file(argv: list[str], workdir: str) -> Path | None:
+    """The file the command runs, for `code_hash`: the first argument before any `-m`/`-c` that
+    is an existing file (`python3 -u train.py`), else the program itself when it is a script
+    (`./train.sh`, starting with #!); None for `python -m pkg` (an interpreter is no script)."""
+    for arg in argv[1:]:
+        if arg in ("-m", "-c"):
+            break  # a module or inline code: no file of its own
+        if not arg.startswith("-") and (Path(workdir) / Path(arg).expanduser()).is_file():
+            return (Path(workdir) / Path(arg).expanduser()).resolve()
+    program = Path(workdir) / Path(argv[0]).expanduser()
+    if "/" in argv[0] and program.is_file():
+        try:
+            with open(program, "rb") as f:
+                if f.read(2) == b"#!":
+                    return program.resolve()
+        except OSError:
+            pass
+    return None
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def environment(spec: RunSpec, run_id: str, files: Path, reported: Path, device: str, resume: bool,
+                threads: int | None = None) -> dict[str, str]:
+    """The child's environment: the worker's, minus trialdeck's own settings, plus the run's
+    variables, the slot's GPU, and `script.env` (placeholders filled)."""
+    assert spec.script is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALDECK_")}
+    # A script's prints reach the log as they happen (stdout is a file, which Python buffers).
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if threads:  # the slot's share of the cores, as built-in runs get (torch, numpy and BLAS read these)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("MKL_NUM_THREADS", str(threads))
+    env.update({k: expand(v, spec.params) for k, v in spec.script.env.items()})
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif device.startswith("cuda:"):  # `trialdeck train --device cuda:1`; a worker's slot has set it already
+        env["CUDA_VISIBLE_DEVICES"] = device[5:]
+    env.update({
+        "TRIALDECK_RUN_ID": run_id,
+        MARKER_ENV: str(files),
+        "TRIALDECK_PARAMS": json.dumps(spec.params, separators=(",", ":")),
+        "TRIALDECK_METRICS": str(reported),
+    })
+    if resume:
+        env["TRIALDECK_RESUME"] = "1"
+    return env
+
+
+_LIBC: Any = None
+
+
+def _child_setup(parent: int):
+    """Runs in the child between fork and exec: die with the worker (Linux), and never start
+    at all if the worker is already gone. Only a system call: nothing that takes a lock."""
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return None
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before the fork
+    prctl = _LIBC.prctl
+
+    def setup() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+class StderrTail(threading.Thread):
+    """Copies the child's stderr into the log as it comes, in large chunks, keeping its tail."""
+
+    def __init__(self, pipe: int, log_fd: int) -> None:
+        super().__init__(name="script-stderr", daemon=True)
+        self.pipe, self.log_fd = pipe, log_fd
+        self.tail = b""
+
+    def run(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.pipe, 1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                try:
+                    view = view[os.write(self.log_fd, view):]
+                except OSError:  # a full disk: keep draining, so the script is never blocked on us
+                    break
+            self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+        os.close(self.pipe)
+        os.close(self.log_fd)
+
+    def last_line(self) -> str | None:
+        lines = [line.strip() for line in self.tail.decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1][:500] if lines else None
+
+
+def kill_leftovers(ws: Workspace, run_id: str, grace: float = 0.0) -> int:
+    """Stop any process still carrying `run_id`'s marker (a killed worker's script and its
+    children); how many there were. Light: the engine calls it on a dead worker's runs."""
+    return stop_processes(str(ws.runs_dir / run_id / FILES_NAME), grace)
+
+
+def resumes(ws: Workspace, run_id: str) -> bool:
+    """Whether a script run starts again as a resume (TRIALDECK_RESUME=1): it started before."""
+    return (ws.runs_dir / run_id / REPORTED_NAME).exists()
+
+
+def forget_attempts(ws: Workspace, run_id: str) -> None:
+    """Start a script run over (`recovery = "requeue"`): its reported epochs go, its own files stay."""
+    try:
+        (ws.runs_dir / run_id / REPORTED_NAME).unlink()
+    except FileNotFoundError:
+        pass
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, observer=None,
+               conn=None, threads: int | None = None) -> str:
+    """Run `record`'s script to its end in this (worker) process; returns the final state.
+    `observer` is the worker's ControlCallback (cancel, engine stop, the trial's pruner)."""
+    from trialdeck.engine.runtime.recorder import RunRecorder
+
+    run_id = record["id"]
+    run_dir = ws.run_dir(run_id)
+    recorder = RunRecorder(store, run_id, run_dir, observer=observer)
+    try:
+        return ScriptRun(store, ws, record, spec, device, recorder, conn, threads).run()
+    finally:
+        recorder.close()
+
+
+class ScriptRun:
+    """One attempt of a script run (see the module docstring); `run` returns its final state."""
+
+    def __init__(self, store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, recorder,
+                 conn=None, threads: int | None = None) -> None:
+        assert spec.script is not None
+        self.store, self.ws, self.record, self.spec, self.device = store, ws, record, spec, device
+        self.recorder, self.conn, self.threads = recorder, conn, threads
+        self.run_id = record["id"]
+        run_dir = ws.run_dir(self.run_id)
+        self.files = make_private_dir(run_dir / FILES_NAME)
+        self.marker = str(self.files)
+        self.reported = ReportedLines(run_dir / REPORTED_NAME)
+        self.resume = self.reported.path.exists()
+        self.workdir = spec.script.workdir or record.get("workdir") or ""
+        self.grace = spec.script.grace_seconds
+        es = spec.early_stopping
+        self.monitor = es.monitor if es.enabled else (spec.tune.metric if spec.tune else "val_loss")
+        self.mode = es.resolved_mode if es.enabled else (
+            "max" if spec.tune and spec.tune.direction == "maximize" else "min")
+        self.stopper: Any = None
+        self.stop: Any = None
+        """The Stop decided (early stop, prune, cancel, engine stop); None while it runs on."""
+        self.missing_monitor = False
+        self.started = time.perf_counter()
+        self.peak: int | None = None
+        self.memory_read = False
+        """This attempt's GPU memory went to the engine (once, after its first epoch)."""
+
+    # -- the attempt -------------------------------------------------------------------------
+
+    def run(self) -> str:
+        kill_leftovers(self.ws, self.run_id)  # an earlier attempt's processes, should a kill have missed any
+        self.history = ScriptHistory.of(self.reported.prepare())
+        self._replay_stopper()
+        argv = command_of(self.spec)
+        info = {"device": self.record.get("device") or self.device, "params": None, "command": argv,
+                "workdir": self.workdir, "resumed": self.resume, "start_epoch": self.history.last_epoch or 0,
+                "history": list(self.history.entries)}
+        self.recorder.on_start(info)
+        if self.conn is not None:
+            self._send(("grace", self.run_id, self.grace))  # the engine waits this long before it kills the worker
+        proc, tail = self._start(argv)
+        if proc is None:
+            assert isinstance(tail, str)
+            return self._finish(RunState.FAILED, tail)
+        self.proc = proc
+        try:
+            code = self._watch(proc)
+        except KeyboardInterrupt:  # `trialdeck train` in a terminal: the script has its own session
+            from trialdeck.engine.training.callbacks import Stop
+
+            self.stop = Stop(RunState.INTERRUPTED, RunEvent(EventKind.INTERRUPTED.value, self.history.last_epoch,
+                                                            "interrupted by the user (Ctrl-C)"))
+            code = None
+        if self.stop is not None:
+            left = stop_processes(self.marker, self.grace, proc)
+            how = f"; {left} process(es) did not stop within {self.grace:g} s and were killed" if left else ""
+            self.recorder.log(f"the script was asked to stop ({self.stop.state.value}){how}")
+            code = proc.returncode
+        # Children the script left behind (or that outlived it) go with it.
+        stop_processes(self.marker, min(self.grace, 2.0), proc)
+        assert isinstance(tail, StderrTail)
+        tail.join(5)
+        ended = self.stop is not None
+        for line in self.reported.read(final=True):  # what it reported up to its exit
+            if self.stop is None or self.stop.state in (RunState.INTERRUPTED, RunState.CANCELLED):
+                self._epoch(line, decide=not ended)
+        self._log_problems()
+        if self.stop is not None and (ended or code == 0):
+            return self._finish(self.stop.state, None, self.stop.event)
+        if code == 0:
+            return self._finish(RunState.COMPLETED, None)
+        return self._finish(RunState.FAILED, self._reason(code, tail.last_line()))
+
+    def _start(self, argv: list[str]) -> tuple[subprocess.Popen | None, StderrTail | str]:
+        """Start the command; (process, stderr reader), or (None, why it could not start)."""
+        from trialdeck.engine.runtime.recorder import LOG_NAME
+
+        if not self.workdir or not Path(self.workdir).is_dir():
+            return None, f"cannot start the script: its workdir {self.workdir or '(none)'} does not exist"
+        path = script_file(argv, self.workdir)
+        fields: dict[str, Any] = {}
+        if path is not None:
+            fields.update(code_hash=file_hash(path), code_file=str(path))
+        env = environment(self.spec, self.run_id, self.files, self.reported.path, self.device, self.resume, self.threads)
+        log_fd = private_open(self.ws.run_dir(self.run_id) / LOG_NAME)
+        self.recorder.log(f"worker {os.getpid()} starting {self.run_id} on {self.device}: {_shell_words(argv)} "
+                          f"(in {self.workdir}{'; TRIALDECK_RESUME=1' if self.resume else ''})")
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                    stderr=write_end, start_new_session=True, close_fds=True,
+                                    preexec_fn=_child_setup(os.getpid()))
+        except FileNotFoundError:
+            os.close(read_end)
+            return None, f"cannot start {argv[0]!r}: not found (looked in {self.workdir} and on PATH)"
+        except PermissionError:
+            os.close(read_end)
+            return None, f"cannot start {argv[0]!r}: permission denied (is it executable?)"
+        except OSError as exc:
+            os.close(read_end)
+            return None, f"cannot start {argv[0]!r}: {exc.strerror or exc}"
+        finally:
+            os.close(write_end)
+            os.close(log_fd)
+        tail = StderrTail(read_end, private_open(self.ws.run_dir(self.run_id) / LOG_NAME))
+        tail.start()
+        self.store.update_run(self.run_id, script_pid=proc.pid, **fields)
+        return proc, tail
+
+    def _watch(self, proc: subprocess.Popen) -> int | None:
+        """Until the script exits or a stop is decided: its exit code (None when stopped)."""
+        while True:
+            for line in self.reported.read():
+                self._epoch(line)
+                if self.stop is not None:
+                    return None
+            self.stop = self.recorder.poll()  # cancel, engine stop
+            if self.stop is not None:
+                return None
+            code = proc.poll()
+            if code is not None:
+                return code
+            time.sleep(POLL_SECONDS)
+
+    # -- epochs ------------------------------------------------------------------------------
+
+    def _replay_stopper(self) -> None:
+        """Early stopping's state after the epochs so far (a resumed run goes on counting)."""
+        es = self.spec.early_stopping
+        if not es.enabled:
+            return
+        # Deferred: the tracker module imports torch, which only a worker has loaded.
+        from trialdeck.engine.training.tracker import EarlyStopper
+
+        self.stopper = EarlyStopper(self.monitor, self.mode, es.patience, es.min_delta)
+        for entry in self.history.entries:
+            value = numeric(entry.get(self.monitor))
+            if value is not None:
+                self.stopper.update(entry["epoch"], value)
+
+    def _epoch(self, line: dict[str, Any], decide: bool = True) -> None:
+        from trialdeck.engine.training.callbacks import Stop
+
+        before = list(self.history.entries)
+        record, rewound = self.history.add(line)
+        if rewound:  # the script went back to its checkpoint: the later epochs are replaced
+            self.recorder.log(f"epoch {record.epoch} reported again: it replaces epochs "
+                              f"{record.epoch}..{before[-1]['epoch']} (the script resumed from an earlier checkpoint)")
+            self.history.entries.pop()
+            self.recorder.on_start({"device": self.record.get("device") or self.device, "params": None,
+                                    "history": list(self.history.entries), "rewound": record.epoch})
+            self._replay_stopper()  # over the epochs before this one, which is counted below
+            self.history.entries.append(record.to_json())
+        events: list[RunEvent] = []
+        early = False
+        value = record.metric(self.monitor)
+        if self.stopper is not None and decide:
+            if value is None:
+                if not self.missing_monitor:
+                    self.recorder.log(f"early stopping watches {self.monitor}, which epoch {record.epoch} did not report "
+                                      f"as a number (it reported {', '.join(record.values) or 'nothing'})")
+                    self.missing_monitor = True
+            else:
+                _, early = self.stopper.update(record.epoch, value)
+                if early:
+                    events.append(self._early_stopped_event(record.epoch))
+        stop = self.recorder.on_epoch(record, events)
+        if not self.memory_read and self.conn is not None and self.device.startswith("cuda"):
+            self.memory_read = True
+            self._report_memory()
+        if not decide:
+            return
+        if early:
+            self.stop = Stop(RunState.EARLY_STOPPED, None)  # its event went with the epoch
+        elif stop is not None and self.stop is None:
+            self.stop = stop
+
+    def _early_stopped_event(self, epoch: int) -> RunEvent:
+        es, stopper = self.spec.early_stopping, self.stopper
+        return RunEvent(
+            EventKind.EARLY_STOPPED.value, epoch,
+            f"{es.monitor} did not improve by more than {es.min_delta:g} for {es.patience} epochs; "
+            f"best {stopper.best:.4f} at epoch {stopper.best_epoch}; the script was asked to stop",
+            {"best_epoch": stopper.best_epoch, "best_value": stopper.best, "patience": es.patience,
+             "monitor": es.monitor, "restored": False},
+        )
+
+    def _report_memory(self) -> None:
+        """The script's GPU memory after its first epoch, for packing (like a built-in run's peak)."""
+        gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if not gpu or "," in gpu:
+            return
+        leader = self.proc.pid if self.proc.poll() is None else None
+        pids = [p.pid for p in run_processes(self.marker, leader, leader)]
+        used = read_gpu_memory(pids, gpu)
+        if used:
+            self.peak = max(self.peak or 0, used)
+            self._send(("memory", self.run_id, used))
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except (BrokenPipeError, OSError):
+            pass
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def _reason(self, code: int | None, last_line: str | None) -> str:
+        if last_line:
+            return last_line
+        if code is not None and code < 0:
+            try:
+                return f"the script was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"the script was killed by signal {-code}"
+        return f"the script exited with code {code} (nothing on stderr)"
+
+    def _log_problems(self) -> None:
+        problems = self.reported.problems
+        if problems:
+            self.recorder.log(f"{len(problems)} line(s) of {self.reported.path.name} were not a JSON object and were "
+                              f"skipped, the first: {problems[0]!r}")
+            problems.clear()
+
+    def _finish(self, state: RunState, error: str | None, event: RunEvent | None = None) -> str:
+        if event is not None:
+            self.recorder.on_event(event)
+        if state is RunState.FAILED:
+            self.recorder.on_event(RunEvent(EventKind.FAILED.value, self.history.last_epoch, error or "failed"))
+        pending = self.recorder.pending()
+        fields = {**pending["fields"], "history": self.history.entries, "summary": self._summary(), "kept_epoch": None}
+        fields.pop("n_params", None)
+        if self.peak:
+            fields["peak_memory"] = self.peak
+        try:
+            final = self.store.transition(self.run_id, state, error=error, add_events=pending["events"], **fields)
+        except ValueError:  # no longer running (cancelled directly while no engine was alive)
+            return (self.store.get_run(self.run_id) or {}).get("state", state.value)
+        return final["state"]
+
+    def _summary(self) -> dict[str, Any]:
+        """The record's `summary`, as a built-in run's: last epoch, the monitor's best (no weights
+        are kept by the engine: the script keeps its own)."""
+        hist = self.history.entries
+        last = hist[-1] if hist else {}
+
+        def best(key: str, pick) -> float | None:
+            values = [v for v in (numeric(h.get(key)) for h in hist) if v is not None]
+            return pick(values) if values else None
+
+        if self.stopper is not None and self.stopper.best is not None:
+            best_epoch, best_value = self.stopper.best_epoch, self.stopper.best
+        else:
+            scored: list[tuple[float, int]] = []
+            for h in hist:
+                value = numeric(h.get(self.monitor))
+                if value is not None:
+                    scored.append((value, h["epoch"]))
+            pick = min if self.mode == "min" else max
+            best_value, best_epoch = pick(scored, key=lambda s: s[0]) if scored else (None, None)
+        return {
+            "epochs": len(hist), "last_epoch": last.get("epoch"),
+            "val_loss": numeric(last.get("val_loss")), "val_acc": numeric(last.get("val_acc")),
+            "best_val_loss": best("val_loss", min), "best_val_acc": best("val_acc", max),
+            "monitor": self.monitor, "best_epoch": best_epoch, "best_value": best_value,
+            "kept_epoch": None, "kept": None, "seconds": round(time.perf_counter() - self.started, 3),
+        }
+
+
+def _shell_words(argv: list[str]) -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
