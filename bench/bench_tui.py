@@ -228,7 +228,7 @@ def run(quick: bool = False) -> dict:
 
 def report(result: dict) -> list[tuple[str, str, str, str]]:
     rows = []
-    for key, r in result.items():
+    for r in result.values():
         n = r["n"]
         steady = r["switch_ms"]
         rows.append((f"{n} streaming runs: TUI CPU (% of one core, 2 Hz poll)", f"{r['cpu_percent']:.1f}%",

@@ -61,7 +61,10 @@ def machine() -> dict[str, str]:
     }
 
 
-def run_all(quick: bool, gpu_only: bool = False) -> tuple[dict[str, str], list[tuple[str, list[tuple[str, str, str, str]], float]]]:
+Rows = list[tuple[str, str, str, str]]
+
+
+def run_all(quick: bool, gpu_only: bool = False) -> tuple[dict[str, str], list[tuple[str, Rows, float]]]:
     import torch
 
     info = machine()

@@ -64,10 +64,6 @@ class StorageError(TrialdeckError):
     """A write failed for lack of space or a read-only disk; nothing was half-written."""
 
 
-class JobFailed(TrialdeckError):
-    code = ExitCode.JOB_FAILED
-
-
 def exit_code_for(exc: BaseException) -> ExitCode:
     """The one place that maps an exception to a process exit code."""
     if isinstance(exc, TrialdeckError):

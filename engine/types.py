@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Required, TypedDict
 
 
 class RunState(str, enum.Enum):
@@ -28,13 +28,46 @@ class RunState(str, enum.Enum):
 
     @property
     def ok(self) -> bool:
-        """Ended with a usable result (exit code 0 for `run --wait`)."""
-        return self in (RunState.COMPLETED, RunState.EARLY_STOPPED, RunState.PRUNED)
+        """Ended with a usable result: exit code 0 for `train`, `run --wait` and `runs follow`
+        (a pruned trial ended as its study asked, with its epochs so far)."""
+        return self in OK_STATES
+
+    @property
+    def unfinished(self) -> bool:
+        """Not ended yet: queued, running, or interrupted (an engine resumes or requeues it)."""
+        return self in UNFINISHED_STATES
 
 
 TERMINAL_STATES = frozenset(
     {RunState.COMPLETED, RunState.EARLY_STOPPED, RunState.PRUNED, RunState.FAILED, RunState.CANCELLED}
 )
+OK_STATES = frozenset({RunState.COMPLETED, RunState.EARLY_STOPPED, RunState.PRUNED})
+UNFINISHED_STATES = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.INTERRUPTED})
+"""The one definition of work still to do, for the engine, the driver, the client, the CLI and the TUI."""
+
+
+class StudyState(str, enum.Enum):
+    """A study's `state` in the catalogue."""
+
+    RUNNING = "running"
+    """The engine feeds it trials."""
+    STOPPING = "stopping"
+    """Asked to stop (Ctrl-C on `tune --wait`, `studies stop`): its trials are being cancelled."""
+    COMPLETED = "completed"
+    """Has its trials, or ran out of time."""
+    STOPPED = "stopped"
+    FAILED = "failed"
+    """The engine could not drive it (its `error` says why)."""
+    REMOTE = "remote"
+    """Known from a shared storage only (`studies show --storage`): other boxes drive it."""
+
+    @property
+    def active(self) -> bool:
+        """Still wants the engine: trials to ask, or trials to cancel."""
+        return self in ACTIVE_STUDY_STATES
+
+
+ACTIVE_STUDY_STATES = frozenset({StudyState.RUNNING, StudyState.STOPPING})
 
 # Which transitions the store accepts; anything else is a bug and is refused.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
@@ -101,3 +134,107 @@ class EpochRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class RunRecord(TypedDict, total=False):
+    """A `runs` document of the catalogue (catalog.json), as `Store` hands it out.
+
+    `config`, `history` and `events` are left out where a caller asks
+    (`Store.list_runs(omit=...)`, `Store.queued()`); fields after `seq` are set
+    when they apply. Each state also stamps `<state>_at` (e.g. `completed_at`).
+    """
+
+    id: Required[str]
+    """"r<N>"."""
+    preset: Required[str]
+    state: Required[str]
+    """A RunState value."""
+    priority: int
+    device: str | None
+    """Where it runs (asked for, until it starts)."""
+    pinned: str | None
+    """The device asked for at enqueue."""
+    config: dict[str, Any]
+    """The fully resolved preset (`RunSpec.config()`)."""
+    config_hash: str
+    created_at: float
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    history: list[dict[str, Any]]
+    """One EpochRecord.to_json() per epoch."""
+    events: list[dict[str, Any]]
+    """RunEvent.to_json() each."""
+    error: str | None
+    study: str | None
+    trial: int | None
+    attempts: int
+    worker: int | None
+    """The pid training it."""
+    seq: int
+    """Enqueue order (dispatch: priority, then seq)."""
+    slot: str
+    cancel_requested: bool
+    foreground: bool
+    """Trained by `trialdeck train` or `trialdeck worker` in that process, not by the engine."""
+    n_params: int
+    peak_memory: int
+    summary: dict[str, Any]
+    """TrainResult.summary(): last epoch, the monitor's best, the kept epoch and its metrics."""
+    kept_epoch: int | None
+    """The epoch whose weights the run ended with (the best one when early stopping restored them)."""
+    trial_id: int
+    params: dict[str, Any]
+    ensemble: str | None
+    """Trials with equal values may train as one ensemble (training.membership.group_id)."""
+    members: int
+    """Set on the engine's copy of a queued run at dispatch: how many runs train with it."""
+    remote: str
+    """The redacted storage URL of a study this run is a remote trial of."""
+    workdir: str
+    code_hash: str
+    host: str
+    tags: list[str]
+    note: str
+    data_path: str
+    """"device" or "stream"."""
+    completed_at: float
+    early_stopped_at: float
+    pruned_at: float
+    failed_at: float
+    cancelled_at: float
+    interrupted_at: float
+
+
+class StudyRecord(TypedDict, total=False):
+    """A `studies` document of the catalogue: the Optuna study's summary, mirrored by `tuning.study.sync`."""
+
+    name: Required[str]
+    state: str
+    """A StudyState value."""
+    preset: str
+    config: dict[str, Any]
+    metric: str
+    direction: str
+    reduce: str
+    sampler: str
+    pruner: str
+    storage: str
+    """The storage URL with its password redacted."""
+    storage_url: str
+    counts: dict[str, int]
+    """Trials by Optuna state (complete, pruned, fail, running, ...)."""
+    n_done: int
+    n_trials: int
+    best: dict[str, Any] | None
+    """number, value, params, run_id of the best complete trial."""
+    importances: dict[str, float] | None
+    started_at: float
+    finished_at: float | None
+    synced_at: float
+    deadline: float | None
+    stopped_by: str
+    """"trials" or "timeout"."""
+    error: str | None
+    create: dict[str, Any] | None
+    """Set by a client (`tune`): the engine creates the Optuna study from it, then clears it."""

@@ -56,7 +56,7 @@ def make_private_dir(path: Path) -> Path:
         return make_private_dir(path)
     except FileExistsError:
         if not path.is_dir():
-            raise BadInput(f"{path} exists and is not a directory; trialdeck needs it as a folder")
+            raise BadInput(f"{path} exists and is not a directory; trialdeck needs it as a folder") from None
         return path
     except OSError as exc:  # read-only file system, permission denied, ...
         raise BadInput(f"cannot create the folder {path}: {exc.strerror or exc}") from None
@@ -88,7 +88,8 @@ def _fsync_dir(directory: Path) -> None:
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, backup: str | os.PathLike[str] | None = None) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *,
+                 backup: str | os.PathLike[str] | None = None) -> None:
     """Replace `path` with `data` so no reader ever sees a partial file.
 
     Writes a 0600 temp file in the same directory, fsyncs it, `os.replace`s it

@@ -237,7 +237,7 @@ def test_engine_killed_at_random_moments_loses_and_duplicates_nothing(deck: Deck
         # engine streams), the others anywhere, often while the engine is still starting.
         if rng.random() < 0.5:
             streamed = sum(deck.epochs_streamed(r) for r in epochs)
-            deck.wait(lambda: sum(deck.epochs_streamed(r) for r in epochs) > streamed
+            deck.wait(lambda streamed=streamed: sum(deck.epochs_streamed(r) for r in epochs) > streamed
                       or all(deck.run(r)["state"] in TERMINAL for r in epochs), 60, "training to go on")
         time.sleep(rng.uniform(0.5, 2.5))
         if all(deck.run(r)["state"] in TERMINAL for r in epochs):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from deck import Deck
+
+from tests.deck import Deck
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,10 @@ UI = {"textual", "rich"}
 HEAVY = {"torch", "optuna", "textual"}
 MARK = "@@MODULES@@"
 
-KNOWN = ("trialdeck.engine.presets", "trialdeck.engine.catalogue.store", "trialdeck.engine.workspace", "trialdeck.engine.types", "trialdeck.engine.errors",
-         "trialdeck.engine.training.schedules", "trialdeck.engine.training.trainer", "trialdeck.engine.datasets", "trialdeck.engine.training.augment", "trialdeck.engine.training.models")
+KNOWN = ("trialdeck.engine.presets", "trialdeck.engine.catalogue.store", "trialdeck.engine.workspace",
+         "trialdeck.engine.types", "trialdeck.engine.errors", "trialdeck.engine.training.schedules",
+         "trialdeck.engine.training.trainer", "trialdeck.engine.datasets", "trialdeck.engine.training.augment",
+         "trialdeck.engine.training.models")
 
 
 def engine_modules() -> list[str]:
@@ -55,7 +57,8 @@ def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     probe = (
         "import atexit, json, sys\n"
         "def _dump():\n"
-        f"    sys.__stdout__.write('\\n{MARK}' + json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} | {{m for m in sys.modules if m.startswith('trialdeck')}})))\n"
+        "    loaded = {m.split('.')[0] for m in sys.modules} | {m for m in sys.modules if m.startswith('trialdeck')}\n"
+        f"    sys.__stdout__.write('\\n{MARK}' + json.dumps(sorted(loaded)))\n"
         "    sys.__stdout__.flush()\n"
         "atexit.register(_dump)\n"
         + code

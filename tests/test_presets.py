@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from trialdeck.engine.errors import PresetError
 from trialdeck.engine.presets import list_presets, parse_set, preset_roots, resolve
@@ -74,7 +75,7 @@ def test_content_hash_is_stable_and_tracks_config():
 
 def test_runspec_is_frozen():
     spec = resolve("seed/step-decay")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.train.epochs = 3  # type: ignore[misc]
 
 
@@ -89,8 +90,10 @@ def test_runspec_is_frozen():
         ("[model]\ndropout = 1.5\n", ["model.dropout", "less than 1"]),
         ("[model]\nactivation = 'rleu'\n", ["model.activation = 'rleu'", "allowed:", "'gelu'", "did you mean 'relu'"]),
         ("[early_stopping]\nmonitor = 'val_accc'\n", ["early_stopping.monitor", "did you mean 'val_acc'"]),
-        ("[tune]\nsampler = 'gird'\n[tune.space]\n'optimizer.lr' = {float = [0.1, 1]}\n", ["tune.sampler = 'gird'", "did you mean 'grid'"]),
-        ("[tune]\npruner = 'medain'\n[tune.space]\n'optimizer.lr' = {float = [0.1, 1]}\n", ["tune.pruner", "did you mean 'median'"]),
+        ("[tune]\nsampler = 'gird'\n[tune.space]\n'optimizer.lr' = {float = [0.1, 1]}\n",
+         ["tune.sampler = 'gird'", "did you mean 'grid'"]),
+        ("[tune]\npruner = 'medain'\n[tune.space]\n'optimizer.lr' = {float = [0.1, 1]}\n",
+         ["tune.pruner", "did you mean 'median'"]),
         ("[tune.space]\n'optimizer.lr' = {float = [1, 0.1]}\n", ["tune.space.optimizer.lr", "low 1.0 is greater than high 0.1"]),
         ("[tune.space]\n'optimizer.name' = {choices = []}\n", ["tune.space.optimizer.name.choices", "at least 1"]),
         ("[tune.space]\n'optimizer.lrr' = {float = [0.1, 1]}\n", ["'optimizer.lrr' is not a preset key", "did you mean 'lr'"]),
@@ -194,7 +197,8 @@ nested = st.recursive(toml_scalars, lambda kids: st.dictionaries(st.sampled_from
 
 
 @settings(max_examples=80, deadline=None)
-@given(a=st.dictionaries(st.sampled_from("abcd"), nested, max_size=4), b=st.dictionaries(st.sampled_from("abcd"), nested, max_size=4))
+@given(a=st.dictionaries(st.sampled_from("abcd"), nested, max_size=4),
+       b=st.dictionaries(st.sampled_from("abcd"), nested, max_size=4))
 def test_merge_later_wins_and_keeps_earlier_keys(a, b):
     out = Composed()
     _merge(out.data, a, "a", out.origin)

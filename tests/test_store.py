@@ -157,7 +157,8 @@ def test_run_round_trip_and_timestamps(store: Store) -> None:
     running = store.transition("r1", "running", worker=4242)
     assert running["state"] == "running" and running["worker"] == 4242 and running["attempts"] == 1
     assert running["started_at"] >= run["queued_at"]
-    store.record_epoch("r1", {"epoch": 0, "train_loss": 1.2, "val_loss": 1.3, "val_acc": 0.5, "lr": 0.1, "seconds": 0.4})
+    store.record_epoch_and_events(
+        "r1", {"epoch": 0, "train_loss": 1.2, "val_loss": 1.3, "val_acc": 0.5, "lr": 0.1, "seconds": 0.4}, [])
     store.record_epoch_and_events(
         "r1",
         {"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "val_acc": 0.7, "lr": 0.05, "seconds": 0.4},
@@ -254,16 +255,17 @@ def test_studies_trials_and_events(store: Store) -> None:
     store.upsert_study("another", {"preset": "x"})
     assert [s["name"] for s in store.list_studies()] == ["another", "lr-sweep"]
 
-    store.upsert_trial("lr-sweep", 1, {"state": "running", "params": {"lr": 0.01}})
-    store.upsert_trial("lr-sweep", 0, {"state": "complete", "value": 0.5})
-    store.upsert_trial("lr-sweep", 1, {"state": "complete", "value": 0.3})
+    store.upsert_trials("lr-sweep", [{"number": 1, "state": "running", "params": {"lr": 0.01}}])
+    store.upsert_trials("lr-sweep", [{"number": 0, "state": "complete", "value": 0.5}])
+    store.upsert_trials("lr-sweep", [{"number": 1, "state": "complete", "value": 0.3}])
     trials = store.list_trials("lr-sweep")
     assert [(t["number"], t["state"]) for t in trials] == [(0, "complete"), (1, "complete")]
     assert trials[1]["params"] == {"lr": 0.01} and store.list_trials("another") == []
 
     store.create_run(preset="p", config={}, config_hash="h")
     for i in range(3):
-        store.add_event("r1", {"kind": "checkpoint", "epoch": i, "message": f"saved epoch {i}", "time": 100.0 + i})
+        store.record_epoch_and_events(
+            "r1", None, [{"kind": "checkpoint", "epoch": i, "message": f"saved epoch {i}", "time": 100.0 + i}])
     assert [e["epoch"] for e in store.events(since=100.0)] == [1, 2]
     assert [e["epoch"] for e in store.events(limit=1)] == [2]
 
@@ -304,7 +306,7 @@ def test_incremental_encoding_matches_a_full_rewrite(ws: Workspace) -> None:
     store.set_priority("r9", -1)
     store.cancel_queued("r2")
     store.upsert_study("s", {"metric": "val_loss"})
-    store.upsert_trial("s", 0, {"state": "complete"})
+    store.upsert_trials("s", [{"number": 0, "state": "complete"}])
     store.clear_queue()
     raw = store.path.read_bytes()
     assert serialize(orjson.loads(raw), {}, {}) == raw  # the incremental assembly is what a full encode writes
@@ -402,7 +404,7 @@ print("ready", flush=True)
 while True:
     run = store.create_run(preset="p", config={"x": "y" * 500}, config_hash="h")
     store.transition(run["id"], "running")
-    store.record_epoch(run["id"], {"epoch": 0, "train_loss": 1.0})
+    store.record_epoch_and_events(run["id"], {"epoch": 0, "train_loss": 1.0}, [])
     store.transition(run["id"], "completed")
 """
 

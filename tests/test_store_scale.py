@@ -173,7 +173,7 @@ def test_a_write_encodes_only_the_documents_it_changed(ws: Workspace, monkeypatc
     assert encodes(lambda: writer.transition("r7", "running", add_events=[{"kind": "started", "message": "m"}])) == ["1", "7"]
     assert encodes(lambda: writer.create_runs(_items(2))) == ["41", "42"]
     assert encodes(lambda: _delete_runs(writer, [1, 20, 42])) == []
-    assert encodes(lambda: writer.upsert_trial("s", 4, {"state": "pruned"})) == ["5"]
+    assert encodes(lambda: writer.upsert_trials("s", [{"number": 4, "state": "pruned"}])) == ["5"]
     # A Store that has only read the file writes from what it read.
     assert encodes(lambda: reader.update_run("r30", note="x")) == ["30"]
     assert encodes(lambda: writer.update_run("r2", note="y")) == ["2"]
@@ -212,11 +212,11 @@ def test_a_second_store_reads_only_what_changed(ws: Workspace, monkeypatch: pyte
         _agrees(reader, ws)
 
     step(lambda: writer.transition("r3", "running", worker=7), {"3"})  # a changed document
-    step(lambda: writer.record_epoch("r3", HISTORY[1]), {"3"})
+    step(lambda: writer.record_epoch_and_events("r3", HISTORY[1], []), {"3"})
     step(lambda: writer.create_runs(_items(4, "more")), {"31", "32", "33", "34"})  # inserts, at the end
     step(lambda: _delete_runs(writer, [1, 17, 34]), set())  # deletes: first, middle, last
     step(lambda: writer.update_run("r2", summary={"best": 0.5}), {"2"})  # now the first line
-    step(lambda: writer.upsert_trial("s", 3, {"state": "pruned"}), set())
+    step(lambda: writer.upsert_trials("s", [{"number": 3, "state": "pruned"}]), set())
     step(lambda: writer.clear_queue(), {k for k, d in _on_disk(ws)["runs"].items() if d["state"] == "queued"})
     assert whole.count == 0
 
@@ -232,7 +232,7 @@ def test_a_catalogue_of_many_chunks(ws: Workspace) -> None:
     writer, reader = Store(ws), Store(ws)
     writer.create_runs([{**item, "extra": {"history": HISTORY * 4}} for item in _items(600)])
     for n in range(1, 601, 3):
-        writer.add_event(f"r{n}", {"kind": "checkpoint", "message": f"checkpoint {n}"})
+        writer.record_epoch_and_events(f"r{n}", None, [{"kind": "checkpoint", "message": f"checkpoint {n}"}])
     _agrees(reader, ws)
     assert len(reader._snapshot.fragments["runs"]) > 5 or lines_module._CHUNK_BYTES < 1000
     for write in (
@@ -255,7 +255,7 @@ def test_a_catalogue_of_many_chunks(ws: Workspace) -> None:
 def test_records_handed_out_never_alias_the_cache(ws: Workspace) -> None:
     writer, reader = Store(ws), Store(ws)
     writer.create_runs(_items(5))
-    writer.record_epoch("r1", HISTORY[0])
+    writer.record_epoch_and_events("r1", HISTORY[0], [])
     for records in (reader.list_runs(), reader.list_runs(), [reader.get_run("r1")], reader.queued(),
                     reader.list_runs(omit=("config",))):
         for r in records:  # vandalise every copy, nested lists and dicts included
@@ -431,8 +431,8 @@ def _edits() -> list[Any]:
 
     valid = [change_value, drop_middle_line, swap_lines, spaces, string_key, two_per_line, duplicate_key,
              nested_table_name, blank_line, crlf, trailing_newline, closing_on_last_line]
-    invalid = [missing_comma, trailing_comma, trailing_comma_and_blank_line, raw_newline_in_string, raw_newline_in_meta, study_not_a_document,
-               not_a_document, truncated_line, nul_padded, unclosed]
+    invalid = [missing_comma, trailing_comma, trailing_comma_and_blank_line, raw_newline_in_string, raw_newline_in_meta,
+               study_not_a_document, not_a_document, truncated_line, nul_padded, unclosed]
     return [pytest.param(e, id=e.__name__) for e in valid + invalid]
 
 
@@ -572,7 +572,7 @@ def _apply(store: Store, op: tuple[Any, ...]) -> None:
         store.create_runs(_items(op[1]))
         return
     if kind == "trial":
-        store.upsert_trial("s", op[1], {"state": op[2]})
+        store.upsert_trials("s", [{"number": op[1], "state": op[2]}])
         return
     if kind == "read":  # vandalise what is handed out: the cache must not care
         for record in store.list_runs() + store.events() + store.list_trials("s"):

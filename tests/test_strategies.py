@@ -55,8 +55,8 @@ def test_l1_and_l2_add_the_right_amount_to_the_loss():
         for i, layer in enumerate(linears):
             layer.weight.fill_(0.5 * (i + 1))
             layer.bias.fill_(100.0)  # biases are never penalised
-    expected_l1 = 0.01 * sum(l.weight.abs().sum().item() for l in linears)
-    expected_l2 = 0.02 * sum((l.weight**2).sum().item() for l in linears)
+    expected_l1 = 0.01 * sum(layer.weight.abs().sum().item() for layer in linears)
+    expected_l2 = 0.02 * sum((layer.weight**2).sum().item() for layer in linears)
     assert penalty(penalty_terms(model, 0.01, 0.0)).item() == pytest.approx(expected_l1)
     assert penalty(penalty_terms(model, 0.0, 0.02)).item() == pytest.approx(expected_l2)
     # Per layer, as in the article: l1 on the first Dense, l2 on the second.
@@ -99,7 +99,8 @@ def test_batch_norm_before_and_after_activation_and_dropout_order():
     assert layer_types(before) == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
     after = build_model(ModelConfig(hidden=[64, 32], batch_norm="after_activation", activation="tanh",
                                     dropout=[0.2, 0.0]), (1, 8, 8), 10)
-    assert layer_types(after) == ["Flatten", "Linear", "Tanh", "BatchNorm1d", "Dropout", "Linear", "Tanh", "BatchNorm1d", "Linear"]
+    assert layer_types(after) == ["Flatten", "Linear", "Tanh", "BatchNorm1d", "Dropout", "Linear", "Tanh", "BatchNorm1d",
+                                  "Linear"]
     assert [m.p for m in after if isinstance(m, nn.Dropout)] == [0.2]
     cnn = build_model(ModelConfig(kind="cnn", channels=[8], hidden=[16], batch_norm="before_activation"), (1, 8, 8), 10)
     assert layer_types(cnn)[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]

@@ -184,7 +184,8 @@ def test_conditional_space_samples_the_third_layer_only_with_depth_three(tpe) ->
         depth = p["model.depth"]
         depths.add(depth)
         for key in ("model.hidden.2", "model.dropout.2"):
-            assert (key in p) == (depth == 3), f"trial {t['number']}: {key} {'missing' if depth == 3 else 'sampled'} with depth {depth}: {p}"
+            why = "missing" if depth == 3 else "sampled"
+            assert (key in p) == (depth == 3), f"trial {t['number']}: {key} {why} with depth {depth}: {p}"
         for key in ("model.hidden.0", "model.hidden.1", "model.dropout.0", "model.dropout.1", "data.batch_size",
                     "optimizer.name"):
             assert key in p, f"trial {t['number']} lacks {key}: {p}"
@@ -606,8 +607,8 @@ def shared_study(tmp_path_factory, pg_url):
             assert proc.returncode == 0, f"worker --home {deck.home} exited {proc.returncode}:\n{stderr}"
             outputs[deck] = json.loads(stdout)
         shown = d.json("studies", "show", name, "--storage", pg_url, timeout=120)
-        yield {"url": pg_url, "plain_url": plain_url, "name": name, "b": b, "c": c, "d": d, "out_b": outputs[b], "out_c": outputs[c],
-               "shown": shown}
+        yield {"url": pg_url, "plain_url": plain_url, "name": name, "b": b, "c": c, "d": d, "out_b": outputs[b],
+               "out_c": outputs[c], "shown": shown}
     finally:
         for proc in workers.values():
             if proc.poll() is None:

@@ -253,7 +253,7 @@ class TrialdeckApp(App[None]):
     def _key_rows(self, screen: Screen) -> list[tuple[str, str, bool]]:
         """(key, description, available) for our bindings active on `screen`."""
         rows = []
-        for key, active in screen.active_bindings.items():
+        for active in screen.active_bindings.values():
             if active.binding.id in ACTIONS:
                 rows.append((self.get_key_display(active.binding), described(active.binding), active.enabled))
         return rows
@@ -266,7 +266,7 @@ class TrialdeckApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every trialdeck action available on `screen`, in the command palette."""
         seen = set()
-        for key, active in screen.active_bindings.items():
+        for active in screen.active_bindings.values():
             binding = active.binding
             if binding.id not in ACTIONS or binding.id == "quit" or not active.enabled or binding.id in seen:
                 continue  # (Textual's own palette already offers Quit)

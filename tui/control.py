@@ -20,7 +20,7 @@ from trialdeck.engine.runtime import control
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.composition import Composition, PresetLibrary
 
-MAX_REPEAT = 100
+MAX_REPEAT = control.REPEAT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,7 @@ class QueueRequest:
 
 def specs_for(library: PresetLibrary, request: QueueRequest) -> list[RunSpec]:
     """One spec per copy; copies after the first get seed + k (as `trialdeck run --repeat`)."""
-    if not 1 <= request.repeat <= MAX_REPEAT:
-        raise BadInput(f"repeat {request.repeat}: allowed: 1 to {MAX_REPEAT}")
+    control.check_repeat(request.repeat)
     first = library.resolve(request.composition)
     if request.repeat == 1:
         return [first]

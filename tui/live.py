@@ -26,12 +26,14 @@ from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime.control import check_resumable
 from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.types import UNFINISHED_STATES
 from trialdeck.engine.workspace import RUN_ID_RE, Workspace
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 16
 ACTIVE_STATES = frozenset({"running"})
-CANCELLABLE = frozenset({"queued", "running", "interrupted"})
+CANCELLABLE = UNFINISHED_STATES
+"""What `control.cancel` accepts: a run that has not ended."""
 
 
 def resumable(run: dict[str, Any] | None) -> bool:
@@ -364,15 +366,56 @@ def _num(value: Any, fmt: str = ".4f") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
+def _metrics(entry: Mapping[str, Any]) -> str:
+    return "  ".join(f"{k} {entry[k]:.4f}" for k in ("val_loss", "val_acc") if _num(entry.get(k)))
+
+
+def kept_epoch(run: Mapping[str, Any]) -> int | None:
+    """The epoch whose weights a finished run kept (its record's `kept_epoch`; an older record's
+    summary may hold it), or None: not finished, failed, or stopped inside an epoch."""
+    value = run.get("kept_epoch", (run.get("summary") or {}).get("kept_epoch"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def outcome(run: Mapping[str, Any]) -> list[str]:
+    """Which epoch's weights the run kept with that epoch's metrics, the monitor's best, and the
+    last epoch, each labelled (the CLI and the TUI's run header join them with " | "); an epoch
+    that is two of these is named once, e.g. ["kept (epoch 13, the best val_loss): val_loss
+    0.1119  val_acc 0.9610", "last epoch 15: val_loss 0.1139  val_acc 0.9721"]. Empty before
+    the first epoch."""
+    hist = [h for h in run.get("history") or () if isinstance(h, Mapping)]
+    if not hist:
+        return []
+    last = hist[-1]
+    summary = run.get("summary") or {}
+    monitor, best_epoch, best_value = summary.get("monitor") or "val_loss", summary.get("best_epoch"), summary.get("best_value")
+    if best_epoch is None or not _num(best_value):  # still running, or recorded before summaries said it
+        losses = [h for h in hist if _num(h.get("val_loss"))]
+        best = min(losses, key=lambda h: h["val_loss"]) if losses else {}
+        monitor, best_epoch, best_value = "val_loss", best.get("epoch"), best.get("val_loss")
+    kept = kept_epoch(run)
+    kept_entry = next((h for h in hist if h.get("epoch") == kept), None)
+    parts = []
+    if kept_entry is not None:
+        also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}", best_epoch)) if epoch == kept]
+        parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
+    elif run.get("state") == "failed":
+        parts.append("kept: no weights (the run failed)")
+    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted"):
+        parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
+    if best_epoch is not None and best_epoch != kept:
+        parts.append(f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
+    if last.get("epoch") != kept:
+        parts.append(f"last epoch {last.get('epoch')}: {_metrics(last)}")
+    return parts
+
+
 def epochs_of(run: Mapping[str, Any]) -> int | None:
     """`train.epochs` of a full run record (one with its config)."""
     cfg = run.get("config")
     train = cfg.get("train") if isinstance(cfg, dict) else None
     epochs = train.get("epochs") if isinstance(train, dict) else None
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
-
-
-RUN_COLUMNS = ("id", "state", "preset", "loss", "epoch", "val_acc", "best", "slot", "elapsed")
 
 
 def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int | None = None) -> tuple[str, ...]:
@@ -404,5 +447,6 @@ def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int
     slot = run.get("slot") or run.get("device") or ""
     if run["state"] == "queued":
         slot = run.get("device") or ""
-    return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best), str(slot),
-            elapsed)
+    kept = kept_epoch(run)  # whose weights a finished run kept: its best epoch after an early stop
+    return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best),
+            "" if kept is None else str(kept), str(slot), elapsed)

@@ -10,7 +10,6 @@ is probed once, then no more.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from trialdeck.engine.workspace import Workspace
@@ -115,7 +114,3 @@ def status_text(engine: EngineSample | None, hw: HardwareSample | None, counts: 
             util = f"{g.util}%" if g.util is not None else "-"
             parts.append(f"gpu{g.index} {util} {g.used / GIB:.1f}/{g.total / GIB:.1f}G")
     return " │ ".join(parts)
-
-
-def wall_clock() -> float:
-    return time.time()

@@ -75,12 +75,12 @@ def _new_run(store: Store, ws: Workspace, preset: str, sets: list[str] | None = 
 
 
 def _finish(store: Store, run_id: str, state: RunState, *, start: float, end: float, history: list[dict],
-            events: list[dict], error: str | None = None, slot: str = "cpu.0") -> None:
+            events: list[dict], error: str | None = None, slot: str = "cpu.0", **fields: Any) -> None:
     store.transition(run_id, RunState.RUNNING, slot=slot, device="cpu", worker=4242,
                      add_events=[{"kind": "started", "epoch": None, "message": f"started on {slot}", "time": start}])
     store.transition(run_id, state, error=error, history=history, add_events=events)
     store.update_run(run_id, created_at=start - 5, queued_at=start - 5, started_at=start, finished_at=end,
-                     **{f"{state.value}_at": end})
+                     **{f"{state.value}_at": end}, **fields)
 
 
 def seed_workspace(ws: Workspace, *, study: bool = True) -> dict[str, str]:
@@ -94,16 +94,19 @@ def seed_workspace(ws: Workspace, *, study: bool = True) -> dict[str, str]:
     start = T0 + 60
     lr_event = {"kind": "lr_changed", "epoch": 9, "message": "learning rate 0.1 -> 0.05", "time": start + 9}
     hist = write_metrics(ws, r["id"], 12, start, events=[lr_event])
-    _finish(store, r["id"], RunState.COMPLETED, start=start, end=start + 12, history=hist, events=[lr_event])
+    _finish(store, r["id"], RunState.COMPLETED, start=start, end=start + 12, history=hist, events=[lr_event], kept_epoch=12)
 
     # r2: early stopped.
     r = _new_run(store, ws, "seed/early-stopping")
     ids["early_stopped"] = r["id"]
     start = T0 + 120
+    best = curve(4, seed=1)["val_loss"]  # the run's monitor was best at epoch 4, and it kept those weights
     es = {"kind": "early_stopped", "epoch": 9, "time": start + 9,
-          "message": "val_loss did not improve by more than 0 for 5 epochs; best 0.2101 at epoch 4; restored the best weights"}
+          "message": f"val_loss did not improve by more than 0 for 5 epochs; best {best:.4f} at epoch 4; "
+                     "restored the best weights"}
     hist = write_metrics(ws, r["id"], 9, start, seed=1, events=[es])
-    _finish(store, r["id"], RunState.EARLY_STOPPED, start=start, end=start + 9, history=hist, events=[es])
+    _finish(store, r["id"], RunState.EARLY_STOPPED, start=start, end=start + 9, history=hist, events=[es], kept_epoch=4,
+            summary={"monitor": "val_loss", "best_epoch": 4, "best_value": best, "kept_epoch": 4})
 
     # r3: failed.
     r = _new_run(store, ws, "seed/dropout")
@@ -164,7 +167,7 @@ def seed_study(store: Store, ws: Workspace, name: str = "seed-activations", tria
             start = T0 + 400 + 20 * n
             hist = write_metrics(ws, run_id, 10, start, seed=n)
             _finish(store, run_id, RunState.COMPLETED, start=start, end=start + 10, history=hist, events=[],
-                    slot="cpu.0")
+                    slot="cpu.0", kept_epoch=10)
             store.update_run(run_id, study=name, trial=n)
         docs.append({"number": n, "state": state, "value": value, "params": {"model.activation": act, "optimizer.lr": lr},
                      "run_id": run_id, "intermediate": curve_vals, "started_at": T0 + 400 + 20 * n,

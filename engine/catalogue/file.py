@@ -53,13 +53,14 @@ from __future__ import annotations
 
 import datetime
 import gc
+import io
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 import orjson
 from filelock import FileLock, Timeout
@@ -252,7 +253,7 @@ class CatalogFile:
         self._parses += 1
         return state
 
-    def _read_whole(self, f: BinaryIO, expected: int) -> tuple[bytearray, int]:
+    def _read_whole(self, f: io.RawIOBase, expected: int) -> tuple[bytearray, int]:
         """The open file's bytes, read into this Store's reusable buffer: (buffer, length).
 
         A new bytes object per read costs more than the read itself once the

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
+from typing import Any, cast
 
 import orjson
 from tinydb import Query, TinyDB
@@ -101,6 +101,11 @@ def _check_priority(priority: Any) -> int:
     return priority
 
 
+def _table(db: TinyDB, name: str) -> dict[str, dict[str, Any]]:
+    """A table's raw documents by id, as the storage holds them (no Document objects made)."""
+    return (db.storage.read() or {}).get(name, {})
+
+
 def _dispatch_key(doc: Mapping[str, Any]) -> tuple[int, int]:
     return (-int(doc.get("priority", 0)), int(doc.get("seq", 0)))
 
@@ -155,7 +160,7 @@ class Store(CatalogFile):
     def _allocate(self, db: TinyDB, count: int) -> tuple[int, int]:
         """First run number and first seq for `count` new runs."""
         meta = self._meta(db)
-        runs_raw = db.storage.read().get("runs", {})
+        runs_raw = _table(db, "runs")
         # Counters may be missing in a hand-made file; never go below what exists.
         number = max(int(meta.get("next_run", 1)), max(map(int, runs_raw), default=0) + 1)
         self._set_meta(db, next_run=number + count)
@@ -167,7 +172,7 @@ class Store(CatalogFile):
         if "next_seq" in meta:
             seq = int(meta["next_seq"])
         else:
-            seq = max((int(d.get("seq", 0)) for d in db.storage.read().get("runs", {}).values()), default=0) + 1
+            seq = max((int(d.get("seq", 0)) for d in _table(db, "runs").values()), default=0) + 1
         self._set_meta(db, next_seq=seq + count)
         return seq
 
@@ -231,7 +236,7 @@ class Store(CatalogFile):
             allowed = ", ".join(sorted(s.value for s in TRANSITIONS[current])) or "nothing (final state)"
             raise ValueError(f"run r{number} cannot go from {current.value} to {new_state.value}; allowed: {allowed}")
 
-        def apply(d: dict[str, Any]) -> None:
+        def apply(d: MutableMapping[str, Any]) -> None:
             d["state"] = new_state.value
             if new_state is RunState.QUEUED:
                 d.update(queued_at=now, finished_at=None, error=None, worker=None)
@@ -268,7 +273,7 @@ class Store(CatalogFile):
         with self._transaction() as db:
             runs = db.table("runs")
             self._require_run(runs, number)
-            runs.update(transform, doc_ids=[number])
+            runs.update(cast(Callable[[MutableMapping[str, Any]], None], transform), doc_ids=[number])  # documents are dicts
             self._insert_events(db, number, events or [])
             return clone(runs.get(doc_id=number))
 
@@ -318,7 +323,7 @@ class Store(CatalogFile):
         """
         wanted = None if status is None else _run_state(status).value
         with self._reading() as (db, fresh):
-            runs = db.storage.read().get("runs", {}).values()
+            runs = _table(db, "runs").values()
             selected = [d for d in runs if (wanted is None or d.get("state") == wanted)
                         and (studies is None or d.get("study") in studies)]
             selected.sort(key=lambda d: int(d.get("seq", 0)))
@@ -333,7 +338,7 @@ class Store(CatalogFile):
         `history` and `events` (a requeued run's can be long; the engine reads the queue after
         every run)."""
         with self._reading() as (db, _):
-            runs = db.storage.read().get("runs", {}).values()
+            runs = _table(db, "runs").values()
             selected = [{k: v for k, v in d.items() if k not in ("history", "events")}
                         for d in runs if d.get("state") == RunState.QUEUED.value]
             selected.sort(key=_dispatch_key)
@@ -345,7 +350,7 @@ class Store(CatalogFile):
         new_state: RunState | str,
         *,
         error: str | None = None,
-        add_events: list[RunEvent | Mapping[str, Any]] | None = None,
+        add_events: Sequence[RunEvent | Mapping[str, Any]] | None = None,
         to_back: bool = False,
         **fields: Any,
     ) -> dict[str, Any]:
@@ -376,26 +381,18 @@ class Store(CatalogFile):
         extra = _to_json(fields, "run fields")
         return self._mutate_run(run_id, lambda d: d.update(extra))
 
-    def record_epoch(self, run_id: str | int, entry: EpochRecord | Mapping[str, Any]) -> dict[str, Any]:
-        """Append one epoch summary to the run's `history`."""
-        return self.record_epoch_and_events(run_id, entry, [])
-
-    def add_event(self, run_id: str | int, event: RunEvent | Mapping[str, Any]) -> dict[str, Any]:
-        """Append an event (kind, epoch, message) to the run and the `events` table."""
-        return self.record_epoch_and_events(run_id, None, [event])
-
     def record_epoch_and_events(
         self,
         run_id: str | int,
         entry: EpochRecord | Mapping[str, Any] | None,
-        events: list[RunEvent | Mapping[str, Any]],
+        events: Sequence[RunEvent | Mapping[str, Any]],
     ) -> dict[str, Any]:
         """One epoch's summary and its events in a single write."""
         now = time.time()
         history_entry = None if entry is None else _epoch_doc(entry)
         event_docs = [_event_doc(e, now) for e in events]
 
-        def apply(d: dict[str, Any]) -> None:
+        def apply(d: MutableMapping[str, Any]) -> None:
             if history_entry is not None:
                 d.setdefault("history", []).append(history_entry)
             if event_docs:
@@ -433,8 +430,8 @@ class Store(CatalogFile):
             if doc["state"] != RunState.QUEUED.value:
                 raise BadInput(f"r{number} is {doc['state']}, not queued; only queued runs can be cancelled here")
             event = _event_doc({"kind": "cancelled", "message": "cancelled while queued"}, now)
-            doc = self._apply_transition(db, number, RunState.CANCELLED, error=None, fields={}, events=[event], now=now)
-            return clone(doc)
+            return clone(self._apply_transition(db, number, RunState.CANCELLED, error=None, fields={}, events=[event],
+                                                now=now))
 
     def clear_queue(self) -> int:
         """Cancel every queued run; returns how many were cancelled."""
@@ -465,13 +462,6 @@ class Store(CatalogFile):
         """All studies, by name."""
         with self._reading() as (db, _):
             return clone(sorted(db.table("studies").all(), key=lambda d: str(d.get("name", ""))))
-
-    def upsert_trial(self, study: str, number: int, doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Create or update trial `number` of `study` (same merge rule as studies)."""
-        body = _to_json(dict(doc), "trial")
-        body.update(study=study, number=number)
-        q = Query()
-        return self._upsert(db_table="trials", cond=(q.study == study) & (q.number == number), body=body)
 
     def upsert_trials(self, study: str, docs: list[Mapping[str, Any]]) -> int:
         """Create or update many trials of `study` in one write (each doc has a `number`);
@@ -514,7 +504,7 @@ class Store(CatalogFile):
     def events(self, since: float | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Events (each with `run`), oldest first; only those after `since`; the last `limit`."""
         with self._reading() as (db, fresh):
-            raw = db.storage.read().get("events", {})
+            raw = _table(db, "events")
             found = [(float(d.get("time", 0.0)), int(k), d) for k, d in raw.items()]
             if since is not None:
                 found = [f for f in found if f[0] > since]

@@ -15,6 +15,7 @@ import difflib
 import importlib.resources
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,7 @@ def validate(composed: Composed) -> RunSpec:
         raise PresetError(problems[0], problems) from None
 
 
-def _explain(err: dict[str, Any], composed: Composed) -> str:
+def _explain(err: Mapping[str, Any], composed: Composed) -> str:
     """One validation error as one plain line: file, key, bad value, what is allowed."""
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     source = composed.source_of(loc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -220,8 +220,8 @@ class TrainConfig(Block):
         raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
 
 
-Scalar = Union[bool, int, float, str]
-Choice = Union[Scalar, list[Any]]
+Scalar = bool | int | float | str
+Choice = Scalar | list[Any]
 
 
 class SpaceEntry(Block):
@@ -293,7 +293,8 @@ class TuneConfig(Block):
         if self.sampler == "grid":
             bad = [k for k, e in self.space.items() if e.kind != "choices" and not (e.kind == "int" and not e.log)]
             if bad:
-                raise ValueError(f"grid sampler needs choices (or plain int ranges); {bad[0]!r} is a {self.space[bad[0]].kind} range")
+                kind = self.space[bad[0]].kind
+                raise ValueError(f"grid sampler needs choices (or plain int ranges); {bad[0]!r} is a {kind} range")
         return self
 
 

@@ -21,7 +21,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import EngineUnavailable
 from trialdeck.engine.runtime.pidfile import alive, read_pid_info
 from trialdeck.engine.runtime.recorder import METRICS_NAME
-from trialdeck.engine.types import RunState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
@@ -81,9 +81,9 @@ def wants_engine(store: Store) -> bool:
     """Whether the catalogue holds work only an engine can do: runs queued, running (a dead
     engine's) or interrupted, or a study that still wants trials (running, or stopping), also
     one the engine has not created yet (killed before its first tick)."""
-    if any(d.get("state") in ("running", "stopping") for d in store.list_studies()):
+    if any(d.get("state") in ACTIVE_STUDY_STATES for d in store.list_studies()):
         return True
-    return any(r["state"] in ("queued", "running", "interrupted") and not r.get("foreground")
+    return any(r["state"] in UNFINISHED_STATES and not r.get("foreground")
                for r in store.list_runs(omit=("config", "history", "events")))
 
 
@@ -193,6 +193,6 @@ def follow(ws: Workspace, run_id: str, *, poll: float = 0.2) -> Iterator[dict[st
             return
         if time.monotonic() - last_check > 2.0:
             last_check = time.monotonic()
-            if record["state"] in ("queued", "running", "interrupted") and not held and not engine_info(ws):
+            if record["state"] in UNFINISHED_STATES and not held and not engine_info(ws):
                 ensure_engine(ws)
         time.sleep(poll)

@@ -23,11 +23,19 @@ from trialdeck.engine.types import EventKind, RunEvent, RunState
 RESUMABLE = ("failed", "cancelled", "interrupted")
 
 PRIORITY_LIMIT = 1_000_000
+REPEAT_LIMIT = 1000
+"""Most copies one `run --repeat` (or the TUI's queue dialog) queues at once."""
 
 
 def _check_priority(priority: Any) -> None:
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > PRIORITY_LIMIT:
         raise BadInput(f"priority {priority!r}: allowed: a whole number from -{PRIORITY_LIMIT} to {PRIORITY_LIMIT}")
+
+
+def check_repeat(repeat: Any, what: str = "repeat") -> None:
+    """The one limit on how many copies of a preset are queued at once (CLI and TUI)."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= REPEAT_LIMIT:
+        raise BadInput(f"{what} {repeat!r}: allowed: a whole number from 1 to {REPEAT_LIMIT}")
 
 
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
@@ -92,7 +100,8 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
     record = get_run(store, run_id)
     check_resumable(record)
     run_id = record["id"]
-    how = "resumes from its checkpoint" if store.workspace.checkpoint_path(run_id).exists() else "starts over (it has no checkpoint)"
+    has_checkpoint = store.workspace.checkpoint_path(run_id).exists()
+    how = "resumes from its checkpoint" if has_checkpoint else "starts over (it has no checkpoint)"
     event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
     try:
         return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
@@ -38,8 +38,12 @@ from trialdeck.engine.runtime.gpus import probe_gpus
 from trialdeck.engine.runtime.pidfile import alive, describe_pid
 from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots
 from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, worker_main
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.training.membership import queue_groups
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
+
+if TYPE_CHECKING:  # optuna, which the driver imports, loads only once a study exists
+    from trialdeck.engine.tuning.driver import StudyDriver
 
 RECOVERY_POLICIES = ("resume", "requeue", "leave")
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
@@ -92,7 +96,7 @@ class Engine:
         self.started_at = time.time()
         self.stopping = False
         self.lock = FileLock(str(ws.lock_path), timeout=0, mode=0o600)
-        self._driver = None
+        self._driver: StudyDriver | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -164,7 +168,7 @@ class Engine:
             self._log(f"{run['id']} requeued ({how})")
 
     @property
-    def driver(self):
+    def driver(self) -> StudyDriver:
         """The tuning driver, created on first use: optuna is imported only when studies exist."""
         if self._driver is None:
             from trialdeck.engine.tuning.driver import StudyDriver
@@ -174,7 +178,7 @@ class Engine:
 
     def _feed_studies(self) -> bool:
         """Ask and tell for running studies; True when any study was looked at."""
-        if not any(d.get("state") in ("running", "stopping") for d in self.store.list_studies()):
+        if not any(d.get("state") in ACTIVE_STUDY_STATES for d in self.store.list_studies()):
             return False
         self.driver.tick(capacity=len(self.scheduler.slots), ensemble_width=self.ensemble_width)
         return True
@@ -255,7 +259,8 @@ class Engine:
 
     def _on_worker_died(self, handle: WorkerHandle) -> None:
         code = handle.process.exitcode
-        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        killed = code is not None and code < 0
+        how = f"was killed by signal {signal.Signals(-code).name}" if killed else f"exited with code {code}"
         self._log(f"worker on {handle.slot.name} {how}")
         if handle.run_id is not None:
             for run_id in sorted(handle.members):
@@ -263,9 +268,10 @@ class Engine:
                 if run and run["state"] == RunState.RUNNING.value:
                     cancelled = run_id in handle.cancel_sent
                     state = RunState.CANCELLED if cancelled else RunState.FAILED
-                    reason = None if cancelled else f"worker process {how} (out of memory or a crash?)"
-                    event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None,
-                                     "cancelled by the user (worker stopped)" if cancelled else reason)
+                    message = ("cancelled by the user (worker stopped)" if cancelled
+                               else f"worker process {how} (out of memory or a crash?)")
+                    reason = None if cancelled else message
+                    event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None, message)
                     self.store.transition(run_id, state, error=reason, add_events=[event])
             self.scheduler.release(handle.run_id)
         handle.conn.close()
@@ -344,27 +350,16 @@ class Engine:
             self._log(f"{', '.join(started)} -> {p.slot.name}")
 
     def _ensembles(self, queued: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-        """Queued runs as the scheduler should see them: each ensemble (trials with equal
-        `ensemble` fields, at most `ensemble_width`, none resuming a checkpoint) collapsed
-        into its first run, in queue order; and each such first run's members."""
+        """Queued runs as the scheduler should see them: each group `membership.queue_groups`
+        makes (an ensemble, or a run alone) collapsed into its first run, in queue order; and
+        each first run's members."""
         heads: list[dict[str, Any]] = []
         groups: dict[str, list[str]] = {}
-        open_group: dict[str, str] = {}
-        for run in queued:
-            key = run.get("ensemble")
-            resumes = run.get("attempts") and self.ws.checkpoint_path(run["id"]).exists()
-            if not key or resumes:  # (a run never started has no checkpoint: no file to look for)
-                heads.append(run)
-                continue
-            head = open_group.get(key)
-            if head is not None and len(groups[head]) < self.ensemble_width:
-                groups[head].append(run["id"])
-                continue
-            open_group[key] = run["id"]
-            groups[run["id"]] = [run["id"]]
-            heads.append(run)
-        for run in heads:
-            run["members"] = len(groups.get(run["id"], ())) or 1
+        for group in queue_groups(queued, self.ensemble_width, self.ws.checkpoint_path):
+            head = group[0]
+            head["members"] = len(group)
+            heads.append(head)
+            groups[head["id"]] = [run["id"] for run in group]
         return heads, groups
 
     def _refuse(self, run: dict[str, Any], members: list[str]) -> bool:
@@ -421,7 +416,8 @@ def _warm_tuning_imports() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trialdeck.engine.runtime.daemon", description="Run the trialdeck engine in the foreground.")
+    parser = argparse.ArgumentParser(prog="python -m trialdeck.engine.runtime.daemon",
+                                     description="Run the trialdeck engine in the foreground.")
     parser.add_argument("--home", default=None)
     parser.add_argument("--slots-per-gpu", type=int, default=None)
     parser.add_argument("--cpu-slots", type=int, default=None)
@@ -466,7 +462,7 @@ def load_engine_config(ws: Workspace) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: TOML syntax error: {exc}") from None
     allowed = {"slots_per_gpu", "cpu_slots", "recovery"}
-    for key, value in data.items():
+    for key in data:
         if key not in allowed:
             raise BadInput(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
     if "recovery" in data and data["recovery"] not in RECOVERY_POLICIES:

@@ -76,7 +76,8 @@ class RunRecorder(TrainerCallback):
         pending = self.pending()
         # The trainer's history is complete (a resumed run's includes the checkpoint's epochs).
         history = [h.to_json() for h in result.history]
-        values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(), **fields}
+        values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(),
+                  "kept_epoch": result.kept_epoch, **fields}
         return self.store.transition(self.run_id, result.state, error=result.error, add_events=pending["events"], **values)
 
     def _maybe_flush(self) -> None:

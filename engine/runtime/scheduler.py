@@ -160,7 +160,8 @@ class Scheduler:
                 return False
             if s.run_id not in self.reported:
                 pending += self.need_bytes[key]
-        if (util or {}).get(slot.gpu) is not None and util[slot.gpu] >= SATURATED_UTIL:
+        busy_util = (util or {}).get(slot.gpu)
+        if busy_util is not None and busy_util >= SATURATED_UTIL:
             return False
         return free_memory[slot.gpu] - pending >= need + MARGIN_BYTES
 
@@ -197,6 +198,3 @@ class Scheduler:
         for slot in self.slots:
             if slot.run_id == run_id:
                 slot.run_id = None
-
-    def slot_of(self, run_id: str) -> Slot | None:
-        return next((s for s in self.slots if s.run_id == run_id), None)

@@ -14,7 +14,6 @@ import ctypes
 import os
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -159,31 +158,31 @@ def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, 
     """Train `run_ids` as one ensemble (trialdeck.engine.training.ensemble); each is recorded, and reported to the
     engine, the moment it ends. Runs that cannot join train one after another with train().
     False when the engine's end of the pipe is gone."""
-    from trialdeck.engine.training.ensemble import has_checkpoint, train_ensemble
-    from trialdeck.engine.training.membership import ensemble_key
+    from trialdeck.engine.training.ensemble import train_ensemble
+    from trialdeck.engine.training.membership import member_key, split_group
 
     pending = list(run_ids)
+    records = [store.get_run(run_id) for run_id in run_ids]
+    specs: list[Any] = []
+    keys: list[Any] = []
+    for run_id, record in zip(run_ids, records):
+        try:
+            specs.append(RunSpec.model_validate(record["config"]))
+            keys.append(member_key(specs[-1], ws.run_dir(run_id)))
+        except Exception:  # noqa: BLE001 - _run_one records the reason
+            specs.append(None)
+            keys.append(None)
+    joined, left = split_group(keys)
+    alone = [run_ids[i] for i in left]
     members: list[tuple[str, Any, Any]] = []
-    alone: list[str] = []
-    first_key = None
-    for run_id in run_ids:
-        record = store.get_run(run_id)
+    for i in joined:
         try:
-            spec = RunSpec.model_validate(record["config"])
-            key = None if has_checkpoint(ws.run_dir(run_id)) else ensemble_key(spec)
+            recorder = RunRecorder(store, run_ids[i], ws.run_dir(run_ids[i]), observer=ControlCallback(
+                flag, _extra_callback(store, ws, records[i]), run_ids[i], cancels=cancels))
         except Exception:  # noqa: BLE001 - _run_one records the reason
-            key = None
-        first_key = first_key or key
-        if key is None or key != first_key:
-            alone.append(run_id)
+            alone.append(run_ids[i])
             continue
-        try:
-            recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=ControlCallback(
-                flag, _extra_callback(store, ws, record), run_id, cancels=cancels))
-        except Exception:  # noqa: BLE001 - _run_one records the reason
-            alone.append(run_id)
-            continue
-        members.append((run_id, spec, recorder))
+        members.append((run_ids[i], specs[i], recorder))
 
     def send_done(run_id: str, state: str) -> bool:
         pending.remove(run_id)
@@ -288,13 +287,3 @@ def _peak_memory(device: str) -> int | None:
     peak = int(torch.cuda.max_memory_allocated())
     torch.cuda.reset_peak_memory_stats()
     return peak
-
-
-def wait_ready(conn, timeout: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if conn.poll(0.2):
-            kind, pid = conn.recv()
-            if kind == "ready":
-                return pid
-    raise TimeoutError("worker did not start")

@@ -22,10 +22,13 @@ Invariants:
   interrupt, NaN loss) leaves the stack; the others go on. An error no member
   can be blamed for (out of memory, a dataset that cannot load) fails every
   member still running, each with train()'s reason text.
-- What cannot join gets `ensemble_key(spec) is None`: augmentation, batch norm
-  (running statistics are per-call state that does not vmap honestly),
-  torch.compile. A member whose run_dir holds a checkpoint is a resume:
-  `train_ensemble` refuses it and `plan_ensembles` leaves it to train().
+- Which runs may train together is `trialdeck.engine.training.membership`'s
+  to say (the engine's queue, its workers and the tuning driver ask it too):
+  not augmentation, batch norm (running statistics are per-call state that
+  does not vmap honestly) or torch.compile, nor a run whose run_dir holds a
+  checkpoint (a resume, which train() does): `train_ensemble` refuses those.
+- Each member's bookkeeping (schedule, early stopping, events, checkpoint,
+  final state, failure) is its own `RunTracker`, the one train() uses.
 - No host sync per step: losses accumulate on the device and are read once per
   epoch for the whole stack, except the throttled per-step report.
 """
@@ -47,58 +50,25 @@ from torch import nn
 from torch.func import functional_call
 
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.training.callbacks import Stop, TrainerCallback
-from trialdeck.engine.training.membership import ensemble_key
+from trialdeck.engine.training.callbacks import TrainerCallback
+from trialdeck.engine.training.checkpoint import Partial
+from trialdeck.engine.training.membership import MAX_MEMBERS, ensemble_key, has_checkpoint, plan_ensembles
+from trialdeck.engine.training.optimizers import make_optimizer
 from trialdeck.engine.training.stacked_optim import StackedOptimizer
-from trialdeck.engine.training.trainer import (
-    CHECKPOINT_NAME,
-    EVAL_BATCH,
-    EarlyStopper,
-    NonFiniteLoss,
-    Partial,
-    TrainResult,
-    describe_failure,
-    make_optimizer,
-    resolve_device,
-    write_checkpoint,
-)
-from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
+from trialdeck.engine.training.tracker import RunTracker, StateDict, TrainResult
+from trialdeck.engine.training.trainer import EVAL_BATCH, resolve_device
 
-MAX_MEMBERS = 32
-"""Default cap on one ensemble's size in `plan_ensembles` (memory grows with K)."""
+__all__ = ["MAX_MEMBERS", "ensemble_key", "plan_ensembles", "train_ensemble"]
 
-
-def has_checkpoint(run_dir: Path | None) -> bool:
-    return run_dir is not None and (Path(run_dir) / CHECKPOINT_NAME).exists()
-
-
-def plan_ensembles(specs: Sequence[RunSpec], run_dirs: Sequence[Path | None] | None = None,
-                   max_size: int = MAX_MEMBERS) -> list[list[int]]:
-    """Indices of `specs` grouped into ensembles (first-seen order), at most `max_size` each.
-
-    A group of one trains with train(): specs that cannot join, resumes (a
-    checkpoint in the run_dir) and specs with no partner.
-    """
-    dirs = list(run_dirs) if run_dirs is not None else [None] * len(specs)
-    groups: dict[Any, list[int]] = {}
-    plan: list[list[int]] = []
-    for i, spec in enumerate(specs):
-        key = ensemble_key(spec)
-        if key is None or has_checkpoint(dirs[i]):
-            plan.append([i])
-            continue
-        group = groups.get(key)
-        if group is None or len(group) >= max_size:
-            group = groups[key] = []
-            plan.append(group)
-        group.append(i)
-    return plan
+Tensors = dict[str, torch.Tensor]
 
 
 class _MemberDropout(nn.Module):
     """Inverted dropout whose rate is a buffer, so each member of a functional_call stack
     has its own rate (nn.Dropout's rate is one Python float for every member). A rate of 0
     is the identity exactly: every mask entry is 1 and the scale is 1."""
+
+    p: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,41 +80,34 @@ class _MemberDropout(nn.Module):
         return x * (torch.rand_like(x) >= self.p) / (1 - self.p)
 
 
-class _Snapshot:
-    """Duck-types the `.state_dict()` that trainer.write_checkpoint calls, for one member's slice."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self._state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
-
-
 @dataclass(eq=False)
 class _Member:
     index: int
-    spec: RunSpec
-    cb: TrainerCallback
-    run_dir: Path | None
-    result: TrainResult
-    gen: torch.Generator | None = None
-    schedule: Any = None
-    stopper: EarlyStopper | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    restored: bool = False
-    lr: float = 0.0
-    lr_prev: float | None = None
-    last_metrics: dict[str, float] | None = None
-    last_ckpt: float = 0.0
+    tracker: RunTracker
+    """The member's own run: schedule, early stopping, events, result, checkpoint."""
     names: list[str] = field(default_factory=list)
     """The member's own parameter names (its nn.Sequential indices), in template order."""
-    events: list[RunEvent] = field(default_factory=list)
-    done: bool = False
-    """Ended (its result is final); set before its callbacks hear of it."""
 
     @property
-    def ckpt_path(self) -> Path | None:
-        return Path(self.run_dir) / CHECKPOINT_NAME if self.run_dir is not None else None
+    def spec(self) -> RunSpec:
+        return self.tracker.spec
+
+
+class _MemberWeights:
+    """One member's row of the stack, as its tracker sees it (train()'s state_dict formats)."""
+
+    def __init__(self, ensemble: _Ensemble, member: _Member) -> None:
+        self.ensemble, self.member = ensemble, member
+
+    def model_state(self, copy: bool) -> StateDict:
+        # Always copies: a view into the stack would keep (and save) every member's weights.
+        return self.ensemble.member_model(self.member)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return self.ensemble.member_optimizer(self.member)
+
+    def restore(self, state: StateDict) -> None:
+        pass  # an early-stopped member leaves the stack; its checkpoint holds the best weights
 
 
 def train_ensemble(
@@ -176,12 +139,11 @@ def train_ensemble(
     for spec, run_dir in zip(specs, dirs):
         if has_checkpoint(run_dir):
             raise ValueError(f"{run_dir} holds a checkpoint: resume {spec.preset or 'that run'} with train()")
-    members = [_Member(i, s, cb or TrainerCallback(), d, TrainResult(state=RunState.RUNNING))
-               for i, (s, cb, d) in enumerate(zip(specs, cbs, dirs))]
+    started = time.perf_counter()
+    members = [_Member(i, RunTracker(s, cb, d, started)) for i, (s, cb, d) in enumerate(zip(specs, cbs, dirs))]
     if not members:
         return []
-    started = time.perf_counter()
-    ensemble = _Ensemble(members, started, on_end)
+    ensemble = _Ensemble(members, on_end)
     try:
         ensemble.setup(data_dir, device)
         ensemble.train()
@@ -189,9 +151,9 @@ def train_ensemble(
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes the runs' reason
         for m in members:
-            if not m.done:
+            if not m.tracker.done:
                 ensemble.fail(m, exc)
-    return [m.result for m in members]
+    return [m.tracker.result for m in members]
 
 
 class _Ensemble:
@@ -204,12 +166,10 @@ class _Ensemble:
     so rows always match `active`.
     """
 
-    def __init__(self, members: list[_Member], started: float,
-                 on_end: Callable[[int, TrainResult], None] | None = None) -> None:
+    def __init__(self, members: list[_Member], on_end: Callable[[int, TrainResult], None] | None = None) -> None:
         self.members = members
         self.on_end = on_end
         self.active = list(members)
-        self.started = started
         self.flat = torch.empty(0)
         self.params: dict[str, torch.Tensor] = {}
         self.layout: list[tuple[str, torch.Size, int, int]] = []
@@ -219,6 +179,12 @@ class _Ensemble:
         """(K,) per-member L1/L2 coefficients ("l1:<param>", "l2:<param>") the vmapped objective takes."""
         self.flags: dict[str, bool] = {}
         """Whether any member uses each coefficient (train()'s `if a` / `if b`)."""
+        self.penalised: dict[str, list[tuple[float, float]]] = {}
+        """Each penalised parameter's (l1, l2) per member, by member index."""
+        self.perms = torch.empty(0, dtype=torch.long)
+        """(K, N) this epoch's batch order of each member in the stack."""
+        self.total = torch.empty(0)
+        """(K,) this epoch's summed training loss of each member in the stack."""
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -227,7 +193,6 @@ class _Ensemble:
         # torchvision, which only a process that trains should pay for.
         from trialdeck.engine.datasets import load_data
         from trialdeck.engine.training.models import build_model, penalty_terms
-        from trialdeck.engine.training.schedules import make_schedule
 
         spec0 = self.members[0].spec
         device = resolve_device(device_name or spec0.train.device)
@@ -236,10 +201,10 @@ class _Ensemble:
         datasets: list[Any] = []
         rows: list[int] = []
         stacks: list[list[torch.Tensor]] = []
-        self.penalised: dict[str, list[tuple[float, float]]] = {}
+        by_slot: dict[int, list[tuple[float, float]]] = {}  # parameter index -> (l1, l2) per member
         for m in self.members:
             t = m.spec.train
-            m.result.device = str(device)
+            m.tracker.result.device = str(device)
             torch.manual_seed(t.seed)  # the order train() uses, so member i starts where train() does
             data = load_data(m.spec.data, seed=t.seed, device=device, data_dir=data_dir)
             model = build_model(m.spec.model, data.shape, data.classes).to(device)
@@ -248,18 +213,14 @@ class _Ensemble:
             stacks.append([p.detach() for _, p in named])
             slot = {id(p): j for j, (_, p) in enumerate(named)}
             for weight, a, b in penalty_terms(model, m.spec.regularization.l1, m.spec.regularization.l2):
-                coeffs = self.penalised.setdefault(slot[id(weight)], [(0.0, 0.0)] * len(self.members))
+                coeffs = by_slot.setdefault(slot[id(weight)], [(0.0, 0.0)] * len(self.members))
                 coeffs[m.index] = (a, b)
             same = next((j for j, d in enumerate(datasets) if d is data), None)
             if same is None:
                 datasets.append(data)
                 same = len(datasets) - 1
             rows.append(same)
-            m.gen = torch.Generator(device=device)
-            m.gen.manual_seed(t.seed)
-            m.schedule = make_schedule(m.spec.schedule, m.spec.optimizer.lr, t.epochs)
-            es = m.spec.early_stopping
-            m.stopper = EarlyStopper(es.monitor, es.resolved_mode, es.patience, es.min_delta) if es.enabled else None
+            m.tracker.generator(device)
             del model
 
         self._stack_data(datasets, rows)
@@ -274,7 +235,7 @@ class _Ensemble:
         self.flat = torch.stack([torch.cat([t.reshape(-1) for t in s]) for s in stacks])
         del stacks
         self._views()
-        self.penalised = {self.layout[j][0]: coeffs for j, coeffs in self.penalised.items()}
+        self.penalised = {self.layout[j][0]: coeffs for j, coeffs in by_slot.items()}
         self.n_params = offset
         precision = spec0.train.precision
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
@@ -330,7 +291,8 @@ class _Ensemble:
                                                   device=self.device)
         return model
 
-    def _member_objective(self, params, buffers, x, y, coeffs):
+    def _member_objective(self, params: Tensors, buffers: Tensors, x: torch.Tensor, y: torch.Tensor,
+                          coeffs: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
         """One member's loss plus its L1/L2 penalty (train()'s objective), and the loss alone."""
         loss = F.cross_entropy(functional_call(self.template, (params, buffers), (x,)), y)
         total = None
@@ -346,7 +308,8 @@ class _Ensemble:
                 total = term if total is None else total + term
         return (loss if total is None else loss + total), loss
 
-    def _member_eval(self, params, buffers, x, y):
+    def _member_eval(self, params: Tensors, buffers: Tensors, x: torch.Tensor,
+                     y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = functional_call(self.template, (params, buffers), (x,))
         return F.cross_entropy(logits.float(), y, reduction="sum"), (logits.argmax(1) == y).sum()
 
@@ -356,7 +319,7 @@ class _Ensemble:
         """Each active member's hyperparameters, in stack order: the optimiser's, and the L1/L2
         coefficients of the objective. At the start of an epoch (the learning rate moves) and
         when a member leaves."""
-        self.opt.set_rows([m.lr for m in self.active], [m.spec.optimizer for m in self.active])
+        self.opt.set_rows([m.tracker.lr for m in self.active], [m.spec.optimizer for m in self.active])
         self._sync_penalties()
 
     def _sync_penalties(self) -> None:
@@ -403,74 +366,43 @@ class _Ensemble:
         self.rows = self.rows.index_select(0, keep)
         self.perms = self.perms.index_select(0, keep)
         self.total = self.total.index_select(0, keep)
-        self.opt.keep(keep, [m.lr for m in self.active], [m.spec.optimizer for m in self.active])
+        self.opt.keep(keep, [m.tracker.lr for m in self.active], [m.spec.optimizer for m in self.active])
         self._sync_penalties()
 
-    def _member_model(self, row: int, m: _Member) -> dict[str, torch.Tensor]:
+    def member_model(self, m: _Member) -> StateDict:
+        row = self.active.index(m)
         return {own: self.params[name][row].clone() for own, (name, _, _, _) in zip(m.names, self.layout)}
 
-    def _member_optimizer(self, row: int, m: _Member) -> dict[str, Any]:
+    def member_optimizer(self, m: _Member) -> dict[str, Any]:
         """The member's optimiser state in torch's own state_dict format (train() loads it on resume)."""
+        row = self.active.index(m)
         placeholders = [torch.zeros(0) for _ in m.names]
         reference = make_optimizer(m.spec, placeholders).state_dict()
-        reference["param_groups"][0]["lr"] = m.lr
+        reference["param_groups"][0]["lr"] = m.tracker.lr
         momentum = m.spec.optimizer.momentum
         # torch keeps no state for a parameter before its first step, nor for SGD without momentum.
         reference["state"] = {j: entry for j, (_, shape, offset, numel) in enumerate(self.layout)
                               if (entry := self.opt.row_state(row, offset, numel, shape, momentum))}
         return reference
 
-    def _save(self, m: _Member, epoch: int, final: bool = False, partial: Partial | None = None) -> None:
-        """train()'s checkpoint for one member, written by train()'s own writer."""
-        row = self.active.index(m)
-        model = m.best_state if m.restored else self._member_model(row, m)
-        write_checkpoint(m.ckpt_path, m.spec, _Snapshot(model), _Snapshot(self._member_optimizer(row, m)), m.schedule,
-                    m.stopper, m.best_state, m.gen, epoch, m.result, m.cb, final=final, partial=partial)
+    def finish(self, m: _Member, partial: Partial | None = None) -> None:
+        """End a member still in the stack, as train() ends after its loop (`partial`: where
+        inside an epoch a stop came)."""
+        m.tracker.finish(_MemberWeights(self, m), partial)
+        self._ended(m)
 
-    def finish(self, m: _Member, stop: Stop | None, partial: Partial | None = None) -> None:
-        """End a member still in the stack, as train() ends after its epoch loop (`partial`:
-        where inside an epoch it stopped)."""
-        r = m.result
-        m.done = True
-        if stop is not None:
-            r.state = stop.state
-            if stop.event is not None:
-                r.events.append(stop.event)
-                m.cb.on_event(stop.event)
-            if stop.state == RunState.INTERRUPTED and m.ckpt_path is not None and (r.history or partial):
-                self._save(m, len(r.history) - 1, partial=partial)
-        elif r.state == RunState.RUNNING:
-            r.state = RunState.COMPLETED
-        if m.stopper is not None:
-            r.best_epoch, r.best_value = m.stopper.best_epoch, m.stopper.best
-        elif r.history:
-            best = min(r.history, key=lambda h: h.val_loss)
-            r.best_epoch, r.best_value = best.epoch, best.val_loss
-        if m.ckpt_path is not None and (r.history or partial) and r.state != RunState.INTERRUPTED:
-            self._save(m, len(r.history) - 1, final=True, partial=partial)
-        r.seconds = time.perf_counter() - self.started
+    def fail(self, m: _Member, exc: BaseException) -> None:
+        """End a member as FAILED with train()'s reason text."""
+        m.tracker.fail(exc)
         self._ended(m)
 
     def _ended(self, m: _Member) -> None:
         if self.on_end is None:
             return
         try:
-            self.on_end(m.index, m.result)
+            self.on_end(m.index, m.tracker.result)
         except Exception:  # noqa: BLE001 - recording one member must not stop the others
-            m.cb.log(traceback.format_exc())
-
-    def fail(self, m: _Member, exc: BaseException) -> None:
-        """End a member as FAILED with train()'s reason text."""
-        r = m.result
-        m.done = True
-        reason = describe_failure(exc, r.current_epoch)
-        event = RunEvent(EventKind.FAILED.value, r.current_epoch, reason)
-        r.events.append(event)
-        r.state, r.error = RunState.FAILED, reason
-        r.seconds = time.perf_counter() - self.started
-        m.cb.log("".join(traceback.format_exception(exc)))
-        m.cb.on_event(event)
-        self._ended(m)
+            m.tracker.cb.log(traceback.format_exc())
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -480,37 +412,29 @@ class _Ensemble:
         n_val = max(1, self.x_val.shape[1])
         size = len(self.members)
         for m in self.members:
-            m.cb.on_start({"device": str(self.device), "params": self.n_params, "train_samples": n,
-                           "val_samples": int(self.x_val.shape[1]), "steps_per_epoch": steps, "start_epoch": 0,
-                           "history": [], "ensemble_size": size})
-            m.cb.log(f"training {m.spec.preset or 'preset'} on {self.device}: {self.n_params:,} parameters, "
-                     f"{n} train / {self.x_val.shape[1]} val samples (member {m.index + 1} of an ensemble of {size})")
-            m.last_ckpt = time.monotonic()
+            m.tracker.begin({"device": str(self.device), "params": self.n_params, "train_samples": n,
+                             "val_samples": int(self.x_val.shape[1]), "steps_per_epoch": steps, "ensemble_size": size},
+                            f"training {m.spec.preset or 'preset'} on {self.device}: {self.n_params:,} parameters, "
+                            f"{n} train / {self.x_val.shape[1]} val samples (member {m.index + 1} of an ensemble of {size})")
         last_poll = time.monotonic()
         epoch = 0
         while self.active:
             epoch_start = time.perf_counter()
             for m in self.active:
-                m.result.current_epoch = epoch + 1
-                m.events = []
-                m.lr = m.schedule.lr_at(epoch, m.last_metrics)
-                if m.schedule.steps and m.lr_prev is not None and m.lr != m.lr_prev:
-                    m.events.append(RunEvent(EventKind.LR_CHANGED.value, epoch + 1,
-                                             f"learning rate {m.lr_prev:.6g} -> {m.lr:.6g}",
-                                             {"from": m.lr_prev, "to": m.lr}))
-                m.lr_prev = m.lr
+                m.tracker.start_epoch(epoch)
             self._sync_hyper()
             self.opt.plan_epoch(steps)
 
             self.template.train()
-            self.perms = torch.stack([torch.randperm(n, device=self.device, generator=m.gen) for m in self.active])
+            self.perms = torch.stack([torch.randperm(n, device=self.device, generator=m.tracker.gen)
+                                      for m in self.active])
             self.total = torch.zeros(len(self.active), device=self.device)
             for i in range(steps):
                 losses = self._step(self.perms[:, i * bs : (i + 1) * bs], i)
                 self.total += losses
                 if (i & 7) == 7:
                     now = time.monotonic()
-                    if now - last_poll >= min(m.cb.step_interval for m in self.active):
+                    if now - last_poll >= min(m.tracker.cb.step_interval for m in self.active):
                         last_poll = now
                         self._poll(epoch, i, losses)
                         if not self.active:
@@ -520,35 +444,41 @@ class _Ensemble:
             train_loss, val_loss, val_acc = torch.stack(
                 [self.total / steps, val_sum, correct.to(val_sum.dtype)]).tolist()  # the epoch's one host sync
             seconds = time.perf_counter() - epoch_start
-            ended: set[int] = set()
-            for row, m in enumerate(self.active):
-                try:
-                    if self._end_epoch(m, epoch, train_loss[row], val_loss[row] / n_val, val_acc[row] / n_val,
-                                       seconds):
-                        ended.add(row)
-                except Exception as exc:  # noqa: BLE001 - a member's callback or checkpoint fails it alone
-                    if not m.done:
-                        self.fail(m, exc)
-                    ended.add(row)
-            self._drop(ended)
+            self._each(self._end_epoch, epoch, train_loss, [v / n_val for v in val_loss], [a / n_val for a in val_acc],
+                       seconds)
             epoch += 1
 
-    def _poll(self, epoch: int, i: int, losses: torch.Tensor) -> None:
-        values = losses.tolist() if any(m.cb.wants_steps for m in self.active) else None  # .item() syncs; throttled
+    def _each(self, fn: Callable[..., bool], *args: Any) -> None:
+        """`fn(row, member, *args)` for each member in the stack; those it ends (True), or whose
+        call raises (which fails that member alone), leave the stack after the last call."""
         ended: set[int] = set()
         for row, m in enumerate(self.active):
             try:
-                if values is not None and m.cb.wants_steps:
-                    m.cb.on_step(epoch + 1, i + 1, values[row])
-                stop = m.cb.poll()
-                if stop is not None:
-                    self.finish(m, stop, Partial(i + 1, self.perms[row], float(self.total[row])))
+                if fn(row, m, *args):
                     ended.add(row)
-            except Exception as exc:  # noqa: BLE001 - a member's callback fails it alone
-                if not m.done:
+            except Exception as exc:  # noqa: BLE001 - a member's callback or checkpoint fails it alone
+                if not m.tracker.done:
                     self.fail(m, exc)
                 ended.add(row)
         self._drop(ended)
+
+    def _end_epoch(self, row: int, m: _Member, epoch: int, train_loss: list[float], val_loss: list[float],
+                   val_acc: list[float], seconds: float) -> bool:
+        if not m.tracker.end_epoch(epoch, train_loss[row], val_loss[row], val_acc[row], seconds, _MemberWeights(self, m)):
+            return False
+        self.finish(m)
+        return True
+
+    def _poll(self, epoch: int, i: int, losses: torch.Tensor) -> None:
+        # .tolist() syncs the device: only at this throttled report, and only when someone listens.
+        values = losses.tolist() if any(m.tracker.wants_steps for m in self.active) else None
+        self._each(self._poll_member, epoch, i, values)
+
+    def _poll_member(self, row: int, m: _Member, epoch: int, i: int, values: list[float] | None) -> bool:
+        if not m.tracker.poll(epoch, i + 1, values[row] if values is not None else None):
+            return False
+        self.finish(m, Partial(i + 1, self.perms[row], float(self.total[row])))
+        return True
 
     @torch.no_grad()
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -568,49 +498,3 @@ class _Ensemble:
             loss_sum += chunk_loss
             correct += chunk_correct
         return loss_sum, correct
-
-    def _end_epoch(self, m: _Member, epoch: int, train_loss: float, val_loss: float, val_acc: float,
-                   seconds: float) -> bool:
-        """train()'s end of an epoch for one member; True when the member has ended."""
-        r, es = m.result, m.spec.early_stopping
-        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-            bad = train_loss if not math.isfinite(train_loss) else val_loss
-            event = RunEvent(EventKind.NAN_LOSS.value, epoch + 1, f"loss became {bad} at epoch {epoch + 1}")
-            m.cb.on_event(event)
-            r.events.append(event)
-            nan = math.isnan(train_loss) or math.isnan(val_loss)
-            self.fail(m, NonFiniteLoss("NaN loss" if nan else "infinite loss"))
-            return True
-        record = EpochRecord(epoch + 1, train_loss, val_loss, val_acc, m.lr, seconds)
-        r.history.append(record)
-        m.last_metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc}
-        early = False
-        if m.stopper is not None:
-            improved, early = m.stopper.update(epoch + 1, m.last_metrics[es.monitor])
-            if improved and es.restore_best:
-                m.best_state = self._member_model(self.active.index(m), m)
-            if early:
-                m.restored = es.restore_best and m.best_state is not None
-                m.events.append(RunEvent(
-                    EventKind.EARLY_STOPPED.value, epoch + 1,
-                    f"{es.monitor} did not improve by more than {es.min_delta:g} for {es.patience} epochs; "
-                    f"best {m.stopper.best:.4f} at epoch {m.stopper.best_epoch}"
-                    + ("; restored the best weights" if m.restored else ""),
-                    {"best_epoch": m.stopper.best_epoch, "best_value": m.stopper.best, "patience": es.patience,
-                     "monitor": es.monitor, "restored": m.restored},
-                ))
-        r.events.extend(m.events)
-        stop = m.cb.on_epoch(record, m.events)
-        if early:
-            r.state = RunState.EARLY_STOPPED
-            self.finish(m, None)
-            return True
-        if stop is not None or epoch + 1 >= m.spec.train.epochs:
-            self.finish(m, stop)
-            return True
-        t = m.spec.train
-        due = t.checkpoint_seconds == 0 or time.monotonic() - m.last_ckpt >= t.checkpoint_seconds
-        if m.ckpt_path is not None and due:
-            self._save(m, epoch)
-            m.last_ckpt = time.monotonic()
-        return False

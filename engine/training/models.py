@@ -59,7 +59,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def weight_layers(model: nn.Module) -> list[nn.Module]:
+def weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
@@ -71,8 +71,9 @@ def penalty_terms(model: nn.Module, l1: float | list[float], l2: float | list[fl
     """(weight, l1, l2) per penalised layer. A single value covers every weight layer; a list
     gives one value per dense layer (hidden layers, then output), matching Keras' per-Dense
     kernel_regularizer; conv layers then take no penalty."""
+    layers: list[nn.Linear | nn.Conv2d]
     if isinstance(l1, list) or isinstance(l2, list):
-        layers: list[nn.Module] = list(dense_layers(model))
+        layers = list(dense_layers(model))
     else:
         layers = weight_layers(model)
     n = len(layers)
@@ -83,12 +84,12 @@ def penalty_terms(model: nn.Module, l1: float | list[float], l2: float | list[fl
 
 def penalty(terms: list[tuple[torch.Tensor, float, float]]) -> torch.Tensor | None:
     """sum(l1 * |w|) + sum(l2 * w^2) over the penalised weights (biases are never penalised)."""
-    total = None
+    total: torch.Tensor | None = None
     for weight, a, b in terms:
-        term = 0.0
-        if a:
-            term = term + a * weight.abs().sum()
+        term = a * weight.abs().sum() if a else None
         if b:
-            term = term + b * weight.pow(2).sum()
-        total = term if total is None else total + term
+            l2 = b * weight.pow(2).sum()
+            term = l2 if term is None else term + l2
+        if term is not None:  # penalty_terms keeps only layers with a or b
+            total = term if total is None else total + term
     return total

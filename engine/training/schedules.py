@@ -36,7 +36,7 @@ class BaseSchedule:
 class ConstantSchedule(BaseSchedule):
     kind = "constant"
 
-    def lr_at(self, epoch, last_metrics=None):
+    def lr_at(self, epoch: int, last_metrics: dict[str, float] | None = None) -> float:
         return self.lr0
 
 
@@ -46,14 +46,14 @@ class StepDecaySchedule(BaseSchedule):
     kind = "step"
     steps = True
 
-    def lr_at(self, epoch, last_metrics=None):
+    def lr_at(self, epoch: int, last_metrics: dict[str, float] | None = None) -> float:
         return self.lr0 * self.cfg.drop ** math.floor((1 + epoch) / self.cfg.epochs_drop)
 
 
 class ExponentialSchedule(BaseSchedule):
     kind = "exponential"
 
-    def lr_at(self, epoch, last_metrics=None):
+    def lr_at(self, epoch: int, last_metrics: dict[str, float] | None = None) -> float:
         return self.lr0 * self.cfg.gamma**epoch
 
 
@@ -62,7 +62,7 @@ class CosineSchedule(BaseSchedule):
 
     kind = "cosine"
 
-    def lr_at(self, epoch, last_metrics=None):
+    def lr_at(self, epoch: int, last_metrics: dict[str, float] | None = None) -> float:
         period = self.cfg.t_max or max(1, self.epochs - 1)  # the last epoch reaches min_lr
         t = min(epoch, period) / period
         return self.cfg.min_lr + (self.lr0 - self.cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
@@ -74,14 +74,14 @@ class PlateauSchedule(BaseSchedule):
     kind = "plateau"
     steps = True
 
-    def __init__(self, cfg, lr0, epochs):
+    def __init__(self, cfg: ScheduleConfig, lr0: float, epochs: int) -> None:
         super().__init__(cfg, lr0, epochs)
         self.lr = lr0
         self.best: float | None = None
         self.wait = 0
         self.seen = -1
 
-    def lr_at(self, epoch, last_metrics=None):
+    def lr_at(self, epoch: int, last_metrics: dict[str, float] | None = None) -> float:
         if last_metrics is None or epoch - 1 <= self.seen or self.cfg.monitor not in last_metrics:
             return self.lr
         self.seen = epoch - 1
@@ -101,10 +101,10 @@ class PlateauSchedule(BaseSchedule):
                 self.wait = 0
         return self.lr
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "best": self.best, "wait": self.wait, "seen": self.seen}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr, self.best, self.wait, self.seen = state["lr"], state["best"], state["wait"], state["seen"]
 
 

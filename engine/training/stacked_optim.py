@@ -113,7 +113,7 @@ class StackedOptimizer:
             entry["step"] = torch.tensor(float(self.t))
         return entry
 
-    def _sgd(self, p, g) -> None:
+    def _sgd(self, p: torch.Tensor, g: torch.Tensor) -> None:
         c, st = self.col, self.state
         if self.flags["wd"]:
             g.addcmul_(p, c["wd"])
@@ -129,7 +129,7 @@ class StackedOptimizer:
                 g = buf
         p.addcmul_(g, c["neg_lr"])
 
-    def _adam(self, p, g, i: int, decoupled: bool) -> None:
+    def _adam(self, p: torch.Tensor, g: torch.Tensor, i: int, decoupled: bool) -> None:
         c, st = self.col, self.state
         if not st:
             st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
@@ -144,7 +144,7 @@ class StackedOptimizer:
         denom = torch.sqrt(exp_avg_sq, out=tmp).div_(self.bc2_sqrt[:, i : i + 1]).add_(ADAM_EPS)
         p.addcdiv_(torch.mul(exp_avg, self.neg_step_size[:, i : i + 1], out=g), denom)
 
-    def _rmsprop(self, p, g) -> None:
+    def _rmsprop(self, p: torch.Tensor, g: torch.Tensor) -> None:
         c, st = self.col, self.state
         if not st:
             st["square_avg"] = torch.zeros_like(p)

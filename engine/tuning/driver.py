@@ -16,7 +16,6 @@ requeued and continues as the same trial.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -24,27 +23,17 @@ import optuna
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.training.membership import ensemble_key
+from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyState
 
-IN_FLIGHT = ("queued", "running", "interrupted")
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
 median pruner prunes nothing before 5 trials completed; halving pruners need finished rungs)."""
 ENSEMBLE_SAMPLERS = ("grid", "random")
 """Samplers whose next trials do not depend on the last results, so several can be asked at
 once and trained together as an ensemble without changing what the study samples."""
-
-
-def _group_of(study: str, spec) -> str | None:
-    """The `ensemble` field of a trial run: runs with equal values may train as one ensemble
-    (trialdeck.engine.training.ensemble.ensemble_key); None when this trial must train alone."""
-    key = ensemble_key(spec)
-    if key is None:
-        return None
-    return f"{study}:" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
 class StudyDriver:
@@ -77,7 +66,7 @@ class StudyDriver:
                              runs=[r for r in runs if r.get("study") == name])
 
     def active(self) -> list[dict[str, Any]]:
-        return [d for d in self.store.list_studies() if d.get("state") in ("running", "stopping")]
+        return [d for d in self.store.list_studies() if d.get("state") in ACTIVE_STUDY_STATES]
 
     def tick(self, capacity: int, ensemble_width: int = 1) -> int:
         """Tell finished trials, ask new ones up to `capacity` in flight per study (times
@@ -96,7 +85,7 @@ class StudyDriver:
                                             ensemble_width)
             except Exception as exc:  # noqa: BLE001 - one broken study must not stop the engine
                 self.log(f"study {doc['name']}: {type(exc).__name__}: {exc}")
-                self.store.upsert_study(doc["name"], {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+                self.store.upsert_study(doc["name"], {"state": StudyState.FAILED.value, "error": f"{type(exc).__name__}: {exc}"})
         return created
 
     def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int,
@@ -109,17 +98,17 @@ class StudyDriver:
         if grouped:
             capacity *= ensemble_width
         changed = self._tell_finished(study, tune, runs)
-        inflight = [r for r in runs if r["state"] in IN_FLIGHT]
-        if doc["state"] == "stopping":
+        inflight = [r for r in runs if RunState(r["state"]).unfinished]
+        if doc["state"] == StudyState.STOPPING:
             for r in inflight:
-                if r["state"] in ("queued", "interrupted"):
+                if r["state"] != RunState.RUNNING:  # queued or interrupted: not started again
                     self.store.transition(r["id"], RunState.CANCELLED, add_events=[
                         RunEvent(EventKind.CANCELLED.value, None, "cancelled: the study was stopped").to_json()])
                 elif not r.get("cancel_requested"):
                     self.store.update_run(r["id"], cancel_requested=True)
             if not inflight:
                 studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
-                             fields={"state": "stopped", "finished_at": time.time()})
+                             fields={"state": StudyState.STOPPED.value, "finished_at": time.time()})
                 self.log(f"study {doc['name']} stopped")
             elif changed:
                 studies.sync(self.store, study, tune, meta, url=url, runs=runs)
@@ -130,7 +119,7 @@ class StudyDriver:
         if len(runs) >= target or expired:
             if not inflight:
                 studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
-                             fields={"state": "completed", "finished_at": time.time(),
+                             fields={"state": StudyState.COMPLETED.value, "finished_at": time.time(),
                                      "stopped_by": "timeout" if expired and len(runs) < target else "trials"})
                 self.log(f"study {doc['name']} completed")
             elif changed:
@@ -154,7 +143,7 @@ class StudyDriver:
                 {"preset": meta["preset"], "config": spec.config(), "config_hash": spec.content_hash,
                  "study": doc["name"], "trial": trial.number,
                  "extra": {"trial_id": trial._trial_id, "params": params,
-                           **({"ensemble": _group_of(doc["name"], spec)} if grouped else {})}}
+                           **({"ensemble": group_id(doc["name"], spec)} if grouped else {})}}
                 for trial, params, spec in made
             ])
             for (trial, _, _), record in zip(made, records, strict=True):

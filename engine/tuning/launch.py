@@ -18,6 +18,7 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.authoring import config_diff
 from trialdeck.engine.presets.schema import RunSpec, TuneConfig
 from trialdeck.engine.tuning.space import grid_size
+from trialdeck.engine.types import StudyState
 from trialdeck.engine.workspace import Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -57,9 +58,11 @@ def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: f
     """Mark study `name` running for `n_trials` trials; the engine creates its Optuna study
     (from `create`) if it does not exist yet, and feeds it trials. Returns the study doc."""
     tune = spec.tune
+    if tune is None:
+        raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
     now = time.time()
     doc: dict[str, Any] = {
-        "state": "running", "n_trials": n_trials, "started_at": now,
+        "state": StudyState.RUNNING.value, "n_trials": n_trials, "started_at": now,
         "deadline": now + timeout if timeout else None, "finished_at": None, "error": None,
         "create": {"preset": spec.preset, "config": spec.config()},
     }

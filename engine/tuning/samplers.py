@@ -58,8 +58,8 @@ def explain_prune(tune: TuneConfig, study: optuna.Study, step: int, trial: optun
     best_so_far = (max if maximize else min)(seen) if seen else value
     worse = "<" if maximize else ">"
     if tune.pruner == "median":
-        completed = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                     if step in t.intermediate_values]
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        completed = [t.intermediate_values[step] for t in finished if step in t.intermediate_values]
         if completed:
             median = statistics.median(completed)
             return (f"median pruner at epoch {step}: {tune.metric} {best_so_far:.4g} {worse} median {median:.4g} "

@@ -64,14 +64,14 @@ def sample(trial, tune: TuneConfig) -> dict[str, Any]:
         entry = tune.space[key]
         if not condition_holds(entry, values):
             continue
-        if entry.kind == "float":
+        if entry.float_ is not None:
             low, high = entry.float_
             values[key] = trial.suggest_float(key, low, high, log=entry.log, step=entry.step)
-        elif entry.kind == "int":
-            low, high = entry.int_
-            values[key] = trial.suggest_int(key, low, high, log=entry.log, step=int(entry.step or 1))
+        elif entry.int_ is not None:
+            ilow, ihigh = entry.int_
+            values[key] = trial.suggest_int(key, ilow, ihigh, log=entry.log, step=int(entry.step or 1))
         else:
-            raw = trial.suggest_categorical(key, [encode_choice(c) for c in entry.choices])
+            raw = trial.suggest_categorical(key, [encode_choice(c) for c in entry.choices or ()])
             values[key] = decode_choice(entry, raw)
     return values
 
@@ -86,9 +86,10 @@ def grid(tune: TuneConfig) -> dict[str, list[Any]]:
     """The GridSampler search space: choices as they are, plain int ranges expanded."""
     out: dict[str, list[Any]] = {}
     for key, entry in tune.space.items():
-        if entry.kind == "choices":
+        if entry.choices is not None:
             out[key] = [encode_choice(c) for c in entry.choices]
         else:
+            assert entry.int_ is not None, "TuneConfig admits only choices and int ranges to a grid"
             low, high = entry.int_
             out[key] = list(range(low, high + 1, int(entry.step or 1)))
     return out

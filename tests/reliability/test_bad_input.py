@@ -78,7 +78,8 @@ def test_unknown_options_and_commands_are_usage_errors(home):
 def test_a_workspace_folder_that_cannot_be_made_is_one_line():
     result = cli(Path("/proc/trialdeck-nope"), "runs", "list")
     assert result.returncode == 2
-    assert one_line(result.stderr) == "trialdeck: cannot create the folder /proc/trialdeck-nope: /proc does not accept new folders"
+    assert one_line(result.stderr) == \
+        "trialdeck: cannot create the folder /proc/trialdeck-nope: /proc does not accept new folders"
 
 
 def test_resuming_a_study_with_other_settings_is_refused_not_ignored(home):

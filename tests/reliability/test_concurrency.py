@@ -56,7 +56,7 @@ def test_enqueue_cancel_and_read_at_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, home], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for code in (ENQUEUE, ENQUEUE, ENQUEUE, CANCEL, CANCEL, READ)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, errs) in zip(procs, outs):
+    for p, (_out, errs) in zip(procs, outs):
         assert p.returncode == 0, errs
     cancelled = int(outs[3][0]) + int(outs[4][0])
     reads = int(outs[5][0])

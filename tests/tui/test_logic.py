@@ -9,14 +9,17 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets import preset_roots, resolve
 from trialdeck.engine.presets.authoring import write_preset
+from trialdeck.engine.runtime.control import REPEAT_LIMIT
 from trialdeck.engine.runtime.recorder import METRICS_NAME
 from trialdeck.engine.types import RunState
+from trialdeck.tui.cli import app
 from trialdeck.tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve
 from trialdeck.tui.control import Control, QueueRequest, reorder, specs_for
 from trialdeck.tui.keymap import ACTIONS, Place, check_clashes, load_keymap
@@ -224,8 +227,13 @@ def test_diff_against_parents_and_lr_preview(library):
 def test_repeat_gives_consecutive_seeds(library):
     specs = specs_for(library, QueueRequest(Composition(("seed/step-decay",), ("train.seed=7",)), repeat=3))
     assert [s.train.seed for s in specs] == [7, 8, 9]
-    with pytest.raises(BadInput, match="allowed: 1 to 100"):
+    limit = f"allowed: a whole number from 1 to {REPEAT_LIMIT}"  # the same limit as `trialdeck run --repeat`
+    with pytest.raises(BadInput, match=limit):
         specs_for(library, QueueRequest(Composition(("seed/step-decay",)), repeat=0))
+    with pytest.raises(BadInput, match=limit):
+        specs_for(library, QueueRequest(Composition(("seed/step-decay",)), repeat=REPEAT_LIMIT + 1))
+    too_many = CliRunner().invoke(app, ["run", "seed/step-decay", "--repeat", str(REPEAT_LIMIT + 1)])
+    assert too_many.exit_code == 2 and f"--repeat {REPEAT_LIMIT + 1}: {limit}" in too_many.stderr
 
 
 # ----------------------------------------------------------------------------- control (real store, no engine)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from textual.widgets import Input, SelectionList, TabbedContent
+from textual.widgets import Input, SelectionList, Static, TabbedContent
 
 from tests.tui.conftest import SIZE, loaded, new_app, screen_name, show
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
@@ -70,7 +70,8 @@ async def test_dashboard_lists_every_run_newest_first_with_sparklines(seeded):
         assert done[4] == "12/12" and done[-1] == "12s"
         assert set(done[3]) <= set("▁▂▃▄▅▆▇█") and len(done[3]) == 12  # one block per epoch
         running = row_of(tbl, ids["running"])
-        assert running[1] == "running" and running[4] == "6/30" and running[7] == "cpu.0"
+        assert running[1] == "running" and running[4] == "6/30" and running[8] == "cpu.0" and running[7] == ""
+        assert done[7] == "12" and row_of(tbl, ids["early_stopped"])[7] == "4"  # the epoch whose weights it kept
         assert running[-1] == "10m00s"  # the injected clock, not the wall clock
         assert row_of(tbl, ids["queued"])[1] == "queued"
         text = screen_text(app)
@@ -110,7 +111,8 @@ async def test_new_events_are_logged_and_toasted_once(seeded):
         original = app.notify
         app.notify = lambda message, **kw: (toasts.append(message), original(message, **kw))  # type: ignore[method-assign]
         store = Store(ws)
-        store.add_event(ids["running"], {"kind": "early_stopped", "epoch": 7, "message": "val_loss did not improve"})
+        store.record_epoch_and_events(ids["running"], None,
+                                      [{"kind": "early_stopped", "epoch": 7, "message": "val_loss did not improve"}])
         store.transition(ids["running"], RunState.EARLY_STOPPED)
         await wait_for(pilot, lambda: any("early_stopped" in t for t in toasts), what="a toast")
         await pilot.pause(0.3)
@@ -153,6 +155,7 @@ async def test_enter_opens_the_run_detail_with_curves_events_config_and_log(seed
                        what="the run detail")
         detail = app.screen
         assert "r1 completed  seed/step-decay  on cpu.0  epoch 12/12" in screen_text(app)
+        assert "kept (epoch 12, the last and the best val_loss): val_loss " in screen_text(app)
         loss = detail.query_one("#plot-loss")
         assert [s.label for s in loss.series] == ["train", "val"] and len(loss.series[0].xs) == 12
         assert len(detail.query_one("#plot-lr").series[0].ys) == 12
@@ -160,7 +163,8 @@ async def test_enter_opens_the_run_detail_with_curves_events_config_and_log(seed
         assert detail.query_one(TabbedContent).active == "tab-events"
         assert "learning rate 0.1 -> 0.05" in screen_text(app)
         await pilot.press("v")
-        assert 'name = "sgd"' in screen_text(app)
+        assert "[data]" in screen_text(app)
+        assert 'name = "sgd"' in str(detail.query_one("#run-config", Static).render())  # further down: scroll
         await pilot.press("v")
         assert "epoch 12 train_loss" in screen_text(app)
         assert detail.check_action("cancel", ()) is None  # greyed: a completed run cannot be cancelled
@@ -233,8 +237,8 @@ async def test_run_text_with_brackets_shows_literally_in_every_tab(seeded):
     store = Store(ws)
     run_id = ids["failed"]
     store.update_run(run_id, error="[data] dataset [bold]digits[/bold] is missing")
-    store.add_event(run_id, {"kind": "failed", "epoch": None, "time": NOW - 10,
-                             "message": "[model] hidden=[64] is [red]too small[/red]"})
+    store.record_epoch_and_events(run_id, None, [{"kind": "failed", "epoch": None, "time": NOW - 10,
+                                                  "message": "[model] hidden=[64] is [red]too small[/red]"}])
     with open(ws.run_dir(run_id) / LOG_NAME, "a", encoding="utf-8") as f:
         f.write("00:00:09 [data] loading [b]digits[/b]\n")
     app = new_app(ws)
@@ -727,7 +731,7 @@ async def test_reopening_shows_the_same_workspace(seeded):
         async with app.run_test(size=SIZE) as pilot:
             await loaded(pilot)
             tbl = table(app, "#runs-table")
-            await wait_for(pilot, lambda: tbl.row_count == 10, what="rows")
+            await wait_for(pilot, lambda tbl=tbl: tbl.row_count == 10, what="rows")
             assert row_of(tbl, ids["running"])[1] == "running"
             await pilot.press("q")
     assert Store(ws).get_run(ids["running"])["state"] == "running"  # closing the TUI stops nothing
@@ -799,7 +803,7 @@ async def test_runs_table_at_80_columns_keeps_val_acc_whole(seeded):
         assert " val_acc" in screen_text(app).splitlines()[1]
         await pilot.resize_terminal(120, 40)
         await pilot.pause(0.3)
-        assert runs_table.shown_columns[-3:] == ["best", "slot", "elapsed"]
+        assert runs_table.shown_columns[-4:] == ["best", "kept", "slot", "elapsed"]
 
 
 async def test_study_table_and_trial_headers_read_whole(seeded):

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from trialdeck.engine.errors import BadInput, ExitCode, TrialdeckError, exit_code_for
+from trialdeck.engine.types import RunState
 
 HomeOpt = Annotated[
     Path | None,
@@ -106,7 +107,7 @@ def roots(home: Path | None):
     return preset_roots(workspace(home).presets_dir)
 
 
-STATES = ("queued", "running", "completed", "early_stopped", "pruned", "failed", "cancelled", "interrupted")
+STATES = tuple(s.value for s in RunState)
 
 
 def check_range(option: str, value: int | float | None, low: float, high: float) -> None:
@@ -128,19 +129,22 @@ def find_run(store, run_id: str) -> dict[str, Any]:
 
 
 def exit_for(record: dict[str, Any]) -> None:
-    if record["state"] not in ("completed", "early_stopped", "pruned"):
+    """Exit 1 unless the run ended with a usable result (RunState.ok: pruned is one)."""
+    if not RunState(record["state"]).ok:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
 def print_run_summary(record: dict) -> None:
+    """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
+    best and the last epoch, each labelled; then the events that ended it."""
+    from trialdeck.tui.live import outcome
+
     hist = record.get("history") or []
-    last = hist[-1] if hist else {}
-    best = max((h["val_acc"] for h in hist), default=None)
     where = f"  on {record['device']}" if record.get("device") else ""
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
-    if last:
-        print(f"  epochs {last['epoch']}  val_loss {last['val_loss']:.4f}  val_acc {last['val_acc']:.4f}"
-              f"  best val_acc {best:.4f}  lr {last['lr']:.3g}")
+    if hist:
+        print(f"  epochs {hist[-1]['epoch']}  lr {hist[-1]['lr']:.3g}")
+        print("  " + " | ".join(outcome(record)))
     for ev in record.get("events") or []:
         if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
             print(f"  {ev['kind']}: {ev['message']}")

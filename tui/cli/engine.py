@@ -38,11 +38,14 @@ def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str
     return args
 
 
+SLOTS_PER_GPU_HELP = "Runs per GPU (1 to 64; default: automatic, by measured memory)."
+
+
 @app.command("start")
 @handle_errors
 def engine_start(
     cpu_slots: Annotated[int | None, typer.Option("--cpu-slots", help="CPU slots when there is no GPU (1 to 64).")] = None,
-    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
+    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help=SLOTS_PER_GPU_HELP)] = None,
     recovery: Annotated[str | None, typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
@@ -105,7 +108,7 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @handle_errors
 def engine_run(
     cpu_slots: Annotated[int | None, typer.Option("--cpu-slots", help="CPU slots (1 to 64).")] = None,
-    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help="Runs per GPU (1 to 64; default: automatic, by measured memory).")] = None,
+    slots_per_gpu: Annotated[int | None, typer.Option("--slots-per-gpu", help=SLOTS_PER_GPU_HELP)] = None,
     recovery: Annotated[str | None, typer.Option("--recovery", help="resume | requeue | leave")] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -123,7 +126,8 @@ def engine_run(
 @handle_errors
 def engine_install_service(
     home: HomeOpt = None,
-    unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the unit (default: ~/.config/systemd/user).")] = None,
+    unit_dir: Annotated[Path | None,
+                        typer.Option("--unit-dir", help="Where to write the unit (default: ~/.config/systemd/user).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a systemd user service that keeps the engine alive across logouts and reboots."""
@@ -136,7 +140,8 @@ def engine_install_service(
     folder.mkdir(parents=True, exist_ok=True)
     name = "trialdeck.service" if ws.root == Path.home() / ".trialdeck" else f"trialdeck-{ws.root.name}.service"
     path = folder / name
-    command = " ".join(shlex.quote(part) for part in (sys.executable, "-m", "trialdeck.engine.runtime.daemon", "--home", str(ws.root)))
+    argv = (sys.executable, "-m", "trialdeck.engine.runtime.daemon", "--home", str(ws.root))
+    command = " ".join(shlex.quote(part) for part in argv)
     unit = (
         "[Unit]\n"
         f"Description=trialdeck engine for {ws.root}\n\n"

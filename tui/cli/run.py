@@ -15,7 +15,6 @@ from trialdeck.tui.cli.common import (
     HomeOpt,
     JsonOpt,
     SetOpt,
-    check_range,
     emit,
     err,
     exit_for,
@@ -60,8 +59,7 @@ def train_cmd(
         emit(record)
     else:
         print_run_summary(record)
-    if record["state"] not in ("completed", "early_stopped"):
-        raise typer.Exit(int(ExitCode.JOB_FAILED))
+    exit_for(record)
 
 
 def run_cmd(
@@ -69,7 +67,7 @@ def run_cmd(
     set_: SetOpt = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000000 to 1000000).")] = 0,
     device: Annotated[str | None, typer.Option("--device", help="Pin to a device: cpu, cuda or cuda:N.")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="Queue this many copies (seeds seed, seed+1, ...), 1 to 10000.")] = 1,
+    repeat: Annotated[int, typer.Option("--repeat", help="Queue this many copies (seeds seed, seed+1, ...), 1 to 1000.")] = 1,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the run to end; print its record.")] = False,
     follow_: Annotated[bool, typer.Option("--follow", help="Show live progress until the run ends.")] = False,
     home: HomeOpt = None,
@@ -81,17 +79,16 @@ def run_cmd(
 
     if wait_ and follow_:
         raise BadInput("--wait and --follow: choose one")
-    check_range("--repeat", repeat, 1, 10_000)
+    from trialdeck.engine.runtime import control
+
+    control.check_repeat(repeat, "--repeat")
     if device is not None and not (device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise BadInput(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
     ws = workspace(home)
-    specs = []
-    for k in range(repeat):
-        extra = [f"train.seed={resolve(preset, set_ or [], roots(home)).train.seed + k}"] if repeat > 1 else []
-        specs.append(resolve(preset, [*(set_ or []), *extra], roots(home)))
+    specs = [resolve(preset, set_ or [], roots(home))]
+    seed = specs[0].train.seed
+    specs += [resolve(preset, [*(set_ or []), f"train.seed={seed + k}"], roots(home)) for k in range(1, repeat)]
     store = open_store(home)
-    from trialdeck.engine.runtime import control
-
     records = control.enqueue(store, specs, priority=priority, device=device)
     ensure_engine(ws, say=err)
     notify(ws)

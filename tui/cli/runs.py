@@ -47,10 +47,16 @@ def runs_list(
         return
     if not runs:
         print("no runs")
+    from trialdeck.tui.live import kept_epoch
+
     for r in runs:
         hist = r.get("history") or []
         last = hist[-1] if hist else None
-        metric = f"val_acc {last['val_acc']:.4f}" if last else ""
+        kept = kept_epoch(r)
+        entry = next((h for h in hist if h.get("epoch") == kept), None)
+        metric = f"kept epoch {kept}: val_acc {entry['val_acc']:.4f}" if entry is not None else ""
+        if last is not None and entry is not last:
+            metric += ("  " if metric else "") + f"last: val_acc {last['val_acc']:.4f}"
         print(f"{r['id']:<7} {r['state']:<13} {r['preset']:<28} {len(hist):>4} ep  {metric}")
 
 
@@ -64,8 +70,27 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
         emit(record)
         return
     print_run_summary(record)
+    print_history(record)
     for ev in record.get("events") or []:
         print(f"  [{ev.get('epoch') or '-'}] {ev['kind']}: {ev['message']}")
+
+
+def print_history(record: dict) -> None:
+    """The per-epoch table, the kept epoch and the monitor's best marked."""
+    from trialdeck.tui.live import kept_epoch
+
+    hist = record.get("history") or []
+    if not hist:
+        return
+    kept, best = kept_epoch(record), (record.get("summary") or {}).get("best_epoch")
+    columns = (("epoch", 5, "d"), ("train_loss", 10, ".4f"), ("val_loss", 10, ".4f"), ("val_acc", 8, ".4f"),
+               ("lr", 9, ".3g"), ("seconds", 8, ".2f"))
+    print("  " + "  ".join(f"{name:>{width}}" for name, width, _ in columns))
+    for h in hist:
+        cells = [format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float)) else f"{'-':>{w}}"
+                 for k, w, fmt in columns]
+        marks = ", ".join(m for m, e in (("kept", kept), ("best", best)) if e is not None and e == h.get("epoch"))
+        print(("  " + "  ".join(cells) + "  " + marks).rstrip())
 
 
 @app.command("logs")

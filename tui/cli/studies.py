@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from trialdeck.engine.errors import BadInput, ExitCode
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, StudyState
 from trialdeck.tui.cli.common import (
     HomeOpt,
     JsonOpt,
@@ -50,7 +51,7 @@ def wait_study(ws, store, name: str, *, show: bool, timeout: float | None = None
                         print(f"\r\033[K  {ev['run']}: {ev['message']}", file=sys.stderr)
                     seen_events = max(seen_events, ev.get("time", seen_events))
                 print(line, end="", file=sys.stderr, flush=True)
-            if doc.get("state") not in ("running", "stopping"):
+            if doc.get("state") not in ACTIVE_STUDY_STATES:
                 if show:
                     print(file=sys.stderr)
                 return doc
@@ -75,7 +76,7 @@ def print_study(doc: dict[str, Any], trials: list[dict[str, Any]]) -> None:
           f"{doc.get('metric')}  sampler {doc.get('sampler')}  pruner {doc.get('pruner')}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted((doc.get("counts") or {}).items()))
     print(f"  trials: {doc.get('n_done', 0)}/{doc.get('n_trials')} done ({counts})")
-    if doc.get("create") and doc.get("state") in ("running", "stopping"):
+    if doc.get("create") and doc.get("state") in ACTIVE_STUDY_STATES:
         print("  waiting for the engine to create the study and ask its first trial")
     if best:
         print(f"  best: trial {best['number']} {doc.get('metric')} {best['value']:.4g} {json.dumps(best['params'])}")
@@ -105,7 +106,7 @@ def _sync_from_storage(ws, store, name: str, storage: str | None) -> dict[str, A
         raise
     fields: dict[str, Any] = {}
     if doc is None:
-        fields = {"state": "remote", "n_trials": studies.target_trials(tune, meta.get("n_trials"))}
+        fields = {"state": StudyState.REMOTE.value, "n_trials": studies.target_trials(tune, meta.get("n_trials"))}
     return studies.sync(store, study, tune, meta, url=url, with_importances=True, fields=fields)
 
 
@@ -164,7 +165,8 @@ def studies_best(name: Annotated[str, typer.Argument(help="Study name.")], home:
     if as_json:
         emit(best)
     elif best:
-        print(f"trial {best['number']}  {doc['metric']} {best['value']:.6g}  run {best.get('run_id')}  {json.dumps(best['params'])}")
+        print(f"trial {best['number']}  {doc['metric']} {best['value']:.6g}  run {best.get('run_id')}  "
+              f"{json.dumps(best['params'])}")
     else:
         print(f"study {name} has no complete trial yet")
     if not best:
@@ -220,9 +222,9 @@ def studies_stop(name: Annotated[str, typer.Argument(help="Study name.")], home:
     doc = store.get_study(name)
     if doc is None:
         raise BadInput(f"no study {name!r} in {store.path}")
-    if doc.get("state") not in ("running", "stopping"):
+    if doc.get("state") not in ACTIVE_STUDY_STATES:
         raise BadInput(f"study {name} is {doc.get('state')}, not running")
-    store.upsert_study(name, {"state": "stopping"})
+    store.upsert_study(name, {"state": StudyState.STOPPING.value})
     notify(ws)
     doc = wait_study(ws, store, name, show=False, timeout=30.0)
     if as_json:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from trialdeck.engine.errors import BadInput, ExitCode
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, StudyState
 from trialdeck.tui.cli.common import (
     HomeOpt,
     JsonOpt,
@@ -27,8 +28,10 @@ from trialdeck.tui.cli.studies import print_study, study_view, wait_study
 def tune_cmd(
     preset: Annotated[str, typer.Argument(help="A preset with a [tune] block.")],
     set_: SetOpt = None,
-    trials: Annotated[int | None, typer.Option("--trials", help="Total trials (default: tune.trials), 1 to 1000000.")] = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Ask no new trial after this many seconds (at least 1).")] = None,
+    trials: Annotated[int | None,
+                      typer.Option("--trials", help="Total trials (default: tune.trials), 1 to 1000000.")] = None,
+    timeout: Annotated[float | None,
+                       typer.Option("--timeout", help="Ask no new trial after this many seconds (at least 1).")] = None,
     study_name: Annotated[str | None, typer.Option("--study", help="Study name (default: from the preset name).")] = None,
     storage: StorageOpt = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the study to finish; show progress.")] = False,
@@ -53,7 +56,7 @@ def tune_cmd(
     existing = store.get_study(name)
     _refuse_changed_resume(name, existing, spec)
     _warn_space_overrides(spec, set_ or [])
-    if existing and existing.get("state") in ("running", "stopping"):
+    if existing and existing.get("state") in ACTIVE_STUDY_STATES:
         if not as_json:
             err(f"trialdeck: study {name} is already running; following it")
     target = launch.target_trials(spec.tune, trials)
@@ -79,7 +82,7 @@ def tune_cmd(
         doc = wait_study(ws, store, name, show=sys.stderr.isatty() and not as_json)
     except KeyboardInterrupt:
         err(f"trialdeck: stopping study {name}: cancelling its queued and running trials")
-        store.upsert_study(name, {"state": "stopping"})
+        store.upsert_study(name, {"state": StudyState.STOPPING.value})
         notify(ws)
         wait_study(ws, store, name, show=False, timeout=60.0)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -88,7 +91,7 @@ def tune_cmd(
         emit(study_view(doc, trials_))
     else:
         print_study(doc, trials_)
-    if doc.get("state") == "failed":
+    if doc.get("state") == StudyState.FAILED:
         err(f"trialdeck: study {name} failed: {doc.get('error')}")
         raise typer.Exit(int(ExitCode.JOB_FAILED))
     if not doc.get("best"):

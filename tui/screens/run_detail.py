@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from trialdeck.engine.runtime.recorder import LOG_NAME
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, fmt_seconds, resumable
+from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.live_table import STATE_STYLES
 from trialdeck.tui.widgets.plots import CurvePlot, Series, clean
@@ -150,7 +150,6 @@ class RunDetailScreen(LiveScreen):
     def _header(self, r: dict[str, Any]) -> Text:
         hist = r.get("history") or []
         total = ((r.get("config") or {}).get("train") or {}).get("epochs")
-        accs = [h["val_acc"] for h in hist if isinstance(h.get("val_acc"), (int, float))]
         started, ended = r.get("started_at"), r.get("finished_at")
         if started and r["state"] == "running":
             took = fmt_seconds(self.now() - started)
@@ -161,12 +160,12 @@ class RunDetailScreen(LiveScreen):
         out.append(r["state"], style=STATE_STYLES.get(r["state"], ""))
         out.append(f"  {r.get('preset', '')}  on {r.get('slot') or r.get('device') or '-'}")
         out.append(f"  epoch {len(hist)}" + (f"/{total}" if total else ""))
-        if accs:
-            out.append(f"  val_acc {accs[-1]:.4f} (best {max(accs):.4f})")
         if took:
             out.append(f"  {took}")
         if r.get("study") is not None:
             out.append(f"  study {r['study']} trial {r.get('trial')}")
+        if hist:  # which epoch's weights it kept, the monitor's best, the last epoch: each labelled
+            out.append("\n" + " | ".join(outcome(r)))
         if r.get("error"):
             out.append(f"\nerror: {r['error']}", style="red")
         return out

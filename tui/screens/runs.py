@@ -28,14 +28,14 @@ MAX_ROWS = 500
 
 class RunsTable(LiveTable):
     COLUMNS = (("id", "id", 6), ("state", "state", 13), ("preset", "preset", 20), ("loss", "loss", 16),
-               ("epoch", "epoch", 9), ("val_acc", "val_acc", 7), ("best", "best", 7), ("slot", "slot", 8),
-               ("elapsed", "elapsed", 8))
+               ("epoch", "epoch", 9), ("val_acc", "val_acc", 7), ("best", "best", 7), ("kept", "kept", 4),
+               ("slot", "slot", 8), ("elapsed", "elapsed", 8))
     STYLED = {"state": STATE_STYLES}
     COLUMN_STYLES = {"loss": "cyan"}
-    # At 80 columns: id, state, preset, loss, epoch and val_acc whole; best, slot and elapsed
-    # are in the run's detail (enter) and come back on a wider terminal.
+    # At 80 columns: id, state, preset, loss, epoch and val_acc whole; best, the kept epoch, slot
+    # and elapsed are in the run's detail (enter) and come back on a wider terminal.
     SHRINK = {"preset": 14}
-    DROP = ("slot", "best", "elapsed")
+    DROP = ("slot", "kept", "best", "elapsed")
 
 
 def matches(run: dict, words: list[str]) -> bool:
@@ -43,22 +43,20 @@ def matches(run: dict, words: list[str]) -> bool:
     return all(w in hay for w in words)
 
 
-def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> tuple[list[dict], int]:
+def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> list[dict]:
     """Runs to show, newest first: those matching `text`, at most `limit` plus every running one."""
     words = text.lower().split()
     runs = [r for r in catalog.runs if matches(r, words)] if words else list(catalog.runs)
     runs.sort(key=lambda r: -run_number(r["id"]))
-    total = len(runs)
-    if total > limit:
+    if len(runs) > limit:
         runs = runs[:limit] + [r for r in runs[limit:] if r["state"] == "running"]
-    return runs, total
+    return runs
 
 
 class RunsScreen(LiveScreen):
     """Runs, newest first. enter opens one; c cancels; r queues it again; / filters."""
 
     _filter = ""
-    _total = 0
     _status_text = ""
 
     def __init__(self) -> None:
@@ -109,7 +107,7 @@ class RunsScreen(LiveScreen):
     def _refresh_rows(self) -> None:
         if self.catalog is None or not self._ready:
             return
-        runs, self._total = visible_runs(self.catalog, self._filter)
+        runs = visible_runs(self.catalog, self._filter)
         now = self.now()
         live, totals, cache = self.live, self.catalog.totals, self._rows
         rows = []
