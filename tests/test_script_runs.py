@@ -156,6 +156,18 @@ def test_cancel_leaves_no_process_of_the_run_children_included(deck, tmp_path):
     assert "did not stop within 2 s and were killed" in log
 
 
+def test_a_fault_in_the_engine_while_a_script_runs_fails_the_run_and_stops_the_script(deck, tmp_path):
+    """An exception on the engine's side (injected at epoch 2) must not leave the script training alone."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    preset = write_preset(tmp_path / "s.toml", "--epochs", "1000", "--sleep", "0.1", "--children", marker)
+    deck.ok("engine", "start", env={"TRIALDECK_INJECT_FAULT": "raise@2"})
+    run_id = deck.json("run", str(preset))["id"]
+    deck.wait(lambda: state_of(deck, run_id) == "failed", 60, f"{run_id} to fail")
+    record = deck.store.get_run(run_id)
+    assert record["error"] == "RuntimeError: injected fault"
+    assert gone(record["script_pid"]) and not marked(marker)
+
+
 def test_engine_kill_9_mid_run_resumes_the_script_without_a_gap_or_duplicate(deck, tmp_path):
     marker = f"marker-{uuid.uuid4().hex}"
     preset = write_preset(tmp_path / "s.toml", "--epochs", "30", "--sleep", "0.15", "--children", marker)

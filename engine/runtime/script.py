@@ -259,6 +259,14 @@ class ScriptRun:
             return self._finish(RunState.FAILED, tail)
         self.proc = proc
         try:
+            return self._follow(proc, tail)
+        except BaseException:  # a bug of ours, or a recorder that cannot write: the script must not go on alone
+            stop_processes(self.marker, self.grace, proc)
+            raise
+
+    def _follow(self, proc: subprocess.Popen, tail: StderrTail | str) -> str:
+        """Watch the started script to its end, stop it when asked, and record the result."""
+        try:
             code = self._watch(proc)
         except KeyboardInterrupt:  # `trialdeck train` in a terminal: the script has its own session
             from trialdeck.engine.training.callbacks import Stop
