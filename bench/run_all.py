@@ -42,6 +42,7 @@ SECTIONS = [
      {"device": "cpu"}),
     ("bench.bench_packing", "trials per hour through the engine: one at a time, packed, ensembled (GPU)", True,
      {"device": "cuda"}),
+    ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second", False, {}),
 ]
 
 

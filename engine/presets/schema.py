@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import (
     BaseModel,
@@ -38,6 +39,27 @@ def _check_metric(value: str) -> str:
         tip = f"; did you mean {hint[0]!r}?" if hint else ""
         raise ValueError(f"{value!r} is not a recorded metric; allowed: {', '.join(METRICS)}{tip}")
     return value
+
+
+METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _check_metric_name(value: str) -> str:
+    """A monitor or study metric names any metric a script may report; RunSpec checks it
+    against METRICS for built-in runs, which record exactly those."""
+    if not METRIC_NAME.match(value) or value == "epoch":
+        raise ValueError(f"{value!r} is not a metric name; allowed: {', '.join(METRICS)}, or for a script run "
+                         "any name it reports (letters, digits, '_', '.', '-'; not 'epoch')")
+    return value
+
+
+def _fail_at(loc: tuple[str | int, ...], value: Any, message: str) -> NoReturn:
+    """Raise `message` as a validation error at `loc`: a model validator's own ValueError would
+    point at the whole preset, not at the key a person has to fix (and at the file that set it)."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+    error = PydanticCustomError("value_error", "{message}", {"message": message})
+    raise ValidationError.from_exception_data("RunSpec", [InitErrorDetails(type=error, loc=loc, input=value)])
 
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
 Penalty = Annotated[float, Field(ge=0.0, le=1e3)]
@@ -181,9 +203,9 @@ class AugmentConfig(Block):
 class EarlyStoppingConfig(Block):
     enabled: bool = False
     monitor: str = "val_loss"
-    """Any recorded metric: val_loss, val_acc, train_loss."""
+    """Any recorded metric: val_loss, val_acc, train_loss (a script run: any metric it reports)."""
 
-    _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_metric(v)))
+    _monitor = field_validator("monitor")(classmethod(lambda cls, v: _check_metric_name(v)))
     mode: Literal["auto", "min", "max"] = "auto"
     """auto: max for accuracies, min otherwise."""
     patience: int = Field(5, ge=0, le=1_000_000)
@@ -269,7 +291,7 @@ class TuneConfig(Block):
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
 
-    _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric(v)))
+    _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
     reduce: Literal["best", "last"] = "best"
     """The trial's value: the best epoch's metric (the article's np.amin(val_loss)) or the last."""
     trials: int = Field(50, ge=1, le=1_000_000)
@@ -298,6 +320,97 @@ class TuneConfig(Block):
         return self
 
 
+PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
+"""`{params.NAME}` in a script's command or env (NAME may be dotted, into a table of params)."""
+PARAM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
+ENGINE_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+"""Variables the engine sets for a script's slot; `script.env` may not name them (nor TRIALDECK_*)."""
+
+
+def lookup_param(params: dict[str, Any], name: str) -> Any:
+    """The value `{params.NAME}` stands for (NAME dotted into tables); KeyError when none."""
+    node: Any = params
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(name)
+        node = node[part]
+    return node
+
+
+def format_param(value: Any) -> str:
+    """A param as one command-line argument: TOML spellings for booleans, the shortest
+    round-tripping form for floats, JSON for lists and tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def expand(text: str, params: dict[str, Any]) -> str:
+    """`text` with each `{params.NAME}` replaced by its value (no shell: it stays one argument)."""
+    return PLACEHOLDER.sub(lambda m: format_param(lookup_param(params, m.group(1))), text)
+
+
+class ScriptConfig(Block):
+    """A user's own training program, run by the engine in a device slot (DESIGN "Script runs")."""
+
+    command: list[str] = Field(min_length=1, max_length=10_000)
+    """The program and its arguments, no shell; `{params.NAME}` placeholders are replaced."""
+    workdir: str | None = None
+    """Where it runs. Relative: to the folder of the preset file that sets it (`--set`: the
+    folder the run is queued from). Unset: the folder the run is queued from."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables (values may hold placeholders)."""
+    grace_seconds: float = Field(10.0, ge=0.0, le=3600.0)
+    """After SIGTERM (cancel, prune, early stop, engine stop), how long before SIGKILL."""
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0].strip():
+            raise ValueError("the program (its first element) is empty; give it and its arguments, "
+                             'e.g. ["python3", "train.py", "--lr", "{params.lr}"]')
+        if any("\0" in part for part in v):
+            raise ValueError("an argument holds a NUL character")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"{key!r} is not an environment variable name")
+            if key.startswith("TRIALDECK_") or key in ENGINE_ENV:
+                raise ValueError(f"{key} is set by the engine for each run; it cannot be overridden")
+        return v
+
+
+NOT_FOR_SCRIPTS = ("data", "model", "regularization", "optimizer", "schedule", "augment")
+"""Sections of the built-in trainer that a script run refuses: the script has its own."""
+SCRIPT_TRAIN_KEYS = ("device",)
+"""What [train] means for a script: the slot it asks for."""
+
+
+def _check_params(value: Any, path: tuple[str | int, ...]) -> None:
+    """Params are TOML values that JSON can carry (TRIALDECK_PARAMS, the run record)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not PARAM_KEY.match(key):
+                _fail_at((*path, key), item, f"{key!r} is not a param name; use letters, digits, '_' and '-'")
+            _check_params(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_params(item, (*path, i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        _fail_at(path, value, f"{value} is not a finite number")
+    elif not isinstance(value, (str, int, float, bool)):
+        _fail_at(path, str(value), f"a {type(value).__name__} cannot be a param; allowed: strings, numbers, "
+                                   "booleans, lists and tables (write a date as a string)")
+
+
 SECTIONS: dict[str, type[Block]] = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -308,8 +421,19 @@ SECTIONS: dict[str, type[Block]] = {
     "early_stopping": EarlyStoppingConfig,
     "train": TrainConfig,
     "tune": TuneConfig,
+    "script": ScriptConfig,
 }
-TOP_LEVEL_KEYS = ("description", "extends", *SECTIONS)
+TOP_LEVEL_KEYS = ("description", "extends", *SECTIONS, "params")
+"""`params` is a free-form table (a script's own hyperparameters), so it is no Block."""
+
+
+def _param_names(params: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in params.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _param_names(value, f"{prefix}{key}.")
+    return out
 
 
 def _missing_key(body: dict[str, Any], parts: list[str]) -> str | None:
@@ -348,9 +472,26 @@ class RunSpec(Block):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig | None = None
+    script: ScriptConfig | None = None
+    """Set: a script run, which trains with its own program instead of the built-in trainer."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """A script's own hyperparameters (any TOML values), for `{params.NAME}` and TRIALDECK_PARAMS."""
 
     @model_validator(mode="after")
     def _check_cross(self) -> RunSpec:
+        if self.script is not None:
+            return self._check_script()
+        if self.params:
+            _fail_at(("params",), self.params, "[params] are a script's own hyperparameters; add a [script] table "
+                                               "with the command that reads them")
+        for loc, value in ((("early_stopping", "monitor"), self.early_stopping.monitor),
+                           (("tune", "metric"), self.tune.metric if self.tune else None)):
+            if value is not None and value not in METRICS:
+                import difflib
+
+                hint = difflib.get_close_matches(value, METRICS, n=1)
+                tip = f"; did you mean {hint[0]!r}?" if hint else ""
+                _fail_at(loc, value, f"{value!r} is not a recorded metric; allowed: {', '.join(METRICS)}{tip}")
         n_weights = len(self.model.hidden_sizes) + 1
         for name in ("l1", "l2"):
             value = getattr(self.regularization, name)
@@ -359,20 +500,73 @@ class RunSpec(Block):
                     f"regularization.{name} has {len(value)} values but the model has {n_weights} weight layers "
                     "(hidden layers then output); give one value, or one per weight layer"
                 )
+        self._check_space()
+        return self
+
+    def _check_space(self) -> None:
         if self.tune is not None:
-            body = self.model_dump(mode="json", by_alias=True, exclude={"tune", "preset", "description"})
+            body = self.model_dump(mode="json", by_alias=True, exclude=self._excluded("tune", "preset", "description"))
             for key in self.tune.space:
                 problem = _missing_key(body, key.split("."))
                 if problem:
                     raise ValueError(f"tune.space: {key!r} is not a preset key: {problem}")
+
+    def _check_script(self) -> RunSpec:
+        """A script run: no built-in trainer section, [train] only for its device, every
+        placeholder naming a param."""
+        # By value, not by which keys were written: `--set train.device=cpu` fills [train] with
+        # its defaults, and a section equal to its defaults changes nothing anyway.
+        for name in NOT_FOR_SCRIPTS:
+            block = getattr(self, name)
+            changed = [k for k in type(block).model_fields if getattr(block, k) != getattr(type(block)(), k)]
+            if changed:
+                _fail_at((name, changed[0]), getattr(block, changed[0]),
+                         f"[{name}] does not apply to script runs (the script has its own); "
+                         "a script preset takes [script], [params], [early_stopping], [tune] and [train] device")
+        defaults = TrainConfig()
+        for key in TrainConfig.model_fields:
+            if key not in SCRIPT_TRAIN_KEYS and getattr(self.train, key) != getattr(defaults, key):
+                _fail_at(("train", key), getattr(self.train, key),
+                         f"train.{key} does not apply to script runs (the script runs its own loop); "
+                         f"allowed in [train]: {', '.join(SCRIPT_TRAIN_KEYS)}")
+        _check_params(self.params, ("params",))
+        assert self.script is not None
+        texts: list[tuple[tuple[str | int, ...], str]] = [
+            (("script", "command", i), part) for i, part in enumerate(self.script.command)]
+        texts += [(("script", "env", key), value) for key, value in self.script.env.items()]
+        for loc, text in texts:
+            for match in PLACEHOLDER.finditer(text):
+                try:
+                    lookup_param(self.params, match.group(1))
+                except KeyError:
+                    import difflib
+
+                    known = _param_names(self.params)
+                    hint = difflib.get_close_matches(match.group(1), known, n=1)
+                    has = f"params has {', '.join(known)}" if known else "there is no [params] table"
+                    tip = f"; did you mean {{params.{hint[0]}}}?" if hint else ""
+                    _fail_at(loc, text, f"{match.group(0)} names no param; {has}{tip}")
+        self._check_space()
         return self
+
+    def _excluded(self, *names: str) -> dict[str, Any]:
+        """What a dump leaves out: `names`, and for a script run the trainer's sections (and
+        [train] but its device); a built-in run's dump has no script keys, so its config and
+        content hash are what they were before scripts existed."""
+        out: dict[str, Any] = {name: True for name in names}
+        if self.script is None:
+            out.update(script=True, params=True)
+        else:
+            out.update({name: True for name in NOT_FOR_SCRIPTS})
+            out["train"] = {k: True for k in TrainConfig.model_fields if k not in SCRIPT_TRAIN_KEYS}
+        return out
 
     def config(self) -> dict[str, Any]:
         """The resolved configuration as plain JSON data (what records and checkpoints store)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"tune"} if self.tune is None else set())
+        return self.model_dump(mode="json", by_alias=True, exclude=self._excluded(*(("tune",) if self.tune is None else ())))
 
     @property
     def content_hash(self) -> str:
-        body = self.model_dump(mode="json", by_alias=True, exclude={"preset", "description"})
+        body = self.model_dump(mode="json", by_alias=True, exclude=self._excluded("preset", "description"))
         blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

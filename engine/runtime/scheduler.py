@@ -70,7 +70,13 @@ def footprint(config: dict[str, Any] | None) -> str | None:
     learning rate or seed), as a short key; None without a config."""
     if not config:
         return None
-    picked = {}
+    picked: dict[str, Any] = {}
+    if config.get("script"):
+        # A script run: its program, and the params that are whole numbers (batch sizes, widths,
+        # which change memory); floats (rates, decays) do not, so a study's trials share one measure.
+        params = config.get("params") or {}
+        picked["script"] = {k: config["script"].get(k) for k in ("command", "workdir", "env")}
+        picked["params"] = {k: v for k, v in params.items() if isinstance(v, (int, str, list)) and not isinstance(v, bool)}
     for block, keys in FOOTPRINT_KEYS.items():
         section = config.get(block) or {}
         picked[block] = section if keys is None else {k: section.get(k) for k in keys}

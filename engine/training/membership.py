@@ -37,6 +37,8 @@ def ensemble_key(spec: RunSpec) -> tuple[Any, ...] | None:
     schedule and early stopping (host-side objects, one per member).
     """
     m, t = spec.model, spec.train
+    if spec.script is not None:  # a script run is its own program in its own process
+        return None
     if spec.augment.active or m.batch_norm != "none" or t.compile:
         return None
     arch = (m.kind, tuple(m.hidden_sizes), tuple(m.channels) if m.kind == "cnn" else (), m.activation)
