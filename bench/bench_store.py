@@ -1,5 +1,6 @@
-"""Store and CLI start-up costs: enqueue 1,000 runs; `runs list --json` over 10,000; reads and writes
-after another process's write with 2,000 runs; `trialdeck --help`.
+"""Store and CLI start-up costs: enqueue 1,000 runs; `runs list --json` and `Store.list_runs` over
+10,000 (fresh, cached, without configs) and one enqueue at that size; reads and writes after
+another process's write with 2,000 runs; `trialdeck --help`.
 
 Each figure is printed next to a plain reference measured in the same run:
 enqueueing against a bare `json.dump` of the same records to one file per
@@ -99,6 +100,20 @@ def run(quick: bool = False) -> dict:
         batch = [{"preset": spec.preset, "config": config, "config_hash": digest}] * 1000
         for _ in range((n_list - n_enqueue) // 1000):
             store.create_runs(batch)
+        # In-process reads of the whole catalogue: a fresh Store parses the file, a Store that
+        # read it before and sees it unchanged reuses its parse, and a runs table asks without configs.
+        t = time.perf_counter()
+        listed = len(Store(ws).list_runs())
+        list_cold = time.perf_counter() - t
+        t = time.perf_counter()
+        store.list_runs()
+        list_cached = time.perf_counter() - t
+        t = time.perf_counter()
+        store.list_runs(omit=("config",))
+        list_table = time.perf_counter() - t
+        t = time.perf_counter()
+        store.create_run(preset=spec.preset, config=config, config_hash=digest)
+        enqueue_at_scale = time.perf_counter() - t
         # Only reading: the queued runs must not start an engine that would try to train them.
         env = {**os.environ, "TRIALDECK_HOME": str(ws.root), "TRIALDECK_NO_AUTOSTART": "1"}
         trialdeck = [sys.executable, "-m", "trialdeck.tui.cli"]
@@ -118,6 +133,11 @@ def run(quick: bool = False) -> dict:
         "list_runs": n_list,
         "runs_list_json_seconds": runs_list,
         "runs_list_reference_seconds": list_ref,
+        "listed_runs": listed,
+        "list_cold_seconds": list_cold,
+        "list_cached_seconds": list_cached,
+        "list_table_seconds": list_table,
+        "enqueue_at_scale_seconds": enqueue_at_scale,
         "help_seconds": help_time,
         "python_startup_seconds": python_start,
         **after_writes,
@@ -131,6 +151,11 @@ def report(r: dict) -> list[tuple[str, str, str, str]]:
          f"{r['enqueue_reference_seconds']:.2f} s json.dump per call", "<= 5 s for 1,000"),
         (f"`runs list --json` over {r['list_runs']:,} runs", f"{r['runs_list_json_seconds']:.2f} s",
          f"{r['runs_list_reference_seconds']:.2f} s json load+dump", "<= 1 s for 10,000"),
+        (f"`Store.list_runs` of {r['listed_runs']:,} runs: cached parse, without configs",
+         f"{r['list_cached_seconds']:.3f} s, {r['list_table_seconds']:.3f} s",
+         f"{r['list_cold_seconds']:.2f} s fresh Store (whole parse)", "cached <= 0.1 s"),
+        (f"one enqueue at {r['listed_runs']:,} runs", f"{r['enqueue_at_scale_seconds'] * 1e3:.0f} ms",
+         f"{r['enqueue_seconds'] / r['enqueue_runs'] * 1e3:.0f} ms per enqueue on a small catalogue", "<= 100 ms"),
         _after_write_row(r, "get", "`get_run`", "whole parse (fresh Store)", 0.2),
         _after_write_row(r, "transition", "`transition`", "whole parse + encode (fresh Store)", 0.5),
         ("`trialdeck --help`", f"{r['help_seconds']:.3f} s", f"{r['python_startup_seconds']:.3f} s `python -c pass`",

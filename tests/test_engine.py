@@ -297,7 +297,16 @@ def test_each_failure_fails_alone_with_its_reason(deck: Deck) -> None:
     assert "worker process was killed by signal SIGKILL" in record["error"]
 
     if not probe_gpus():  # pinned to a GPU this box lacks: failed at once with the reason, not queued for ever
-        pinned = deck.enqueue("train.epochs=5", "train.device='cuda'")
+        # `run` refuses such a run at enqueue (tests/test_newcomer.py); one already in the catalogue
+        # (queued where the engine had a GPU) is failed by the engine.
+        from trialdeck.engine.presets import preset_roots, resolve
+        from trialdeck.engine.runtime.client import notify
+
+        spec = resolve(PRESET, ["train.epochs=5", "train.device='cuda'"], preset_roots(deck.ws.presets_dir))
+        [pinned_run] = deck.store.create_runs([{"preset": spec.preset, "config": spec.config(),
+                                                "config_hash": spec.content_hash}])
+        pinned = pinned_run["id"]
+        notify(deck.ws)
         record = deck.wait_state(pinned, TERMINAL, 30)
         assert record["state"] == "failed"
         assert record["error"] == "device 'cuda' was asked for, but this machine has no NVIDIA GPU the engine can see"

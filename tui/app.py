@@ -37,7 +37,7 @@ from trialdeck.engine.errors import TrialdeckError
 from trialdeck.engine.presets import preset_roots
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui import messages
-from trialdeck.tui.composition import PresetLibrary
+from trialdeck.tui.composition import Composition, PresetLibrary
 from trialdeck.tui.context import Context
 from trialdeck.tui.control import Control, specs_for
 from trialdeck.tui.keymap import ACTIONS, KEYS_FILE, Place, bind, check_clashes, described, load_keymap
@@ -56,7 +56,15 @@ from trialdeck.tui.live import (
 )
 from trialdeck.tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
 from trialdeck.tui.screens.base import LiveScreen
-from trialdeck.tui.screens.dialogs import ConfirmDialog, PriorityDialog, QueueDialog
+from trialdeck.tui.screens.dialogs import (
+    ConfirmDialog,
+    PresetNameDialog,
+    PriorityDialog,
+    QueueDialog,
+    RerunDialog,
+    StudyOrRunDialog,
+    TunePresetDialog,
+)
 from trialdeck.tui.screens.help import HelpScreen
 from trialdeck.tui.screens.presets import PresetsScreen
 from trialdeck.tui.screens.queue import QueueScreen
@@ -274,7 +282,26 @@ class TrialdeckApp(App[None]):
             node = active.node
             yield SystemCommand(described(binding), f"key: {self.get_key_display(binding)}",
                                 lambda action=binding.action, node=node: self.run_action(action, node))
+        if "tune" not in seen:  # starting a study is never more than a palette search away
+            yield SystemCommand(ACTIONS["tune"][1], "pick a preset that has a tune block", self.action_start_study)
         yield from super().get_system_commands(screen)
+
+    def action_start_study(self) -> None:
+        """Pick a preset with a [tune] block, then start its study (the palette's way in)."""
+        library = self.ctx.library
+
+        def choices() -> list[tuple[str, int, str]]:
+            from trialdeck.engine.tuning.launch import target_trials
+
+            return [(name, target_trials(spec.tune, None), spec.tune.sampler)
+                    for name, spec in library.tuning() if spec.tune is not None]
+
+        def picked(name: str | None) -> None:
+            if name is not None:
+                self.post_message(messages.StartStudy(Composition((name,))))
+
+        self.spawn(choices, lambda found: self.push_screen(TunePresetDialog(found), picked), name="tune-presets")
+
 
     # ----------------------------------------------------------------- requests from screens
 
@@ -335,9 +362,33 @@ class TrialdeckApp(App[None]):
                     lambda text: self.notify(text, title="cancel", markup=False), "cancel")
 
     def on_requeue_run(self, message: messages.RequeueRun) -> None:
-        self._write(lambda: self.ctx.control.requeue(message.run_id),
-                    lambda r: self.notify(f"queued {r['id']}: {r['preset']} (same config as {message.run_id})",
-                                          title="queued", markup=False), "requeue")
+        how = f"{message.run_id}'s config with {', '.join(message.sets)}" if message.sets else \
+            f"same config as {message.run_id}"
+        self._write(lambda: self.ctx.control.requeue(message.run_id, message.sets),
+                    lambda r: self.notify(f"queued {r['id']}: {r['preset']} ({how})", title="queued", markup=False),
+                    "requeue")
+
+    def on_start_study(self, message: messages.StartStudy) -> None:
+        """Start or resume a study as `trialdeck tune` does, off the UI thread (it may start the engine)."""
+        ctx = self.ctx
+
+        def start():
+            return ctx.control.start_study(ctx.library.resolve(message.composition))
+
+        studies_key = self.mode_keys()[3]
+        self._write(start, lambda started: self.notify(f"{started.describe()} ({studies_key}: the Studies view)",
+                                                       title="study", markup=False), "study")
+
+    def on_save_trial_preset(self, message: messages.SaveTrialPreset) -> None:
+        ctx = self.ctx
+
+        def saved(result) -> None:
+            path, _spec, trial = result
+            ctx.library.reload()
+            self.notify(f"saved trial #{trial['number']} of {message.study} as {message.name} ({path}); "
+                        f"r on it in the Presets view queues it", title="preset saved", markup=False)
+
+        self.spawn(lambda: ctx.control.save_trial(message.study, message.number, message.name), saved, name="save")
 
     def on_resume_run(self, message: messages.ResumeRun) -> None:
         self._write(lambda: self.ctx.control.resume(message.run_id),
@@ -384,6 +435,8 @@ SCREEN_NAMES: dict[type[Screen], str] = {
     RunsScreen: "the Runs view", PresetsScreen: "the Presets view", QueueScreen: "the Queue view",
     StudiesScreen: "the Studies view", RunDetailScreen: "a run's detail", HelpScreen: "the help screen",
     QueueDialog: "the queue dialog", PriorityDialog: "the priority dialog", ConfirmDialog: "a yes/no question",
+    StudyOrRunDialog: "the study-or-run question", TunePresetDialog: "the study's preset picker",
+    PresetNameDialog: "the preset name dialog", RerunDialog: "the run-again dialog",
 }
 """Every screen that binds keys, named as keys.toml's warnings name it."""
 

@@ -5,8 +5,10 @@ RunSpec or one plain error line, exactly as the CLI would (`presets new
 --from A --from B --set k=v` and `run PRESET --set k=v`): parents composed
 with `trialdeck.engine.presets.compose`, deep-merged left to right like
 `write_preset`, overrides applied with `apply_set`, validated with
-`validate`. Composed parents are cached so validating on every keystroke
-reads no file.
+`validate`; a stored run configuration with overrides as `runs rerun RUN
+--set k=v` (`check_config`). Which keys a later parent overrides is said as
+`presets new` says it (`parent_overrides`). Composed parents are cached so
+validating on every keystroke reads no file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from trialdeck.engine.errors import PresetError, TrialdeckError
 from trialdeck.engine.presets import compose, list_presets
-from trialdeck.engine.presets.authoring import config_diff, flatten
+from trialdeck.engine.presets.authoring import ParentOverride, config_diff, flatten, parent_overrides
 from trialdeck.engine.presets.loader import Composed, apply_set, read_toml, validate
 from trialdeck.engine.presets.schema import RunSpec
 
@@ -79,11 +81,14 @@ class PresetLibrary:
         self.roots = roots
         self._composed: dict[str, Composed | PresetError] = {}
         self.presets: list[tuple[str, Path]] = []
+        self.version = 0
+        """Counts reloads, so a screen that was away can tell its list is stale."""
         self.reload()
 
     def reload(self) -> None:
         self.presets = list_presets(self.roots)
         self._composed.clear()
+        self.version += 1
 
     @property
     def names(self) -> list[str]:
@@ -134,21 +139,7 @@ class PresetLibrary:
             composed = self._base(comp)
         except TrialdeckError as exc:
             return Check(None, exc.message)
-        for i, item in enumerate(comp.sets):
-            key, _, value = item.partition("=")
-            if not value.strip():
-                return Check(None, f"--set {key.strip()}: give a value (TOML: 5, 0.1, \"adam\", true, [64, 64])", i)
-            try:
-                apply_set(composed, [item])
-            except TrialdeckError as exc:
-                return Check(None, exc.message, i)
-        try:
-            spec = validate(composed)
-        except TrialdeckError as exc:
-            bad = next((i for i, item in enumerate(comp.sets)
-                        if exc.message.startswith(f"--set {item.partition('=')[0].strip()}:")), None)
-            return Check(None, exc.message, bad)
-        return Check(spec)
+        return _check_sets(composed, comp.sets)
 
     def resolve(self, comp: Composition) -> RunSpec:
         result = self.check(comp)
@@ -163,6 +154,27 @@ class PresetLibrary:
         parents = read_toml(path).get("extends", [])
         return [parents] if isinstance(parents, str) else [p for p in parents if isinstance(p, str)]
 
+    def tuning(self) -> list[tuple[str, RunSpec]]:
+        """The valid presets with a [tune] block (their own or a parent's): what a study starts from."""
+        out = []
+        for name in self.names:
+            try:
+                wanted = "tune" in self.composed(name).data
+            except TrialdeckError:
+                continue
+            spec = self.check(Composition((name,))).spec if wanted else None
+            if spec is not None and spec.tune is not None:
+                out.append((name, spec))
+        return out
+
+    def overrides(self, parents: tuple[str, ...] | list[str]) -> list[ParentOverride]:
+        """Keys a later parent changes from an earlier one's value (as `presets new` warns);
+        none when a parent does not compose (its error is shown elsewhere)."""
+        try:
+            return parent_overrides([(p, self.composed(p).data) for p in parents])
+        except TrialdeckError:
+            return []
+
     def diff(self, name: str) -> tuple[list[str], list[tuple[str, Any, Any]]]:
         """The preset's parents and each resolved key whose value differs from theirs
         (schema defaults when it extends nothing): (key, parents' value, its value)."""
@@ -170,6 +182,31 @@ class PresetLibrary:
         parents = self.parents_of(name)
         base = self.resolve(Composition(tuple(parents))) if parents else RunSpec()
         return parents, config_diff(base.config(), spec.config(), skip={"preset", "description"})
+
+
+def _check_sets(composed: Composed, sets: tuple[str, ...]) -> Check:
+    """Apply `sets` one by one, then validate: the spec, or the first error and its override."""
+    for i, item in enumerate(sets):
+        key, _, value = item.partition("=")
+        if not value.strip():
+            return Check(None, f"--set {key.strip()}: give a value (TOML: 5, 0.1, \"adam\", true, [64, 64])", i)
+        try:
+            apply_set(composed, [item])
+        except TrialdeckError as exc:
+            return Check(None, exc.message, i)
+    try:
+        spec = validate(composed)
+    except TrialdeckError as exc:
+        bad = next((i for i, item in enumerate(sets)
+                    if exc.message.startswith(f"--set {item.partition('=')[0].strip()}:")), None)
+        return Check(None, exc.message, bad)
+    return Check(spec)
+
+
+def check_config(config: dict[str, Any], sets: tuple[str, ...], source: str) -> Check:
+    """A stored configuration (a run's) with `--set` overrides, validated as `runs rerun RUN --set`
+    validates them (trialdeck.engine.runtime.control.rerun)."""
+    return _check_sets(Composed(data=copy.deepcopy(config), chain=[source]), sets)
 
 
 def lr_curve(spec: RunSpec, limit: int = 2000) -> list[float]:

@@ -1,4 +1,4 @@
-"""What the TUI asks of the engine: queue, cancel, requeue, reorder. No Textual here.
+"""What the TUI asks of the engine: queue, cancel, requeue, reorder, start a study. No Textual here.
 
 One job: the TUI's writes, through the engine's public API only (Store and
 trialdeck.engine.runtime.client), with the same rules as the CLI (`run`, `queue cancel|move|clear`):
@@ -78,11 +78,22 @@ class Control:
         record, how = control.cancel(self.store, run_id, lambda: self._wake(self.ws))
         return f"{record['id']} {how}"
 
-    def requeue(self, run_id: str) -> dict[str, Any]:
-        """A new queued run with the same resolved config (the old record stays as it is)."""
-        [new] = control.rerun(self.store, [run_id])
+    def requeue(self, run_id: str, sets: Sequence[str] = ()) -> dict[str, Any]:
+        """A new queued run with the same resolved config, changed by `sets` (`--set` items)
+        if any (the old record stays as it is)."""
+        [new] = control.rerun(self.store, [run_id], sets=sets)
         self._kick()
         return new
+
+    def start_study(self, spec: RunSpec) -> control.StudyStart:
+        """Start or resume the preset's study as `trialdeck tune PRESET` does (the same function)."""
+        return control.start_study(self.store, spec, engine=self._kick)
+
+    def save_trial(self, study: str, number: int, name: str) -> tuple[Any, ...]:
+        """Save trial `number` of `study` as preset NAME (refused if it exists); (path, spec, trial)."""
+        from trialdeck.engine.tuning.results import save_trial_preset
+
+        return save_trial_preset(self.store, self.ws.presets_dir, study, name, number=number)
 
     def resume(self, run_id: str) -> str:
         """Queue a failed, cancelled or interrupted run again from its checkpoint; says how, in words."""

@@ -59,6 +59,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "clear": ("x", "Clear queue"),
     "compose": ("n", "New from this"),
     "save": ("ctrl+s", "Save preset"),
+    "tune": ("t", "Start a study (tune a preset)"),
     "sort": ("s", "Sort by next column"),
     "reverse": ("S", "Reverse sort"),
     "next_page": ("right_square_bracket", "Next page"),

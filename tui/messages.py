@@ -90,6 +90,26 @@ class CancelRun(Message):
 @dataclass
 class RequeueRun(Message):
     run_id: str
+    sets: tuple[str, ...] = ()
+    """`--set` items for the new run (`runs rerun RUN --set ...`): none runs the same config."""
+
+
+@dataclass
+class StartStudy(Message):
+    """Start (or resume) the study of a preset with a [tune] block, as `trialdeck tune` does."""
+
+    composition: Composition
+
+
+@dataclass
+class SaveTrialPreset(Message):
+    """Save a study's trial as a preset (`studies best STUDY --save-preset NAME`, for any trial)."""
+
+    study: str
+    number: int
+    name: str
+
+
 
 
 @dataclass

@@ -182,7 +182,8 @@ def seed_study(store: Store, ws: Workspace, name: str = "seed-activations", tria
     for d in docs:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
     store.upsert_study(name, {
-        "preset": "seed/activations", "metric": "val_acc", "direction": "maximize", "reduce": "best",
+        "preset": "seed/activations", "config": _spec("seed/activations", ws).config(),
+        "metric": "val_acc", "direction": "maximize", "reduce": "best",
         "sampler": "grid", "pruner": "none", "state": "running", "counts": counts, "n_trials": trials,
         "n_done": sum(v for k, v in counts.items() if k != "running"),
         "best": {"number": best["number"], "value": best["value"], "params": best["params"], "run_id": best["run_id"]},

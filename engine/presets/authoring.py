@@ -1,12 +1,17 @@
 """Write new presets into the workspace: compose parents + overrides, validate, save TOML.
 
 The saved file keeps the composition (`extends` and only the overridden keys),
-so it stays small and follows later changes to its parents.
+so it stays small and follows later changes to its parents. A resolved
+configuration (a study's best trial) is saved whole instead (`save_config`):
+it is the exact configuration that was measured. Nothing is written unless it
+validates, and an existing preset is overwritten only with `force`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,58 @@ def config_diff(before: dict[str, Any], after: dict[str, Any], skip: Collection[
     old, new = flatten(before), flatten(after)
     return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
             if k not in skip and old.get(k) != new.get(k)]
+
+
+@dataclass(frozen=True)
+class ParentOverride:
+    """A key a later parent of a composition set to another value than an earlier one had."""
+
+    parent: str
+    """The later parent, whose value wins."""
+    key: str
+    old: Any
+    new: Any
+    earlier: str
+    """The parent whose value it replaced."""
+
+
+_NOT_OVERRIDES = frozenset({"preset", "description"})
+
+
+def parent_overrides(parents: Sequence[tuple[str, dict[str, Any]]]) -> list[ParentOverride]:
+    """For parents composed left to right ((name, composed data) each), every key a later
+    parent changes: `--from base/digits-cnn --from seed/dropout` ends as an MLP because
+    seed/dropout's own base sets `model.kind = "mlp"`, which a person should be told."""
+    seen: dict[str, tuple[Any, str]] = {}
+    out = []
+    for name, data in parents:
+        for key, value in flatten({k: v for k, v in data.items() if k not in _NOT_OVERRIDES}).items():
+            if key in seen and seen[key][0] != value:
+                out.append(ParentOverride(name, key, seen[key][0], value, seen[key][1]))
+            seen[key] = (value, name)
+    return out
+
+
+def describe_overrides(overrides: Sequence[ParentOverride]) -> list[str]:
+    """One line per overriding parent: "seed/dropout overrides model.kind (cnn -> mlp),
+    model.hidden ([128] -> [256, 256]) from base/digits-cnn"."""
+    lines = []
+    for parent in dict.fromkeys(o.parent for o in overrides):
+        mine = [o for o in overrides if o.parent == parent]
+        groups = [", ".join(f"{o.key} ({_short(o.old)} -> {_short(o.new)})" for o in mine if o.earlier == earlier)
+                  + f" from {earlier}" for earlier in dict.fromkeys(o.earlier for o in mine)]
+        lines.append(f"{parent} overrides " + "; ".join(groups))
+    return lines
+
+
+def _short(value: Any) -> str:
+    """A value as a person writes it in TOML: strings bare, the rest as JSON (true, [64, 64])."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def overrides_of(parents: Sequence[str], roots: list[Path]) -> list[ParentOverride]:
+    """`parent_overrides` of presets composed from `roots` (what `presets new --from ...` warns about)."""
+    return parent_overrides([(parent, compose(parent, roots).data) for parent in parents])
 
 
 def overrides_table(sets: list[str]) -> dict[str, Any]:
@@ -92,6 +149,24 @@ def write_preset(
     from trialdeck.engine.workspace import atomic_write
 
     atomic_write(path, tomli_w.dumps(doc).encode())
+    return path, spec
+
+
+def save_config(presets_dir: Path, name: str, config: dict[str, Any], *, description: str,
+                force: bool = False) -> tuple[Path, RunSpec]:
+    """Save a resolved configuration as `presets_dir/NAME.toml`, whole (no `extends`), without
+    its search space: the preset runs as is. Validated first; nothing is written if invalid."""
+    check_name(name)
+    path = presets_dir / f"{name}.toml"
+    if path.exists() and not force:
+        raise PresetError(f"{path}: already exists; pass --force to overwrite it")
+    body = {"description": description,
+            **{k: v for k, v in _drop_none(config).items() if k not in ("preset", "description", "tune")}}
+    spec = validate(Composed(data={**body, "preset": name}, chain=[str(path)]))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from trialdeck.engine.workspace import atomic_write
+
+    atomic_write(path, tomli_w.dumps(body).encode())
     return path, spec
 
 

@@ -299,7 +299,8 @@ def validate(composed: Composed) -> RunSpec:
     try:
         return RunSpec.model_validate(composed.data)
     except ValidationError as exc:
-        problems = list(dict.fromkeys(_explain(err, composed) for err in exc.errors(include_url=False)))
+        problems = list(dict.fromkeys(_explain(err, composed) + _list_hint(err, composed)
+                                      for err in exc.errors(include_url=False)))
         raise PresetError(problems[0], problems) from None
 
 
@@ -330,6 +331,35 @@ def _explain(err: Mapping[str, Any], composed: Composed) -> str:
     return f"{source}: {key} = {value!r}: {msg}"
 
 
+def _list_hint(err: Mapping[str, Any], composed: Composed) -> str:
+    """`--set model.hidden=512,512` reaches the schema as the string '512,512' (not TOML):
+    name the list form that was meant."""
+    value = err.get("input")
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+    source = composed.source_of(loc)
+    if not (source.startswith(SET_SOURCE) and isinstance(value, str) and "," in value and _takes_list(loc)):
+        return ""
+    items = []
+    for part in (p.strip() for p in value.split(",")):
+        try:
+            tomllib.loads(f"v = {part}")
+            items.append(part)
+        except tomllib.TOMLDecodeError:
+            items.append(f'"{part}"')
+    return f"; a list is written in TOML brackets: --set '{source[len(SET_SOURCE):].strip()}=[{', '.join(items)}]'"
+
+
+def _takes_list(loc: tuple) -> bool:
+    """Whether the schema admits a list at `loc` (model.hidden, model.dropout)."""
+    model: Any = RunSpec
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            break
+        model = fields[part].annotation
+    return "list" in str(model)
+
+
 _UNION_TAGS = {"list[constrained-float]", "constrained-float", "function-after[_check(), SpaceEntry]"}
 
 
@@ -356,7 +386,9 @@ def resolve(ref: str, sets: list[str] | None = None, roots: list[Path] | None = 
     return validate(composed)
 
 
-def resolve_data(data: dict[str, Any], source: str = "preset") -> RunSpec:
-    """Validate an already-composed preset dict (a composer form, a stored config)."""
+def resolve_data(data: dict[str, Any], source: str = "preset", sets: list[str] | None = None) -> RunSpec:
+    """Validate an already-composed preset dict (a composer form, a stored config), with
+    `--set` items applied first (`runs rerun RUN --set train.epochs=50`)."""
     composed = Composed(data=copy.deepcopy(data), chain=[source])
+    apply_set(composed, sets or [])
     return validate(composed)

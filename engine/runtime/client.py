@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import EngineUnavailable
+from trialdeck.engine.runtime import versions
 from trialdeck.engine.runtime.pidfile import alive, read_pid_info
 from trialdeck.engine.runtime.recorder import METRICS_NAME
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
@@ -141,6 +142,8 @@ def status(ws: Workspace) -> dict[str, Any]:
         "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device")}
                    for r in runs if r["state"] == "running"],
     }
+    # torch's build and the driver's CUDA, and a warning when they do not fit (no torch import).
+    out.update(versions.probe())
     return out
 
 

@@ -13,11 +13,15 @@ old record stays as it was.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.runtime.client import engine_info, ensure_engine, notify
+from trialdeck.engine.runtime.gpus import probe_gpus
+from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots, pinned_device
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 RESUMABLE = ("failed", "cancelled", "interrupted")
@@ -38,8 +42,35 @@ def check_repeat(repeat: Any, what: str = "repeat") -> None:
         raise BadInput(f"{what} {repeat!r}: allowed: a whole number from 1 to {REPEAT_LIMIT}")
 
 
+def check_device(store: Store, specs: Sequence[RunSpec], device: str | None = None) -> None:
+    """Refuse, at enqueue, runs pinned (`--device`, or `train.device` in the preset) to a GPU
+    that no slot of this box's engine has: the scheduler's own rule (`Scheduler.impossible`)
+    over the running engine's slots, else over the GPUs NVML shows (what an engine started
+    now would have). Queued anyway, such a run could only fail. No torch import: NVML only."""
+    wanted = [(spec, pinned_device({"pinned": device, "config": spec.config()})) for spec in specs]
+    wanted = [(spec, pinned) for spec, pinned in wanted if pinned.startswith("cuda")]
+    if not wanted:
+        return
+    scheduler = Scheduler(_engine_slots(store))
+    for spec, pinned in wanted:
+        why = scheduler.impossible({"pinned": pinned})
+        if why:
+            where = f"--device {device}" if device not in (None, "auto") else f"{spec.preset}: train.device"
+            raise BadInput(f"{where}: {why}; use --device cpu (or auto)")
+
+
+def _engine_slots(store: Store) -> list[Slot]:
+    info = engine_info(store.workspace)
+    if info and info.get("slots"):
+        # Slot names are "gpu<N>.<k>" (GPU N, as NVML numbers it) or "cpu.<k>": see make_slots.
+        gpus = sorted({int(name[3:].split(".")[0]) for name in info["slots"] if name.startswith("gpu")})
+        return [Slot(f"gpu{n}.0", f"cuda:{n}", n) for n in gpus] or make_slots([])
+    return make_slots(probe_gpus())
+
+
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
     _check_priority(priority)
+    check_device(store, specs, device)
     return store.create_runs([
         {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
          "device": None if device in (None, "auto") else device}
@@ -111,17 +142,82 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
         raise BadInput(f"{run_id} is {state} now; only failed, cancelled or interrupted runs can be resumed") from None
 
 
-def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None) -> list[dict[str, Any]]:
+def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
+          sets: Sequence[str] = ()) -> list[dict[str, Any]]:
     """New queued runs with the same resolved configurations, pins and priorities, in one
-    write; the old records stay as they are."""
+    write; the old records stay as they are. `sets` (`--set KEY=VALUE`, validated like any
+    --set) change the new runs' configurations: `--set train.epochs=50` trains it longer."""
+    from trialdeck.engine.presets.loader import resolve_data
+
     records = [get_run(store, run_id) for run_id in run_ids]
     for record in records:
         if not record.get("config"):
             raise BadInput(f"{record['id']} has no stored configuration to run again")
     if priority is not None:
         _check_priority(priority)
+    configs = []
+    for r in records:
+        if sets:
+            spec = resolve_data(r["config"], f"{r['id']}'s configuration", list(sets))
+            configs.append((spec.config(), spec.content_hash))
+        else:
+            configs.append((r["config"], r.get("config_hash", "")))
     return store.create_runs([{
-        "preset": r["preset"], "config": r["config"], "config_hash": r.get("config_hash", ""),
+        "preset": r["preset"], "config": config, "config_hash": digest,
         "priority": int(r.get("priority", 0)) if priority is None else priority,
         "device": r["pinned"] if "pinned" in r else None,
-    } for r in records])
+    } for r, (config, digest) in zip(records, configs, strict=True)])
+
+
+@dataclass(frozen=True)
+class StudyStart:
+    """What `start_study` did."""
+
+    name: str
+    target: int
+    """Trials the study wants in all."""
+    doc: dict[str, Any]
+    """Its catalogue document after the request."""
+    was: str | None
+    """Its state before (None: a new study)."""
+
+    def describe(self) -> str:
+        done = self.doc.get("n_done") or 0
+        if self.was in ("running", "stopping"):
+            return f"study {self.name} is already running: {done}/{self.target} trials done"
+        how = "started" if self.was is None else "resumed"
+        return f"study {self.name} {how}: {done}/{self.target} trials done; the engine runs the rest"
+
+
+def start_study(store: Store, spec: RunSpec, *, trials: int | None = None, timeout: float | None = None,
+                name: str | None = None, storage: str | None = None,
+                engine: Callable[[], Any] | None = None) -> StudyStart:
+    """What `trialdeck tune PRESET` does, for the CLI and the TUI alike: create or resume the
+    study (named after the preset unless `name`) wanting `trials` trials in all (default: the
+    preset's `tune.trials`), then bring the engine to run them: `engine()` when given (the
+    TUI's, which may not start one), else start it if needed and wake it. The engine creates
+    a journal study at its next tick; a shared database is opened here, so a bad URL fails now."""
+    from trialdeck.engine.tuning import launch
+
+    if spec.tune is None:
+        raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 1_000_000):
+        raise BadInput(f"trials {trials!r}: allowed: a whole number from 1 to 1000000")
+    name = launch.check_study_name(name) if name else launch.default_study_name(spec.preset)
+    ws = store.workspace
+    url = launch.storage_url(ws, name, storage)
+    existing = store.get_study(name)
+    launch.check_resume(name, existing, spec)
+    target = launch.target_trials(spec.tune, trials)
+    timeout = timeout if timeout is not None else spec.tune.timeout
+    if storage is not None:
+        from trialdeck.engine.tuning import study as studies  # imports Optuna: only for a shared database
+
+        studies.create_or_load(name, url, preset=spec.preset, config=spec.config(), tune=spec.tune)
+    doc = launch.request(store, name, url, spec, target, timeout)
+    if engine is not None:
+        engine()
+    else:
+        ensure_engine(ws)
+        notify(ws)
+    return StudyStart(name, target, doc, existing.get("state") if existing else None)

@@ -76,9 +76,31 @@ def _die_with_parent() -> None:
             pass
 
 
+def _engine_gone(slot: str) -> bool:
+    """True, after one plain line for engine.log, when the engine that started this worker has
+    died already: killed before `_die_with_parent` took effect, this worker would otherwise live
+    on as an orphan and fail on the engine's closed pipe with a traceback."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is None or os.getppid() == parent.pid:
+        return False
+    _say(f"worker {os.getpid()} ({slot}): its engine (pid {parent.pid}) is gone; exiting")
+    return True
+
+
+def _say(line: str) -> None:
+    """One line in engine.log (the worker's stderr), stamped like the engine's own."""
+    import time
+
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), line, file=sys.stderr, flush=True)
+
+
 def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: str | None, cancels=None) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
+    if _engine_gone(slot):  # after PR_SET_PDEATHSIG: from now on the engine's death kills us
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `engine run` is the engine's to handle
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if cuda_visible is not None:
@@ -105,7 +127,11 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             traceback.print_exc()
     ws = Workspace.resolve(home)
     store = Store(ws)
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except (BrokenPipeError, OSError):  # the engine died while we imported torch
+        _say(f"worker {os.getpid()} ({slot}): its engine is gone; exiting")
+        return
     while True:
         try:
             message = conn.recv()

@@ -81,3 +81,19 @@ def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[
     """(dotted key, value in `before`, value in `after`) for every key that differs, except
     `RESUMABLE_KEYS`: what resuming a study created with `before` would silently ignore."""
     return config_diff(before, after, skip=RESUMABLE_KEYS)
+
+
+def check_resume(name: str, existing: dict[str, Any] | None, spec: RunSpec) -> None:
+    """Resuming a study keeps the config it was created with; refuse a request that differs,
+    rather than ignore the difference."""
+    if not existing:
+        return
+    before = existing.get("config") or (existing.get("create") or {}).get("config")
+    if not before:  # a study mirrored by an older version: nothing to compare with
+        return
+    changes = config_changes(before, spec.config())
+    if changes:
+        shown = ", ".join(f"{key}={old!r} (asked {new!r})" for key, old, new in changes[:3])
+        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+        raise BadInput(f"study {name!r} exists with {shown}{more}; resuming it keeps its own settings: "
+                       f"drop those --set, or start another study with --study NAME")

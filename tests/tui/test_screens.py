@@ -628,6 +628,9 @@ async def test_an_empty_workspace_shows_every_screen(tmp_path, monkeypatch, utc)
             await show(pilot, key, screen)
             await pilot.press("enter", "c", "s", "t", "x")
             await pilot.pause()
+            if screen == "StudiesScreen":  # t starts a study: its preset picker opens; back out of it
+                await wait_for(pilot, lambda: screen_name(app) == "TunePresetDialog", what="the preset picker")
+                await pilot.press("escape")
         assert "0 running 0 queued" in screen_text(app)
 
 

@@ -85,7 +85,8 @@ def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("status")
 @handle_errors
 def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Whether the engine runs, its pid, uptime, slots, running and queued counts."""
+    """Whether the engine runs, its pid, uptime, slots, running and queued counts; torch's
+    version and CUDA build, the NVIDIA driver's, and a warning when they do not fit."""
     from trialdeck.engine.runtime.client import status
 
     info = status(workspace(home))
@@ -102,6 +103,13 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
           + (f", {interrupted} interrupted (resumed when the engine starts)" if interrupted else ""))
     for a in info["active"]:
         print(f"  {a['id']} {a['preset']} on {a['slot'] or a['device']}")
+    torch = f"torch {info['torch_version'] or '(not installed)'}" + (
+        f" (CUDA {info['torch_cuda']} build)" if info["torch_cuda"] else " (CPU build)" if info["torch_version"] else "")
+    driver = (f"NVIDIA driver {info['driver_version']} (CUDA up to {info['driver_cuda']}), {info['gpus']} GPU(s)"
+              if info["driver_version"] else "no NVIDIA driver")
+    print(f"{torch}; {driver}")
+    if info["cuda_warning"]:
+        err(f"trialdeck: warning: {info['cuda_warning']}")
 
 
 @app.command("run")

@@ -120,13 +120,19 @@ def presets_new(
 ) -> None:
     """Compose a new preset from parents and --set overrides, validate it, and save it."""
     from trialdeck.engine.presets import check_name
-    from trialdeck.engine.presets.authoring import write_preset
+    from trialdeck.engine.presets.authoring import describe_overrides, overrides_of, write_preset
 
     check_name(name)
     ws = workspace(home)
     path, spec = write_preset(ws.presets_dir, name, parents=from_, sets=set_ or [], description=description,
                               force=force, roots=roots(home))
+    # A later parent's own base may replace what an earlier parent chose (its model kind): say so.
+    overrides = overrides_of(from_, roots(home))
+    for line in describe_overrides(overrides):
+        err(f"trialdeck: {line}")
     if as_json:
-        emit({"name": name, "path": str(path), "hash": spec.content_hash, "config": spec.config()})
+        emit({"name": name, "path": str(path), "hash": spec.content_hash, "config": spec.config(),
+              "overrides": [{"parent": o.parent, "key": o.key, "old": o.old, "new": o.new, "from": o.earlier}
+                            for o in overrides]})
     else:
         print(f"saved {name} to {path}")

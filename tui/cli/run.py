@@ -126,7 +126,7 @@ def _waiting_on(run_id: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         err(f"trialdeck: stopped waiting; {run_id} goes on in the engine "
-            f"(`trialdeck runs follow {run_id}`, or `trialdeck runs cancel {run_id}` to stop it)")
+            f"(`trialdeck runs follow {run_id}`, or `trialdeck queue cancel {run_id}` to stop it)")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 

@@ -12,6 +12,7 @@ from trialdeck.tui.cli.common import (
     STATES,
     HomeOpt,
     JsonOpt,
+    SetOpt,
     check_range,
     emit,
     err,
@@ -154,21 +155,24 @@ def runs_resume(run_ids: Annotated[list[str], typer.Argument(help="Failed, cance
 def runs_rerun(
     run_ids: Annotated[list[str], typer.Argument(help="Run id(s) whose configuration to train again.")],
     priority: Annotated[int | None, typer.Option("--priority", help="Higher runs first (default: the old run's).")] = None,
+    set_: SetOpt = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue a new run with the same configuration as each given run (theirs stay as they are)."""
+    """Queue a new run with the same configuration as each given run (theirs stay as they are);
+    --set changes it, e.g. --set train.epochs=50 to train a study's best trial longer."""
     from trialdeck.engine.runtime import control
     from trialdeck.engine.runtime.client import ensure_engine, notify
 
     ws = workspace(home)
     store = open_store(home)
     check_range("--priority", priority, -control.PRIORITY_LIMIT, control.PRIORITY_LIMIT)
-    records = control.rerun(store, run_ids, priority=priority)
+    records = control.rerun(store, run_ids, priority=priority, sets=set_ or [])
     ensure_engine(ws, say=err)
     notify(ws)
     if as_json:
         emit(records if len(records) > 1 else records[0])
     else:
+        changed = f" with {', '.join(set_)}" if set_ else ""
         for old, r in zip(run_ids, records, strict=True):
-            print(f"queued {r['id']}  {r['preset']}  (the configuration of {old})")
+            print(f"queued {r['id']}  {r['preset']}  (the configuration of {old}{changed})")

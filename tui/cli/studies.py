@@ -157,16 +157,40 @@ def studies_show(
 
 @app.command("best")
 @handle_errors
-def studies_best(name: Annotated[str, typer.Argument(help="Study name.")], home: HomeOpt = None,
-                 as_json: JsonOpt = False) -> None:
-    """The best trial: number, value, params and its run."""
+def studies_best(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    save_preset: Annotated[str | None, typer.Option(
+        "--save-preset", help="Save the best trial's configuration (the study's, with its params) as this preset "
+                              "in the workspace's presets/, ready to `trialdeck run`.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --save-preset: overwrite a preset of that name.")] = False,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The best trial: number, value, params and its run; --save-preset NAME keeps it as a preset."""
+    if force and save_preset is None:
+        raise BadInput("--force: only with --save-preset NAME")
     doc, _ = _study_doc(home, name, None, reconcile=False)
     best = doc.get("best")
+    saved = None
+    if save_preset is not None and not best:
+        err(f"trialdeck: study {name} has no complete trial yet; no preset saved")
+    elif save_preset is not None:
+        from trialdeck.engine.catalogue.store import Store
+        from trialdeck.engine.presets import check_name
+        from trialdeck.engine.tuning.results import save_trial_preset
+
+        check_name(save_preset)
+        ws = workspace(home)
+        path, spec, _trial = save_trial_preset(Store(ws), ws.presets_dir, name, save_preset, force=force)
+        saved = {"name": save_preset, "path": str(path), "hash": spec.content_hash}
     if as_json:
-        emit(best)
+        emit({**best, "saved_preset": saved} if best and saved else best)
     elif best:
         print(f"trial {best['number']}  {doc['metric']} {best['value']:.6g}  run {best.get('run_id')}  "
               f"{json.dumps(best['params'])}")
+        if saved:
+            print(f"saved preset {save_preset} to {saved['path']} (`trialdeck run {save_preset}` trains it; "
+                  f"add --set train.epochs=N to train it longer)")
     else:
         print(f"study {name} has no complete trial yet")
     if not best:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from trialdeck.engine.errors import BadInput, ExitCode
+from trialdeck.engine.errors import ExitCode
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, StudyState
 from trialdeck.tui.cli.common import (
     HomeOpt,
@@ -42,34 +42,26 @@ def tune_cmd(
     from trialdeck.engine.catalogue.store import Store
     from trialdeck.engine.presets import resolve
     from trialdeck.engine.runtime.client import ensure_engine, notify
-    from trialdeck.engine.tuning import launch
+    from trialdeck.engine.runtime.control import start_study
 
     check_range("--trials", trials, 1, 1_000_000)
     check_range("--timeout", timeout, 1, 10 * 365 * 86400)
     ws = workspace(home)
     spec = resolve(preset, set_ or [], roots(home))
-    if spec.tune is None:
-        raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
-    name = launch.check_study_name(study_name) if study_name else launch.default_study_name(spec.preset)
-    url = launch.storage_url(ws, name, storage)
     store = Store(ws)
-    existing = store.get_study(name)
-    _refuse_changed_resume(name, existing, spec)
-    _warn_space_overrides(spec, set_ or [])
-    if existing and existing.get("state") in ACTIVE_STUDY_STATES:
-        if not as_json:
-            err(f"trialdeck: study {name} is already running; following it")
-    target = launch.target_trials(spec.tune, trials)
-    timeout = timeout if timeout is not None else spec.tune.timeout
-    if storage is not None:
-        # A shared database: open it here, so a bad URL or a server that is down is reported now.
-        from trialdeck.engine.tuning import study as studies
 
-        studies.create_or_load(name, url, preset=spec.preset, config=spec.config(), tune=spec.tune)
-    # The engine creates (or resumes) the Optuna study on its next tick; see trialdeck.engine.tuning.launch.
-    launch.request(store, name, url, spec, target, timeout)
-    ensure_engine(ws, say=err)
-    notify(ws)
+    def engine() -> None:
+        ensure_engine(ws, say=err)
+        notify(ws)
+
+    # The one way a study starts (the TUI's too): validate, record it as wanted, wake the engine,
+    # which creates (or resumes) the Optuna study on its next tick (trialdeck.engine.tuning.launch).
+    started = start_study(store, spec, trials=trials, timeout=timeout, name=study_name, storage=storage,
+                          engine=engine)
+    name, target = started.name, started.target
+    _warn_space_overrides(spec, set_ or [])
+    if started.was in ACTIVE_STUDY_STATES and not as_json:
+        err(f"trialdeck: study {name} is already running; following it")
     if not wait_:
         doc = store.get_study(name)
         if as_json:
@@ -96,24 +88,6 @@ def tune_cmd(
         raise typer.Exit(int(ExitCode.JOB_FAILED))
     if not doc.get("best"):
         raise typer.Exit(int(ExitCode.JOB_FAILED))
-
-
-def _refuse_changed_resume(name: str, existing: dict[str, Any] | None, spec) -> None:
-    """Resuming a study keeps the config it was created with; refuse a request that differs,
-    rather than ignore the difference."""
-    from trialdeck.engine.tuning import launch  # light: no Optuna
-
-    if not existing:
-        return
-    before = existing.get("config") or (existing.get("create") or {}).get("config")
-    if not before:  # a study mirrored by an older version: nothing to compare with
-        return
-    changes = launch.config_changes(before, spec.config())
-    if changes:
-        shown = ", ".join(f"{key}={old!r} (asked {new!r})" for key, old, new in changes[:3])
-        more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
-        raise BadInput(f"study {name!r} exists with {shown}{more}; resuming it keeps its own settings: "
-                       f"drop those --set, or start another study with --study NAME")
 
 
 def _warn_space_overrides(spec, sets: list[str]) -> None:

@@ -1,4 +1,6 @@
-"""Modal dialogs: queue a preset (repeat, priority, overrides), set a priority, confirm.
+"""Modal dialogs: queue a preset (repeat, priority, overrides), set a priority, confirm; a study
+or a single run of a tuning preset, which preset to tune, a name to save a trial under, and the
+overrides of a run done again.
 
 Each is a `ModalScreen[T]` whose result comes back through `dismiss`; None
 means the user backed out.
@@ -6,14 +8,17 @@ means the user backed out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Static
+from textual.widgets import Input, OptionList, Static
+from textual.widgets.option_list import Option
 
-from trialdeck.engine.errors import BadInput
-from trialdeck.tui.composition import Composition, PresetLibrary, summary_line
+from trialdeck.engine.errors import BadInput, TrialdeckError
+from trialdeck.tui.composition import Composition, PresetLibrary, check_config, summary_line
 from trialdeck.tui.control import MAX_REPEAT, QueueRequest
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.widgets.override_editor import OverrideEditor
@@ -168,3 +173,153 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class StudyOrRunDialog(ModalScreen[str | None]):
+    """A preset with a [tune] block: start its study, or queue one plain run of it.
+    Returns "study" or "run"."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, label: str, trials: int) -> None:
+        super().__init__()
+        self.label = label
+        self.trials = trials
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="study-or-run-dialog", classes="dialog"):
+            yield Static(Text(f"{self.label} has a [tune] block"), classes="dialog-title")
+            yield OptionList(Option(f"start study ({self.trials} trials)", id="study"),
+                             Option("single run (the preset's own values, no search)", id="run"),
+                             id="study-or-run", compact=True)
+            yield Static("enter: choose   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+
+
+class TunePresetDialog(ModalScreen[str | None]):
+    """Pick a preset with a [tune] block to start its study; returns its name."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, choices: list[tuple[str, int, str]]) -> None:
+        super().__init__()
+        self.choices = choices
+        """(preset, trials, sampler) each."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="tune-preset-dialog", classes="dialog"):
+            yield Static("Start a study: pick a preset with a [tune] block", classes="dialog-title")
+            if self.choices:
+                yield OptionList(*[Option(Text(f"{name}  ({trials} trials, {sampler})"), id=name)
+                                   for name, trials, sampler in self.choices], id="tune-presets", compact=True)
+            else:
+                yield Static("no preset has a [tune] block; add one to a preset in the workspace's presets/",
+                             classes="dialog-error")
+            yield Static("enter: start   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        for option_list in self.query(OptionList):
+            option_list.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+
+
+class PresetNameDialog(ModalScreen[str | None]):
+    """Ask the name a trial is saved under as a preset (in the workspace's presets/)."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, title: str, suggestion: str, taken: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.title_text = title
+        self.suggestion = suggestion
+        self.taken = taken
+        """Whether a preset of that name exists already (saving never overwrites here)."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="preset-name-dialog", classes="dialog"):
+            yield Static(Text(self.title_text), classes="dialog-title")
+            yield Input(self.suggestion, placeholder="e.g. final/best (saved in the workspace)", id="preset-name")
+            yield Static("", id="preset-name-error", classes="dialog-error")
+            yield Static("enter: save   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def _problem(self, name: str) -> str:
+        from trialdeck.engine.presets import check_name
+
+        try:
+            check_name(name.strip())
+        except TrialdeckError as exc:
+            return exc.message
+        return f"preset {name.strip()} exists already; pick another name" if self.taken(name.strip()) else ""
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one("#preset-name-error", Static).update(Text(self._problem(event.value)))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        problem = self._problem(event.value)
+        if problem:
+            self.query_one("#preset-name-error", Static).update(Text(problem))
+            self.app.bell()
+            return
+        self.dismiss(event.value.strip())
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+
+
+class RerunDialog(ModalScreen[tuple[str, ...] | None]):
+    """Run a run's configuration again with overrides (`runs rerun RUN --set ...`), validated as
+    you type; returns the `--set` items."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def __init__(self, run_id: str, config: dict, initial: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.config = config
+        self.initial = initial
+        self._sets: tuple[str, ...] | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="rerun-dialog", classes="dialog"):
+            yield Static(Text(f"Run {self.run_id}'s configuration again, with:"), classes="dialog-title")
+            yield OverrideEditor(rows=3, initial=self.initial, id="rerun-overrides")
+            yield Static("enter: queue   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        self.query_one("#value-0", Input).focus()
+
+    def on_override_editor_changed(self, event: OverrideEditor.Changed) -> None:
+        editor = self.query_one(OverrideEditor)
+        check = check_config(self.config, event.items, f"{self.run_id}'s configuration")
+        editor.valid, editor.invalid_row = check.ok, check.bad_set
+        editor.message = summary_line(check.spec) if check.spec is not None else check.error or "invalid"
+        self._sets = event.items if check.ok else None
+
+    def on_override_editor_submitted(self, event: OverrideEditor.Submitted) -> None:
+        if self._sets is not None:
+            self.dismiss(self._sets)
+        else:
+            self.app.bell()
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)
+

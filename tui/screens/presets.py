@@ -1,5 +1,6 @@
 """The preset composer: browse presets by group, see one resolved and diffed against its
-parents, compose a new one from a base and strategy blocks plus overrides, save or queue it.
+parents, compose a new one from a base and strategy blocks plus overrides, save or queue it;
+a preset with a [tune] block asks whether to start its study or queue one plain run.
 
 Validation runs on every change with the CLI's rules (tui/composition.py), on
 cached compositions, so typing reads no file; an invalid override is marked
@@ -16,11 +17,14 @@ from textual.widgets import Footer, Input, Select, SelectionList, Static, Tabbed
 
 from trialdeck.engine.errors import TrialdeckError
 from trialdeck.engine.presets import check_name
+from trialdeck.engine.presets.authoring import describe_overrides
+from trialdeck.engine.tuning.launch import target_trials
 from trialdeck.tui import messages
 from trialdeck.tui.composition import Check, Composition, lr_curve, summary_line
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.screens.base import LiveScreen
-from trialdeck.tui.screens.dialogs import QueueDialog
+from trialdeck.tui.screens.dialogs import QueueDialog, StudyOrRunDialog
+from trialdeck.tui.widgets.check_list import CheckList
 from trialdeck.tui.widgets.filter_bar import FilterBar
 from trialdeck.tui.widgets.mode_bar import ModeBar
 from trialdeck.tui.widgets.override_editor import OverrideEditor
@@ -38,7 +42,10 @@ class PresetsScreen(LiveScreen):
     """Left: the preset tree. Right: Config (resolved + diff) and Compose tabs."""
 
     BINDINGS = [
-        bind("queue", "queue_preset", description="Queue"),
+        bind("queue", "queue_preset", description="Queue a run", short="Queue"),
+        # Not in the footer (no room at 80 columns): `r` on a tuning preset offers the study too,
+        # and help and the palette list it.
+        bind("tune", "start_study", show=False),
         bind("compose", "compose_from", short="Compose"),
         bind("save", "save_preset", short="Save"),
         bind("view", "next_tab", description="Config/Compose", short="Next tab"),
@@ -56,6 +63,8 @@ class PresetsScreen(LiveScreen):
         super().__init__()
         self._check: Check | None = None
         self._highlighted_ok = False
+        self._highlighted_tunes = False
+        self._library_version = -1
 
     def compose(self) -> ComposeResult:
         library = self.ctx.library
@@ -75,9 +84,10 @@ class PresetsScreen(LiveScreen):
                             yield Select([(b, b) for b in bases], value=DEFAULT_BASE if DEFAULT_BASE in bases else Select.NULL,
                                          allow_blank=False, id="compose-base", compact=True)
                         yield Static("strategy blocks (space toggles):", classes="compose-help")
-                        yield SelectionList[str](*[(b, b) for b in library.blocks], id="compose-blocks", compact=True)
+                        yield CheckList(*[(b, b) for b in library.blocks], id="compose-blocks", compact=True)
                         yield Static("overrides (key = value, as --set):", classes="compose-help")
                         yield OverrideEditor(rows=3, id="compose-overrides")
+                        yield Static("", id="compose-parent-overrides", classes="compose-help")
                         yield CurvePlot("learning rate by epoch", xlabel="epoch", id="lr-plot")
                         with Horizontal(classes="compose-row"):
                             yield Static("name", classes="compose-label")
@@ -88,6 +98,7 @@ class PresetsScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self._ready = True
+        self._library_version = self.ctx.library.version
         self.query_one(FilterBar).display = False
         tree = self.query_one(PresetTree)
         tree.focus()
@@ -117,6 +128,7 @@ class PresetsScreen(LiveScreen):
         diff = self.query_one("#diff", Static)
         check = library.check(Composition((name,)))
         self._highlighted_ok = check.ok
+        self._highlighted_tunes = check.spec is not None and check.spec.tune is not None
         if check.spec is None:
             config.update(Text.assemble(("invalid preset\n", "bold red"), check.error or ""))
             diff.update("")
@@ -138,12 +150,19 @@ class PresetsScreen(LiveScreen):
             out.append(f"{_value(new)}\n", style="green")
         if not changes:
             out.append("  (nothing)\n", style="dim")
+        for line in describe_overrides(library.overrides(parents)):
+            out.append(f"note: {line}\n", style="yellow")
         out.append("resolved:", style="bold")
         diff.update(out)
+
+    def on_screen_resume(self) -> None:
+        if self._ready and self._library_version != self.ctx.library.version:
+            self.presets_changed()  # saved from elsewhere meanwhile (a study's trial)
 
     def presets_changed(self, select: str | None = None) -> None:
         """The library was reloaded (a preset was saved): rebuild the tree and the base list."""
         library = self.ctx.library
+        self._library_version = library.version
         tree = self.query_one(PresetTree)
         tree.names = library.names
         tree.fill(tree.names, self.query_one(FilterBar).text)
@@ -189,6 +208,9 @@ class PresetsScreen(LiveScreen):
             editor.message = check.error or "invalid"
             plot.empty_note = "fix the error above"
             plot.series = ()
+        notes = describe_overrides(self.ctx.library.overrides(comp.parents))
+        self.query_one("#compose-parent-overrides", Static).update(
+            Text("\n".join(f"note: {line}" for line in notes), style="yellow"))
         name_error = ""
         if comp.name:
             try:
@@ -230,6 +252,8 @@ class PresetsScreen(LiveScreen):
             if self._tab() == "tab-compose":
                 return True if self._check is not None and self._check.ok else None
             return True if self.highlighted and self._highlighted_ok else None
+        if action == "start_study":
+            return True if self._target_tunes() else None
         if action == "save_preset":
             ok = self._tab() == "tab-compose" and self._check is not None and self._check.ok
             return True if ok and self._name_ok(self.composition.name) else None
@@ -241,20 +265,46 @@ class PresetsScreen(LiveScreen):
             return False if isinstance(self.focused, PresetTree) else True
         return True
 
-    def action_queue_preset(self) -> None:
+    def _target(self) -> Composition | None:
+        """What `r` and `t` act on: the composition on the Compose tab, else the highlighted preset."""
         if self._tab() == "tab-compose":
             comp = self.composition
-            base = Composition(comp.parents, comp.sets, comp.name)
-        elif self.highlighted:
-            base = Composition((self.highlighted,))
-        else:
+            return Composition(comp.parents, comp.sets, comp.name)
+        return Composition((self.highlighted,)) if self.highlighted else None
+
+    def _target_tunes(self) -> bool:
+        if self._tab() == "tab-compose":
+            return self._check is not None and self._check.spec is not None and self._check.spec.tune is not None
+        return bool(self.highlighted) and self._highlighted_tunes
+
+    def action_queue_preset(self) -> None:
+        base = self._target()
+        if base is None:
             return
 
         def queued(request) -> None:
             if request is not None:
                 self.post_message(messages.QueueRuns(request))
 
-        self.app.push_screen(QueueDialog(self.ctx.library, base), queued)
+        def chosen(choice: str | None) -> None:
+            if choice == "study":
+                self.post_message(messages.StartStudy(base))
+            elif choice == "run":
+                self.app.push_screen(QueueDialog(self.ctx.library, base), queued)
+
+        spec = self.ctx.library.check(base).spec
+        if spec is not None and spec.tune is not None:
+            # A tuning preset: queueing it plainly would silently ignore its search; ask which is meant.
+            self.app.push_screen(StudyOrRunDialog(base.label, target_trials(spec.tune, None)), chosen)
+        else:
+            self.app.push_screen(QueueDialog(self.ctx.library, base), queued)
+
+    def action_start_study(self) -> None:
+        base = self._target()
+        if base is None or not self._target_tunes():
+            self.app.bell()
+            return
+        self.post_message(messages.StartStudy(base))
 
     def action_save_preset(self) -> None:
         comp = self.composition

@@ -1,5 +1,7 @@
 """Studies: the list, the chosen study's best trial and trial table (sort, filter, page),
-its optimisation history, a slice per parameter, intermediate values and importances.
+its optimisation history, a slice per parameter, intermediate values and importances; start a
+study from a tuning preset, and take a trial further: save it as a preset, or run it again
+with overrides (longer).
 
 Trials are read (one study at a time) in a worker when the chosen study's
 summary changes; sorting, filtering and paging happen on that copy.
@@ -17,9 +19,12 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.tuning.launch import target_trials
 from trialdeck.tui import messages
+from trialdeck.tui.composition import Composition
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog, TunePresetDialog
 from trialdeck.tui.trials import (
     best_text,
     columns_for,
@@ -81,6 +86,12 @@ class StudiesScreen(LiveScreen):
         bind("prev_page", "page(-1)", short="Previous", group=PAGE_KEYS),
         bind("next_page", "page(1)", short="Next", group=PAGE_KEYS),
         bind("view", "next_tab", short="View"),
+        # From a study to a final model: start one, and from a trial, save it or train it longer.
+        # Not in the footer (no room at 80 columns): the best-trial panel names them, as do help
+        # and the palette.
+        bind("tune", "start_study", description="Start a study (tune a preset)", show=False),
+        bind("queue", "rerun_trial", description="Run the trial again (e.g. longer)", show=False),
+        bind("save", "save_trial", description="Save the trial as a preset", show=False),
     ]
 
     study: reactive[str | None] = reactive(None, init=False)
@@ -102,7 +113,7 @@ class StudiesScreen(LiveScreen):
         yield ModeBar("studies", id="mode-bar")
         with Horizontal(id="studies-top"):
             yield StudyTable(id="study-table")
-            yield Static("no studies yet: `trialdeck tune seed/activations` starts one", id="study-best")
+            yield Static("no studies yet: t starts one (or `trialdeck tune seed/activations`)", id="study-best")
         with TabbedContent(id="study-tabs"):
             with TabPane("Trials", id="tab-trials"):
                 with Vertical():
@@ -139,7 +150,9 @@ class StudiesScreen(LiveScreen):
             self.study = table.current_key or studies[0]["name"]
         doc = next((s for s in studies if s["name"] == self.study), None)
         if doc is not None:
-            self.query_one("#study-best", Static).update(Text(best_text(doc)))
+            text = Text(best_text(doc))
+            text.append(f"\n{self._keys_line()}", style="dim")
+            self.query_one("#study-best", Static).update(text)
             bars = tuple((k, float(v)) for k, v in (doc.get("importances") or {}).items() if isinstance(v, (int, float)))
             self.query_one(BarList).bars = bars
             mark = (doc.get("synced_at"), doc.get("n_done"), tuple(sorted((doc.get("counts") or {}).items())))
@@ -152,6 +165,12 @@ class StudiesScreen(LiveScreen):
         self.page = 0
         self.trials = ()
         self.watch_catalog()
+
+    def _keys_line(self) -> str:
+        """This view's study keys, as keys.toml maps them: the footer has no room for them at 80 columns."""
+        shown = {a.binding.id: self.app.get_key_display(a.binding) for a in self.active_bindings.values()}
+        words = (("tune", "new study"), ("queue", "rerun trial"), ("save", "save trial as preset"))
+        return "  ".join(f"{shown[i]} {w}" for i, w in words if i in shown)
 
     def _load_trials(self) -> None:
         name, store = self.study, self.ctx.store
@@ -275,6 +294,12 @@ class StudiesScreen(LiveScreen):
             return True if self.trials else None
         if action == "focus_studies":
             return None if isinstance(self.focused, StudyTable) else True
+        if action in ("rerun_trial", "save_trial"):
+            if not isinstance(self.focused, TrialTable):
+                return None
+            trial = self._selected_trial()
+            needs = "run_id" if action == "rerun_trial" else "params"
+            return True if trial is not None and trial.get(needs) is not None else None
         if action == "page":
             # Hidden, not greyed, with one page (up to 200 trials, nearly always): the footer
             # has no room to spare at 80 columns, and the caption names [ ] when there are pages.
@@ -292,6 +317,55 @@ class StudiesScreen(LiveScreen):
             self.notify(f"trial #{trial['number']} has no run on this box", severity="warning")
             return
         self.post_message(messages.OpenRun(trial["run_id"]))
+
+    def action_start_study(self) -> None:
+        library = self.ctx.library
+
+        def choices() -> list[tuple[str, int, str]]:
+            return [(name, target_trials(spec.tune, None), spec.tune.sampler)
+                    for name, spec in library.tuning() if spec.tune is not None]
+
+        def picked(name: str | None) -> None:
+            if name is not None:
+                self.post_message(messages.StartStudy(Composition((name,))))
+
+        # Validating every preset reads files: in a worker, then the picker.
+        self.spawn(choices, lambda found: self.app.push_screen(TunePresetDialog(found), picked), name="tune-presets")
+
+    def action_rerun_trial(self) -> None:
+        trial = self._selected_trial()
+        if trial is None or not trial.get("run_id"):
+            return
+        run_id, store = trial["run_id"], self.ctx.store
+
+        def loaded(record: dict[str, Any] | None) -> None:
+            if record is None or not record.get("config"):
+                self.notify(f"{run_id} has no stored configuration to run again", severity="warning", markup=False)
+                return
+            epochs = (record["config"].get("train") or {}).get("epochs")
+            initial = [("train.epochs", str(epochs))] if epochs is not None else []
+
+            def queued(sets: tuple[str, ...] | None) -> None:
+                if sets is not None:
+                    self.post_message(messages.RequeueRun(run_id, sets))
+
+            self.app.push_screen(RerunDialog(run_id, record["config"], initial), queued)
+
+        self.spawn(lambda: store.get_run(run_id), loaded, name="rerun-config")
+
+    def action_save_trial(self) -> None:
+        trial, study = self._selected_trial(), self.study
+        if trial is None or study is None:
+            return
+        presets_dir = self.ctx.ws.presets_dir
+
+        def named(name: str | None) -> None:
+            if name is not None:
+                self.post_message(messages.SaveTrialPreset(study, int(trial["number"]), name))
+
+        self.app.push_screen(PresetNameDialog(f"Save trial #{trial['number']} of {study} as a preset named:",
+                                              f"{study}/trial-{trial['number']}",
+                                              lambda name: (presets_dir / f"{name}.toml").exists()), named)
 
     def action_focus_studies(self) -> None:
         self.query_one(StudyTable).focus()
