@@ -22,7 +22,14 @@ process only (the writer is not counted):
   session; the composer and the studies browser are the heaviest.
 - sanity: how many rows show a sparkline at the end.
 
-Usage: python bench/bench_tui.py [--quick]
+Marking and comparing (a second set-up): 50 finished runs of 200 epochs each.
+Reported: key to repaint for `space` (mark the row and move down, 50 times),
+for `C` (until the compare view has drawn the 50 runs' curves, summary and
+config differences: the records are read in a worker, so this includes the
+read), and for the compare view's toggles `e` (EMA), `l` (log y) and `m`
+(next metric), which redraw the plot of 50 x 200 points. Target <= 100 ms.
+
+Usage: python bench/bench_tui.py [--quick] [--compare-only]
 """
 
 from __future__ import annotations
@@ -199,6 +206,132 @@ def child(home: str, seconds: float, n: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- marking and comparing
+
+
+COMPARE_RUNS, COMPARE_EPOCHS = 50, 200
+
+
+def _prepare_finished(root: Path, n: int, epochs: int) -> object:
+    """A workspace with `n` completed runs of `epochs` epochs each (distinct curves and learning rates)."""
+    import math
+
+    from trialdeck.engine.catalogue.store import Store
+    from trialdeck.engine.presets import resolve
+    from trialdeck.engine.types import RunState
+    from trialdeck.engine.workspace import Workspace
+
+    ws = Workspace(root).ensure()
+    store = Store(ws)
+    specs = [resolve("seed/step-decay", [f"train.epochs={epochs}", f"optimizer.lr={0.01 * (1 + i % 10)}",
+                                         f"train.seed={i}"]) for i in range(n)]
+    records = store.create_runs([{"preset": s.preset, "config": s.config(), "config_hash": s.content_hash} for s in specs])
+    for i, r in enumerate(records):
+        k = 0.01 + 0.002 * i
+        hist = [{"epoch": e, "train_loss": 2.3 * math.exp(-k * e) + 0.05, "val_loss": 2.3 * math.exp(-k * e) + 0.1,
+                 "val_acc": 1 - 0.9 * math.exp(-k * e), "lr": 0.1 * 0.5 ** ((e + 1) // 10), "seconds": 1.0}
+                for e in range(1, epochs + 1)]
+        store.transition(r["id"], RunState.RUNNING, slot="cpu.0", device="cpu")
+        store.transition(r["id"], RunState.COMPLETED, history=hist)
+    return ws
+
+
+def child_compare(home: str, n: int) -> dict:
+    import asyncio
+
+    from textual import events
+
+    from trialdeck.engine.workspace import Workspace
+    from trialdeck.tui.app import make_app
+
+    app = make_app(Workspace(Path(home)), start_engine=False, interval=0.5)
+    paints: list[tuple[float, str, bool]] = []
+    display = app._display
+
+    def spy(screen, renderable) -> None:
+        display(screen, renderable)
+        if renderable is not None:  # the compare view counts once it shows its runs
+            paints.append((time.perf_counter(), type(screen).__name__, bool(getattr(screen, "loaded", True))))
+
+    app._display = spy  # type: ignore[method-assign]
+    out: dict = {}
+
+    async def press(key: str, target: str) -> tuple[float, float]:
+        """Milliseconds from the key to the first repaint of `target`, and to the first one with its data."""
+        t0 = time.perf_counter()
+        event = events.Key(key, key if len(key) == 1 else None)
+        event.set_sender(app)
+        app._driver.send_message(event)
+        while True:
+            await asyncio.sleep(0.0005)
+            hits = [(t, ready) for t, s, ready in paints if t > t0 and s == target]
+            loaded = [t for t, ready in hits if ready]
+            if loaded:
+                return (hits[0][0] - t0) * 1000, (loaded[0] - t0) * 1000
+            if time.perf_counter() - t0 > 10:
+                return float("inf"), float("inf")
+
+    async def auto_pilot(pilot) -> None:
+        while app.catalog is None or app.screen.query_one("#runs-table").row_count < n:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        marks = []
+        for _ in range(n):
+            marks.append((await press("space", "RunsScreen"))[0])
+            await asyncio.sleep(0.02)
+        out["marked"] = len(app.screen.query_one("#runs-table").marked)
+        out["mark_ms"] = marks
+        opens: list[tuple[float, float]] = []
+        toggles: dict[str, list[float]] = {"e": [], "l": [], "m": []}
+        for _ in range(3):  # opened three times: one reading on a busy box says little
+            await asyncio.sleep(0.3)
+            opens.append(await press("C", "CompareScreen"))
+            screen = app.screen
+            out["series"] = len(screen.query_one("#compare-plot").series)
+            out["points"] = sum(len(s.xs) for s in screen.query_one("#compare-plot").series)
+            for _ in range(3):
+                for key in toggles:
+                    await asyncio.sleep(0.2)
+                    toggles[key].append((await press(key, "CompareScreen"))[1])
+            await asyncio.sleep(0.2)
+            await press("escape", "RunsScreen")
+        out["open_first_paint_ms"] = [o[0] for o in opens]
+        out["open_ms"] = [o[1] for o in opens]
+        out["toggle_ms"] = toggles
+        app.exit()
+
+    app.run(headless=True, size=(120, 40), auto_pilot=auto_pilot)
+    return out
+
+
+def measure_compare(n: int = COMPARE_RUNS, epochs: int = COMPARE_EPOCHS) -> dict:
+    with tempfile.TemporaryDirectory(prefix="trialdeck-bench-compare-") as tmp:
+        ws = _prepare_finished(Path(tmp) / "home", n, epochs)
+        env = {**os.environ, "TRIALDECK_HOME": str(ws.root)}
+        proc = subprocess.run([sys.executable, __file__, "--child-compare", str(ws.root), str(n)],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"TUI child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result.update(n=n, epochs=epochs)
+        return result
+
+
+def report_compare(r: dict) -> list[tuple[str, str, str, str]]:
+    toggles = [v for vs in r["toggle_ms"].values() for v in vs]
+    target = f"<= {LATENCY_TARGET_MS:.0f} ms"
+    return [
+        (f"{r['n']} runs x {r['epochs']} epochs: key to repaint, mark (median / max of {len(r['mark_ms'])})",
+         f"{statistics.median(r['mark_ms']):.0f} / {max(r['mark_ms']):.0f} ms", f"{r['marked']} marked", target),
+        (f"{r['n']} runs x {r['epochs']} epochs: key to repaint, open compare (view up / runs drawn, median of 3)",
+         f"{statistics.median(r['open_first_paint_ms']):.0f} / {statistics.median(r['open_ms']):.0f} ms",
+         f"{r['series']} curves, {r['points']} points (drawn: records read in a worker, then drawn)", target),
+        (f"{r['n']} runs x {r['epochs']} epochs: key to repaint, compare toggles e/l/m (median / max)",
+         f"{statistics.median(toggles):.0f} / {max(toggles):.0f} ms",
+         ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in r["toggle_ms"].items()), target),
+    ]
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -223,12 +356,15 @@ def measure(n: int, seconds: float) -> dict:
 
 def run(quick: bool = False) -> dict:
     seconds = 4.0 if quick else 10.0
-    return {f"runs_{n}": measure(n, seconds) for n in (10, 50)}
+    return {**{f"runs_{n}": measure(n, seconds) for n in (10, 50)}, "compare": measure_compare()}
 
 
 def report(result: dict) -> list[tuple[str, str, str, str]]:
     rows = []
-    for r in result.values():
+    for key, r in result.items():
+        if key == "compare":
+            rows += report_compare(r)
+            continue
         n = r["n"]
         steady = r["switch_ms"]
         rows.append((f"{n} streaming runs: TUI CPU (% of one core, 2 Hz poll)", f"{r['cpu_percent']:.1f}%",
@@ -248,7 +384,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 s per size instead of 10")
     parser.add_argument("--child", nargs=3, metavar=("HOME", "SECONDS", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-compare", nargs=2, metavar=("HOME", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--compare-only", action="store_true", help="only the marking and comparing figures")
     args = parser.parse_args()
+    if args.child_compare:
+        print(json.dumps(child_compare(args.child_compare[0], int(args.child_compare[1]))))
+        return
+    if args.compare_only:
+        result = {"compare": measure_compare()}
+        for figure, value, reference, target in report(result):
+            print(f"{figure:<72} {value:>14}   {reference}   (target {target})")
+        print(json.dumps(result, indent=1))
+        return
     if args.child:
         home, seconds, n = args.child
         print(json.dumps(child(home, float(seconds), int(n))))

@@ -56,6 +56,7 @@ from trialdeck.tui.live import (
 )
 from trialdeck.tui.probes import EngineSample, FixedProbe, HardwareSample, SystemProbe
 from trialdeck.tui.screens.base import LiveScreen
+from trialdeck.tui.screens.compare import CompareScreen
 from trialdeck.tui.screens.dialogs import (
     ConfirmDialog,
     PresetNameDialog,
@@ -130,6 +131,17 @@ class TrialdeckApp(App[None]):
     def on_unmount(self) -> None:
         self.workers.cancel_group(self, "reader")
         self._poke.set()  # the reader sees the cancellation now, not at its next tick
+
+    def get_key_display(self, binding: Binding) -> str:
+        # "␣" for space: the 80-column runs footer has no room for the five letters.
+        if binding.key == "space" and not binding.key_display:
+            return "␣"
+        return super().get_key_display(binding)
+
+    def key_for(self, binding_id: str) -> str:
+        """How the footer shows the (first) key of a binding id, after keys.toml."""
+        keys = self._keymap.get(binding_id, ACTIONS[binding_id][0])
+        return self.get_key_display(Binding(keys.split(",")[0], ""))
 
     def mode_keys(self) -> tuple[str, ...]:
         """Display keys of the four views, after keys.toml."""
@@ -268,6 +280,11 @@ class TrialdeckApp(App[None]):
 
     def on_open_run(self, message: messages.OpenRun) -> None:
         screen = RunDetailScreen(message.run_id)
+        self.push_screen(screen)
+        self._feed([screen])
+
+    def on_compare_runs(self, message: messages.CompareRuns) -> None:
+        screen = CompareScreen(message.run_ids)
         self.push_screen(screen)
         self._feed([screen])
 
@@ -434,6 +451,7 @@ class TrialdeckApp(App[None]):
 SCREEN_NAMES: dict[type[Screen], str] = {
     RunsScreen: "the Runs view", PresetsScreen: "the Presets view", QueueScreen: "the Queue view",
     StudiesScreen: "the Studies view", RunDetailScreen: "a run's detail", HelpScreen: "the help screen",
+    CompareScreen: "the compare view",
     QueueDialog: "the queue dialog", PriorityDialog: "the priority dialog", ConfirmDialog: "a yes/no question",
     StudyOrRunDialog: "the study-or-run question", TunePresetDialog: "the study's preset picker",
     PresetNameDialog: "the preset name dialog", RerunDialog: "the run-again dialog",

@@ -67,6 +67,11 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "view": ("v", "Next view"),
     "yes": ("y", "Yes"),
     "no": ("n", "No"),
+    "mark": ("space", "Mark for compare"),
+    "compare": ("C", "Compare marked"),
+    "metric": ("m", "Next metric"),
+    "smooth": ("e", "EMA smoothing"),
+    "log_y": ("l", "Log y axis"),
 }
 
 

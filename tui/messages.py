@@ -78,6 +78,13 @@ class OpenRun(Message):
 
 
 @dataclass
+class CompareRuns(Message):
+    """Open the compare view on these runs (two or more, in the order they were marked)."""
+
+    run_ids: tuple[str, ...]
+
+
+@dataclass
 class QueueRuns(Message):
     request: QueueRequest
 

@@ -12,6 +12,7 @@ Run ids are "r<N>" and the TinyDB document id of a run is N.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from typing import Any, cast
@@ -25,9 +26,23 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.types import TRANSITIONS, EpochRecord, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace
 
-__all__ = ["CatalogLocked", "Store", "TABLES"]
+__all__ = ["CatalogLocked", "Store", "TABLES", "check_tags"]
 
 _PROTECTED_FIELDS = frozenset({"id", "state", "seq"})
+TAG_RE = re.compile(r"^[^\s,]{1,64}$")
+NOTE_LIMIT = 10_000
+"""Characters a run's note may hold (it is stored in the catalogue, read whole by every list)."""
+
+
+def check_tags(tags: Collection[Any], what: str = "tag") -> list[str]:
+    """Tags as given, each once, in order; BadInput for one a person could not type back."""
+    out: list[str] = []
+    for tag in [tags] if isinstance(tags, str) else tags:
+        if not isinstance(tag, str) or not TAG_RE.match(tag):
+            raise BadInput(f"{what} {tag!r}: allowed: 1 to 64 characters without spaces or commas, e.g. baseline or lr-sweep")
+        if tag not in out:
+            out.append(tag)
+    return out
 
 
 def _json_default(obj: Any) -> Any:
@@ -399,6 +414,24 @@ class Store(CatalogFile):
                 d.setdefault("events", []).extend(event_docs)
 
         return self._mutate_run(run_id, apply, event_docs)
+
+    def tag_run(self, run_id: str | int, add: Collection[str] = (), remove: Collection[str] = ()) -> dict[str, Any]:
+        """Add and remove tags of a run in one locked write (a fresh read: no other write is lost);
+        `tags` keeps the order tags were first given."""
+        adding, removing = check_tags(add), check_tags(remove)
+
+        def apply(d: dict[str, Any]) -> None:
+            tags = [t for t in d.get("tags") or [] if t not in removing]
+            d["tags"] = tags + [t for t in adding if t not in tags]
+
+        return self._mutate_run(run_id, apply)
+
+    def set_note(self, run_id: str | int, text: str) -> dict[str, Any]:
+        """Set the run's note (an empty text removes it)."""
+        if not isinstance(text, str) or len(text) > NOTE_LIMIT:
+            raise BadInput(f"a note is text of at most {NOTE_LIMIT} characters")
+        note = text.strip() or None
+        return self._mutate_run(run_id, lambda d: d.update(note=note))
 
     # ------------------------------------------------------------------- queue
 

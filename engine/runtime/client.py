@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.errors import EngineUnavailable
+from trialdeck.engine.errors import BadInput, EngineUnavailable, ExitCode
 from trialdeck.engine.runtime import versions
 from trialdeck.engine.runtime.pidfile import alive, read_pid_info
 from trialdeck.engine.runtime.recorder import METRICS_NAME
@@ -26,6 +26,8 @@ from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunSt
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
+ENGINE_SAYS = "trialdeck engine: "
+"""How the daemon's main() starts the line it writes before exiting with an error."""
 
 
 def lock_held(ws: Workspace) -> bool:
@@ -73,9 +75,23 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
             other = engine_info(ws)
             if other:  # lost a start race to another client: that engine serves us
                 return other
+            said = _last_line(ws.engine_log)
+            if process.returncode == ExitCode.BAD_INPUT and said.startswith(ENGINE_SAYS):
+                raise BadInput(said.removeprefix(ENGINE_SAYS))  # e.g. a bad engine.toml: its one line, here
             raise EngineUnavailable(f"the engine exited at start (code {process.returncode}); see {ws.engine_log}")
         time.sleep(0.05)
     raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
+
+
+def _last_line(path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def wants_engine(store: Store) -> bool:

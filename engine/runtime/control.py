@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.catalogue.store import Store, check_tags
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.runtime.client import engine_info, ensure_engine, notify
@@ -68,12 +68,14 @@ def _engine_slots(store: Store) -> list[Slot]:
     return make_slots(probe_gpus())
 
 
-def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None) -> list[dict[str, Any]]:
+def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None,
+            tags: Sequence[str] = ()) -> list[dict[str, Any]]:
     _check_priority(priority)
     check_device(store, specs, device)
+    tags = check_tags(tags, "--tag")
     return store.create_runs([
         {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
-         "device": None if device in (None, "auto") else device}
+         "device": None if device in (None, "auto") else device, **({"extra": {"tags": tags}} if tags else {})}
         for s in specs
     ])
 
@@ -190,11 +192,11 @@ class StudyStart:
 
 
 def start_study(store: Store, spec: RunSpec, *, trials: int | None = None, timeout: float | None = None,
-                name: str | None = None, storage: str | None = None,
+                name: str | None = None, storage: str | None = None, tags: Sequence[str] = (),
                 engine: Callable[[], Any] | None = None) -> StudyStart:
     """What `trialdeck tune PRESET` does, for the CLI and the TUI alike: create or resume the
     study (named after the preset unless `name`) wanting `trials` trials in all (default: the
-    preset's `tune.trials`), then bring the engine to run them: `engine()` when given (the
+    preset's `tune.trials`; `tags` carried by its trials), then bring the engine to run them: `engine()` when given (the
     TUI's, which may not start one), else start it if needed and wake it. The engine creates
     a journal study at its next tick; a shared database is opened here, so a bad URL fails now."""
     from trialdeck.engine.tuning import launch
@@ -214,7 +216,7 @@ def start_study(store: Store, spec: RunSpec, *, trials: int | None = None, timeo
         from trialdeck.engine.tuning import study as studies  # imports Optuna: only for a shared database
 
         studies.create_or_load(name, url, preset=spec.preset, config=spec.config(), tune=spec.tune)
-    doc = launch.request(store, name, url, spec, target, timeout)
+    doc = launch.request(store, name, url, spec, target, timeout, tags=list(tags))
     if engine is not None:
         engine()
     else:

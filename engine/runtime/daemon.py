@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import EngineUnavailable, TrialdeckError
 from trialdeck.engine.runtime.gpus import probe_gpus
+from trialdeck.engine.runtime.notify import Notifier, NotifyConfig, parse_config
 from trialdeck.engine.runtime.pidfile import alive, describe_pid
 from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots
 from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, worker_main
@@ -83,10 +84,13 @@ class WorkerHandle:
 
 class Engine:
     def __init__(self, ws: Workspace, *, slots_per_gpu: int | None = None, cpu_slots: int | None = None,
-                 recovery: str = "resume") -> None:
+                 recovery: str = "resume", notify: NotifyConfig | None = None) -> None:
         self.ws = ws
         self.store = Store(ws)
         self.recovery = recovery
+        self.notify_config = notify
+        self.notifier: Notifier | None = None
+        """Sends [notify] from its own thread; None when engine.toml has no [notify]."""
         gpus = probe_gpus()
         self.gpus = gpus
         self.scheduler = Scheduler(make_slots(gpus, slots_per_gpu, cpu_slots))
@@ -111,6 +115,8 @@ class Engine:
         try:
             self._install_signals()
             self._write_pid()
+            if self.notify_config is not None:
+                self.notifier = Notifier(self.notify_config, Store(self.ws), self._log).start()
             self.reconcile()
             if self.store.list_studies():
                 self.driver.reconcile()
@@ -173,7 +179,7 @@ class Engine:
         if self._driver is None:
             from trialdeck.engine.tuning.driver import StudyDriver
 
-            self._driver = StudyDriver(self.store, self._log)
+            self._driver = StudyDriver(self.store, self._log, on_end=self._study_ended)
         return self._driver
 
     def _feed_studies(self) -> bool:
@@ -249,6 +255,7 @@ class Engine:
                 elif message[0] == "done":
                     _, run_id, state = message
                     self._log(f"{run_id} {state} on {handle.slot.name}")
+                    self._ended(run_id, state)
                     handle.members.discard(run_id)
                     if not handle.members and handle.run_id is not None:
                         self.scheduler.release(handle.run_id)
@@ -273,6 +280,7 @@ class Engine:
                     reason = None if cancelled else message
                     event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None, message)
                     self.store.transition(run_id, state, error=reason, add_events=[event])
+                    self._ended(run_id, state.value)
             self.scheduler.release(handle.run_id)
         handle.conn.close()
         del self.workers[handle.slot.name]
@@ -372,9 +380,19 @@ class Engine:
                 self.store.transition(run_id, RunState.FAILED, error=reason,
                                       add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
                 self._log(f"{run_id} failed: {reason}")
+                self._ended(run_id, RunState.FAILED.value)
             except ValueError:  # cancelled meanwhile
                 pass
         return True
+
+    def _ended(self, run_id: str, state: str) -> None:
+        """A run ended under this engine: tell the notifier (it only queues; the sending is its thread's)."""
+        if self.notifier is not None:
+            self.notifier.run_ended(run_id, state)
+
+    def _study_ended(self, name: str, state: str) -> None:
+        if self.notifier is not None:
+            self.notifier.study_ended(name, state)
 
     def _shutdown(self) -> None:
         busy = [h for h in self.workers.values() if h.run_id]
@@ -403,6 +421,8 @@ class Engine:
             if h.process.is_alive():
                 self._kill_worker(h)
         self.workers.clear()
+        if self.notifier is not None:
+            self.notifier.close()
         self._log("engine stopped")
 
 
@@ -435,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         slots_per_gpu=args.slots_per_gpu or _per_gpu(config.get("slots_per_gpu", "auto")),
         cpu_slots=args.cpu_slots or config.get("cpu_slots"),
         recovery=args.recovery or config.get("recovery", "resume"),
+        notify=parse_config(config.get("notify"), ws.root / "engine.toml"),
     )
     try:
         engine.run()
@@ -449,7 +470,8 @@ def _per_gpu(value: int | str) -> int | None:
 
 
 def load_engine_config(ws: Workspace) -> dict[str, Any]:
-    """Optional `engine.toml` in the workspace: slots_per_gpu (a number or "auto"), cpu_slots, recovery."""
+    """Optional `engine.toml` in the workspace: slots_per_gpu (a number or "auto"), cpu_slots, recovery,
+    and a [notify] table (trialdeck.engine.runtime.notify)."""
     import tomllib
 
     path = Path(ws.root) / "engine.toml"
@@ -461,10 +483,11 @@ def load_engine_config(ws: Workspace) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: TOML syntax error: {exc}") from None
-    allowed = {"slots_per_gpu", "cpu_slots", "recovery"}
+    allowed = {"slots_per_gpu", "cpu_slots", "recovery", "notify"}
     for key in data:
         if key not in allowed:
             raise BadInput(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+    parse_config(data.get("notify"), path)
     if "recovery" in data and data["recovery"] not in RECOVERY_POLICIES:
         raise BadInput(f"{path}: recovery = {data['recovery']!r} is not allowed; allowed: {', '.join(RECOVERY_POLICIES)}")
     for key in ("slots_per_gpu", "cpu_slots"):

@@ -17,6 +17,7 @@ requeued and continues as the same trial.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -37,9 +38,11 @@ once and trained together as an ensemble without changing what the study samples
 
 
 class StudyDriver:
-    def __init__(self, store: Store, log=print) -> None:
+    def __init__(self, store: Store, log=print, on_end: Callable[[str, str], None] | None = None) -> None:
         self.store = store
         self.log = log
+        self.on_end = on_end
+        """Called with (study name, state) once a study completes, stops or fails (the engine's notifications)."""
         self.workspace_id = f"{studies.host()}:{store.path.parent}"
         self._cache: dict[str, tuple[optuna.Study, Any, dict[str, Any], str]] = {}
 
@@ -86,6 +89,7 @@ class StudyDriver:
             except Exception as exc:  # noqa: BLE001 - one broken study must not stop the engine
                 self.log(f"study {doc['name']}: {type(exc).__name__}: {exc}")
                 self.store.upsert_study(doc["name"], {"state": StudyState.FAILED.value, "error": f"{type(exc).__name__}: {exc}"})
+                self._ended(doc["name"], StudyState.FAILED.value)
         return created
 
     def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int,
@@ -110,6 +114,7 @@ class StudyDriver:
                 studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
                              fields={"state": StudyState.STOPPED.value, "finished_at": time.time()})
                 self.log(f"study {doc['name']} stopped")
+                self._ended(doc["name"], StudyState.STOPPED.value)
             elif changed:
                 studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0
@@ -122,6 +127,7 @@ class StudyDriver:
                              fields={"state": StudyState.COMPLETED.value, "finished_at": time.time(),
                                      "stopped_by": "timeout" if expired and len(runs) < target else "trials"})
                 self.log(f"study {doc['name']} completed")
+                self._ended(doc["name"], StudyState.COMPLETED.value)
             elif changed:
                 studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0
@@ -143,7 +149,8 @@ class StudyDriver:
                 {"preset": meta["preset"], "config": spec.config(), "config_hash": spec.content_hash,
                  "study": doc["name"], "trial": trial.number,
                  "extra": {"trial_id": trial._trial_id, "params": params,
-                           **({"ensemble": group_id(doc["name"], spec)} if grouped else {})}}
+                           **({"ensemble": group_id(doc["name"], spec)} if grouped else {}),
+                           **({"tags": list(doc["tags"])} if doc.get("tags") else {})}}
                 for trial, params, spec in made
             ])
             for (trial, _, _), record in zip(made, records, strict=True):
@@ -151,6 +158,10 @@ class StudyDriver:
         if made or changed:
             studies.sync(self.store, study, tune, meta, url=url, runs=runs)
         return len(made)
+
+    def _ended(self, name: str, state: str) -> None:
+        if self.on_end is not None:
+            self.on_end(name, state)
 
     def _tell_finished(self, study: optuna.Study, tune, runs: list[dict[str, Any]]) -> bool:
         """Tell Optuna about every final trial run it has not heard of yet."""

@@ -54,9 +54,11 @@ def target_trials(tune: TuneConfig, requested: int | None) -> int:
     return min(n, grid_size(tune)) if tune.sampler == "grid" else n
 
 
-def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: float | None) -> dict[str, Any]:
+def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: float | None,
+            tags: list[str] | None = None) -> dict[str, Any]:
     """Mark study `name` running for `n_trials` trials; the engine creates its Optuna study
-    (from `create`) if it does not exist yet, and feeds it trials. Returns the study doc."""
+    (from `create`) if it does not exist yet, and feeds it trials. Returns the study doc.
+    `tags` join the study's own in the same write, so every trial it asks from now on carries them."""
     tune = spec.tune
     if tune is None:
         raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
@@ -66,6 +68,9 @@ def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: f
         "deadline": now + timeout if timeout else None, "finished_at": None, "error": None,
         "create": {"preset": spec.preset, "config": spec.config()},
     }
+    if tags:
+        old = (store.get_study(name) or {}).get("tags") or []
+        doc["tags"] = old + [t for t in tags if t not in old]
     if store.get_study(name) is None:  # a resumed study keeps the summary its Optuna study gave it
         doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction, "reduce": tune.reduce,
                     "sampler": tune.sampler, "pruner": tune.pruner, "storage": redact(url), "storage_url": url,

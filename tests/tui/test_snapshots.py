@@ -150,3 +150,21 @@ def test_help(ws, snap_compare):
         await show(pilot, "question_mark", "HelpScreen")
 
     assert snap_compare(app, terminal_size=SMALL, run_before=ready)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_compare(ws, snap_compare, size):
+    app = new_app(ws)
+
+    async def ready(pilot):
+        await loaded(pilot, everything=True)
+        table = pilot.app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 10, what="rows")
+        for run_id in ("r1", "r2", "r3"):
+            table.select_key(run_id)
+            await pilot.press("space")
+        await pilot.press("C")
+        await wait_for(pilot, lambda: screen_is(pilot.app, "CompareScreen") and pilot.app.screen.loaded,
+                       what="the compare view")
+
+    assert snap_compare(app, terminal_size=size, run_before=ready)

@@ -68,6 +68,8 @@ def run_cmd(
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000000 to 1000000).")] = 0,
     device: Annotated[str | None, typer.Option("--device", help="Pin to a device: cpu, cuda or cuda:N.")] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Queue this many copies (seeds seed, seed+1, ...), 1 to 1000.")] = 1,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the run (repeatable); find it with `runs list --tag`.",
+                                                  show_default=False)] = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the run to end; print its record.")] = False,
     follow_: Annotated[bool, typer.Option("--follow", help="Show live progress until the run ends.")] = False,
     home: HomeOpt = None,
@@ -82,6 +84,9 @@ def run_cmd(
     from trialdeck.engine.runtime import control
 
     control.check_repeat(repeat, "--repeat")
+    from trialdeck.engine.catalogue.store import check_tags
+
+    tags = check_tags(tag or [], "--tag")  # before anything is queued
     if device is not None and not (device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise BadInput(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
     ws = workspace(home)
@@ -89,7 +94,7 @@ def run_cmd(
     seed = specs[0].train.seed
     specs += [resolve(preset, [*(set_ or []), f"train.seed={seed + k}"], roots(home)) for k in range(1, repeat)]
     store = open_store(home)
-    records = control.enqueue(store, specs, priority=priority, device=device)
+    records = control.enqueue(store, specs, priority=priority, device=device, tags=tags)
     ensure_engine(ws, say=err)
     notify(ws)
     ids = [r["id"] for r in records]

@@ -1,8 +1,9 @@
-"""`trialdeck runs`: list, show, logs and follow runs; resume or rerun them."""
+"""`trialdeck runs`: list, show, logs and follow runs; resume or rerun them; compare, tag, note and export them."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,17 +26,23 @@ from trialdeck.tui.cli.common import (
 )
 from trialdeck.tui.cli.run import follow_run
 
-app = typer.Typer(help="Inspect runs: list, show, logs, follow; resume or rerun them.", no_args_is_help=True)
+app = typer.Typer(help="Inspect runs: list, show, logs, follow; resume or rerun them; compare, tag, note and export them.",
+                  no_args_is_help=True)
 
 
 @app.command("list")
 @handle_errors
 def runs_list(
     status: Annotated[str | None, typer.Option("--status", help=f"Only runs in this state: {', '.join(STATES)}.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag (repeatable: all of them).",
+                                                  show_default=False)] = None,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """All runs, oldest first."""
+    from trialdeck.engine.catalogue.store import check_tags
+
+    wanted = check_tags(tag or [], "--tag")
     if status is not None and status not in STATES:
         import difflib
 
@@ -43,6 +50,8 @@ def runs_list(
         raise BadInput(f"--status {status!r} is not a run state; allowed: {', '.join(STATES)}"
                        + (f"; did you mean {hint[0]!r}?" if hint else ""))
     runs = open_store(home).list_runs(status)
+    if wanted:
+        runs = [r for r in runs if set(wanted) <= set(r.get("tags") or ())]
     if as_json:
         emit(runs)
         return
@@ -58,19 +67,28 @@ def runs_list(
         metric = f"kept epoch {kept}: val_acc {entry['val_acc']:.4f}" if entry is not None else ""
         if last is not None and entry is not last:
             metric += ("  " if metric else "") + f"last: val_acc {last['val_acc']:.4f}"
-        print(f"{r['id']:<7} {r['state']:<13} {r['preset']:<28} {len(hist):>4} ep  {metric}")
+        tags = "  #" + " #".join(r["tags"]) if r.get("tags") else ""
+        print(f"{r['id']:<7} {r['state']:<13} {r['preset']:<28} {len(hist):>4} ep  {metric}{tags}")
 
 
 @app.command("show")
 @handle_errors
 def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], home: HomeOpt = None,
               as_json: JsonOpt = False) -> None:
-    """A run's full record: config, history, events, error."""
+    """A run's full record: config, history, events, error, tags, note and its checkpoint file."""
     record = find_run(open_store(home), run_id)
+    checkpoint = workspace(home).checkpoint_path(record["id"])
+    record["checkpoint"] = str(checkpoint) if checkpoint.exists() else None
     if as_json:
         emit(record)
         return
     print_run_summary(record)
+    if record.get("tags"):
+        print(f"  tags: {', '.join(record['tags'])}")
+    if record.get("note"):
+        print(f"  note: {record['note']}")
+    if record["checkpoint"]:
+        print(f"  checkpoint: {record['checkpoint']}  (`trialdeck runs export {record['id']} --model PATH` writes its weights)")
     print_history(record)
     for ev in record.get("events") or []:
         print(f"  [{ev.get('epoch') or '-'}] {ev['kind']}: {ev['message']}")
@@ -176,3 +194,208 @@ def runs_rerun(
         changed = f" with {', '.join(set_)}" if set_ else ""
         for old, r in zip(run_ids, records, strict=True):
             print(f"queued {r['id']}  {r['preset']}  (the configuration of {old}{changed})")
+
+# ----------------------------------------------------------------------------- compare, tags, notes, export
+
+
+def _distinct_runs(store, run_ids: list[str]) -> list[dict]:
+    """Each run once, in the order first given (r3 and 3 are one run)."""
+    records = {}
+    for run_id in run_ids:
+        record = find_run(store, run_id)
+        records.setdefault(record["id"], record)
+    return list(records.values())
+
+
+def _cell(value, width: int = 36) -> str:
+    """A value for the compare table: numbers short, long text (descriptions) cut with "…"."""
+    text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command("compare")
+@handle_errors
+def runs_compare(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids, e.g. r3 r7 r12.")],
+    metric: Annotated[str | None, typer.Option("--metric", help="The metric whose best value to show "
+                                               "(default: each run's monitor, else val_loss).")] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Runs side by side: each run's summary and only the config keys that differ."""
+    from trialdeck.engine.catalogue import compare
+
+    records = _distinct_runs(open_store(home), run_ids)
+    if len(records) < 2:
+        raise BadInput(f"runs compare needs two or more different runs, got {', '.join(r['id'] for r in records)}")
+    if metric is not None:
+        known = compare.metric_names(records)
+        if metric not in known:
+            raise BadInput(f"--metric {metric!r}: allowed: {', '.join(known) or 'none (no epoch recorded yet)'}")
+    out = compare.comparison(records, metric)
+    if as_json:
+        emit(out)
+        return
+    from trialdeck.tui.live import fmt_seconds
+
+    runs = out["runs"]
+
+    def each(fn) -> list[str]:
+        return [fn(r["summary"], r) for r in runs]
+
+    rows = [
+        ("preset", each(lambda s, r: r["preset"] or "-")),
+        ("state", each(lambda s, r: r["state"])),
+        (f"best {metric}" if metric else "best", each(lambda s, r: _cell(s["best"]) + ("" if metric else f" {s['metric']}"))),
+        ("at epoch", each(lambda s, r: _cell(s["best_epoch"]))),
+        ("kept epoch", each(lambda s, r: _cell(s["kept_epoch"]))),
+        ("epochs", each(lambda s, r: str(s["epochs"]))),
+        ("time", each(lambda s, r: fmt_seconds(s["seconds"]) or "-")),
+    ]
+    if any(r["tags"] for r in runs):
+        rows.append(("tags", each(lambda s, r: ", ".join(r["tags"]) or "-")))
+    differing = [(key, [_cell(v) for v in values]) for key, values in out["differs"].items()]
+    ids = [r["id"] for r in runs]
+    label_w = max(len(k) for k, _ in rows + differing + [("", [])])
+    widths = [max(len(i), *(len(cells[n]) for _, cells in rows + differing)) for n, i in enumerate(ids)]
+
+    def line(label: str, cells: list[str]) -> str:
+        return ("  ".join([f"{label:<{label_w}}", *(f"{c:<{w}}" for c, w in zip(cells, widths))])).rstrip()
+
+    print(line("", ids))
+    for label, cells in rows:
+        print(line(label, cells))
+    print(f"config keys that differ: {len(differing)}" if differing else "the configs are the same")
+    for key, cells in differing:
+        print(line(key, cells))
+
+
+@app.command("tag")
+@handle_errors
+def runs_tag(run_id: Annotated[str, typer.Argument(help="Run id.")],
+             tags: Annotated[list[str], typer.Argument(help="One or more tags (no spaces or commas).")],
+             home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Tag a run, to find it again with `runs list --tag` (or `/` in the TUI)."""
+    store = open_store(home)
+    record = store.tag_run(find_run(store, run_id)["id"], add=tags)
+    _print_tags(record, as_json)
+
+
+@app.command("untag")
+@handle_errors
+def runs_untag(run_id: Annotated[str, typer.Argument(help="Run id.")],
+               tags: Annotated[list[str], typer.Argument(help="Tags to remove.")],
+               home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove tags from a run (a tag it does not have is said so, not an error)."""
+    from trialdeck.engine.catalogue.store import check_tags
+
+    store = open_store(home)
+    before = find_run(store, run_id)
+    missing = [t for t in check_tags(tags) if t not in (before.get("tags") or ())]
+    record = store.tag_run(before["id"], remove=tags)
+    if missing and not as_json:
+        err(f"trialdeck: {record['id']} had no tag {', '.join(map(repr, missing))}")
+    _print_tags(record, as_json)
+
+
+def _print_tags(record: dict, as_json: bool) -> None:
+    if as_json:
+        emit({"id": record["id"], "tags": record.get("tags") or []})
+    else:
+        print(f"{record['id']} tags: {', '.join(record.get('tags') or []) or '(none)'}")
+
+
+@app.command("note")
+@handle_errors
+def runs_note(run_id: Annotated[str, typer.Argument(help="Run id.")],
+              text: Annotated[list[str], typer.Argument(help="The note (the words are joined by spaces); \"\" removes it.")],
+              home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Attach a note to a run (replacing its note); `runs show` and the TUI show it."""
+    store = open_store(home)
+    record = store.set_note(find_run(store, run_id)["id"], " ".join(text))
+    if as_json:
+        emit({"id": record["id"], "note": record.get("note")})
+    else:
+        print(f"{record['id']} note: {record['note']}" if record.get("note") else f"{record['id']}: note removed")
+
+
+EXPORT_FORMATS = ("csv", "json")
+
+
+@app.command("export")
+@handle_errors
+def runs_export(
+    run_ids: Annotated[list[str], typer.Argument(help="Run id(s).")],
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or json (default: from --output's suffix, else csv; "
+                                            "json with --json).", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.",
+                                                show_default=False)] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Write the run's kept weights to PATH (a state_dict, "
+                                               "torch.save) and its resolved config to PATH's stem + .toml beside it.",
+                                               show_default=False)] = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-epoch histories (one row per run and epoch) as CSV or JSON; or, with --model, one run's trained weights.
+
+    Load exported weights back with
+    `from trialdeck.engine.training.export import load_model; model = load_model("PATH")`.
+    """
+    store = open_store(home)
+    records = _distinct_runs(store, run_ids)
+    if model is not None:
+        if len(records) != 1 or fmt is not None or output is not None:
+            raise BadInput("--model takes one run and no --format or --output: trialdeck runs export r3 --model model.pt")
+        from trialdeck.engine.training.export import export_model  # deferred: imports torch
+
+        done = export_model(workspace(home), records[0], model)
+        if as_json:
+            emit(done)
+        else:
+            kept = f"kept epoch {done['kept_epoch']}" if done["kept_epoch"] is not None else \
+                f"epoch {done['checkpoint_epoch']} (the run kept no epoch's weights: it is {records[0]['state']})"
+            print(f"{done['id']}: weights of {kept} -> {done['weights']}\n  config -> {done['config']}")
+        return
+    fmt = _export_format(fmt, output, as_json)
+    from trialdeck.engine.catalogue.compare import history_rows
+
+    columns, rows = history_rows(records)
+    if fmt == "json":
+        import orjson
+
+        data = orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    else:
+        import csv
+        import io
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        data = text.getvalue().encode()
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    from trialdeck.engine.workspace import atomic_write
+
+    if not output.parent.is_dir():
+        raise BadInput(f"--output {output}: folder {output.parent} does not exist")
+    atomic_write(output, data)
+    summary = {"output": str(output), "format": fmt, "runs": [r["id"] for r in records], "rows": len(rows)}
+    if as_json:
+        emit(summary)
+    else:
+        err(f"wrote {len(rows)} rows of {len(records)} run(s) to {output}")
+
+
+def _export_format(fmt: str | None, output: Path | None, as_json: bool) -> str:
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise BadInput(f"--format {fmt!r}: allowed: {', '.join(EXPORT_FORMATS)}")
+    if as_json and output is None:
+        if fmt == "csv":
+            raise BadInput("--json prints JSON on stdout; with --format csv, give --output FILE too")
+        return "json"
+    if fmt is None:
+        return "json" if output is not None and output.suffix.lower() == ".json" else "csv"
+    return fmt

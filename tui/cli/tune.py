@@ -34,11 +34,16 @@ def tune_cmd(
                        typer.Option("--timeout", help="Ask no new trial after this many seconds (at least 1).")] = None,
     study_name: Annotated[str | None, typer.Option("--study", help="Study name (default: from the preset name).")] = None,
     storage: StorageOpt = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the study; its trial runs carry its tags (repeatable).",
+                                                  show_default=False)] = None,
     wait_: Annotated[bool, typer.Option("--wait", help="Wait for the study to finish; show progress.")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create or resume an Optuna study from a preset; the engine runs its trials."""
+    from trialdeck.engine.catalogue.store import check_tags
+
+    tags = check_tags(tag or [], "--tag")
     from trialdeck.engine.catalogue.store import Store
     from trialdeck.engine.presets import resolve
     from trialdeck.engine.runtime.client import ensure_engine, notify
@@ -56,7 +61,7 @@ def tune_cmd(
 
     # The one way a study starts (the TUI's too): validate, record it as wanted, wake the engine,
     # which creates (or resumes) the Optuna study on its next tick (trialdeck.engine.tuning.launch).
-    started = start_study(store, spec, trials=trials, timeout=timeout, name=study_name, storage=storage,
+    started = start_study(store, spec, trials=trials, timeout=timeout, name=study_name, storage=storage, tags=tags,
                           engine=engine)
     name, target = started.name, started.target
     _warn_space_overrides(spec, set_ or [])

@@ -164,6 +164,10 @@ class RunDetailScreen(LiveScreen):
             out.append(f"  {took}")
         if r.get("study") is not None:
             out.append(f"  study {r['study']} trial {r.get('trial')}")
+        if r.get("tags"):
+            out.append("  " + " ".join(f"#{t}" for t in r["tags"]), style="cyan")
+        if r.get("note"):
+            out.append(f"\nnote: {r['note']}", style="italic")
         if hist:  # which epoch's weights it kept, the monitor's best, the last epoch: each labelled
             out.append("\n" + " | ".join(outcome(r)))
         if r.get("error"):

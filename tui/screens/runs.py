@@ -3,7 +3,10 @@ and the engine and hardware line.
 
 Rows are recomputed from what the app pushes (catalogue reads at most twice a
 second, followed metrics, a clock) and applied cell by cell; a run's
-sparkline is a string of block characters in its row.
+sparkline is a string of block characters in its row. `space` marks runs and
+`C` compares the marked ones (screens/compare.py); a tags column appears once
+some run has tags. On an empty workspace a two-line hint says how to queue a
+first run and that the engine keeps going after the terminal closes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from trialdeck.tui.probes import status_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.event_log import EventLog
 from trialdeck.tui.widgets.filter_bar import FilterBar
-from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
+from trialdeck.tui.widgets.live_table import STATE_STYLES, Column, LiveTable
 from trialdeck.tui.widgets.mode_bar import ModeBar
 
 MAX_ROWS = 500
@@ -35,12 +38,28 @@ class RunsTable(LiveTable):
     # At 80 columns: id, state, preset, loss, epoch and val_acc whole; best, the kept epoch, slot
     # and elapsed are in the run's detail (enter) and come back on a wider terminal.
     SHRINK = {"preset": 14}
-    DROP = ("slot", "kept", "best", "elapsed")
+    DROP = ("slot", "kept", "best", "elapsed", "tags")
+    TAGS: Column = ("tags", "tags", 16)
+    """Shown only while some run has tags (the cells' last one)."""
 
 
 def matches(run: dict, words: list[str]) -> bool:
-    hay = f"{run['id']} {run['state']} {run.get('preset', '')} {run.get('slot') or ''} {run.get('study') or ''}".lower()
+    tags = " ".join(f"#{t}" for t in run.get("tags") or ())
+    hay = (f"{run['id']} {run['state']} {run.get('preset', '')} {run.get('slot') or ''} {run.get('study') or ''} "
+           f"{tags} {run.get('note') or ''}").lower()
     return all(w in hay for w in words)
+
+
+def tags_cell(run: dict) -> str:
+    return " ".join(f"#{t}" for t in run.get("tags") or ())
+
+
+def first_run_hint(mode_keys: tuple[str, ...], queue_key: str) -> Text:
+    """What an empty workspace's runs view says, in two lines of at most 76 characters (the keys
+    as keys.toml set them)."""
+    return Text.assemble("No runs yet. Press ", (mode_keys[1], "bold"), " for the presets, then ",
+                         (queue_key, "bold"), " to queue the one highlighted.\n",
+                         "Runs train in a background engine that goes on after this terminal closes.")
 
 
 def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> list[dict]:
@@ -67,22 +86,27 @@ class RunsScreen(LiveScreen):
     BINDINGS = [
         bind("open", "open_run", priority=True),
         bind("cancel"),
-        bind("queue", "requeue", description="Run again"),
+        bind("queue", "requeue", description="Run again", short="Rerun"),
         bind("resume", short="Resume"),
         bind("filter"),
+        bind("mark", short="Mark"),
+        # Not in the footer (it is full at 80 columns): the status line says "C compares" once two are marked.
+        bind("compare", show=False),
     ]
 
     def compose(self) -> ComposeResult:
         yield ModeBar("runs", id="mode-bar")
+        yield Static("", id="runs-hint")
         yield RunsTable(id="runs-table")
         yield EventLog(id="event-log")
         yield Static("", id="status-line")
-        yield FilterBar("words to match: id, state, preset, slot", id="runs-filter")
+        yield FilterBar("words to match: id, state, preset, slot, #tag, note", id="runs-filter")
         yield Footer()
 
     def on_mount(self) -> None:
         self._ready = True
         self.query_one("#runs-filter").display = False
+        self.query_one("#runs-hint").display = False
         self.query_one(EventLog).border_title = "events"
         self.query_one(RunsTable).focus()
         self.query_one(EventLog).entries = self.entries
@@ -111,22 +135,38 @@ class RunsScreen(LiveScreen):
         now = self.now()
         live, totals, cache = self.live, self.catalog.totals, self._rows
         rows = []
+        tagged = any(r.get("tags") for r in runs)
         for r in runs:
             run_id = r["id"]
             hist = r.get("history") or ()
             # A finished row only changes with its record; a running one also with the clock.
             mark = (r["state"], len(hist), hist[-1] if hist else None, r.get("slot"), r.get("finished_at"),
-                    live.get(run_id), totals.get(run_id))
+                    live.get(run_id), totals.get(run_id), tuple(r.get("tags") or ()) if tagged else None)
             hit = cache.get(run_id)
             if hit is None or hit[0] != mark or r["state"] == "running":
-                hit = cache[run_id] = (mark, run_row(r, live.get(run_id), now, totals.get(run_id)))
+                row = run_row(r, live.get(run_id), now, totals.get(run_id))
+                hit = cache[run_id] = (mark, (*row, tags_cell(r)) if tagged else row)
             rows.append((run_id, hit[1]))
         if len(cache) > 4 * MAX_ROWS:
             shown = {run_id for run_id, _ in rows}
             self._rows = {k: v for k, v in cache.items() if k in shown}
-        self.query_one(RunsTable).show(rows)
+        table = self.query_one(RunsTable)
+        keep = table.current_key
+        table.set_columns(RunsTable.COLUMNS + ((RunsTable.TAGS,) if tagged else ()))
+        table.show(rows)
+        if keep is not None and table.current_key != keep:  # the tags column came or went: same row
+            table.select_key(keep)
+        self._show_hint(not self.catalog.runs)
         self._refresh_status()
         self.sync_bindings()
+
+    def _show_hint(self, empty: bool) -> None:
+        hint = self.query_one("#runs-hint", Static)
+        if empty and not hint.display:
+            modes = getattr(self.app, "mode_keys", lambda: ("1", "2", "3", "4"))()
+            key_for = getattr(self.app, "key_for", None)
+            hint.update(first_run_hint(modes, key_for("queue") if key_for else "r"))
+        hint.display = empty
 
     def _refresh_status(self) -> None:
         engine, hw = self.status if self.status is not None else (None, None)
@@ -135,9 +175,14 @@ class RunsScreen(LiveScreen):
         shown = self.query_one(RunsTable).row_count
         if self.catalog is not None and (self._filter or shown < len(self.catalog.runs)):
             text += f" │ showing {shown} of {len(self.catalog.runs)}"
-        if text != self._status_text:  # an update re-lays out the screen: only when it changed
+        marked = len(self.query_one(RunsTable).marked)
+        if marked:  # first: at 80 columns the end of the line is cut
+            compares = getattr(self.app, "key_for", lambda _: "C")("compare")
+            text = f"{marked} marked" + (f" ({compares} compares)" if marked >= 2 else "") + " │ " + text
+        if text != self._status_text:  # only when it changed (marking a run changes it each press)
             self._status_text = text
-            self.query_one("#status-line", Static).update(Text(text))
+            # layout=False: one line of fixed height; a re-layout of the whole screen costs ~10 ms.
+            self.query_one("#status-line", Static).update(Text(text), layout=False)
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -146,8 +191,12 @@ class RunsScreen(LiveScreen):
         return self.catalog.by_id.get(key) if key and self.catalog is not None else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open_run", "filter") and self.typing:
-            return False  # enter and / belong to the filter input then
+        if action in ("open_run", "filter", "mark", "compare") and self.typing:
+            return False  # enter, / and space belong to the filter input then
+        if action == "mark":
+            return True if self._selected() is not None else None
+        if action == "compare":
+            return True if len(self.query_one(RunsTable).marked) >= 2 else None
         if action in ("open_run", "requeue"):
             return True if self._selected() is not None else None
         if action == "cancel":
@@ -183,6 +232,22 @@ class RunsScreen(LiveScreen):
         run = self._selected()
         if run is not None:
             self.post_message(messages.ResumeRun(run["id"]))
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the highlighted run and move down, so a run of rows is marked with repeated presses."""
+        table = self.query_one(RunsTable)
+        if table.current_key is not None:
+            table.toggle_mark()
+            table.action_cursor(1)
+
+    def on_live_table_marks_changed(self, event: LiveTable.MarksChanged) -> None:
+        self._refresh_status()
+        self.sync_bindings()
+
+    def action_compare(self) -> None:
+        marked = self.query_one(RunsTable).marked
+        if len(marked) >= 2:
+            self.post_message(messages.CompareRuns(marked))
 
     def action_filter(self) -> None:
         self.query_one(FilterBar).open()

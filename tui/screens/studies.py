@@ -86,6 +86,9 @@ class StudiesScreen(LiveScreen):
         bind("prev_page", "page(-1)", short="Previous", group=PAGE_KEYS),
         bind("next_page", "page(1)", short="Next", group=PAGE_KEYS),
         bind("view", "next_tab", short="View"),
+        # Not in the footer (full at 80 columns): the caption says how, and what is marked.
+        bind("mark", show=False),
+        bind("compare", show=False),
         # From a study to a final model: start one, and from a trial, save it or train it longer.
         # Not in the footer (no room at 80 columns): the best-trial panel names them, as do help
         # and the palette.
@@ -164,6 +167,7 @@ class StudiesScreen(LiveScreen):
         self._study_mark = None
         self.page = 0
         self.trials = ()
+        self.query_one(TrialTable).set_marks(())  # marks are trials of one study
         self.watch_catalog()
 
     def _keys_line(self) -> str:
@@ -227,6 +231,12 @@ class StudiesScreen(LiveScreen):
         trial = self._selected_trial() if self.query_one(TrialTable).has_focus else None
         why = trial and (trial.get("fail_reason") or trial.get("prune_reason"))
         text = Text(f"#{trial['number']} {trial['state']}: {why}") if why else Text(self._counts, style="dim")
+        if not why and self.trials:
+            key = getattr(self.app, "key_for", lambda binding_id: {"mark": "␣", "compare": "C"}[binding_id])
+            marked = self.query_one(TrialTable).marked
+            text.append(f"  │  {len(marked)} marked, {key('compare')} compares" if len(marked) >= 2 else
+                        f"  │  {len(marked)} marked" if marked else f"  │  {key('mark')} marks trials to compare",
+                        style="dim")
         self.query_one("#trial-caption", Static).update(text)
 
     def _show_plots(self) -> None:
@@ -294,6 +304,13 @@ class StudiesScreen(LiveScreen):
             return True if self.trials else None
         if action == "focus_studies":
             return None if isinstance(self.focused, StudyTable) else True
+        if action == "mark":  # trials are marked in the trial table, for `compare`
+            if not isinstance(self.focused, TrialTable):
+                return False
+            trial = self._selected_trial()
+            return True if trial is not None and trial.get("run_id") else None
+        if action == "compare":
+            return len(self._marked_runs()) >= 2
         if action in ("rerun_trial", "save_trial"):
             if not isinstance(self.focused, TrialTable):
                 return None
@@ -317,6 +334,27 @@ class StudiesScreen(LiveScreen):
             self.notify(f"trial #{trial['number']} has no run on this box", severity="warning")
             return
         self.post_message(messages.OpenRun(trial["run_id"]))
+
+    def _marked_runs(self) -> tuple[str, ...]:
+        by_number = {str(t["number"]): t.get("run_id") for t in self.trials}
+        return tuple(run for key in self.query_one(TrialTable).marked if (run := by_number.get(key)))
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the highlighted trial and move down; `compare` shows the marked trials' runs."""
+        table = self.query_one(TrialTable)
+        trial = self._selected_trial()
+        if trial is not None and trial.get("run_id"):
+            table.toggle_mark()
+            table.action_cursor(1)
+
+    def on_live_table_marks_changed(self, event: LiveTable.MarksChanged) -> None:
+        self._show_caption()
+        self.sync_bindings()
+
+    def action_compare(self) -> None:
+        runs = self._marked_runs()
+        if len(runs) >= 2:
+            self.post_message(messages.CompareRuns(runs))
 
     def action_start_study(self) -> None:
         library = self.ctx.library

@@ -10,7 +10,13 @@ rows whose cells changed.
 Rows are `(key, cells)` with string cells; columns are fixed-width. The
 header stays pinned while rows scroll; the cursor is a row. Messages:
 `Highlighted` (cursor moved), `Selected` (enter or click on the cursor row),
-`HeaderClicked` (a column header was clicked).
+`HeaderClicked` (a column header was clicked), `MarksChanged` (a row was
+marked or unmarked).
+
+Marks (a set of row keys, kept in the order they were marked) survive rows
+coming and going, so a filter can hide a marked row and show it again. A
+marked row shows "●" in its first cell's left padding: no width is taken,
+and an unmarked table draws exactly as before.
 """
 
 from __future__ import annotations
@@ -107,7 +113,8 @@ class LiveTable(ScrollView, can_focus=True):
     """Columns hidden, least useful first, while the table is still narrower than its columns
     (an 80-column terminal): better a few whole columns than the key ones scrolled out of sight."""
 
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"live-table--header", "live-table--cursor", "live-table--cursor-blur"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"live-table--header", "live-table--cursor", "live-table--cursor-blur",
+                                             "live-table--mark"}
     DEFAULT_CSS = """
     LiveTable {
         height: 1fr;
@@ -125,6 +132,10 @@ class LiveTable(ScrollView, can_focus=True):
     }
     LiveTable > .live-table--cursor-blur {
         background: $block-cursor-blurred-background;
+    }
+    LiveTable > .live-table--mark {
+        color: $text-warning;
+        text-style: bold;
     }
     """
     BINDINGS: ClassVar[list[Binding]] = [
@@ -155,6 +166,12 @@ class LiveTable(ScrollView, can_focus=True):
         table: LiveTable
         column: str
 
+    @dataclass
+    class MarksChanged(Message):
+        table: LiveTable
+        marked: tuple[str, ...]
+        """Every marked key, in the order they were marked (shown or not)."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._spec: list[Column] = list(self.COLUMNS)
@@ -166,6 +183,8 @@ class LiveTable(ScrollView, can_focus=True):
         self._lines: dict[str, tuple[tuple, Strip]] = {}
         self._header: tuple[tuple, Strip] | None = None
         self._styles: dict[str, Style] = {}
+        self._marks: dict[str, None] = {}
+        """Marked keys, in marking order (a dict: ordered, O(1) membership)."""
         self._update_virtual_size()
 
     # -- data --------------------------------------------------------------------------------
@@ -239,6 +258,39 @@ class LiveTable(ScrollView, can_focus=True):
                 i = self._index[key]
                 if top <= i < top + height - 1:
                     self.refresh(Region(0, i - top + 1, self.size.width, 1))
+
+    # -- marks -------------------------------------------------------------------------------
+
+    @property
+    def marked(self) -> tuple[str, ...]:
+        return tuple(self._marks)
+
+    def toggle_mark(self, key: str | None = None) -> bool:
+        """Mark the row `key` (default: the cursor's) or unmark it if it was; returns whether it is marked now."""
+        key = self.current_key if key is None else key
+        if key is None:
+            return False
+        if key in self._marks:
+            del self._marks[key]
+        else:
+            self._marks[key] = None
+        self._repaint_key(key)
+        self.post_message(self.MarksChanged(self, self.marked))
+        return key in self._marks
+
+    def set_marks(self, keys: Sequence[str]) -> None:
+        """Mark exactly `keys` (in this order)."""
+        old = set(self._marks)
+        self._marks = dict.fromkeys(keys)
+        for key in old ^ set(self._marks):
+            self._repaint_key(key)
+        self.post_message(self.MarksChanged(self, self.marked))
+
+    def _repaint_key(self, key: str) -> None:
+        i = self._index.get(key)
+        top = int(self.scroll_offset.y)
+        if i is not None and top <= i < top + self.size.height - 1:
+            self.refresh(Region(0, i - top + 1, self.size.width, 1))
 
     def select_key(self, key: str) -> bool:
         if key not in self._index:
@@ -315,9 +367,9 @@ class LiveTable(ScrollView, can_focus=True):
             style = self._styles[name] = Style.parse(name)
         return style
 
-    def _render_row(self, cells: tuple[str, ...], base: Style, cursor: Style | None) -> Strip:
+    def _render_row(self, cells: tuple[str, ...], base: Style, cursor: Style | None, marked: bool = False) -> Strip:
         segments = []
-        for i, (key, _label, width) in self._layout:
+        for n, (i, (key, _label, width)) in enumerate(self._layout):
             text = cells[i] if i < len(cells) else ""
             style = base
             styled = self.STYLED.get(key)
@@ -327,6 +379,10 @@ class LiveTable(ScrollView, can_focus=True):
                 style = base + self._style(name)
             if cursor is not None:
                 style = style + cursor
+            if n == 0 and marked:  # the mark sits in the first cell's left padding
+                mark = style + self.get_component_rich_style("live-table--mark")
+                segments += [Segment("●", mark), Segment(_fit(text, width) + " ", style)]
+                continue
             segments.append(Segment(" " + _fit(text, width) + " ", style))
         return Strip(segments)
 
@@ -349,8 +405,9 @@ class LiveTable(ScrollView, can_focus=True):
         cursor = None
         if row == self.cursor_row:
             cursor = self.get_component_rich_style("live-table--cursor" if self.has_focus else "live-table--cursor-blur")
-        mark = (cells, cursor, base)
+        marked = key in self._marks
+        mark = (cells, cursor, base, marked)
         hit = self._lines.get(key)
         if hit is None or hit[0] != mark:
-            hit = self._lines[key] = (mark, self._render_row(cells, base, cursor))
+            hit = self._lines[key] = (mark, self._render_row(cells, base, cursor, marked))
         return hit[1].crop_extend(x, x + width, base)

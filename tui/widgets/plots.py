@@ -23,6 +23,9 @@ class Series:
     xs: tuple[float, ...]
     ys: tuple[float, ...]
     scatter: bool = False
+    color: str | tuple[int, int, int] | None = None
+    """A colour name or RGB; None: the next of COLORS. A fixed colour keeps a run's colour
+    when another series has no data (the compare view's legend relies on it)."""
 
 
 def clean(xs: Sequence[float], ys: Sequence[float | None]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -69,7 +72,7 @@ class CurvePlot(PlotextPlot):
         if self.log_y and drawn and positive:
             plt.yscale("log")
         for i, s in enumerate(drawn):
-            color = COLORS[i % len(COLORS)]
+            color = s.color or COLORS[i % len(COLORS)]
             label = s.label if len(drawn) > 1 else None
             if s.scatter:
                 plt.scatter(list(s.xs), list(s.ys), label=label, color=color, marker="dot")
