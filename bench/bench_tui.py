@@ -24,10 +24,10 @@ process only (the writer is not counted):
 
 Marking and comparing (a second set-up): 50 finished runs of 200 epochs each.
 Reported: key to repaint for `space` (mark the row and move down, 50 times),
-for `C` (until the compare view has drawn the 50 runs' curves, summary and
-config differences: the records are read in a worker, so this includes the
-read), and for the compare view's toggles `e` (EMA), `l` (log y) and `m`
-(next metric), which redraw the plot of 50 x 200 points. Target <= 100 ms.
+for `C` (until the compare view shows the 50 runs' curves and summary, drawn
+from the catalogue the app holds; the configs, for the differences, follow
+from a worker), and for the compare view's toggles `e` (EMA), `l` (log y) and
+`m` (next metric), which redraw the plot of 50 x 200 points. Target <= 100 ms.
 
 Usage: python bench/bench_tui.py [--quick] [--compare-only]
 """
@@ -251,7 +251,7 @@ def child_compare(home: str, n: int) -> dict:
     def spy(screen, renderable) -> None:
         display(screen, renderable)
         if renderable is not None:  # the compare view counts once it shows its runs
-            paints.append((time.perf_counter(), type(screen).__name__, bool(getattr(screen, "loaded", True))))
+            paints.append((time.perf_counter(), type(screen).__name__, bool(getattr(screen, "drawn", True))))
 
     app._display = spy  # type: ignore[method-assign]
     out: dict = {}
@@ -325,7 +325,7 @@ def report_compare(r: dict) -> list[tuple[str, str, str, str]]:
          f"{statistics.median(r['mark_ms']):.0f} / {max(r['mark_ms']):.0f} ms", f"{r['marked']} marked", target),
         (f"{r['n']} runs x {r['epochs']} epochs: key to repaint, open compare (view up / runs drawn, median of 3)",
          f"{statistics.median(r['open_first_paint_ms']):.0f} / {statistics.median(r['open_ms']):.0f} ms",
-         f"{r['series']} curves, {r['points']} points (drawn: records read in a worker, then drawn)", target),
+         f"{r['series']} curves, {r['points']} points", target),
         (f"{r['n']} runs x {r['epochs']} epochs: key to repaint, compare toggles e/l/m (median / max)",
          f"{statistics.median(toggles):.0f} / {max(toggles):.0f} ms",
          ", ".join(f"{k} {statistics.median(v):.0f} ms" for k, v in r["toggle_ms"].items()), target),

@@ -7,8 +7,10 @@ and again when the catalogue shows one of them changed; everything on screen is
 computed from them by trialdeck.engine.catalogue.compare, the same code as
 `trialdeck runs compare`. Keys: m next metric, e EMA smoothing, l log y axis,
 v summary / config differences, escape back. Work on the UI thread is bounded:
-the records are read and every metric's curves and summaries computed in a
-worker; a key only re-assembles what is drawn (bench/bench_tui.py measures it).
+the view first draws one metric from the catalogue the app already holds (runs
+with their histories, without configs), then a worker reads the full records
+and computes every metric and the config differences; a key only re-assembles
+what is drawn (bench/bench_tui.py measures it: 50 runs of 200 epochs).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class DiffersTable(LiveTable):
 
 @dataclass(frozen=True)
 class Comparison:
-    """What the view draws, computed from the records in the reading worker (not on the UI thread)."""
+    """What the view draws: first from the app's catalogue (histories, no configs: the curves and
+    summaries of one metric, at once), then from the full records read by a worker."""
 
     records: tuple[dict[str, Any], ...] = ()
     missing: tuple[str, ...] = ()
@@ -77,18 +80,33 @@ class Comparison:
     """metric -> one (epochs, values) per run."""
     summaries: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
     """metric -> one compare.summary per run."""
-    differs: dict[str, list[Any]] = field(default_factory=dict)
+    differs: dict[str, list[Any]] | None = None
+    """Config keys that differ, one value per run; None until the configs are read."""
+
+    def add_metric(self, metric: str) -> None:
+        """Compute `metric`'s curves and summaries if they are not there yet (cached)."""
+        if metric in self.curves or metric not in self.metrics:
+            return
+        points = tuple((tuple(xs), tuple(ys)) for xs, ys in (compare.series(r, metric) for r in self.records))
+        self.curves[metric] = points
+        self.summaries[metric] = tuple(compare.summary(r, metric, p) for r, p in zip(self.records, points))
 
 
-def prepare(run_ids: tuple[str, ...], found: list[dict[str, Any] | None]) -> Comparison:
+def prepare(run_ids: tuple[str, ...], found: list[dict[str, Any] | None], metrics: tuple[str, ...] | None = None
+            ) -> Comparison:
+    """The comparison of the records found (None: not in the catalogue), with the curves and
+    summaries of `metrics` (default: all), and the config differences when they have configs."""
     records = tuple(r for r in found if r is not None)
-    metrics = tuple(compare.metric_names(records))
-    curves, summaries = {}, {}
-    for m in metrics:
-        curves[m] = tuple((tuple(xs), tuple(ys)) for xs, ys in (compare.series(r, m) for r in records))
-        summaries[m] = tuple(compare.summary(r, m, points) for r, points in zip(records, curves[m]))
-    return Comparison(records=records, missing=tuple(r for r, rec in zip(run_ids, found) if rec is None),
-                      metrics=metrics, curves=curves, summaries=summaries, differs=compare.differs(records))
+    out = Comparison(records=records, missing=tuple(r for r, rec in zip(run_ids, found) if rec is None),
+                     metrics=tuple(compare.metric_names(records)),
+                     differs=compare.differs(records) if all("config" in r for r in records) else None)
+    for m in out.metrics if metrics is None else metrics:
+        out.add_metric(m)
+    return out
+
+
+def first_metric(names: tuple[str, ...], wanted: str) -> str:
+    return wanted if wanted in names else "val_loss" if "val_loss" in names else names[0] if names else wanted
 
 
 def _cell(value: Any, width: int = 28) -> str:
@@ -119,8 +137,10 @@ class CompareScreen(LiveScreen):
     def __init__(self, run_ids: tuple[str, ...] | list[str]) -> None:
         super().__init__()
         self.run_ids = tuple(dict.fromkeys(run_ids))
+        self.drawn = False
+        """True once the runs' curves and summaries are on screen (from the catalogue: at once)."""
         self.loaded = False
-        """True once the first read of the records is on screen (tests and the benchmark wait on it)."""
+        """True once the full records (configs too) are read and on screen (tests wait on it)."""
         self._seen: tuple | None = None
 
     @property
@@ -142,6 +162,7 @@ class CompareScreen(LiveScreen):
         self._ready = True
         self.query_one("#compare-differs").display = False
         self._show_tabbar()
+        self._draw_from_catalog()
         self._load()
 
     # -- data --------------------------------------------------------------------------------
@@ -157,6 +178,18 @@ class CompareScreen(LiveScreen):
         if self._ready and self._marks() != self._seen:
             self._load()
 
+    def _draw_from_catalog(self) -> None:
+        """The curves and summary of the current metric from the catalogue the app already holds
+        (runs without configs): on screen with the view, before the worker has read anything."""
+        if self.catalog is None:
+            return
+        found = [self.catalog.by_id.get(r) for r in self.run_ids]
+        names = tuple(compare.metric_names([r for r in found if r is not None]))
+        metric = first_metric(names, self.metric)
+        self.set_reactive(CompareScreen.metric, metric)
+        self.comparison = prepare(self.run_ids, found, (metric,) if metric in names else ())
+        self.drawn = True
+
     def _load(self) -> None:
         store, ids, marks = self.ctx.store, self.run_ids, self._marks()
 
@@ -167,12 +200,9 @@ class CompareScreen(LiveScreen):
 
     def _loaded(self, result: tuple[tuple | None, Comparison]) -> None:
         self._seen, comparison = result
-        names = comparison.metrics
-        if names and self.metric not in names:
-            self.set_reactive(CompareScreen.metric, "val_loss" if "val_loss" in names else names[0])
+        self.set_reactive(CompareScreen.metric, first_metric(comparison.metrics, self.metric))
         self.comparison = comparison
-        self.loaded = True
-        self.sync_bindings()
+        self.drawn = self.loaded = True
 
     def watch_comparison(self) -> None:
         self._show_legend()
@@ -181,6 +211,7 @@ class CompareScreen(LiveScreen):
         self._show_differs()
 
     def watch_metric(self) -> None:
+        self.comparison.add_metric(self.metric)  # (from the catalogue, only the first metric was computed)
         self._show_plot()
         self._show_best()
 
@@ -242,7 +273,7 @@ class CompareScreen(LiveScreen):
 
     def _show_differs(self) -> None:
         table = self.query_one(DiffersTable)
-        differing = self.comparison.differs
+        differing = self.comparison.differs or {}
         cells = {key: tuple(_cell(v) for v in values) for key, values in differing.items()}
         key_width = min(40, max([len("config key"), *map(len, differing)]))
         spec = [("key", "config key", key_width)]
@@ -258,7 +289,8 @@ class CompareScreen(LiveScreen):
     def _show_tabbar(self) -> None:
         summary = self.query_one("#compare-summary").display
         out = Text(" ")
-        n = len(self.comparison.differs)
+        differs = self.comparison.differs
+        n = "reading" if differs is None else len(differs)
         for label, active in (("Summary", summary), (f"Config differences ({n})", not summary)):
             out.append(f" {label} ", style="bold reverse" if active else "dim")
             out.append(" ")
@@ -267,11 +299,6 @@ class CompareScreen(LiveScreen):
         self.query_one("#compare-tabbar", Static).update(out, layout=False)
 
     # -- actions -----------------------------------------------------------------------------
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "next_metric":
-            return True if len(self.comparison.metrics) > 1 else None
-        return True
 
     def action_close(self) -> None:
         self.dismiss()
