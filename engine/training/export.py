@@ -65,7 +65,8 @@ def _data_facts(spec: RunSpec, ws: Workspace) -> dict[str, Any]:
 
     data = load_data(spec.data, seed=spec.train.seed, device="cpu", data_dir=ws.data_dir)
     facts = {"input_shape": list(data.shape), "classes": data.classes, "class_names": list(data.class_names),
-             "mean": list(data.mean), "std": list(data.std)}
+             "mean": list(data.mean), "std": list(data.std),
+             "task": getattr(data, "task", "classification")}  # (regression: `classes` counts targets)
     if data.pixel_max is not None:
         facts["pixel_max"] = data.pixel_max
     return facts
