@@ -161,3 +161,39 @@ def test_import_linter_contracts_hold():
     proc = subprocess.run([str(exe)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "2 kept, 0 broken" in proc.stdout, proc.stdout[-2000:]
+
+
+ENGINE_WITHOUT_CLUSTER = r"""
+import os, signal, threading, time
+from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets import resolve
+from trialdeck.engine.runtime import client, control, daemon
+from trialdeck.engine.workspace import Workspace
+from trialdeck.tui.probes import SystemProbe, status_text
+
+ws = Workspace.resolve(HOME).ensure()
+store = Store(ws)
+[run] = control.enqueue(store, [resolve("seed/step-decay", ["train.epochs=1"])])
+
+def stop_when_done():
+    deadline = time.monotonic() + 90
+    while store.get_run(run["id"])["state"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status_text(SystemProbe(ws).engine(), None, {}, time.time())  # the TUI's engine line, while it runs
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop_when_done, daemon=True).start()
+assert daemon.main(["--home", HOME]) == 0
+assert store.get_run(run["id"])["state"] == "completed"
+assert client.status(ws)["cluster"] is None
+"""
+
+
+@pytest.mark.slow
+def test_an_engine_without_a_cluster_never_imports_distributed(tmp_path):
+    """The local placement is today's behaviour: an engine that ran a run (and the status it
+    reports, and the TUI's engine line) never loads Dask's `distributed`."""
+    loaded = loaded_after(f"HOME = {str(tmp_path / 'ws')!r}\n" + ENGINE_WITHOUT_CLUSTER)
+    assert "trialdeck.engine.runtime.placement" in loaded and "trialdeck.engine.runtime.daemon" in loaded
+    assert not loaded & {"distributed", "dask"}, f"the engine loaded {sorted(loaded & {'distributed', 'dask'})}"
+    assert "trialdeck.engine.runtime.dask_backend" not in loaded

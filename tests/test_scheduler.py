@@ -172,17 +172,20 @@ def test_the_engine_learns_a_workers_memory_report(tmp_path):
     """Wiring: a worker's ("memory", run, bytes) message reaches the scheduler's table."""
     import multiprocessing as mp
 
-    from trialdeck.engine.runtime.daemon import Engine, WorkerHandle
+    from trialdeck.engine.runtime.daemon import Engine
+    from trialdeck.engine.runtime.placement import LocalPlacement, WorkerHandle
     from trialdeck.engine.workspace import Workspace
 
     engine = Engine(Workspace(tmp_path / "ws").ensure(), cpu_slots=1)
-    slot = engine.scheduler.slots[0]
-    engine.scheduler.plan([run("r1")])
+    placement = engine.placement
+    assert isinstance(placement, LocalPlacement)
+    slot = placement.scheduler.slots[0]
+    placement.scheduler.plan([run("r1")])
     parent, child = mp.Pipe()
     handle = WorkerHandle(slot, process=None, conn=parent, flag=None, run_id="r1")
     child.send(("memory", "r1", 3 * GIB))
-    engine._on_message(handle)
-    assert engine.scheduler.need_of(run("r9", lr=0.5)) == 3 * GIB
+    placement._on_message(handle)
+    assert placement.scheduler.need_of(run("r9", lr=0.5)) == 3 * GIB
 
 
 def test_the_worker_reports_once_after_the_first_epoch():

@@ -23,6 +23,8 @@ class EngineSample:
     pid: int | None = None
     started_at: float | None = None
     slots: tuple[str, ...] = ()
+    cluster: str | None = None
+    """A Dask-placing engine's cluster in a few words (`cluster_text`); None for this box's own slots."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,12 @@ class SystemProbe:
         info = engine_info(self.ws)
         if not info:
             return EngineSample(False)
-        return EngineSample(True, info.get("pid"), info.get("started_at"), tuple(info.get("slots") or ()))
+        cluster = None
+        if info.get("cluster"):
+            from trialdeck.engine.runtime.placement import read_cluster_status
+
+            cluster = cluster_text(read_cluster_status(self.ws) or {"url": info["cluster"], "state": "connecting"})
+        return EngineSample(True, info.get("pid"), info.get("started_at"), tuple(info.get("slots") or ()), cluster)
 
     def hardware(self) -> HardwareSample:
         import psutil
@@ -88,6 +95,23 @@ class FixedProbe:
         return self._hardware
 
 
+def cluster_text(cluster: dict) -> str:
+    """`cluster 10.0.0.5:8786 2 workers: gpu1 r3, gpu2 idle`, or why it is away: the engine line's words
+    for a Dask cluster (runtime.placement.read_cluster_status)."""
+    import time
+
+    url = str(cluster.get("url") or "?").split("://", 1)[-1]
+    state = cluster.get("state")
+    if state == "connected":
+        workers = cluster.get("workers") or []
+        each = ", ".join(f"{w.get('name')} {' '.join(w.get('runs') or []) or 'idle'}" for w in workers)
+        return f"cluster {url} {len(workers)} worker{'s' if len(workers) != 1 else ''}" + (f": {each}" if each else "")
+    if state in ("lost", "unreachable"):
+        since = time.strftime("%H:%M:%S", time.localtime(cluster.get("since") or time.time()))
+        return f"cluster {url} {state.upper()} since {since}, retrying"
+    return f"cluster {url} connecting"
+
+
 def _uptime(seconds: float) -> str:
     from trialdeck.tui.live import fmt_seconds
 
@@ -102,6 +126,8 @@ def status_text(engine: EngineSample | None, hw: HardwareSample | None, counts: 
     elif engine.running:
         up = f" up {_uptime(now - engine.started_at)}" if engine.started_at else ""
         slots = f" slots {','.join(engine.slots)}" if engine.slots else ""
+        if engine.cluster:
+            slots = f" {engine.cluster}"
         parts.append(f"engine pid {engine.pid}{up}{slots}")
     else:
         parts.append("engine stopped (queueing starts it)")

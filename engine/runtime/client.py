@@ -21,6 +21,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput, EngineUnavailable, ExitCode
 from trialdeck.engine.runtime import versions
 from trialdeck.engine.runtime.pidfile import alive, read_pid_info
+from trialdeck.engine.runtime.placement import read_cluster_status
 from trialdeck.engine.runtime.recorder import METRICS_NAME
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
@@ -155,8 +156,11 @@ def status(ws: Workspace) -> dict[str, Any]:
         "runs_queued": counts.get("queued", 0),
         "held": ws.held_path.exists(),
         "runs": counts,
-        "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device")}
-                   for r in runs if r["state"] == "running"],
+        "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device"),
+                    "host": r.get("host")} for r in runs if r["state"] == "running"],
+        # Where runs train: this box's slots, or a Dask cluster (its workers, what runs where, or why it is away).
+        "placement": (info.get("placement") or "local") if info else None,
+        "cluster": read_cluster_status(ws) if info and info.get("cluster") else None,
     }
     # torch's build and the driver's CUDA, and a warning when they do not fit (no torch import).
     out.update(versions.probe())

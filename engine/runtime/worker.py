@@ -157,13 +157,24 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             torch.cuda.empty_cache()  # give the run's cached blocks back to the other slots on this GPU
 
 
-def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None) -> str:
+def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None,
+             extra_callback: Callable[..., TrainerCallback | None] | None = None) -> str:
+    """Train one run to its final state (the trainer, or its script) and record it through `store`.
+    A Dask worker (runtime.dask_worker) calls this too, with a store that mirrors to the engine
+    and `extra_callback` asking the engine's pruner instead of the study's storage."""
     record = store.get_run(run_id)
     run_dir = ws.run_dir(run_id)
     recorder = None
     try:
         spec = RunSpec.model_validate(record["config"])
-        extra = _extra_callback(store, ws, record)
+        extra = (extra_callback or _extra_callback)(store, ws, record)
+        if spec.script is not None:  # the user's own program instead of the trainer (runtime.script)
+            import torch  # loaded at the worker's start: the slot's share of the cores
+
+            from trialdeck.engine.runtime.script import run_script
+
+            return run_script(store, ws, record, spec, device, ControlCallback(flag, extra, run_id, None, cancels),
+                              conn, torch.get_num_threads())
         probe = _memory_probe(conn, run_id) if conn is not None and device.startswith("cuda") else None
         recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id, probe, cancels))
         recorder.log(f"worker {os.getpid()} starting {run_id} on {device} (attempt {record.get('attempts', 1)})")

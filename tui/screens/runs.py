@@ -39,6 +39,7 @@ class RunsTable(LiveTable):
     # and elapsed are in the run's detail (enter) and come back on a wider terminal.
     SHRINK = {"preset": 14}
     DROP = ("slot", "kept", "best", "elapsed", "tags")
+    CUT_LEFT = frozenset({"slot"})  # a Dask worker named by its address: its port tells workers of a host apart
     TAGS: Column = ("tags", "tags", 16)
     """Shown only while some run has tags (the cells' last one)."""
 

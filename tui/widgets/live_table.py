@@ -86,9 +86,17 @@ def fit_columns(spec: Sequence[Column], width: int, drop: Sequence[str] = (),
     return out
 
 
-def _fit(text: str, width: int) -> str:
+def _fit(text: str, width: int, left: bool = False) -> str:
     if cell_len(text) <= width:
         return text + " " * (width - cell_len(text))
+    if left:  # keep the end: "…1:40123" tells two workers of one host apart, "127.0.0…" does not
+        kept, used = [], 0
+        for ch in reversed(text):
+            if used + cell_len(ch) > width - 1:
+                break
+            kept.append(ch)
+            used += cell_len(ch)
+        return "…" + "".join(reversed(kept)) + " " * (width - 1 - used)
     out, used = [], 0
     for ch in text:
         w = cell_len(ch)
@@ -109,6 +117,8 @@ class LiveTable(ScrollView, can_focus=True):
     """column key -> style of every cell in it."""
     SHRINK: ClassVar[dict[str, int]] = {}
     """column key -> the narrowest it may be cut to (with "…") when the table is narrower than its columns."""
+    CUT_LEFT: ClassVar[frozenset[str]] = frozenset()
+    """Columns whose too-long cells keep their end, cut at the start (a Dask worker's address in the slot column)."""
     DROP: ClassVar[tuple[str, ...]] = ()
     """Columns hidden, least useful first, while the table is still narrower than its columns
     (an 80-column terminal): better a few whole columns than the key ones scrolled out of sight."""
@@ -383,7 +393,7 @@ class LiveTable(ScrollView, can_focus=True):
                 mark = style + self.get_component_rich_style("live-table--mark")
                 segments += [Segment("●", mark), Segment(_fit(text, width) + " ", style)]
                 continue
-            segments.append(Segment(" " + _fit(text, width) + " ", style))
+            segments.append(Segment(" " + _fit(text, width, key in self.CUT_LEFT) + " ", style))
         return Strip(segments)
 
     def render_line(self, y: int) -> Strip:
