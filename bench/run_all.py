@@ -44,6 +44,10 @@ SECTIONS = [
      {"device": "cuda"}),
     ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second", False, {}),
     ("bench.bench_cluster", "per-run overhead on a 2-worker Dask LocalCluster vs the local engine (CPU)", False, {}),
+    ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (CPU)", False,
+     {"device": "cpu"}),
+    ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (GPU)", True,
+     {"device": "cuda"}),
 ]
 
 
@@ -105,7 +109,8 @@ def render(info: dict[str, str], results, quick: bool) -> str:
         lines += ["", f"({seconds:.0f} s)", ""]
     if info["gpu"] == "none":
         lines += ["GPU figures (synthetic CNN trainer ratio, GPU augmentation, trials per hour one at a time vs "
-                  "packed vs ensembled) need a CUDA GPU and were not measured on this machine.", ""]
+                  "packed vs ensembled, the streaming data path with pinned memory) need a CUDA GPU and were not "
+                  "measured on this machine.", ""]
     return "\n".join(lines)
 
 

@@ -123,17 +123,27 @@ class RunEvent:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's summary: the `history` entries of a run record."""
+    """One epoch's summary: the `history` entries of a run record. A classifier has val_acc; a
+    regression has val_mae instead (and its entries carry no val_acc)."""
 
     epoch: int
     train_loss: float
     val_loss: float
-    val_acc: float
+    val_acc: float | None
     lr: float
     seconds: float
+    val_mae: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("val_acc", "val_mae"):  # a classifier's entries read as they always have
+            if out[key] is None:
+                del out[key]
+        return out
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> EpochRecord:
+        return cls(**{"val_acc": None, **entry})
 
 
 class RunRecord(TypedDict, total=False):

@@ -198,7 +198,7 @@ def test_combined_matches_pixel_space_reference(fill_mode: str):
     out = aug.apply_params(x, *p)
 
     xo, yo = (g.numpy() for g in centred_grid(h, w))
-    mode = {"nearest": "nearest", "reflect": "reflect", "constant": "grid-constant"}[fill_mode]
+    mode = {"nearest": "nearest", "reflect": "reflect", "constant": "constant"}[fill_mode]  # Keras calls scipy's constant
     for i in range(b):
         a, s = math.radians(p.angle_deg[i]), math.radians(p.shear_deg[i])
         zx, zy = float(p.zx[i]), float(p.zy[i])
@@ -243,6 +243,56 @@ def test_fill_constant_uses_a_per_channel_fill():
     out = warp(make("constant", fill=fill), x, ty_frac=-0.25)  # 1 row up: the bottom row is vacated
     torch.testing.assert_close(out[..., :3, :], x[..., 1:, :], atol=ATOL, rtol=0)
     assert torch.allclose(out[0, 0, 3], torch.tensor(-1.5)) and torch.allclose(out[0, 1, 3], torch.tensor(2.5))
+
+
+def test_fill_constant_has_no_half_pixel_seam():
+    """A 0.3 px shift right: output column 0 reads the input at x = -0.3, outside the first pixel
+    centre, so it is the fill exactly (Keras, scipy), not 70% edge pixel and 30% fill."""
+    x = columns_image()
+    out = warp(make("constant", fill=-9.0), x, tx_frac=0.3 / 8)
+    assert torch.equal(out[..., 0], torch.full_like(out[..., 0], -9.0))
+    torch.testing.assert_close(out[..., 1], 0.3 * x[..., 0] + 0.7 * x[..., 1], atol=ATOL, rtol=0)
+
+
+def keras_matrix(p, i: int, h: int, w: int):
+    """scipy.ndimage.affine_transform's (matrix, offset) in (row, col) for sample i of `p`, built
+    from the documented convention input = R S Z (F p - t) in centred pixel coordinates."""
+    import numpy as np
+
+    a, s = math.radians(float(p.angle_deg[i])), math.radians(float(p.shear_deg[i]))
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    shear = np.array([[1.0, -math.sin(s)], [0.0, math.cos(s)]])
+    zoom = np.diag([float(p.zx[i]), float(p.zy[i])])
+    flip = np.diag([-1.0 if bool(p.flip[i]) else 1.0, 1.0])
+    m = rot @ shear @ zoom  # (x, y) order
+    t = np.array([float(p.tx_frac[i]) * w, float(p.ty_frac[i]) * h])
+    swap = np.array([[0.0, 1.0], [1.0, 0.0]])  # (x, y) <-> (row, col)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    matrix = swap @ m @ flip @ swap
+    offset = swap @ (centre - m @ flip @ centre - m @ t)
+    return matrix, offset
+
+
+def test_fill_constant_matches_scipy_affine_transform_on_a_non_square_image():
+    """Keras' ImageDataGenerator calls scipy.ndimage.affine_transform(order=1, mode="constant");
+    every knob, on a 7x11 image, gives its output, seam and all (issue 15)."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    import numpy as np
+
+    h, w, b = 7, 11, 16
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(b, 1, h, w, generator=gen, dtype=torch.float64) + 1.0
+    aug = make("constant", fill=-2.5, rotation=35, width_shift=0.25, height_shift=0.3, shear=20, zoom=0.35,
+               horizontal_flip=True)
+    p = aug.sample_params(b, "cpu", gen)
+    out = aug.apply_params(x, *p)
+    filled = 0
+    for i in range(b):
+        matrix, offset = keras_matrix(p, i, h, w)
+        ref = ndimage.affine_transform(x[i, 0].numpy(), matrix, offset=offset, order=1, mode="constant", cval=-2.5)
+        np.testing.assert_allclose(out[i, 0].numpy(), ref, atol=1e-6)
+        filled += int((ref == -2.5).sum())
+    assert 0 < filled < b * h * w  # both the fill and the image are exercised
 
 
 def test_fill_reflect_mirrors_half_sample_symmetric():

@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_datasets import trust_cifar_files, write_cifar, write_mnist
+from tests.test_datasets import (
+    trust_cifar100_files,
+    trust_cifar_files,
+    trust_svhn_file,
+    write_cifar,
+    write_cifar100,
+    write_mnist,
+    write_svhn,
+)
+from tests.test_own_data import write_image_folder
 from trialdeck.engine.datasets import DATASET_REGISTRY, clear_cache, get_dataset, load_data
 from trialdeck.engine.presets.schema import DataConfig, ScheduleConfig
 from trialdeck.engine.training.schedules import SCHEDULES, make_schedule
@@ -54,8 +63,34 @@ def _synthetic(root: Path, mp: pytest.MonkeyPatch) -> DataConfig:
     return DataConfig(dataset="synthetic", synthetic_shape=[3, 8, 8], synthetic_classes=5, synthetic_size=200)
 
 
+def _cifar100(root: Path, mp: pytest.MonkeyPatch) -> DataConfig:
+    write_cifar100(root, 40)
+    trust_cifar100_files(mp, root / "cifar-100-python")
+    return DataConfig(dataset="cifar100", val_fraction=0.25)
+
+
+def _svhn(root: Path, mp: pytest.MonkeyPatch) -> DataConfig:
+    write_svhn(root, 30)
+    trust_svhn_file(mp, root)
+    return DataConfig(dataset="svhn", val_fraction=0.2)
+
+
+def _arrays(root: Path, mp: pytest.MonkeyPatch) -> DataConfig:
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # tabular rows, not images: (N, F) float features, integer labels
+    np.savez(root / "own.npz", x=rng.normal(size=(60, 6)).astype(np.float32), y=np.arange(60) % 3)
+    return DataConfig(dataset="arrays", path=str(root / "own.npz"), val_fraction=0.25)
+
+
+def _imagefolder(root: Path, mp: pytest.MonkeyPatch) -> DataConfig:
+    write_image_folder(root / "images", {"train": 4, "val": 2}, size=(10, 12))
+    return DataConfig(dataset="imagefolder", path=str(root / "images"), image_size=[8, 6], channels=3)
+
+
 DATA_CASES: dict[str, DataCase] = {
     "digits": _digits, "mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "synthetic": _synthetic,
+    "cifar100": _cifar100, "svhn": _svhn, "arrays": _arrays, "imagefolder": _imagefolder,
 }
 
 
@@ -81,9 +116,12 @@ class TestDatasetContract:
     def test_raw_arrays_keep_the_invariants(self, name, cfg):
         data_cfg, root = cfg
         raw = get_dataset(name).load_arrays(data_cfg, root)
-        assert raw.x.ndim == 4 and raw.x.device.type == "cpu", raw.x.shape
+        assert raw.x.ndim >= 2 and raw.x.device.type == "cpu", raw.x.shape
+        assert raw.x.ndim == 4 or name == "arrays", "images are (N, C, H, W); only arrays may hold other shapes"
         assert raw.y.dtype == torch.int64 and raw.y.shape == (raw.x.shape[0],)
         assert 0 <= int(raw.y.min()) and int(raw.y.max()) < len(raw.classes)
+        if raw.val_start is not None:
+            assert 0 < raw.val_start < raw.x.shape[0]
         if raw.pixel_max is not None:
             assert 0 <= float(raw.x.min()) and float(raw.x.max()) <= raw.pixel_max
 

@@ -341,3 +341,86 @@ def test_default_data_dir_is_in_the_workspace(monkeypatch, tmp_path):
     assert datasets.default_data_dir() == tmp_path / "data"
     with pytest.raises(DatasetUnavailable, match=str(tmp_path / "data" / "MNIST" / "raw")):
         load_data(DataConfig(dataset="mnist"), seed=0)
+
+
+# --- CIFAR-100 and SVHN from files in their on-disk formats ---------------------------------
+
+
+def write_cifar100(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """cifar-100-python/: pickled `train` and `test` dicts (fine and coarse labels) and `meta`."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    x = fake_images(n, (3, 32, 32), seed=100)
+    y = (np.arange(n) * 7) % 100
+    for name in ("train", "test"):
+        entry = {"data": x.reshape(n, 3072), "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"coarse{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return x, y
+
+
+def trust_cifar100_files(monkeypatch, folder: Path) -> None:
+    """As trust_cifar_files, for CIFAR100's train, test and meta files."""
+    import torchvision.datasets
+
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    cls = torchvision.datasets.CIFAR100
+    monkeypatch.setattr(cls, "train_list", [[f, md5[f]] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, md5[f]] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["meta"]})
+
+
+def write_svhn(root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """train_32x32.mat as the Stanford site ships it: X is (32, 32, 3, N), y is (N, 1) with
+    labels 1..10, where 10 is the digit 0. Returns the (N, 3, 32, 32) pixels and 0..9 labels."""
+    from scipy.io import savemat
+
+    root.mkdir(parents=True, exist_ok=True)
+    x = fake_images(n, (3, 32, 32), seed=200)
+    digits = np.arange(n) % 10
+    savemat(root / "train_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": np.where(digits == 0, 10, digits)[:, None]})
+    return x, digits
+
+
+def trust_svhn_file(monkeypatch, root: Path) -> None:
+    import torchvision.datasets
+
+    cls = torchvision.datasets.SVHN
+    url, name, _ = cls.split_list["train"]
+    md5 = hashlib.md5((root / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(cls, "split_list", {**cls.split_list, "train": [url, name, md5]})
+
+
+def test_cifar100_reads_python_batches_through_torchvision(tmp_path, no_network, monkeypatch):
+    x, y = write_cifar100(tmp_path, 40)
+    trust_cifar100_files(monkeypatch, tmp_path / "cifar-100-python")
+    data = load_data(DataConfig(dataset="cifar100", val_fraction=0.25), seed=0, data_dir=tmp_path)
+    assert no_network == []
+    assert data.shape == (3, 32, 32) and data.classes == 100 and data.class_names[7] == "fine7"
+    assert len(data.y_train) == 30 and len(data.y_val) == 10
+    got_x, got_y = all_samples(data)
+    np.testing.assert_array_equal(got_x, x)  # the fine labels, channel planes as stored
+    np.testing.assert_array_equal(got_y, y)
+
+
+def test_svhn_reads_the_mat_file_through_torchvision(tmp_path, no_network, monkeypatch):
+    x, y = write_svhn(tmp_path, 30)
+    trust_svhn_file(monkeypatch, tmp_path)
+    data = load_data(DataConfig(dataset="svhn", val_fraction=0.2), seed=0, data_dir=tmp_path)
+    assert no_network == []
+    assert data.shape == (3, 32, 32) and data.classes == 10 and data.pixel_max == 255
+    got_x, got_y = all_samples(data)
+    np.testing.assert_array_equal(got_x, x)  # (H, W, C, N) on disk -> (N, C, H, W)
+    np.testing.assert_array_equal(got_y, y)  # label 10 is the digit 0
+
+
+@pytest.mark.parametrize(("name", "expected_file"), [("cifar100", "cifar-100-python.tar.gz"), ("svhn", "train_32x32.mat")])
+def test_cifar100_and_svhn_missing_offline_say_which_file_goes_where(tmp_path, no_network, name, expected_file):
+    data_dir = tmp_path / "data"
+    with pytest.raises(DatasetUnavailable) as info:
+        load_data(DataConfig(dataset=name), seed=0, data_dir=data_dir)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{name}:") and "no network?" in message
+    assert expected_file in message and str(data_dir) in message
+    assert no_network, "a download should have been attempted"

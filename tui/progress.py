@@ -27,7 +27,9 @@ class EpochProgress(TrainerCallback):
 
     def on_epoch(self, record, events):
         self.progress.update(self.task, completed=record.epoch,
-                             info=f"val_loss {record.val_loss:.4f} val_acc {record.val_acc:.4f} lr {record.lr:.3g}")
+                             info=f"val_loss {record.val_loss:.4f} " + (
+                                 f"val_acc {record.val_acc:.4f}" if record.val_acc is not None  # a regression: val_mae
+                                 else f"val_mae {record.val_mae:.4f}") + f" lr {record.lr:.3g}")
         for e in events:
             self.progress.console.print(f"  {e.kind}: {e.message}")
         return None

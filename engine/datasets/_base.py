@@ -4,8 +4,12 @@ A dataset only knows how to produce its raw *training split* as tensors
 (`RawArrays`); splitting, subsampling, normalising and moving to a device are
 done once, for every dataset alike, by `trialdeck.engine.datasets.load_data`.
 
-Invariants of `RawArrays`: `x` is (N, C, H, W), uint8 or float, in raw pixel
-units (0..pixel_max), on the CPU; `y` is int64 in [0, len(classes)).
+Invariants of `RawArrays`: `x` is (N, C, ...) on the CPU, uint8 or float, in
+raw units (0..pixel_max): (N, C, H, W) images for every built-in dataset, any
+(N, features...) for `arrays`. `y` is int64 in [0, len(classes)) for a
+classifier, or float32 (N, targets) for a regression (`arrays` with float y).
+Samples from `val_start` on, when it is set, are the dataset's own validation
+set (an .npz's x_val, y_val; an image folder's val/).
 """
 
 from __future__ import annotations
@@ -25,14 +29,23 @@ class RawArrays:
     """A dataset's training split, as loaded, before any split or scaling."""
 
     x: torch.Tensor
-    """(N, C, H, W), uint8 or float, raw pixel values, CPU."""
+    """(N, C, H, W) images, or (N, features...) for `arrays`; uint8 or float, raw values, CPU."""
     y: torch.Tensor
-    """(N,), int64 class indices."""
+    """(N,) int64 class indices, or (N, targets) float32 regression targets."""
     pixel_max: float | None
     """The largest possible raw value (16 for digits, 255 for 8-bit images);
     None for float data that is used as is."""
     classes: tuple[str, ...]
-    """Class names, index i names label i."""
+    """Class names, index i names label i; for a regression, one name per target."""
+    val_start: int | None = None
+    """Samples [val_start:] are the dataset's own validation set; None: split by val_fraction."""
+    note: str = ""
+    """One line for the run's log saying where the arrays came from (e.g. an image cache)."""
+
+    @property
+    def task(self) -> str:
+        """"classification" (integer y) or "regression" (float y)."""
+        return "regression" if self.y.is_floating_point() else "classification"
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,17 +57,17 @@ class TensorData:
     """
 
     x_train: torch.Tensor
-    """(N_train, C, H, W) float32, normalised per channel."""
+    """(N_train, C, H, W) float32 (any (N_train, C, ...) for `arrays`), normalised per channel."""
     y_train: torch.Tensor
-    """(N_train,) int64."""
+    """(N_train,) int64, or (N_train, targets) float32 for a regression."""
     x_val: torch.Tensor
-    """(N_val, C, H, W) float32, normalised with the training statistics."""
+    """(N_val, ...) float32, normalised with the training statistics."""
     y_val: torch.Tensor
-    """(N_val,) int64."""
-    shape: tuple[int, int, int]
-    """(C, H, W) of one sample."""
+    """Like y_train."""
+    shape: tuple[int, ...]
+    """One sample's shape: (C, H, W) for images."""
     classes: int
-    """Number of classes (output width of a classifier)."""
+    """Number of classes (output width of a classifier), or of regression targets."""
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
     """Per-channel mean of the training subset, in raw / pixel_max units (0..1 for images)."""
@@ -63,21 +76,31 @@ class TensorData:
     pixel_max: float | None
     """Raw value of a full-intensity pixel; None when the data was float (synthetic)."""
     dataset: str = ""
+    task: str = "classification"
+    """"classification" or "regression" (float targets: MSE loss, val_mae)."""
+    note: str = ""
+    """Where the arrays came from, for the run's log (RawArrays.note)."""
 
     @property
     def device(self) -> torch.device:
         return self.x_train.device
 
     def normalize_value(self, raw: float) -> torch.Tensor:
-        """The normalised per-channel values of one raw pixel value, shape (C, 1, 1).
+        """The normalised per-channel values of one raw pixel value, shape (C, 1, 1)."""
+        return normalize_value(raw, self.mean, self.std, self.pixel_max, self.device)
 
-        Used for augmentation's fill_mode="constant": `cval` is given in raw
-        pixel units (0..255 for MNIST), like Keras' ImageDataGenerator.
-        """
-        scaled = float(raw) / self.pixel_max if self.pixel_max else float(raw)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
-        return ((scaled - mean) / std).view(-1, 1, 1)
+
+def normalize_value(raw: float, mean: tuple[float, ...], std: tuple[float, ...], pixel_max: float | None,
+                    device: torch.device | str) -> torch.Tensor:
+    """The normalised per-channel values of one raw pixel value, shape (C, 1, 1).
+
+    Used for augmentation's fill_mode="constant": `cval` is given in raw
+    pixel units (0..255 for MNIST), like Keras' ImageDataGenerator.
+    """
+    scaled = float(raw) / pixel_max if pixel_max else float(raw)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    return ((scaled - mean_t) / std_t).view(-1, 1, 1)
 
 
 class BaseDataset:

@@ -56,23 +56,43 @@ def stratified_pick(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
+def random_pick(total: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of `n` of `total` samples chosen by `rng` (regression targets have no
+    classes to stratify by)."""
+    return np.sort(rng.permutation(total)[:n])
+
+
 def split_indices(
-    y: np.ndarray, *, val_fraction: float, train_fraction: float, seed: int
+    y: np.ndarray, *, val_fraction: float, train_fraction: float, seed: int, stratify: bool = True,
+    val_start: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) into `y`.
 
     The validation set is `round(val_fraction * N)` samples (at least 1, leaving at
     least 1) and depends only on `seed` and `val_fraction`, so a sweep over
     `train_fraction` is judged on the same validation set. The training subset is
-    `round(train_fraction * remaining)` (at least 1) of the rest.
+    `round(train_fraction * remaining)` (at least 1) of the rest. With `val_start`, the
+    samples from there on are the validation set as given (an .npz's x_val) and the
+    training subset is taken from those before it. `stratify=False` (regression) picks
+    uniformly instead of per class.
     """
     y = np.asarray(y)
     total = len(y)
-    if total < 2:
-        raise ValueError(f"need at least 2 samples to split off a validation set, got {total}")
-    n_val = min(max(1, round(val_fraction * total)), total - 1)
-    val_idx = stratified_pick(y, n_val, np.random.default_rng([seed, 0]))
-    rest = np.setdiff1d(np.arange(total), val_idx, assume_unique=True)
+
+    def pick(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        return stratified_pick(labels, n, rng) if stratify else random_pick(len(labels), n, rng)
+
+    if val_start is not None:
+        if not 1 <= val_start < total:
+            raise ValueError(f"need at least 1 training and 1 validation sample, got {val_start} and {total - val_start}")
+        val_idx = np.arange(val_start, total)
+        rest = np.arange(val_start)
+    else:
+        if total < 2:
+            raise ValueError(f"need at least 2 samples to split off a validation set, got {total}")
+        n_val = min(max(1, round(val_fraction * total)), total - 1)
+        val_idx = pick(y, n_val, np.random.default_rng([seed, 0]))
+        rest = np.setdiff1d(np.arange(total), val_idx, assume_unique=True)
     n_train = min(max(1, round(train_fraction * len(rest))), len(rest))
-    train_idx = rest[stratified_pick(y[rest], n_train, np.random.default_rng([seed, 1]))]
+    train_idx = rest[pick(y[rest], n_train, np.random.default_rng([seed, 1]))]
     return train_idx, val_idx

@@ -1,7 +1,8 @@
-"""`mnist`, `fashion_mnist`, `cifar10`: torchvision's own dataset classes.
+"""`mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `svhn`: torchvision's own dataset classes.
 
 Files live where torchvision puts them under the workspace's `data/` folder
-(`data/MNIST/raw/`, `data/FashionMNIST/raw/`, `data/cifar-10-batches-py/`),
+(`data/MNIST/raw/`, `data/FashionMNIST/raw/`, `data/cifar-10-batches-py/`,
+`data/cifar-100-python/`, `data/train_32x32.mat`),
 so a copy downloaded by any torchvision script can be dropped in as is.
 Loading tries the local files first, then a download; when both fail the
 user gets one line saying which files to put where (`DatasetUnavailable`).
@@ -57,6 +58,8 @@ class TorchvisionDataset(BaseDataset):
     """Shared loading logic; subclasses name the torchvision class and the files."""
 
     tv_class: ClassVar[str] = ""
+    split: ClassVar[dict[str, Any]] = {"train": True}
+    """How the class is asked for its training split (SVHN takes split="train")."""
 
     def cache_key(self, cfg: DataConfig, data_dir: Path) -> tuple:
         return (self.name, str(Path(data_dir).expanduser().resolve()))
@@ -90,7 +93,7 @@ class TorchvisionDataset(BaseDataset):
 
     def _open(self, cls: Any, root: Path, *, download: bool) -> Any:
         try:
-            return cls(root=str(root), train=True, download=download)
+            return cls(root=str(root), download=download, **self.split)
         except _CORRUPT_ERRORS as exc:
             raise DatasetUnavailable(
                 f"{self.name}: the files in {self.folder(cls, root)} are unreadable "
@@ -175,3 +178,31 @@ class Cifar10Dataset(TorchvisionDataset):
         x = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
         y = torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))
         return RawArrays(x=x, y=y, pixel_max=255.0, classes=tuple(str(c) for c in ds.classes))
+
+
+class Cifar100Dataset(Cifar10Dataset):
+    """CIFAR-100's 100 fine classes (torchvision's CIFAR100: the same pickled batches as CIFAR-10)."""
+
+    name = "cifar100"
+    tv_class = "CIFAR100"
+
+
+class SvhnDataset(TorchvisionDataset):
+    """SVHN's training digits, from torchvision's SVHN (a MATLAB file, read with scipy; label 10
+    is digit 0, which torchvision maps to 0)."""
+
+    name = "svhn"
+    tv_class = "SVHN"
+    split = {"split": "train"}
+
+    def folder(self, cls: Any, root: Path) -> Path:
+        return root
+
+    def placement(self, cls: Any, root: Path) -> str:
+        url, filename, _md5 = cls.split_list["train"]
+        return f"put {filename} (from {url}) in {root}"
+
+    def _to_arrays(self, ds: Any) -> RawArrays:
+        x = torch.from_numpy(np.ascontiguousarray(ds.data, dtype=np.uint8))  # (N,3,32,32) already
+        y = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
+        return RawArrays(x=x, y=y, pixel_max=255.0, classes=tuple(str(c) for c in range(10)))

@@ -21,14 +21,21 @@ from pydantic import (
     model_validator,
 )
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "synthetic")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic", "arrays", "imagefolder")
+USER_DATASETS = ("arrays", "imagefolder")
+"""Datasets read from a user's own files (`data.path`)."""
+BUILTIN_MODELS = ("mlp", "cnn")
+"""Models trialdeck builds itself: hidden, channels, activation, batch_norm and dropout apply to these."""
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
 SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
 PRUNERS = ("none", "median", "hyperband", "successive_halving")
-METRICS = ("val_loss", "val_acc", "train_loss")
-"""The per-epoch metrics a run records; monitors and tuning objectives pick one."""
+METRICS = ("val_loss", "val_acc", "train_loss", "val_mae")
+"""The per-epoch metrics a run records; monitors and tuning objectives pick one. A classifier
+records val_acc, a regression (`dataset = "arrays"` with float targets) val_mae instead."""
+FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+"""`model.factory`: "package.module:function"."""
 
 
 def _check_metric(value: str) -> str:
@@ -64,6 +71,8 @@ def _fail_at(loc: tuple[str | int, ...], value: Any, message: str) -> NoReturn:
 Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
 Penalty = Annotated[float, Field(ge=0.0, le=1e3)]
 Width = Annotated[int, Field(ge=1, le=1_000_000)]
+Side = Annotated[int, Field(ge=1, le=8192)]
+"""An image side in pixels."""
 
 
 class Block(BaseModel):
@@ -71,7 +80,8 @@ class Block(BaseModel):
 
 
 class DataConfig(Block):
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "synthetic"] = "digits"
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic", "arrays",
+                     "imagefolder"] = "digits"
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     """The "larger dataset" knob: fraction of the training split used."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -81,10 +91,55 @@ class DataConfig(Block):
     """synthetic only: shape of one sample, channels first."""
     synthetic_classes: int = Field(10, ge=2, le=100_000)
     synthetic_size: int = Field(4096, ge=2, le=100_000_000)
+    path: str | None = None
+    """arrays: an .npz file (x, y, optional x_val, y_val); imagefolder: a folder of <class>/ image
+    folders, or of train/ and val/ each holding them. Relative: to the folder the run is queued
+    from (made absolute when the preset is resolved)."""
+    image_size: Side | list[Side] | None = None
+    """imagefolder: every image is resized to this (one side, or [height, width]); unset: 32."""
+    channels: Literal[1, 3] | None = None
+    """imagefolder: 1 (grey) or 3 (RGB); unset: 3."""
+    device_budget_mb: float | None = Field(None, ge=0.0)
+    """Data larger than this (float32 train + validation tensors, in MiB) streams from host memory
+    through a DataLoader instead of living on the training device. Unset: a quarter of the
+    device's memory (GPU memory on CUDA, RAM on the CPU). Per run, so it travels with the run."""
+    workers: int | None = Field(None, ge=0, le=64)
+    """Streaming only: DataLoader worker processes (0: load in the training process); unset: 2."""
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(v, list) and len(v) != 2:
+            raise ValueError(f"give one side or [height, width], got {v}")
+        return v
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """imagefolder: (height, width) every image is resized to."""
+        size = 32 if self.image_size is None else self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+def _check_args(value: Any, path: str) -> None:
+    """`model.args` values reach a Python function as keyword arguments and are stored in the
+    run record (JSON): TOML values only, finite numbers."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_args(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_args(item, f"{path}.{i}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} = {value} is not a finite number")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ValueError(f"{path}: a {type(value).__name__} cannot be an argument; allowed: strings, numbers, "
+                         "booleans, lists and tables")
 
 
 class ModelConfig(Block):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: Literal["mlp", "cnn", "torchvision", "python"] = "mlp"
+    """mlp and cnn are built by trialdeck; torchvision: `arch` from torchvision.models; python:
+    your own `factory`."""
     hidden: list[Width] = Field(default_factory=lambda: [256, 256], max_length=64)
     """Width of each hidden dense layer."""
     depth: int | None = Field(None, ge=0, le=64)
@@ -97,6 +152,40 @@ class ModelConfig(Block):
     dropout: Prob | list[Prob] = 0.0
     """One rate for every hidden layer, or one per hidden layer. Inverted dropout: kept units
     are scaled by 1/(1-p) during training, nothing is scaled at inference."""
+    arch: str | None = None
+    """torchvision: a classification model constructor of torchvision.models, e.g. "resnet18"."""
+    weights: str | None = None
+    """torchvision: a weights name ("DEFAULT", "IMAGENET1K_V1"); unset: random initialisation.
+    Read from torch's cache ($TORCH_HOME/hub/checkpoints), never downloaded by a run."""
+    factory: str | None = None
+    """python: "package.module:function", called as function(input_shape, num_classes, **args)
+    and returning a torch.nn.Module that maps (N, *input_shape) to (N, num_classes)."""
+    args: dict[str, Any] | None = None
+    """python: keyword arguments for the factory (a search space can sample model.args.X)."""
+    path: str | None = None
+    """python: the folder the factory's module is imported from; unset: the folder the run is
+    queued from. Relative: to that folder (made absolute when the preset is resolved)."""
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a table of keyword arguments, like args = {{ width = 64 }}; got {v!r}")
+        for key in v:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ValueError(f"{key!r} is not a Python keyword argument name (letters, digits and '_')")
+        _check_args(v, "model.args")
+        return v
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str | None) -> str | None:
+        if v is not None and not FACTORY.match(v):
+            raise ValueError(f"{v!r} is not of the form 'package.module:function' (a module found in the run's "
+                             "folder or model.path, then the function in it)")
+        return v
 
     @model_validator(mode="after")
     def _check_layers(self) -> ModelConfig:
@@ -391,6 +480,9 @@ class ScriptConfig(Block):
 NOT_FOR_SCRIPTS = ("data", "model", "regularization", "optimizer", "schedule", "augment")
 """Sections of the built-in trainer that a script run refuses: the script has its own."""
 SCRIPT_TRAIN_KEYS = ("device",)
+OWN_DATA_KEYS = ("path", "image_size", "channels", "device_budget_mb", "workers")
+OWN_MODEL_KEYS = ("arch", "weights", "factory", "args", "path")
+"""Keys for a user's own data and models: left out of a config while unset (RunSpec._excluded)."""
 """What [train] means for a script: the slot it asks for."""
 
 
@@ -492,9 +584,13 @@ class RunSpec(Block):
                 hint = difflib.get_close_matches(value, METRICS, n=1)
                 tip = f"; did you mean {hint[0]!r}?" if hint else ""
                 _fail_at(loc, value, f"{value!r} is not a recorded metric; allowed: {', '.join(METRICS)}{tip}")
+        self._check_own_model_and_data()
         n_weights = len(self.model.hidden_sizes) + 1
         for name in ("l1", "l2"):
             value = getattr(self.regularization, name)
+            if isinstance(value, list) and self.model.kind not in BUILTIN_MODELS:
+                _fail_at(("regularization", name), value, f"one value per layer applies to kind = \"mlp\" or \"cnn\"; "
+                         f"for a {self.model.kind} model give one value (it covers every weight tensor)")
             if isinstance(value, list) and len(value) != n_weights:
                 raise ValueError(
                     f"regularization.{name} has {len(value)} values but the model has {n_weights} weight layers "
@@ -502,6 +598,44 @@ class RunSpec(Block):
                 )
         self._check_space()
         return self
+
+    def _check_own_model_and_data(self) -> None:
+        """The keys of a torchvision or python model and of a user's data that go together. What
+        needs the files (the .npz's arrays, the factory's module) is checked at enqueue
+        (presets.inputs)."""
+        m, d = self.model, self.data
+        if m.kind == "torchvision" and not m.arch:
+            _fail_at(("model", "arch"), None, 'kind = "torchvision" needs arch, a torchvision.models classification '
+                                              'model, e.g. arch = "resnet18"')
+        if m.kind == "python" and not m.factory:
+            _fail_at(("model", "factory"), None, 'kind = "python" needs factory = "package.module:function", called '
+                                                 "as function(input_shape, num_classes, **args)")
+        for key, kinds in (("arch", ("torchvision",)), ("weights", ("torchvision",)), ("factory", ("python",)),
+                           ("args", ("python",))):
+            if getattr(m, key) is not None and m.kind not in kinds:
+                _fail_at(("model", key), getattr(m, key), f'model.{key} applies to kind = "{kinds[0]}" only '
+                                                          f'(this model is kind = "{m.kind}")')
+        if d.dataset in USER_DATASETS and not d.path:
+            what = "an .npz file with arrays x and y" if d.dataset == "arrays" else "a folder of <class>/ image folders"
+            _fail_at(("data", "path"), None, f'dataset = "{d.dataset}" needs path, {what} (relative to the folder '
+                                             "the run is queued from)")
+        if d.dataset != "arrays":
+            for loc, value in self._metric_uses():
+                if value == "val_mae":
+                    _fail_at(loc, value, "val_mae is recorded for regression only (dataset = \"arrays\" with float y); "
+                                         f"{d.dataset} records val_acc")
+
+    def _metric_uses(self) -> list[tuple[tuple[str, ...], str]]:
+        """The metrics this run is asked to watch: early stopping's monitor, the plateau
+        schedule's, the study's objective."""
+        uses: list[tuple[tuple[str, ...], str]] = []
+        if self.early_stopping.enabled:
+            uses.append((("early_stopping", "monitor"), self.early_stopping.monitor))
+        if self.schedule.kind == "plateau":
+            uses.append((("schedule", "monitor"), self.schedule.monitor))
+        if self.tune is not None:
+            uses.append((("tune", "metric"), self.tune.metric))
+        return uses
 
     def _check_space(self) -> None:
         if self.tune is not None:
@@ -556,6 +690,12 @@ class RunSpec(Block):
         out: dict[str, Any] = {name: True for name in names}
         if self.script is None:
             out.update(script=True, params=True)
+            # Keys of a user's own model and data, while unset: the configs and content hashes of
+            # runs that use none of them stay what they were before these keys existed.
+            for section, keys in (("data", OWN_DATA_KEYS), ("model", OWN_MODEL_KEYS)):
+                unset = {k: True for k in keys if getattr(getattr(self, section), k) is None}
+                if unset and section not in out:
+                    out[section] = unset
         else:
             out.update({name: True for name in NOT_FOR_SCRIPTS})
             out["train"] = {k: True for k in TrainConfig.model_fields if k not in SCRIPT_TRAIN_KEYS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from trialdeck.engine.catalogue.store import Store
+from trialdeck.engine.presets.inputs import check_inputs
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.runtime.recorder import RunRecorder
 from trialdeck.engine.training.callbacks import TrainerCallback
@@ -14,11 +15,12 @@ from trialdeck.engine.workspace import Workspace
 
 
 def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | None = None) -> dict:
+    check_inputs(spec)  # as at enqueue: a missing .npz or model module is refused before a run is recorded
     store = Store(ws)
     record = store.create_run(preset=spec.preset, config=spec.config(), config_hash=spec.content_hash,
                               device=spec.train.device)
     run_id = record["id"]
-    store.transition(run_id, RunState.RUNNING, worker=os.getpid(), foreground=True)
+    store.transition(run_id, RunState.RUNNING, worker=os.getpid(), foreground=True, workdir=os.getcwd())
     recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=progress)
     if spec.script is not None:  # the user's own program, here instead of in a worker (runtime.script)
         from trialdeck.engine.runtime.script import ScriptRun

@@ -92,6 +92,8 @@ class RunRecorder(TrainerCallback):
 
     def on_start(self, info: dict) -> None:
         self._fields.update(device=info["device"], n_params=info["params"])
+        # Which data path the run took and which code its model came from (DESIGN: what the engine records).
+        self._fields.update({k: info[k] for k in ("data_path", "code_hash") if info.get(k)})
         self._base = list(info.get("history") or [])
         self._history = []
         self.metrics.write({"t": time.time(), "kind": "start", **{k: v for k, v in info.items() if k != "history"}})

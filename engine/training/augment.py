@@ -26,9 +26,14 @@ y downwards (the conventions the tests pin):
 
 Fill modes: nearest = replicate the edge ('border'), reflect = half-sample
 symmetric `dcba|abcd|dcba` ('reflection' with align_corners=False), constant =
-the `fill` value, blended bilinearly at the edge. `fill` is in the tensor's own
+the `fill` value wherever the sample point falls outside the input's pixel
+centres, and nothing of it inside them: exactly where Keras (and scipy.ndimage's
+`constant` mode, which Keras calls) fills, with no half-pixel seam blended
+between the edge pixel and the fill. `fill` is in the tensor's own
 (normalised) units; converting the preset's raw-pixel `cval` is the caller's
-job because only it knows the normalisation.
+job because only it knows the normalisation. All of it is in pixel units, so
+every knob means the same on a non-square image (shifts are fractions of
+their own side; rotation and shear turn pixels, not the unit square).
 
 Invariants: `cfg.active` false means the input object is returned untouched;
 the output has the input's shape, dtype and device; with a seeded generator the
@@ -48,8 +53,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AugmentParams", "BatchAugment"]
 
-_PADDING = {"nearest": "border", "reflect": "reflection", "constant": "zeros"}
+_PADDING = {"nearest": "border", "reflect": "reflection", "constant": "border"}
 _DEG = math.pi / 180.0
+_EDGE = 1e-6
+"""Pixels per pixel of image size: a sample point this close outside the edge still reads the
+edge pixel (a float32 grid puts an unmoved edge up to ~3e-8 * size px off)."""
 
 
 class AugmentParams(NamedTuple):
@@ -177,12 +185,15 @@ class BatchAugment:
         theta = self.theta(h, w, angle_deg, tx_frac, ty_frac, shear_deg, zx, zy, flip).to(work.dtype)
         grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
         mode = self.cfg.fill_mode
+        out = F.grid_sample(work, grid, mode="bilinear", padding_mode=_PADDING[mode], align_corners=False)
         if mode == "constant":
-            fill = self._fill_on(work)
-            out = F.grid_sample(work - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            out = out + fill
-        else:
-            out = F.grid_sample(work, grid, mode="bilinear", padding_mode=_PADDING[mode], align_corners=False)
+            # scipy's `constant`: outside [0, size - 1] in pixel-centre coordinates is the fill,
+            # inside is interpolated from real pixels only (align_corners=False: p = ((g + 1) size - 1) / 2).
+            px = (grid[..., 0] + 1.0) * (w / 2.0) - 0.5
+            py = (grid[..., 1] + 1.0) * (h / 2.0) - 0.5
+            tol = _EDGE * max(h, w)
+            outside = (px < -tol) | (px > w - 1 + tol) | (py < -tol) | (py > h - 1 + tol)
+            out = torch.where(outside.unsqueeze(1), self._fill_on(work), out)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def _fill_on(self, x: torch.Tensor) -> torch.Tensor | float:

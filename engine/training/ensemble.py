@@ -274,14 +274,14 @@ class _Ensemble:
         with a dropout slot wherever any member has a rate above 0. Members differ in module
         structure there (build_model leaves out a Dropout of rate 0, shifting the indices), which
         is why the stack is built by parameter order, not with stack_module_state."""
-        from trialdeck.engine.training.models import build_model
+        from trialdeck.engine.training.models import sequential_model
 
         cfg = self.members[0].spec.model
         per_layer = [m.spec.model.dropout_rates for m in self.members]
         widest = [max(rates) for rates in zip(*per_layer)]
         cfg = cfg.model_copy(update={"hidden": cfg.hidden_sizes, "depth": None, "dropout": widest})
         with torch.device("meta"):
-            model = build_model(cfg, shape, classes)
+            model = sequential_model(cfg, shape, classes)
             slots = [i for i, mod in enumerate(model) if isinstance(mod, nn.Dropout)]
             for i in slots:
                 model[i] = _MemberDropout()
@@ -413,7 +413,8 @@ class _Ensemble:
         size = len(self.members)
         for m in self.members:
             m.tracker.begin({"device": str(self.device), "params": self.n_params, "train_samples": n,
-                             "val_samples": int(self.x_val.shape[1]), "steps_per_epoch": steps, "ensemble_size": size},
+                             "val_samples": int(self.x_val.shape[1]), "steps_per_epoch": steps, "ensemble_size": size,
+                             "data_path": "device"},  # an ensemble stacks its members' data on the device
                             f"training {m.spec.preset or 'preset'} on {self.device}: {self.n_params:,} parameters, "
                             f"{n} train / {self.x_val.shape[1]} val samples (member {m.index + 1} of an ensemble of {size})")
         last_poll = time.monotonic()

@@ -7,7 +7,7 @@ all ask here. Light (no torch), so the engine and the driver pay nothing for it.
 Invariants: runs with equal keys may train together, at most `max_size` to a
 group, grouped in first-seen (queue) order; a run whose key is None trains
 alone with train(): one that cannot join (augmentation, batch norm,
-torch.compile) or one that resumes from a checkpoint.
+torch.compile, a user's own model or data) or one that resumes from a checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.presets.schema import BUILTIN_MODELS, USER_DATASETS, RunSpec
 from trialdeck.engine.workspace import CHECKPOINT_NAME
 
 MAX_MEMBERS = 32
@@ -38,6 +38,11 @@ def ensemble_key(spec: RunSpec) -> tuple[Any, ...] | None:
     """
     m, t = spec.model, spec.train
     if spec.script is not None:  # a script run is its own program in its own process
+        return None
+    # A user's own model (torchvision, a python factory) or data (arrays may be a regression,
+    # either may be larger than the device): the ensemble trainer stacks built-in models over
+    # device tensors of class labels, so these train alone, as does data given a device budget.
+    if m.kind not in BUILTIN_MODELS or spec.data.dataset in USER_DATASETS or spec.data.device_budget_mb is not None:
         return None
     if spec.augment.active or m.batch_norm != "none" or t.compile:
         return None

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from trialdeck.engine.errors import TrialdeckError
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 from trialdeck.engine.training.checkpoint import CHECKPOINT_NAME, CheckpointState, Partial, read_checkpoint, save_checkpoint
@@ -66,13 +67,15 @@ class TrainResult:
         epoch whose weights the run kept with that epoch's metrics, each labelled."""
         last = self.history[-1] if self.history else None
         kept = next((h for h in self.history if h.epoch == self.kept_epoch), None)
+        mae = [h.val_mae for h in self.history if h.val_mae is not None]
         return {
             "epochs": len(self.history),
             "last_epoch": last.epoch if last else None,
             "val_loss": last.val_loss if last else None,
             "val_acc": last.val_acc if last else None,
             "best_val_loss": min((h.val_loss for h in self.history), default=None),
-            "best_val_acc": max((h.val_acc for h in self.history), default=None),
+            "best_val_acc": max((h.val_acc for h in self.history if h.val_acc is not None), default=None),
+            **({"val_mae": last.val_mae if last else None, "best_val_mae": min(mae)} if mae else {}),
             "monitor": self.monitor,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -106,10 +109,20 @@ def describe_failure(exc: BaseException, epoch: int | None) -> str:
         return f"CUDA out of memory{where}"
     if "can't allocate memory" in text or isinstance(exc, MemoryError):
         return f"out of memory (host RAM){where}"
-    if isinstance(exc, NonFiniteLoss):
+    if isinstance(exc, (NonFiniteLoss, TrialdeckError)):  # its message is the whole reason
         return f"{exc}{where}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}{': ' + first if first else ''}{where}"
+
+
+def _metrics(record: EpochRecord) -> dict[str, float]:
+    """The epoch's metrics a monitor can watch (val_acc or val_mae, whichever it recorded)."""
+    out = {"train_loss": record.train_loss, "val_loss": record.val_loss}
+    for key in ("val_acc", "val_mae"):
+        value = getattr(record, key)
+        if value is not None:
+            out[key] = value
+    return out
 
 
 class EarlyStopper:
@@ -203,10 +216,10 @@ class RunTracker:
         torch.set_rng_state(ck.cpu_rng)
         if device.type == "cuda" and ck.cuda_rng is not None:
             torch.cuda.set_rng_state(ck.cuda_rng, device)  # dropout's masks on the GPU
-        history = self.result.history = [EpochRecord(**h) for h in ck.history]
+        history = self.result.history = [EpochRecord.from_json(h) for h in ck.history]
         self.first_epoch = ck.epoch + 1
         self.lr_prev = history[-1].lr if history else None
-        self.last_metrics = {k: getattr(history[-1], k) for k in ("train_loss", "val_loss", "val_acc")} if history else None
+        self.last_metrics = _metrics(history[-1]) if history else None
         inside = None
         where = f"after epoch {self.first_epoch}"
         if ck.partial is not None and ck.partial.perm.numel() == n:
@@ -254,19 +267,20 @@ class RunTracker:
         self.stop = self.cb.poll()
         return self.stop is not None
 
-    def end_epoch(self, epoch: int, train_loss: float, val_loss: float, val_acc: float, seconds: float,
-                  weights: Weights) -> bool:
-        """Record 0-based `epoch`'s results; True when the run has ended (early stop, a stop the
-        callback asked for, its last epoch); else write a checkpoint when one is due.
+    def end_epoch(self, epoch: int, train_loss: float, val_loss: float, val_acc: float | None, seconds: float,
+                  weights: Weights, *, val_mae: float | None = None) -> bool:
+        """Record 0-based `epoch`'s results (a classifier's val_acc, or a regression's val_mae);
+        True when the run has ended (early stop, a stop the callback asked for, its last
+        epoch); else write a checkpoint when one is due.
         Raises NonFiniteLoss (after its nan_loss event) on a NaN or infinite loss."""
         r, es = self.result, self.spec.early_stopping
         if not math.isfinite(train_loss) or not math.isfinite(val_loss):
             bad = train_loss if not math.isfinite(train_loss) else val_loss
             self._tell(RunEvent(EventKind.NAN_LOSS.value, epoch + 1, f"loss became {bad} at epoch {epoch + 1}"))
             raise NonFiniteLoss("NaN loss" if math.isnan(train_loss) or math.isnan(val_loss) else "infinite loss")
-        record = EpochRecord(epoch + 1, train_loss, val_loss, val_acc, self.lr, seconds)
+        record = EpochRecord(epoch + 1, train_loss, val_loss, val_acc, self.lr, seconds, val_mae)
         r.history.append(record)
-        self.last_metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc}
+        self.last_metrics = _metrics(record)
         early = False
         if self.stopper is not None:
             improved, early = self.stopper.update(epoch + 1, self.last_metrics[es.monitor])

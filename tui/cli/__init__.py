@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from trialdeck.engine.errors import ExitCode
-from trialdeck.tui.cli import engine, presets, queue, run, runs, studies, tune
+from trialdeck.tui.cli import data, engine, presets, queue, run, runs, studies, tune
 from trialdeck.tui.cli.common import HomeOpt, _state, err, handle_errors, workspace
 
 app = typer.Typer(
@@ -74,6 +74,7 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(engine.app, name="engine")
 tune.register(app)
 app.add_typer(studies.app, name="studies")
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:

@@ -51,7 +51,8 @@ def curves(history: list[dict[str, Any]]) -> tuple[tuple[Series, ...], tuple[Ser
         x, y = clean(xs, [h.get(key) for h in history])
         return Series(label, x, y)
 
-    return ((series("train", "train_loss"), series("val", "val_loss")), (series("val_acc", "val_acc"),),
+    score = "val_mae" if any("val_mae" in h for h in history) else "val_acc"  # a regression records val_mae
+    return ((series("train", "train_loss"), series("val", "val_loss")), (series(score, score),),
             (series("lr", "lr"),))
 
 
