@@ -367,7 +367,7 @@ def _num(value: Any, fmt: str = ".4f") -> str:
 
 
 def _metrics(entry: Mapping[str, Any]) -> str:
-    return "  ".join(f"{k} {entry[k]:.4f}" for k in ("val_loss", "val_acc") if _num(entry.get(k)))
+    return "  ".join(f"{k} {entry[k]:.4f}" for k in ("val_loss", "val_acc", "val_mae") if _num(entry.get(k)))
 
 
 def kept_epoch(run: Mapping[str, Any]) -> int | None:
