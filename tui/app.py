@@ -319,7 +319,6 @@ class TrialdeckApp(App[None]):
 
         self.spawn(choices, lambda found: self.push_screen(TunePresetDialog(found), picked), name="tune-presets")
 
-
     # ----------------------------------------------------------------- requests from screens
 
     def spawn(self, fn: Callable[[], Any], done: Callable[[Any], Any] | None = None, *, owner: DOMNode | None = None,

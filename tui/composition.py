@@ -22,7 +22,7 @@ from typing import Any
 from trialdeck.engine.errors import PresetError, TrialdeckError
 from trialdeck.engine.presets import compose, list_presets
 from trialdeck.engine.presets.authoring import ParentOverride, config_diff, flatten, parent_overrides
-from trialdeck.engine.presets.loader import Composed, apply_set, read_toml, validate
+from trialdeck.engine.presets.loader import Composed, apply_set, read_toml, resolve_workdir, validate
 from trialdeck.engine.presets.schema import RunSpec
 
 BLOCK_GROUPS = ("reg", "sched", "aug", "es")
@@ -72,6 +72,32 @@ def dotted_keys() -> list[str]:
     """Every settable key (`train.epochs`, ...), for the override inputs' suggestions."""
     body = RunSpec().model_dump(mode="json", by_alias=True, exclude={"tune", "preset", "description"})
     return sorted(flatten(body))
+
+
+def value_choices(key: str) -> list[str]:
+    """The values the composer offers for `key`, as TOML (`--set` takes them as typed): a fixed
+    choice's options (`model.kind`: "mlp", "cnn", "torchvision", "python"; `data.dataset`...),
+    and torchvision's classification models for `model.arch`; [] for a free value."""
+    import typing
+
+    from trialdeck.engine.presets.inputs import torchvision_archs
+    from trialdeck.engine.presets.schema import SECTIONS
+
+    section, _, name = key.strip().partition(".")
+    if key.strip() == "model.arch":
+        return [f'"{a}"' for a in torchvision_archs()]
+    block = SECTIONS.get(section)
+    field = block.model_fields.get(name) if block is not None and section != "tune" else None
+    if field is None:
+        return []
+    options: list[Any] = []
+    for part in (field.annotation, *typing.get_args(field.annotation)):
+        if typing.get_origin(part) is typing.Literal:
+            options += typing.get_args(part)
+    if field.annotation is bool or bool in typing.get_args(field.annotation):
+        options += [True, False]
+    return [("true" if o else "false") if isinstance(o, bool) else f'"{o}"' if isinstance(o, str) else str(o)
+            for o in options]
 
 
 class PresetLibrary:
@@ -195,11 +221,20 @@ def _check_sets(composed: Composed, sets: tuple[str, ...]) -> Check:
         except TrialdeckError as exc:
             return Check(None, exc.message, i)
     try:
+        resolve_workdir(composed)  # as `run` does: own paths (and a script's workdir) from this folder
         spec = validate(composed)
     except TrialdeckError as exc:
         bad = next((i for i, item in enumerate(sets)
                     if exc.message.startswith(f"--set {item.partition('=')[0].strip()}:")), None)
         return Check(None, exc.message, bad)
+    # What enqueue would refuse about its own model and data (a missing .npz, an unknown arch, a
+    # factory module not found): said now, as each key is typed. Reads headers only, runs nothing.
+    from trialdeck.engine.presets.inputs import input_problems
+
+    problems = input_problems(spec)
+    if problems:
+        bad = next((i for i, item in enumerate(sets) if f"{item.partition('=')[0].strip()} =" in problems[0]), None)
+        return Check(None, problems[0], bad)
     return Check(spec)
 
 
@@ -213,14 +248,27 @@ def lr_curve(spec: RunSpec, limit: int = 2000) -> list[float]:
     """Learning rate per epoch (no plateau reactions), at most `limit` epochs."""
     from trialdeck.engine.training.schedules import preview
 
+    if spec.script is not None:  # a script run's learning rate is its own business
+        return []
     epochs = max(1, min(spec.train.epochs, limit))
     return [v for v in preview(spec.schedule, spec.optimizer.lr, epochs) if math.isfinite(v)]
 
 
 def summary_line(spec: RunSpec) -> str:
     """One line saying what a valid composition will train."""
+    if spec.script is not None:  # the user's own program: its command and params, not the trainer's blocks
+        from trialdeck.engine.presets.schema import expand
+
+        parts = [" ".join(expand(a, spec.params) for a in spec.script.command)]
+        parts += [f"{k} {v}" for k, v in spec.params.items() if not isinstance(v, (dict, list))]
+        if spec.early_stopping.enabled:
+            parts.append(f"early stop on {spec.early_stopping.monitor} p{spec.early_stopping.patience}")
+        return "ok: script: " + ", ".join(parts)
     m, o, s = spec.model, spec.optimizer, spec.schedule
-    parts = [f"{spec.data.dataset}", f"{m.kind} {m.hidden_sizes}", m.activation, f"{o.name} lr {o.lr:g}",
+    data = f"{spec.data.dataset} {Path(spec.data.path).name}" if spec.data.path else spec.data.dataset
+    model = {"torchvision": f"torchvision {m.arch}" + (f" ({m.weights})" if m.weights else ""),
+             "python": f"python {m.factory}"}.get(m.kind, f"{m.kind} {m.hidden_sizes}, {m.activation}")
+    parts = [data, model, f"{o.name} lr {o.lr:g}",
              f"{s.kind} schedule", f"{spec.train.epochs} epochs", f"batch {spec.data.batch_size}"]
     if spec.early_stopping.enabled:
         parts.append(f"early stop p{spec.early_stopping.patience}")

@@ -61,6 +61,13 @@ def _finite(values: Iterable[Any]) -> list[float]:
     return out
 
 
+def loss_of(epoch: Mapping[str, Any]) -> Any:
+    """The loss a sparkline draws for an epoch: train_loss, or val_loss for a script run that
+    reports no train_loss (its history holds what its script reported)."""
+    value = epoch.get("train_loss")
+    return epoch.get("val_loss") if value is None else value
+
+
 def resample(values: Sequence[float], width: int) -> list[float]:
     """At most `width` points: bucket means over equal spans of `values`."""
     n = len(values)
@@ -208,7 +215,7 @@ class MetricsFollower:
                 follow.trace.add(rec.get("loss"))
                 values.update(loss=rec.get("loss"), epoch=rec.get("epoch"), updated=rec.get("t"))
             elif kind == "epoch":
-                follow.trace.add(rec.get("train_loss"))
+                follow.trace.add(loss_of(rec))
                 acc = rec.get("val_acc")
                 best = values.get("best_val_acc", live.best_val_acc)
                 if isinstance(acc, (int, float)) and (best is None or acc > best):
@@ -411,9 +418,11 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
 
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:
-    """`train.epochs` of a full run record (one with its config)."""
+    """`train.epochs` of a full run record (one with its config); a script run's `params.epochs`."""
     cfg = run.get("config")
     train = cfg.get("train") if isinstance(cfg, dict) else None
+    if isinstance(cfg, dict) and cfg.get("script"):  # what the engine knows of its length (reporter.py agrees)
+        train = cfg.get("params")
     epochs = train.get("epochs") if isinstance(train, dict) else None
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
@@ -426,7 +435,7 @@ def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int
     best = max(accs) if accs else None
     epoch = last.get("epoch") if last else None
     acc = last.get("val_acc")
-    line = spark([h.get("train_loss") for h in hist])
+    line = spark([loss_of(h) for h in hist])
     if live is not None:
         line = live.spark or line
         if live.epochs_done and (epoch is None or live.epochs_done >= epoch):

@@ -117,8 +117,6 @@ class SaveTrialPreset(Message):
     name: str
 
 
-
-
 @dataclass
 class ResumeRun(Message):
     """Queue a failed, cancelled or interrupted run again under its id, from its checkpoint."""

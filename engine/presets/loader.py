@@ -188,7 +188,7 @@ def _check_top_level(raw: dict[str, Any], path: Path) -> None:
     for key, value in raw.items():
         if key not in TOP_LEVEL_KEYS:
             raise PresetError(f"{path}: unknown section or key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}")
-        if key in SECTIONS and not isinstance(value, dict):
+        if (key in SECTIONS or key == "params") and not isinstance(value, dict):
             raise PresetError(f"{path}: {key}: must be a table ([{key}]), got {value!r}")
     if "description" in raw and not isinstance(raw["description"], str):
         raise PresetError(f"{path}: description: must be a string")
@@ -383,7 +383,48 @@ def resolve(ref: str, sets: list[str] | None = None, roots: list[Path] | None = 
     """Preset reference + `--set` items -> validated, frozen RunSpec."""
     composed = compose(ref, roots or preset_roots())
     apply_set(composed, sets or [])
+    resolve_workdir(composed)
     return validate(composed)
+
+
+def resolve_workdir(composed: Composed, cwd: Path | None = None) -> None:
+    """Make a script's `workdir` absolute, so the run (and every trial of a study) starts in the
+    same folder whoever dispatches it: relative to the folder of the preset file that set it, or
+    to `cwd` (the folder the run is queued from) for `--set` and when it is not set at all.
+    Also makes `data.path` and a python model's `model.path` absolute (see `_resolve_own_paths`)."""
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    _resolve_own_paths(composed, here)
+    script = composed.data.get("script")
+    if not isinstance(script, dict):
+        return
+    value = script.get("workdir")
+    if value is None:
+        script["workdir"] = str(here)
+        return
+    if not isinstance(value, str):
+        return  # the schema says what is wrong with it
+    source = composed.source_of(("script", "workdir"))
+    base = Path(source).parent if source.endswith(".toml") else here
+    path = (base / Path(value).expanduser()).resolve()
+    if not path.is_dir():
+        raise PresetError(f"{source}: script.workdir = {value!r}: the folder {path} does not exist")
+    script["workdir"] = str(path)
+
+
+def _resolve_own_paths(composed: Composed, here: Path) -> None:
+    """`data.path` and `model.path` relative to `here`, the run's workdir (the folder it is queued
+    from), and a python model's unset `model.path` set to it: the config then says where the
+    run reads its data and imports its model, whoever dispatches it (a trial, a rerun, another
+    box's worker). Whether they exist is checked at enqueue (presets.inputs), not here."""
+    data, model = composed.data.get("data"), composed.data.get("model")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        data["path"] = str((here / Path(data["path"]).expanduser()).resolve())
+    if isinstance(model, dict) and model.get("kind") == "python":
+        value = model.get("path")
+        if value is None:
+            model["path"] = str(here.resolve())
+        elif isinstance(value, str) and value:
+            model["path"] = str((here / Path(value).expanduser()).resolve())
 
 
 def resolve_data(data: dict[str, Any], source: str = "preset", sets: list[str] | None = None) -> RunSpec:
@@ -391,4 +432,36 @@ def resolve_data(data: dict[str, Any], source: str = "preset", sets: list[str] |
     `--set` items applied first (`runs rerun RUN --set train.epochs=50`)."""
     composed = Composed(data=copy.deepcopy(data), chain=[source])
     apply_set(composed, sets or [])
+    resolve_workdir(composed)
+    return validate(composed)
+
+
+def resolve_script(file: str, args: list[str], sets: list[str] | None = None, cwd: Path | None = None) -> RunSpec:
+    """`trialdeck run --script FILE -- ARGS`: a one-off script run, no preset file. A `.py`
+    file runs with this Python (`sys.executable`, where trialdeck and its torch are installed)
+    unless it is executable and starts with `#!`; any other file must be executable. It runs in
+    `cwd` (the folder it is queued from); `sets` add params and early stopping as for a preset."""
+    import os
+    import sys
+
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    path = (here / Path(file).expanduser()).resolve()
+    if not path.is_file():
+        raise PresetError(f"--script {file}: no such file")
+    executable = os.access(path, os.X_OK)
+    with open(path, "rb") as f:
+        shebang = f.read(2) == b"#!"
+    if path.suffix == ".py" and not (executable and shebang):
+        command = [sys.executable, str(path), *args]
+    elif executable:
+        command = [str(path), *args]
+    else:
+        raise PresetError(f"--script {file}: not executable; `chmod +x {file}`, or give a .py file "
+                          f"(it runs with {sys.executable})")
+    data = {"preset": f"script:{path.name}", "description": f"{file} {' '.join(args)}".strip(),
+            "script": {"command": command, "workdir": str(here)}}
+    composed = Composed(data=data, origin={("script",): "--script"}, chain=["--script"])
+    _mark(data["script"], "--script", composed.origin, ("script",))
+    apply_set(composed, sets or [])
+    resolve_workdir(composed, here)
     return validate(composed)

@@ -12,16 +12,19 @@ old record stays as it was.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from trialdeck.engine.catalogue.store import Store, check_tags
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.inputs import check_inputs
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.runtime.client import engine_info, ensure_engine, notify
 from trialdeck.engine.runtime.gpus import probe_gpus
 from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots, pinned_device
+from trialdeck.engine.runtime.script import resumes as script_resumes
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 
 RESUMABLE = ("failed", "cancelled", "interrupted")
@@ -69,13 +72,20 @@ def _engine_slots(store: Store) -> list[Slot]:
 
 
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None,
-            tags: Sequence[str] = ()) -> list[dict[str, Any]]:
+            tags: Sequence[str] = (), workdir: str | None = None) -> list[dict[str, Any]]:
+    """Queue `specs` in one write; each run records `workdir`, the folder it was queued from
+    (default: this process's), where a script or a user's module is found."""
     _check_priority(priority)
     check_device(store, specs, device)
+    for spec in {s.content_hash: s for s in specs}.values():  # --repeat: the same files, checked once
+        check_inputs(spec)  # a missing .npz or factory module fails now, not at 2 a.m.
     tags = check_tags(tags, "--tag")
+    extra: dict[str, Any] = {"workdir": workdir or os.getcwd()}
+    if tags:
+        extra["tags"] = tags
     return store.create_runs([
         {"preset": s.preset, "config": s.config(), "config_hash": s.content_hash, "priority": priority,
-         "device": None if device in (None, "auto") else device, **({"extra": {"tags": tags}} if tags else {})}
+         "device": None if device in (None, "auto") else device, "extra": extra}
         for s in specs
     ])
 
@@ -135,6 +145,8 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
     run_id = record["id"]
     has_checkpoint = store.workspace.checkpoint_path(run_id).exists()
     how = "resumes from its checkpoint" if has_checkpoint else "starts over (it has no checkpoint)"
+    if (record.get("config") or {}).get("script") and script_resumes(store.workspace, run_id):
+        how = "starts its script again with TRIALDECK_RESUME=1"
     event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
     try:
         return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
@@ -164,6 +176,11 @@ def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
             configs.append((spec.config(), spec.content_hash))
         else:
             configs.append((r["config"], r.get("config_hash", "")))
+            try:
+                spec = RunSpec.model_validate(r["config"])
+            except ValueError:  # a configuration from an older trialdeck: the worker says what is wrong
+                continue
+        check_inputs(spec)  # its .npz or model module may have gone since
     return store.create_runs([{
         "preset": r["preset"], "config": config, "config_hash": digest,
         "priority": int(r.get("priority", 0)) if priority is None else priority,
@@ -203,6 +220,7 @@ def start_study(store: Store, spec: RunSpec, *, trials: int | None = None, timeo
 
     if spec.tune is None:
         raise BadInput(f"preset {spec.preset!r} has no [tune] block; add one, or queue a single run with `trialdeck run`")
+    check_inputs(spec)
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 1_000_000):
         raise BadInput(f"trials {trials!r}: allowed: a whole number from 1 to 1000000")
     name = launch.check_study_name(name) if name else launch.default_study_name(spec.preset)

@@ -16,6 +16,7 @@ from trialdeck.tui.cli.common import (
     JsonOpt,
     SetOpt,
     emit,
+    epoch_line,
     err,
     exit_for,
     handle_errors,
@@ -46,7 +47,7 @@ def train_cmd(
     )
 
     progress = None
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and spec.script is None:  # a script prints its own progress (to its log)
         from trialdeck.tui.progress import EpochProgress
 
         progress = EpochProgress(spec.train.epochs, spec.preset)
@@ -63,7 +64,16 @@ def train_cmd(
 
 
 def run_cmd(
-    preset: Annotated[str, typer.Argument(help="Preset name or .toml path.")],
+    ctx: typer.Context,
+    preset: Annotated[str | None, typer.Argument(help="Preset name or .toml path (none with --script).",
+                                                 show_default=False)] = None,
+    script: Annotated[str | None, typer.Option(
+        "--script", metavar="FILE", show_default=False,
+        help="Queue your own training program FILE as a one-off script run, its arguments after `--` "
+             "(`run --script train.py -- --lr 0.1`). A .py file runs with trialdeck's own Python "
+             "(sys.executable), unless it is executable and starts with #!, which then runs itself, "
+             "as does any other executable file. It runs in this folder; params and early stopping come "
+             "from --set (params.X, early_stopping.*).")] = None,
     set_: SetOpt = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000000 to 1000000).")] = 0,
     device: Annotated[str | None, typer.Option("--device", help="Pin to a device: cpu, cuda or cuda:N.")] = None,
@@ -75,9 +85,17 @@ def run_cmd(
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue a preset as a run in the background engine."""
+    """Queue a preset (or, with --script, your own training program) as a run in the background engine."""
     from trialdeck.engine.presets import resolve
     from trialdeck.engine.runtime.client import ensure_engine, notify
+
+    # In click's words, as without ignore_unknown_options (which lets a script's options through).
+    if script is None and ctx.args:
+        extra = ctx.args[0]
+        what = f"No such option: {extra}" if extra.startswith("-") else f"Got unexpected extra argument ({extra})"
+        raise BadInput(f"{what}; see `trialdeck run --help` (a script's own arguments go after --script FILE --)")
+    if script is None and preset is None:
+        raise BadInput("Missing argument 'preset'; see `trialdeck run --help` (or --script FILE -- ARGS)")
 
     if wait_ and follow_:
         raise BadInput("--wait and --follow: choose one")
@@ -90,9 +108,16 @@ def run_cmd(
     if device is not None and not (device in ("cpu", "cuda", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise BadInput(f"--device {device!r}: allowed: auto, cpu, cuda, cuda:N")
     ws = workspace(home)
-    specs = [resolve(preset, set_ or [], roots(home))]
-    seed = specs[0].train.seed
-    specs += [resolve(preset, [*(set_ or []), f"train.seed={seed + k}"], roots(home)) for k in range(1, repeat)]
+    if script is not None:  # everything after `--` (click hands the first to PRESET) is the script's
+        from trialdeck.engine.presets.loader import resolve_script
+
+        args = [*([preset] if preset is not None else []), *ctx.args]
+        specs = [resolve_script(script, args, set_ or [])] * repeat  # copies: a script has no seed of ours
+    else:
+        assert preset is not None
+        specs = [resolve(preset, set_ or [], roots(home))]
+        seed = specs[0].train.seed
+        specs += [resolve(preset, [*(set_ or []), f"train.seed={seed + k}"], roots(home)) for k in range(1, repeat)]
     store = open_store(home)
     records = control.enqueue(store, specs, priority=priority, device=device, tags=tags)
     ensure_engine(ws, say=err)
@@ -155,16 +180,18 @@ def _follow_lines(run_id: str, as_json: bool, items: Iterator[dict[str, Any]]) -
                 final = item["record"]
                 print(json.dumps({"kind": "final", "state": final["state"], "id": final["id"]}), flush=True)
             continue
-        if kind == "start":
+        if kind == "start" and "command" in item:  # a script run (runtime.script)
             epochs = None
-            print(f"{run_id} running on {item.get('device')}: {item.get('params', 0):,} parameters, "
+            again = f", resuming after epoch {item.get('start_epoch')}" if item.get("resumed") else ""
+            print(f"{run_id} running on {item.get('device')}: {' '.join(item['command'])}{again}", flush=True)
+        elif kind == "start":
+            epochs = None
+            print(f"{run_id} running on {item.get('device')}: {item.get('params') or 0:,} parameters, "
                   f"{item.get('train_samples')} train / {item.get('val_samples')} val samples", flush=True)
         elif kind == "epoch":
             if tty:
                 print("\r\033[K", end="")
-            print(f"epoch {item['epoch']}{'/' + str(epochs) if epochs else ''}  train_loss {item['train_loss']:.4f}  "
-                  f"val_loss {item['val_loss']:.4f}  val_acc {item['val_acc']:.4f}  lr {item['lr']:.3g}  "
-                  f"({item['seconds']:.2f}s)", flush=True)
+            print(epoch_line(item, epochs), flush=True)
         elif kind == "event":
             ev = item["event"]
             if tty:
@@ -180,4 +207,6 @@ def _follow_lines(run_id: str, as_json: bool, items: Iterator[dict[str, Any]]) -
 
 def register(app: typer.Typer) -> None:
     app.command("train")(handle_errors(train_cmd))
-    app.command("run")(handle_errors(run_cmd))
+    # Script arguments after `--` reach run_cmd as ctx.args (and, the first, as PRESET).
+    app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        handle_errors(run_cmd))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from trialdeck.tui.cli.common import (
     exit_for,
     find_run,
     handle_errors,
+    metric_text,
     open_store,
     print_run_summary,
     workspace,
@@ -64,9 +66,9 @@ def runs_list(
         last = hist[-1] if hist else None
         kept = kept_epoch(r)
         entry = next((h for h in hist if h.get("epoch") == kept), None)
-        metric = f"kept epoch {kept}: val_acc {entry['val_acc']:.4f}" if entry is not None else ""
-        if last is not None and entry is not last:
-            metric += ("  " if metric else "") + f"last: val_acc {last['val_acc']:.4f}"
+        metric = f"kept epoch {kept}: {metric_text(entry)}" if entry is not None else ""
+        if last is not None and entry is not last:  # (a script's epochs may lack val_acc: metric_text picks)
+            metric += ("  " if metric else "") + f"last: {metric_text(last)}"
         tags = "  #" + " #".join(r["tags"]) if r.get("tags") else ""
         print(f"{r['id']:<7} {r['state']:<13} {r['preset']:<28} {len(hist):>4} ep  {metric}{tags}")
 
@@ -102,26 +104,39 @@ def print_history(record: dict) -> None:
     if not hist:
         return
     kept, best = kept_epoch(record), (record.get("summary") or {}).get("best_epoch")
-    columns = (("epoch", 5, "d"), ("train_loss", 10, ".4f"), ("val_loss", 10, ".4f"), ("val_acc", 8, ".4f"),
-               ("lr", 9, ".3g"), ("seconds", 8, ".2f"))
+    columns: tuple[tuple[str, int, str], ...] = (
+        ("epoch", 5, "d"), ("train_loss", 10, ".4f"), ("val_loss", 10, ".4f"),
+        ("val_mae", 8, ".4f") if any("val_mae" in h for h in hist) else ("val_acc", 8, ".4f"),  # a regression's
+        ("lr", 9, ".3g"), ("seconds", 8, ".2f"))
+    if (record.get("config") or {}).get("script"):  # a script's history holds the names it reported
+        keys = dict.fromkeys(k for h in hist for k in h if k != "epoch")
+        columns = (("epoch", 5, "d"), *((k, max(10, len(k)), ".4f") for k in keys))
     print("  " + "  ".join(f"{name:>{width}}" for name, width, _ in columns))
     for h in hist:
-        cells = [format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float)) else f"{'-':>{w}}"
-                 for k, w, fmt in columns]
+        cells = [format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float))
+                 else f"{'-' if h.get(k) is None else str(h[k])[:w]:>{w}}" for k, w, fmt in columns]
         marks = ", ".join(m for m, e in (("kept", kept), ("best", best)) if e is not None and e == h.get("epoch"))
         print(("  " + "  ".join(cells) + "  " + marks).rstrip())
 
 
 @app.command("logs")
 @handle_errors
-def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")], home: HomeOpt = None,
-              as_json: JsonOpt = False) -> None:
+def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")],
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Then print what is appended until the "
+                                                   "run ends (a script run's own output too); Ctrl-C stops.")] = False,
+              home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Print the run's log file."""
     from trialdeck.engine.runtime.recorder import LOG_NAME
 
     ws = workspace(home)
-    record = find_run(open_store(home), run_id)
+    store = open_store(home)
+    record = find_run(store, run_id)
     path = ws.run_dir(record["id"]) / LOG_NAME
+    if follow:
+        if as_json:
+            raise BadInput("--json prints the log once; drop --follow (or --json)")
+        _follow_log(store, record["id"], path)
+        return
     text = path.read_text(errors="replace") if path.exists() else ""
     if as_json:
         emit({"id": record["id"], "path": str(path), "log": text})
@@ -129,6 +144,30 @@ def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Home
         sys.stdout.write(text)
     else:
         err(f"{record['id']} has no log yet (it is {record['state']})")
+
+
+def _follow_log(store, run_id: str, path) -> None:
+    """`runs logs -f`: the log so far, then what is appended, in 64 KB reads (a script may
+    print thousands of lines a second), until the run is neither queued nor running."""
+    offset, checked, ended = 0, 0.0, False
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(1 << 16):
+                    sys.stdout.buffer.write(chunk)
+                    offset += len(chunk)
+            sys.stdout.flush()
+        except FileNotFoundError:  # queued: no log yet
+            pass
+        if ended:
+            return
+        if time.monotonic() - checked >= 1.0:  # the catalogue now and then, the file often
+            checked = time.monotonic()
+            ended = (store.get_run(run_id) or {}).get("state") not in ("queued", "running")
+            if ended:
+                continue  # one last read: what was written before it ended
+        time.sleep(0.2)
 
 
 @app.command("follow")
@@ -194,6 +233,7 @@ def runs_rerun(
         changed = f" with {', '.join(set_)}" if set_ else ""
         for old, r in zip(run_ids, records, strict=True):
             print(f"queued {r['id']}  {r['preset']}  (the configuration of {old}{changed})")
+
 
 # ----------------------------------------------------------------------------- compare, tags, notes, export
 

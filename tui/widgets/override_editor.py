@@ -7,7 +7,7 @@ which are shown next to the rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -15,10 +15,25 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
-from textual.suggester import SuggestFromList
+from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Input, Static
 
-from trialdeck.tui.composition import dotted_keys
+from trialdeck.tui.composition import dotted_keys, value_choices
+
+
+class ValueSuggester(Suggester):
+    """Completes a value with the options its row's key takes (`model.kind` = "torchvision",
+    `model.arch` = "resnet18"...): `key` reads that row's key input when asked."""
+
+    def __init__(self, key: Callable[[], str]) -> None:
+        super().__init__(use_cache=False, case_sensitive=False)
+        self.key = key
+
+    async def get_suggestion(self, value: str) -> str | None:
+        for choice in value_choices(self.key()):
+            if choice.casefold().startswith(value) or choice.casefold().strip('"').startswith(value):
+                return choice
+        return None
 
 
 class OverrideEditor(Vertical):
@@ -52,10 +67,13 @@ class OverrideEditor(Vertical):
         for i in range(self.rows):
             key, value = self.initial[i] if i < len(self.initial) else ("", "")
             with Horizontal(classes="override-row"):
-                yield Input(key, placeholder="key, e.g. train.epochs", suggester=self._suggester,
-                            classes="override-key", id=f"key-{i}")
+                key_input = Input(key, placeholder="key, e.g. train.epochs", suggester=self._suggester,
+                                  classes="override-key", id=f"key-{i}")
+                yield key_input
                 yield Static("=", classes="override-eq")
-                yield Input(value, placeholder="value, e.g. 5", classes="override-value", id=f"value-{i}")
+                # The row's own key widget, not a query: a suggestion may be asked after the editor is gone.
+                yield Input(value, placeholder="value, e.g. 5", classes="override-value", id=f"value-{i}",
+                            suggester=ValueSuggester(lambda key_input=key_input: key_input.value))
         yield Static("", classes="override-message")
 
     def items(self) -> tuple[str, ...]:
