@@ -164,13 +164,13 @@ def test_trainer_stops_early_at_the_right_epoch_and_restores_best_weights(monkey
     holder = {}
     import trialdeck.engine.training.models as models
 
-    real_build = models.build_model
+    real_build = models.build
 
     def capture(*args, **kwargs):
-        holder["model"] = real_build(*args, **kwargs)
-        return holder["model"]
+        holder["model"], code_hash = real_build(*args, **kwargs)
+        return holder["model"], code_hash
 
-    monkeypatch.setattr(models, "build_model", capture)
+    monkeypatch.setattr(models, "build", capture)
     spec = resolve("seed/early-stopping", ["early_stopping.patience=3", "early_stopping.min_delta=0.0",
                                           "train.epochs=8", "train.device='cpu'"])
     spy = StateSpy(holder)

@@ -71,8 +71,8 @@ def _name(func: ast.expr) -> str:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    # The root: a name (`torch.load`), or `()` for a call's result (`model.to(d).eval()` is not eval).
+    parts.append(func.id if isinstance(func, ast.Name) else "()")
     return ".".join(reversed(parts))
 
 

@@ -19,12 +19,10 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.tuning.launch import target_trials
 from trialdeck.tui import messages
-from trialdeck.tui.composition import Composition
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.screens.base import LiveScreen
-from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog, TunePresetDialog
+from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog
 from trialdeck.tui.trials import (
     best_text,
     columns_for,
@@ -357,18 +355,8 @@ class StudiesScreen(LiveScreen):
             self.post_message(messages.CompareRuns(runs))
 
     def action_start_study(self) -> None:
-        library = self.ctx.library
-
-        def choices() -> list[tuple[str, int, str]]:
-            return [(name, target_trials(spec.tune, None), spec.tune.sampler)
-                    for name, spec in library.tuning() if spec.tune is not None]
-
-        def picked(name: str | None) -> None:
-            if name is not None:
-                self.post_message(messages.StartStudy(Composition((name,))))
-
-        # Validating every preset reads files: in a worker, then the picker.
-        self.spawn(choices, lambda found: self.app.push_screen(TunePresetDialog(found), picked), name="tune-presets")
+        """The palette's picker of presets with a [tune] block (the app's own action)."""
+        self.app.action_start_study()  # type: ignore[attr-defined]
 
     def action_rerun_trial(self) -> None:
         trial = self._selected_trial()
