@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.errors import BadInput
+from trialdeck.engine.errors import BadInput, TrialdeckError
 from trialdeck.engine.runtime import control
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
@@ -99,3 +99,30 @@ def test_rerun_queues_nothing_when_one_id_is_unknown(seeded) -> None:
     with pytest.raises(BadInput, match="no run 'r99'"):
         control.rerun(store, [ids["completed"], "r99"])
     assert len(store.list_runs()) == before
+
+
+def test_rerun_keeps_the_folder_the_run_was_queued_from_and_resolves_its_sets_there(seeded, tmp_path,
+                                                                                      monkeypatch) -> None:
+    _, store, ids = seeded
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    store.update_run(ids["completed"], workdir=str(project))
+    monkeypatch.chdir(elsewhere)  # `runs rerun` typed in another folder
+    [plain] = control.rerun(store, [ids["completed"]])
+    assert plain["workdir"] == str(project)
+    (project / "mine.npz").write_bytes(b"")  # what the run's own folder holds
+    with pytest.raises(TrialdeckError) as refused:  # an empty file is no .npz: read from the project, not here
+        control.rerun(store, [ids["completed"]], sets=["data.dataset='arrays'", "data.path='mine.npz'"])
+    assert f"{project}/mine.npz" in refused.value.message
+
+
+def test_following_an_interrupted_run_ends_only_while_the_engine_is_held(seeded) -> None:
+    from trialdeck.engine.runtime.client import follow_ended
+
+    ws, store, ids = seeded
+    interrupted = store.transition(ids["running"], RunState.INTERRUPTED)
+    assert not follow_ended(ws, interrupted)  # the engine takes it up again: `runs logs -f` goes on
+    ws.held_path.write_text("")  # `engine stop`
+    assert follow_ended(ws, interrupted)
+    assert follow_ended(ws, store.get_run(ids["completed"]))

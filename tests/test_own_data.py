@@ -456,3 +456,25 @@ def test_data_export_command(tmp_path):
     assert again.returncode == 2 and "already holds files" in one_line(again.stderr)
     bad = cli(tmp_path / "ws", "data", "export", "digits", "--format", "csv", str(tmp_path / "e"))
     assert bad.returncode == 2 and one_line(bad.stderr) == "trialdeck: --format 'csv': allowed: npz | imagefolder"
+
+
+def test_a_folder_that_cannot_be_read_is_one_problem_line_not_a_traceback(tmp_path, monkeypatch):
+    import trialdeck.engine.presets.inputs as inputs
+
+    def denied(spec):
+        raise PermissionError(13, "Permission denied", "/home/other/data")
+
+    monkeypatch.setattr(inputs, "_data_problems", denied)  # root reads everything: the OS error, as a user meets it
+    spec = resolve("base/digits-mlp", ["data.dataset='imagefolder'", f"data.path='{tmp_path}'"])
+    assert input_problems(spec) == ["base/digits-mlp: /home/other/data: Permission denied"]
+    with pytest.raises(PresetError, match="Permission denied"):
+        check_inputs(spec)
+
+
+def test_a_dask_worker_finds_a_python_model_by_its_model_path(tmp_path):
+    from trialdeck.engine.runtime.dask_worker import missing_workdir
+
+    record = {"config": {"model": {"kind": "python", "factory": "m:build", "path": str(tmp_path)}}}
+    assert missing_workdir(record, "w1") is None  # a rerun or a trial carries no record workdir
+    record["config"]["model"]["path"] = str(tmp_path / "gone")
+    assert f"its workdir {tmp_path / 'gone'} does not exist on Dask worker w1" in missing_workdir(record, "w1")

@@ -301,3 +301,18 @@ def test_a_script_run_in_process_replaces_epochs_it_reports_again(tmp_path):
     assert final["summary"]["best_epoch"] == 2 and final["summary"]["best_value"] == 2.5
     log = (ws.runs_dir / record["id"] / "log.txt").read_text()
     assert "epoch 2 reported again: it replaces epochs 2..3" in log
+
+
+def test_presets_new_saves_a_set_workdir_as_the_folder_it_was_typed_in(tmp_path, monkeypatch):
+    import tomllib
+
+    from trialdeck.engine.presets import preset_roots
+    from trialdeck.engine.presets.authoring import write_preset
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    path, _ = write_preset(tmp_path / "presets", "mine", parents=["examples/script"], sets=["script.workdir='.'"],
+                           roots=preset_roots(None))
+    # In the file a relative workdir would mean the presets folder; `.` was typed in the project.
+    assert tomllib.loads(path.read_text())["script"]["workdir"] == str(project)

@@ -188,7 +188,8 @@ class PresetLibrary:
                 wanted = "tune" in self.composed(name).data
             except TrialdeckError:
                 continue
-            spec = self.check(Composition((name,))).spec if wanted else None
+            # Not its own files: a study whose .npz has gone is listed, and starting it says why.
+            spec = _check_sets(self._base(Composition((name,))), (), inputs=False).spec if wanted else None
             if spec is not None and spec.tune is not None:
                 out.append((name, spec))
         return out
@@ -210,8 +211,9 @@ class PresetLibrary:
         return parents, config_diff(base.config(), spec.config(), skip={"preset", "description"})
 
 
-def _check_sets(composed: Composed, sets: tuple[str, ...]) -> Check:
-    """Apply `sets` one by one, then validate: the spec, or the first error and its override."""
+def _check_sets(composed: Composed, sets: tuple[str, ...], *, inputs: bool = True) -> Check:
+    """Apply `sets` one by one, then validate: the spec, or the first error and its override
+    (with `inputs`, also what enqueue would say of the files the run names)."""
     for i, item in enumerate(sets):
         key, _, value = item.partition("=")
         if not value.strip():
@@ -231,7 +233,7 @@ def _check_sets(composed: Composed, sets: tuple[str, ...]) -> Check:
     # factory module not found): said now, as each key is typed. Reads headers only, runs nothing.
     from trialdeck.engine.presets.inputs import input_problems
 
-    problems = input_problems(spec)
+    problems = input_problems(spec) if inputs else []
     if problems:
         bad = next((i for i, item in enumerate(sets) if f"{item.partition('=')[0].strip()} =" in problems[0]), None)
         return Check(None, problems[0], bad)

@@ -144,6 +144,11 @@ def write_preset(
         doc["extends"] = list(parents)
     table = dict(body or {})
     _merge_plain(table, overrides_table(sets))
+    script = table.get("script")
+    if any(s.partition("=")[0].strip() == "script.workdir" for s in sets) and isinstance(script, dict) \
+            and isinstance(script.get("workdir"), str):
+        # A --set workdir means this folder; in a preset file a relative one means the file's.
+        script["workdir"] = str((Path.cwd() / Path(script["workdir"]).expanduser()).resolve())
     doc.update(table)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     from trialdeck.engine.workspace import atomic_write

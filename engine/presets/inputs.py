@@ -50,8 +50,11 @@ def input_problems(spec: RunSpec) -> list[str]:
     if spec.script is not None:
         return []
     name = spec.preset or "preset"
-    out = [f"{name}: {p}" for p in _data_problems(spec)]
-    out += [f"{name}: {p}" for p in _model_problems(spec)]
+    try:
+        out = [f"{name}: {p}" for p in _data_problems(spec)]
+        out += [f"{name}: {p}" for p in _model_problems(spec)]
+    except OSError as exc:  # a folder we may not read (another user's home): said, not a traceback
+        return [f"{name}: {exc.filename or ''}: {exc.strerror or exc}"]
     return out
 
 

@@ -427,12 +427,13 @@ def _resolve_own_paths(composed: Composed, here: Path) -> None:
             model["path"] = str((here / Path(value).expanduser()).resolve())
 
 
-def resolve_data(data: dict[str, Any], source: str = "preset", sets: list[str] | None = None) -> RunSpec:
+def resolve_data(data: dict[str, Any], source: str = "preset", sets: list[str] | None = None,
+                 cwd: str | Path | None = None) -> RunSpec:
     """Validate an already-composed preset dict (a composer form, a stored config), with
     `--set` items applied first (`runs rerun RUN --set train.epochs=50`)."""
     composed = Composed(data=copy.deepcopy(data), chain=[source])
     apply_set(composed, sets or [])
-    resolve_workdir(composed)
+    resolve_workdir(composed, Path(cwd) if cwd is not None else None)
     return validate(composed)
 
 
@@ -449,8 +450,11 @@ def resolve_script(file: str, args: list[str], sets: list[str] | None = None, cw
     if not path.is_file():
         raise PresetError(f"--script {file}: no such file")
     executable = os.access(path, os.X_OK)
-    with open(path, "rb") as f:
-        shebang = f.read(2) == b"#!"
+    try:
+        with open(path, "rb") as f:
+            shebang = f.read(2) == b"#!"
+    except OSError as exc:
+        raise PresetError(f"--script {file}: {exc.strerror or exc}") from None
     if path.suffix == ".py" and not (executable and shebang):
         command = [sys.executable, str(path), *args]
     elif executable:

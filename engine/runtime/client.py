@@ -208,14 +208,25 @@ def follow(ws: Workspace, run_id: str, *, poll: float = 0.2) -> Iterator[dict[st
         record = store.get_run(run_id)
         if record is None:
             raise EngineUnavailable(f"no run {run_id}")
-        held = ws.held_path.exists()
-        if RunState(record["state"]).terminal or (held and record["state"] == RunState.INTERRUPTED.value):
+        if follow_ended(ws, record):
             records, offset = read_jsonl(path, offset) if path.exists() else ([], offset)
             yield from records
             yield {"kind": "final", "record": record}
             return
         if time.monotonic() - last_check > 2.0:
             last_check = time.monotonic()
-            if record["state"] in UNFINISHED_STATES and not held and not engine_info(ws):
-                ensure_engine(ws)
+            revive_for(ws, record)
         time.sleep(poll)
+
+
+def follow_ended(ws: Workspace, record: dict[str, Any]) -> bool:
+    """Whether following this run is over: it ended, or it was interrupted while the engine is
+    held (`engine stop`); an interrupted run otherwise goes on when the engine comes back."""
+    state = record["state"]
+    return RunState(state).terminal or (ws.held_path.exists() and state == RunState.INTERRUPTED.value)
+
+
+def revive_for(ws: Workspace, record: dict[str, Any]) -> None:
+    """Start the engine again if it died under this unfinished run (not when it is held)."""
+    if record["state"] in UNFINISHED_STATES and not ws.held_path.exists() and not engine_info(ws):
+        ensure_engine(ws)

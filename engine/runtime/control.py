@@ -172,7 +172,7 @@ def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
     configs = []
     for r in records:
         if sets:
-            spec = resolve_data(r["config"], f"{r['id']}'s configuration", list(sets))
+            spec = resolve_data(r["config"], f"{r['id']}'s configuration", list(sets), cwd=_workdir_of(r))
             configs.append((spec.config(), spec.content_hash))
         else:
             configs.append((r["config"], r.get("config_hash", "")))
@@ -185,7 +185,14 @@ def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
         "preset": r["preset"], "config": config, "config_hash": digest,
         "priority": int(r.get("priority", 0)) if priority is None else priority,
         "device": r["pinned"] if "pinned" in r else None,
+        "extra": {"workdir": r.get("workdir") or os.getcwd()},
     } for r, (config, digest) in zip(records, configs, strict=True)])
+
+
+def _workdir_of(record: dict[str, Any]) -> str | None:
+    """The folder a run was queued from, where its relative paths resolve (None: this one)."""
+    workdir = record.get("workdir")
+    return workdir if isinstance(workdir, str) and os.path.isdir(workdir) else None
 
 
 @dataclass(frozen=True)

@@ -413,7 +413,8 @@ def missing_workdir(record: dict[str, Any], where: str) -> str | None:
     relative = isinstance(data.get("path"), str) and not os.path.isabs(data["path"])
     if not (script or model.get("kind") == "python" or relative):
         return None
-    workdir = script.get("workdir") or record.get("workdir")
+    workdir = (script.get("workdir") or (model.get("path") if model.get("kind") == "python" else None)
+               or record.get("workdir"))
     if workdir and Path(workdir).is_dir():
         return None
     return (f"its workdir {workdir or '(none)'} does not exist on Dask worker {where}: a script, a python model "

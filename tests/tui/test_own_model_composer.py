@@ -54,3 +54,12 @@ async def test_typing_a_torchvision_model_in_the_composer(ws, tmp_path, monkeypa
             await pilot.press("backspace")
         await pilot.press(*'"resnet18"')
         await wait_for(pilot, lambda: editor.message.startswith("ok: digits, torchvision resnet18"), what="ok")
+
+
+def test_the_study_picker_lists_a_tuning_preset_whose_data_has_gone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gone.toml").write_text('extends = ["seed/random-search"]\n[data]\ndataset = "arrays"\n'
+                                        'path = "nothere.npz"\n')
+    library = PresetLibrary([tmp_path, *preset_roots(None)])
+    # Listed: starting it says why (start_study checks the files), instead of it silently missing.
+    assert "gone" in [name for name, _ in library.tuning()]

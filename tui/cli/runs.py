@@ -148,7 +148,10 @@ def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")],
 
 def _follow_log(store, run_id: str, path) -> None:
     """`runs logs -f`: the log so far, then what is appended, in 64 KB reads (a script may
-    print thousands of lines a second), until the run is neither queued nor running."""
+    print thousands of lines a second), until the run ends as `runs follow` says it does
+    (reviving a dead engine on the way, as `runs follow` does)."""
+    from trialdeck.engine.runtime.client import follow_ended, revive_for
+
     offset, checked, ended = 0, 0.0, False
     while True:
         try:
@@ -164,9 +167,11 @@ def _follow_log(store, run_id: str, path) -> None:
             return
         if time.monotonic() - checked >= 1.0:  # the catalogue now and then, the file often
             checked = time.monotonic()
-            ended = (store.get_run(run_id) or {}).get("state") not in ("queued", "running")
+            record = store.get_run(run_id)
+            ended = record is None or follow_ended(store.workspace, record)
             if ended:
                 continue  # one last read: what was written before it ended
+            revive_for(store.workspace, record)
         time.sleep(0.2)
 
 
