@@ -7,9 +7,11 @@ which lives in trialdeck.engine.presets.schema), so every process can import the
 from __future__ import annotations
 
 import enum
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Required, TypedDict
+from typing import Any, Required, TypedDict, TypeGuard
 
 
 class RunState(str, enum.Enum):
@@ -60,11 +62,6 @@ class StudyState(str, enum.Enum):
     """The engine could not drive it (its `error` says why)."""
     REMOTE = "remote"
     """Known from a shared storage only (`studies show --storage`): other boxes drive it."""
-
-    @property
-    def active(self) -> bool:
-        """Still wants the engine: trials to ask, or trials to cancel."""
-        return self in ACTIVE_STUDY_STATES
 
 
 ACTIVE_STUDY_STATES = frozenset({StudyState.RUNNING, StudyState.STOPPING})
@@ -144,6 +141,28 @@ class EpochRecord:
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> EpochRecord:
         return cls(**{"val_acc": None, **entry})
+
+
+def finite(value: Any) -> TypeGuard[int | float]:
+    """A number a metric can be (not a bool, not NaN or infinite; a NaN loss is stored as null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def kept_epoch(run: Mapping[str, Any]) -> int | None:
+    """The epoch whose weights a finished run kept (its record's `kept_epoch`; an older record's
+    summary may hold it), or None: not finished, failed, or stopped inside an epoch."""
+    value = run.get("kept_epoch", (run.get("summary") or {}).get("kept_epoch"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def planned_epochs(config: Any) -> int | None:
+    """How many epochs a run's configuration trains: `train.epochs`, or a script's
+    `params.epochs` (None: a script that does not say, or no configuration)."""
+    if not isinstance(config, Mapping):
+        return None
+    section = config.get("params") if config.get("script") else config.get("train")
+    epochs = section.get("epochs") if isinstance(section, Mapping) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 class RunRecord(TypedDict, total=False):

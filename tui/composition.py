@@ -157,15 +157,16 @@ class PresetLibrary:
             out.data["description"] = f"{comp.name or 'composed'}: " + " + ".join(comp.parents)
         return out
 
-    def check(self, comp: Composition) -> Check:
-        """Validate without raising: the spec, or the first error and which override caused it."""
+    def check(self, comp: Composition, *, inputs: bool = True) -> Check:
+        """Validate without raising: the spec, or the first error and which override caused it
+        (with `inputs`, also what enqueue would say of the files the run names)."""
         if not comp.parents:
             return Check(None, "pick a base preset to compose on")
         try:
             composed = self._base(comp)
         except TrialdeckError as exc:
             return Check(None, exc.message)
-        return _check_sets(composed, comp.sets)
+        return _check_sets(composed, comp.sets, inputs=inputs)
 
     def resolve(self, comp: Composition) -> RunSpec:
         result = self.check(comp)
@@ -189,7 +190,7 @@ class PresetLibrary:
             except TrialdeckError:
                 continue
             # Not its own files: a study whose .npz has gone is listed, and starting it says why.
-            spec = _check_sets(self._base(Composition((name,))), (), inputs=False).spec if wanted else None
+            spec = self.check(Composition((name,)), inputs=False).spec if wanted else None
             if spec is not None and spec.tune is not None:
                 out.append((name, spec))
         return out

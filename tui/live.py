@@ -26,7 +26,7 @@ from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime.control import check_resumable
 from trialdeck.engine.runtime.recorder import METRICS_NAME
-from trialdeck.engine.types import UNFINISHED_STATES
+from trialdeck.engine.types import UNFINISHED_STATES, finite, kept_epoch, planned_epochs
 from trialdeck.engine.workspace import RUN_ID_RE, Workspace
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -54,11 +54,7 @@ TOASTED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "fi
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
-    out = []
-    for v in values:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out.append(float(v))
-    return out
+    return [float(v) for v in values if finite(v)]
 
 
 def loss_of(epoch: Mapping[str, Any]) -> Any:
@@ -356,6 +352,17 @@ def finished_since(old: Catalog | None, new: Catalog) -> list[LogEntry]:
 # ----------------------------------------------------------------------------- table rows
 
 
+def cell(value: Any, width: int) -> str:
+    """A value for a compare table: numbers short, long text (descriptions) cut with "…"."""
+    text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def tags_text(run: Mapping[str, Any]) -> str:
+    """A run's tags as they are shown and filtered: "#best #lr-sweep" ("" when none)."""
+    return " ".join(f"#{t}" for t in run.get("tags") or ())
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return ""
@@ -375,13 +382,6 @@ def _num(value: Any, fmt: str = ".4f") -> str:
 
 def _metrics(entry: Mapping[str, Any]) -> str:
     return "  ".join(f"{k} {entry[k]:.4f}" for k in ("val_loss", "val_acc", "val_mae") if _num(entry.get(k)))
-
-
-def kept_epoch(run: Mapping[str, Any]) -> int | None:
-    """The epoch whose weights a finished run kept (its record's `kept_epoch`; an older record's
-    summary may hold it), or None: not finished, failed, or stopped inside an epoch."""
-    value = run.get("kept_epoch", (run.get("summary") or {}).get("kept_epoch"))
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def outcome(run: Mapping[str, Any]) -> list[str]:
@@ -419,12 +419,7 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:
     """`train.epochs` of a full run record (one with its config); a script run's `params.epochs`."""
-    cfg = run.get("config")
-    train = cfg.get("train") if isinstance(cfg, dict) else None
-    if isinstance(cfg, dict) and cfg.get("script"):  # what the engine knows of its length (reporter.py agrees)
-        train = cfg.get("params")
-    epochs = train.get("epochs") if isinstance(train, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    return planned_epochs(run.get("config"))
 
 
 def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int | None = None) -> tuple[str, ...]:

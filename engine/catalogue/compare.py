@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trialdeck.engine.presets.authoring import flatten
+from trialdeck.engine.types import finite, kept_epoch
 
 Record = Mapping[str, Any]
 
@@ -29,10 +30,6 @@ EXPORT_COLUMNS = ("run", "preset", "epoch", "train_loss", "val_loss", "val_acc",
 PLOT_METRICS = ("val_loss", "train_loss", "val_acc", "val_mae", "lr")
 """The metrics the compare view offers, in the order `m` cycles through them (those present)."""
 _NOT_METRICS = frozenset({"epoch", "seconds", "run", "preset"})
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def maximised(metric: str) -> bool:
@@ -113,13 +110,12 @@ def summary(record: Record, metric: str | None = None,
     value, epoch = best(record, metric, points)
     hist = record.get("history") or []
     last = hist[-1] if hist else {}
-    kept = record.get("kept_epoch", (record.get("summary") or {}).get("kept_epoch"))
     return {
         "metric": metric,
         "best": value,
         "best_epoch": epoch,
         "epochs": len(hist),
-        "kept_epoch": kept if isinstance(kept, int) and not isinstance(kept, bool) else None,
+        "kept_epoch": kept_epoch(record),
         "last": {k: v for k, v in last.items() if k != "epoch"},
         "state": record.get("state"),
         "seconds": duration(record),

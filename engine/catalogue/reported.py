@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trialdeck.engine.types import finite
 from trialdeck.engine.workspace import private_open
 
 
@@ -90,9 +91,7 @@ def _clean(value: Any) -> Any:
 
 def numeric(value: Any) -> float | None:
     """`value` as a finite number, or None (a string, a boolean, a null)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    return float(value) if finite(value) else None
 
 
 @dataclass(frozen=True)

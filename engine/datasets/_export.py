@@ -34,16 +34,15 @@ def _digits(val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     # Deferred: scikit-learn costs ~0.5 s to import and only this export needs it.
     from sklearn.datasets import load_digits
 
-    from trialdeck.engine.datasets._split import stratified_pick
+    from trialdeck.engine.datasets._split import split_indices
 
     bunch = load_digits()
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8), 0..255
     y = bunch.target.astype(np.int64)
     if val_fraction <= 0:
         return x, y, x[:0], y[:0]
-    n_val = min(max(1, round(val_fraction * len(y))), len(y) - 1)
-    val = stratified_pick(y, n_val, np.random.default_rng([seed, 0]))
-    train = np.setdiff1d(np.arange(len(y)), val, assume_unique=True)
+    # The validation set `load_data` picks with this seed (every other sample trains).
+    train, val = split_indices(y, val_fraction=val_fraction, train_fraction=1.0, seed=seed)
     return x[train], y[train], x[val], y[val]
 
 

@@ -25,7 +25,7 @@ from trialdeck.engine.runtime.client import engine_info, ensure_engine, notify
 from trialdeck.engine.runtime.gpus import probe_gpus
 from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots, pinned_device
 from trialdeck.engine.runtime.script import resumes as script_resumes
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
 
 RESUMABLE = ("failed", "cancelled", "interrupted")
 
@@ -209,7 +209,7 @@ class StudyStart:
 
     def describe(self) -> str:
         done = self.doc.get("n_done") or 0
-        if self.was in ("running", "stopping"):
+        if self.was in ACTIVE_STUDY_STATES:
             return f"study {self.name} is already running: {done}/{self.target} trials done"
         how = "started" if self.was is None else "resumed"
         return f"study {self.name} {how}: {done}/{self.target} trials done; the engine runs the rest"

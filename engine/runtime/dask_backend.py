@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime.dask_link import RETRY_SECONDS, ClusterLink
@@ -95,16 +96,6 @@ class RemoteRun:
     """Checkpoints that came back during this attempt."""
     reporter: Any = None
     why: str | None = None
-
-
-class _Epoch:
-    """A reported epoch, as TrialReporter reads one (its number and its values)."""
-
-    def __init__(self, epoch: int, values: dict[str, Any]) -> None:
-        self.epoch, self.values = int(epoch), values
-
-    def to_json(self) -> dict[str, Any]:
-        return self.values
 
 
 class DaskPlacement(BasePlacement):
@@ -299,7 +290,7 @@ class DaskPlacement(BasePlacement):
                 from trialdeck.engine.tuning.reporter import TrialReporter
 
                 rr.reporter = TrialReporter.for_record(self.store, self.ws, self.store.get_run(rr.run_id) or {})
-            stop = rr.reporter.on_epoch(_Epoch(epoch, ask.get("record") or {}), [])
+            stop = rr.reporter.on_epoch(ReportedEpoch(int(epoch), ask.get("record") or {}), [])
             if stop is not None:
                 event = stop.event or RunEvent(EventKind.PRUNED.value, epoch, "pruned")
                 verdict = {"state": stop.state.value, "event": event.to_json()}

@@ -21,17 +21,14 @@ def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | Non
                               device=spec.train.device)
     run_id = record["id"]
     store.transition(run_id, RunState.RUNNING, worker=os.getpid(), foreground=True, workdir=os.getcwd())
-    recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=progress)
     if spec.script is not None:  # the user's own program, here instead of in a worker (runtime.script)
-        from trialdeck.engine.runtime.script import ScriptRun
+        from trialdeck.engine.runtime.script import run_script
 
-        try:
-            final = ScriptRun(store, ws, record, spec, spec.train.device, recorder).run()
-        finally:
-            recorder.close()
+        final = run_script(store, ws, record, spec, spec.train.device, observer=progress)
         if final == RunState.INTERRUPTED.value:
             raise KeyboardInterrupt  # Ctrl-C: it stopped the script and recorded the run interrupted
         return store.get_run(run_id) or {}
+    recorder = RunRecorder(store, run_id, ws.run_dir(run_id), observer=progress)
     try:
         result = train(spec, recorder, run_dir=ws.run_dir(run_id), data_dir=ws.data_dir)
         return recorder.finish(result)

@@ -22,7 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-import io
 import os
 import tomllib
 from pathlib import Path
@@ -36,7 +35,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.authoring import config_toml
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.training.checkpoint import load_checkpoint
+from trialdeck.engine.training.checkpoint import load_checkpoint, save_checkpoint
 from trialdeck.engine.training.models import build_model
 from trialdeck.engine.workspace import Workspace, atomic_write
 
@@ -94,9 +93,7 @@ def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[
         entry = next((h for h in history if h.get("epoch") == kept), None)
         if entry is not None:
             meta["kept_metrics"] = {k: v for k, v in entry.items() if v is not None}
-    buffer = io.BytesIO()
-    torch.save(payload["model"], buffer)
-    atomic_write(weights, buffer.getbuffer())
+    save_checkpoint(weights, payload["model"])  # atomic, as a checkpoint is
     config = config_path_for(weights)
     header = (f"# Exported by trialdeck from run {record['id']}: the weights are in {weights.name} (a state_dict).\n"
               f"# Load it: from trialdeck.engine.training.export import load_model; model = load_model({str(weights)!r})\n")
@@ -151,6 +148,5 @@ def _load_export(weights: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise BadInput(f"{config}: not a trialdeck export: needs [export] with input_shape and classes, and [config]")
     spec = RunSpec.model_validate(cfg)
     model = build_model(spec.model, tuple(int(v) for v in meta["input_shape"]), int(meta["classes"]))
-    # weights_only: an export is data, never code.
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_checkpoint(weights))  # weights_only: an export is data, never code
     return model, meta

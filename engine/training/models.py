@@ -6,7 +6,7 @@ Dense, BatchNormalization, Activation is `batch_norm = "before_activation"`).
 by name (`arch`), with `num_classes` from the data; `kind = "python"` is a
 user's factory (training.usercode). The L1/L2 penalties cover every weight
 tensor (ndim > 1) of any model, in parameter order: for the built-in kinds,
-conv blocks, hidden dense layers, then the output layer (`weight_layers`).
+conv blocks, hidden dense layers, then the output layer.
 """
 
 from __future__ import annotations
@@ -160,10 +160,6 @@ def _replace_head(model: nn.Module, classes: int, arch: str) -> None:
     name, old = last
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
     setattr(parent, name.rpartition(".")[2], nn.Linear(old.in_features, classes, bias=old.bias is not None))
-
-
-def weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 def dense_layers(model: nn.Module) -> list[nn.Linear]:

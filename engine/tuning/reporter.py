@@ -9,7 +9,6 @@ reported, and its last epoch is `params.epochs` when the script has one.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -17,7 +16,7 @@ import optuna
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.samplers import explain_prune
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.types import EventKind, RunEvent, RunState, finite, planned_epochs
 
 _LOADED: dict[tuple[str, str], Any] = {}
 
@@ -37,11 +36,11 @@ class TrialReporter(TrainerCallback):
         if key not in _LOADED:  # a warm worker loads each study once
             _LOADED[key] = studies.load(record["study"], url)
         study, tune, _ = _LOADED[key]
-        return cls(study, tune, int(record["trial_id"]), _epochs(record["config"]))
+        return cls(study, tune, int(record["trial_id"]), planned_epochs(record["config"]))
 
     def on_epoch(self, record, events) -> Stop | None:
         value = record.to_json().get(self.tune.metric)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not finite(value):
             return None  # a script's epoch without the metric: nothing to report or compare
         self.trial.report(value, step=record.epoch)
         # Pruning after the last epoch saves nothing and would throw the trial's value away.
@@ -52,10 +51,3 @@ class TrialReporter(TrainerCallback):
             return Stop(RunState.PRUNED, RunEvent(EventKind.PRUNED.value, record.epoch, message, data))
         return None
 
-
-def _epochs(config: dict[str, Any]) -> int | None:
-    """How many epochs a trial trains: `train.epochs`, or a script's `params.epochs` (None: unknown)."""
-    if config.get("script") is not None:
-        epochs = (config.get("params") or {}).get("epochs")
-        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
-    return int(config["train"]["epochs"])

@@ -15,7 +15,6 @@ and the `studies` commands read TinyDB and never replay Optuna logs.
 from __future__ import annotations
 
 import importlib.util
-import math
 import socket
 import time
 import warnings
@@ -36,6 +35,7 @@ from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the na
 )
 from trialdeck.engine.tuning.samplers import make_pruner, make_sampler
 from trialdeck.engine.tuning.space import decode_params
+from trialdeck.engine.types import finite
 
 _STORAGES: dict[str, Any] = {}
 
@@ -109,8 +109,7 @@ def load(name: str, url: str, *, seed_salt: str | None = None) -> tuple[optuna.S
 
 def trial_value(tune: TuneConfig, history: list[dict[str, Any]]) -> float | None:
     # A script's history may hold any value under any name: only finite numbers count.
-    values = [float(v) for v in (h.get(tune.metric) for h in history)
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    values = [float(v) for v in (h.get(tune.metric) for h in history) if finite(v)]
     if not values:
         return None
     if tune.reduce == "last":

@@ -4,7 +4,6 @@ several command groups use (the store, a run by id, a run's summary)."""
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from trialdeck.engine.errors import BadInput, ExitCode, TrialdeckError, exit_code_for
-from trialdeck.engine.types import RunState
+from trialdeck.engine.types import RunState, finite
 
 HomeOpt = Annotated[
     Path | None,
@@ -145,7 +144,7 @@ def print_run_summary(record: dict) -> None:
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
     if hist:
         lr = hist[-1].get("lr")  # a script run's history holds what its script reported
-        print(f"  epochs {hist[-1]['epoch']}" + (f"  lr {lr:.3g}" if _number(lr) else ""))
+        print(f"  epochs {hist[-1]['epoch']}" + (f"  lr {lr:.3g}" if finite(lr) else ""))
         print("  " + " | ".join(outcome(record)))
     for ev in record.get("events") or []:
         if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
@@ -160,10 +159,6 @@ StorageOpt = Annotated[
 ]
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
     """One epoch as `runs follow` prints it: its metrics in the order recorded, whatever they are
     (a built-in run's train_loss, val_loss, val_acc, lr; a script's own), then its seconds."""
@@ -171,11 +166,11 @@ def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
     for key, value in entry.items():
         if key in ("t", "kind", "epoch", "seconds") or value is None:
             continue
-        if _number(value) and isinstance(value, float):
+        if finite(value) and isinstance(value, float):
             parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
         elif not isinstance(value, (dict, list)):
             parts.append(f"{key} {value}")
-    if _number(entry.get("seconds")):
+    if finite(entry.get("seconds")):
         parts.append(f"({entry['seconds']:.2f}s)")
     return "  ".join(parts)
 
@@ -186,5 +181,5 @@ def metric_text(entry: dict[str, Any] | None) -> str:
     if not entry:
         return ""
     keys = ["val_acc", "val_mae", "val_loss", *(k for k in entry if k not in ("epoch", "t", "kind", "seconds", "lr"))]
-    key = next((k for k in keys if _number(entry.get(k))), None)
+    key = next((k for k in keys if finite(entry.get(k))), None)
     return f"{key} {entry[key]:.4f}" if key else ""

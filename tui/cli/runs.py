@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -59,7 +59,7 @@ def runs_list(
         return
     if not runs:
         print("no runs")
-    from trialdeck.tui.live import kept_epoch
+    from trialdeck.engine.types import kept_epoch
 
     for r in runs:
         hist = r.get("history") or []
@@ -98,7 +98,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
 
 def print_history(record: dict) -> None:
     """The per-epoch table, the kept epoch and the monitor's best marked."""
-    from trialdeck.tui.live import kept_epoch
+    from trialdeck.engine.types import kept_epoch
 
     hist = record.get("history") or []
     if not hist:
@@ -252,10 +252,10 @@ def _distinct_runs(store, run_ids: list[str]) -> list[dict]:
     return list(records.values())
 
 
-def _cell(value, width: int = 36) -> str:
-    """A value for the compare table: numbers short, long text (descriptions) cut with "…"."""
-    text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _cell(value: Any) -> str:
+    from trialdeck.tui.live import cell
+
+    return cell(value, 36)
 
 
 @app.command("compare")

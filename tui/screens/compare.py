@@ -26,7 +26,7 @@ from textual.widgets import Footer, Static
 from trialdeck.engine.catalogue import compare
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import fmt_seconds
+from trialdeck.tui.live import cell, fmt_seconds, tags_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.line_plot import LinePlot
 from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
@@ -109,9 +109,8 @@ def first_metric(names: tuple[str, ...], wanted: str) -> str:
     return wanted if wanted in names else "val_loss" if "val_loss" in names else names[0] if names else wanted
 
 
-def _cell(value: Any, width: int = 28) -> str:
-    text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _cell(value: Any) -> str:
+    return cell(value, 28)
 
 
 class CompareScreen(LiveScreen):
@@ -257,7 +256,7 @@ class CompareScreen(LiveScreen):
         for r, s in zip(self.records, self.comparison.summaries.get(self.metric, ())):
             rows.append((r["id"], ("● " + r["id"], _cell(r.get("preset")), str(r.get("state")), _cell(s["best"]),
                                    _cell(s["best_epoch"]), _cell(s["kept_epoch"]), str(s["epochs"]),
-                                   fmt_seconds(s["seconds"]) or "-", " ".join(f"#{t}" for t in r.get("tags") or ()))))
+                                   fmt_seconds(s["seconds"]) or "-", tags_text(r))))
         return rows
 
     def _show_summary(self) -> None:

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 from trialdeck.engine.runtime.recorder import LOG_NAME
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable
+from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable, tags_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.live_table import STATE_STYLES
 from trialdeck.tui.widgets.plots import CurvePlot, Series, clean
@@ -166,7 +166,7 @@ class RunDetailScreen(LiveScreen):
         if r.get("study") is not None:
             out.append(f"  study {r['study']} trial {r.get('trial')}")
         if r.get("tags"):
-            out.append("  " + " ".join(f"#{t}" for t in r["tags"]), style="cyan")
+            out.append("  " + tags_text(r), style="cyan")
         if r.get("note"):
             out.append(f"\nnote: {r['note']}", style="italic")
         if hist:  # which epoch's weights it kept, the monitor's best, the last epoch: each labelled

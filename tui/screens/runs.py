@@ -17,7 +17,7 @@ from textual.widgets import Footer, Static
 
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row
+from trialdeck.tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row, tags_text
 from trialdeck.tui.probes import status_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.event_log import EventLog
@@ -45,14 +45,9 @@ class RunsTable(LiveTable):
 
 
 def matches(run: dict, words: list[str]) -> bool:
-    tags = " ".join(f"#{t}" for t in run.get("tags") or ())
     hay = (f"{run['id']} {run['state']} {run.get('preset', '')} {run.get('slot') or ''} {run.get('study') or ''} "
-           f"{tags} {run.get('note') or ''}").lower()
+           f"{tags_text(run)} {run.get('note') or ''}").lower()
     return all(w in hay for w in words)
-
-
-def tags_cell(run: dict) -> str:
-    return " ".join(f"#{t}" for t in run.get("tags") or ())
 
 
 def first_run_hint(mode_keys: tuple[str, ...], queue_key: str) -> Text:
@@ -146,7 +141,7 @@ class RunsScreen(LiveScreen):
             hit = cache.get(run_id)
             if hit is None or hit[0] != mark or r["state"] == "running":
                 row = run_row(r, live.get(run_id), now, totals.get(run_id))
-                hit = cache[run_id] = (mark, (*row, tags_cell(r)) if tagged else row)
+                hit = cache[run_id] = (mark, (*row, tags_text(r)) if tagged else row)
             rows.append((run_id, hit[1]))
         if len(cache) > 4 * MAX_ROWS:
             shown = {run_id for run_id, _ in rows}
