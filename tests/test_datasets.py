@@ -424,3 +424,14 @@ def test_cifar100_and_svhn_missing_offline_say_which_file_goes_where(tmp_path, n
     assert "\n" not in message and message.startswith(f"{name}:") and "no network?" in message
     assert expected_file in message and str(data_dir) in message
     assert no_network, "a download should have been attempted"
+
+
+def test_data_facts_are_what_load_data_builds_without_building_it():
+    from trialdeck.engine.datasets import data_facts, load_data
+    from trialdeck.engine.presets.schema import DataConfig
+
+    cfg = DataConfig(dataset="digits", val_fraction=0.25, train_fraction=0.5)
+    data = load_data(cfg, seed=3, device="cpu")
+    assert data_facts(cfg, seed=3) == {
+        "shape": data.shape, "classes": data.classes, "class_names": data.class_names, "mean": data.mean,
+        "std": data.std, "pixel_max": data.pixel_max, "task": data.task}

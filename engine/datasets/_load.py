@@ -19,7 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -124,6 +124,20 @@ def load_data(
         return _device_data(dataset.name, raw, raw_key, cfg, int(seed), dev)
 
 
+def data_facts(cfg: DataConfig, *, seed: int, data_dir: Path | None = None) -> dict[str, Any]:
+    """What a run's network is built for and how its inputs are normalised (shape, classes and
+    their names, task, per-channel mean and std of its training subset, pixel_max), as
+    `load_data` would give them, without building the normalised tensors."""
+    dataset, data_dir, _, raw_key = _resolve(cfg, "cpu", data_dir)
+    with _lock:
+        raw, _ = _raw_arrays(dataset, cfg, data_dir, raw_key)
+        train_idx, _ = _split(raw, cfg, int(seed))
+        mean, std = channel_stats(raw, train_idx)
+    return {"shape": tuple(int(d) for d in raw.x.shape[1:]), "classes": len(raw.classes), "class_names": raw.classes,
+            "mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
+            "pixel_max": raw.pixel_max, "task": raw.task}
+
+
 def load_feed(
     cfg: DataConfig,
     *,
@@ -141,7 +155,7 @@ def load_feed(
         need = (len(train_idx) + len(val_idx)) * math.prod(raw.x.shape[1:]) * 4  # float32 on the device
         budget = device_budget(cfg, dev)
         if budget is None or need <= budget:
-            return DeviceFeed(_device_data(dataset.name, raw, raw_key, cfg, int(seed), dev), note)
+            return DeviceFeed(_device_data(dataset.name, raw, raw_key, cfg, int(seed), dev, (train_idx, val_idx)), note)
         mean, std = channel_stats(raw, train_idx)
     workers = DEFAULT_WORKERS if cfg.workers is None else cfg.workers
     why = (f"{need / 2**20:,.1f} MiB of float32 data is over the device budget of {budget / 2**20:,.1f} MiB "
@@ -211,17 +225,20 @@ def channel_stats(raw: RawArrays, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     return mean.to(torch.float32), std.to(torch.float32)
 
 
-def _device_data(name: str, raw: RawArrays, raw_key: tuple, cfg: DataConfig, seed: int, device: torch.device) -> TensorData:
+def _device_data(name: str, raw: RawArrays, raw_key: tuple, cfg: DataConfig, seed: int, device: torch.device,
+                 split: tuple[torch.Tensor, torch.Tensor] | None = None) -> TensorData:
+    """The normalised tensors on `device`, cached; `split`: `_split(raw, cfg, seed)` when the caller has it."""
     key = (raw_key, cfg.train_fraction, cfg.val_fraction, seed, str(device))
     cached = _lru_get(_data_cache, key)
     if cached is None:
-        cached = _build(name, raw, cfg, seed=seed, device=device)
+        cached = _build(name, raw, cfg, seed=seed, device=device, split=split)
         _lru_put(_data_cache, key, cached, _DATA_CACHE_SIZE)
     return cached
 
 
-def _build(name: str, raw: RawArrays, cfg: DataConfig, *, seed: int, device: torch.device) -> TensorData:
-    train_idx_t, val_idx_t = _split(raw, cfg, seed)
+def _build(name: str, raw: RawArrays, cfg: DataConfig, *, seed: int, device: torch.device,
+           split: tuple[torch.Tensor, torch.Tensor] | None = None) -> TensorData:
+    train_idx_t, val_idx_t = split if split is not None else _split(raw, cfg, seed)
     scale = 1.0 / raw.pixel_max if raw.pixel_max else 1.0
     mean, std = channel_stats(raw, train_idx_t)
     view = (1, -1, *([1] * (raw.x.dim() - 2)))

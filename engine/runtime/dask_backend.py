@@ -46,9 +46,10 @@ from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime.dask_link import RETRY_SECONDS, ClusterLink
-from trialdeck.engine.runtime.dask_worker import APPENDED, FILES, WHOLE
+from trialdeck.engine.runtime.dask_worker import APPENDED, FILES, WHOLE, script_files
 from trialdeck.engine.runtime.placement import CANCEL_GRACE, CLUSTER_STATUS_NAME, STOP_GRACE, BasePlacement
 from trialdeck.engine.runtime.scheduler import pinned_device
+from trialdeck.engine.runtime.script import REPORTED_NAME
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write, make_private_dir, private_open
 
@@ -428,17 +429,12 @@ class DaskPlacement(BasePlacement):
         """The files a resume needs: the checkpoint, a script's reported lines and its own files."""
         run_dir = self.ws.runs_dir / run_id
         out: dict[str, bytes] = {}
-        for rel in (WHOLE, "reported.jsonl"):
+        for rel in (WHOLE, REPORTED_NAME):
             with contextlib.suppress(FileNotFoundError):
                 out[rel] = (run_dir / rel).read_bytes()
-        files = run_dir / FILES
-        if files.is_dir():
-            for root, _, names in os.walk(files):
-                for name in names:
-                    if not name.startswith("."):
-                        path = Path(root) / name
-                        with contextlib.suppress(OSError):
-                            out[str(path.relative_to(run_dir))] = path.read_bytes()
+        for rel in script_files(run_dir):
+            with contextlib.suppress(OSError):
+                out[rel] = (run_dir / rel).read_bytes()
         return out
 
     # -- the end -----------------------------------------------------------------------------

@@ -38,19 +38,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.runtime.script import FILES_NAME, REPORTED_NAME
 from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, _run_one
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 from trialdeck.engine.types import EventKind, RunEvent, RunState
-from trialdeck.engine.workspace import Workspace, atomic_write, make_private_dir, private_open
+from trialdeck.engine.workspace import CHECKPOINT_NAME, Workspace, atomic_write, make_private_dir, private_open
 
 TICK = 0.2
 """Seconds between two shipments of a run's news, and two reads of its control variable."""
 CHUNK = 4 << 20
 """Whole files travel in parts of at most this many bytes (each a queue item through the scheduler)."""
-APPENDED = ("metrics.jsonl", "log.txt", "reported.jsonl")
+APPENDED = (METRICS_NAME, LOG_NAME, REPORTED_NAME)
 """Files of a run folder that only grow: their new bytes are sent."""
-WHOLE = "checkpoint.pt"
-FILES = "files"
+WHOLE = CHECKPOINT_NAME
+FILES = FILES_NAME
 """A script run's own folder (TRIALDECK_RUN_DIR): each file is sent whole when it changed and settled."""
 ENGINE_LOST = 60.0
 """Seconds without a beat from the engine after which a run stops here (checkpoint kept)."""
@@ -162,12 +164,7 @@ class Outbox:
             self.notes.append(plain(list(message)))
 
     def _whole_files(self) -> list[str]:
-        out = [WHOLE] if (self.run_dir / WHOLE).exists() else []
-        files = self.run_dir / FILES
-        if files.is_dir():
-            for root, _, names in os.walk(files):
-                out += [os.path.relpath(os.path.join(root, n), self.run_dir) for n in names if not n.startswith(".")]
-        return out
+        return ([WHOLE] if (self.run_dir / WHOLE).exists() else []) + script_files(self.run_dir)
 
     def collect(self, final: bool = False) -> list[dict[str, Any]]:
         """The messages to send now, in order: parts of whole files, then one with the rest."""
@@ -402,6 +399,16 @@ class PrunerVerdict(TrainerCallback):
 
 
 # ----------------------------------------------------------------------------- the task
+
+
+def script_files(run_dir: Path) -> list[str]:
+    """A script run's own files (FILES, dotfiles left out), as paths relative to `run_dir`."""
+    out: list[str] = []
+    files = run_dir / FILES
+    if files.is_dir():
+        for root, _, names in os.walk(files):
+            out += [os.path.relpath(os.path.join(root, n), run_dir) for n in names if not n.startswith(".")]
+    return out
 
 
 def missing_workdir(record: dict[str, Any], where: str) -> str | None:

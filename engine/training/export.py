@@ -60,14 +60,14 @@ def _checkpoint(ws: Workspace, record: dict[str, Any]) -> tuple[Path, dict[str, 
 def _data_facts(spec: RunSpec, ws: Workspace) -> dict[str, Any]:
     """What the network was built for and how its inputs were normalised, from the run's own data split."""
     # Deferred: the datasets pull in scikit-learn / torchvision, needed only here.
-    from trialdeck.engine.datasets import load_data
+    from trialdeck.engine.datasets import data_facts
 
-    data = load_data(spec.data, seed=spec.train.seed, device="cpu", data_dir=ws.data_dir)
-    facts = {"input_shape": list(data.shape), "classes": data.classes, "class_names": list(data.class_names),
-             "mean": list(data.mean), "std": list(data.std),
-             "task": getattr(data, "task", "classification")}  # (regression: `classes` counts targets)
-    if data.pixel_max is not None:
-        facts["pixel_max"] = data.pixel_max
+    data = data_facts(spec.data, seed=spec.train.seed, data_dir=ws.data_dir)
+    facts = {"input_shape": list(data["shape"]), "classes": data["classes"], "class_names": list(data["class_names"]),
+             "mean": list(data["mean"]), "std": list(data["std"]),
+             "task": data["task"]}  # (regression: `classes` counts targets)
+    if data["pixel_max"] is not None:
+        facts["pixel_max"] = data["pixel_max"]
     return facts
 
 
