@@ -145,11 +145,7 @@ class TrialdeckApp(App[None]):
 
     def mode_keys(self) -> tuple[str, ...]:
         """Display keys of the four views, after keys.toml."""
-        out = []
-        for binding_id in ("show_runs", "show_presets", "show_queue", "show_studies"):
-            keys = self._keymap.get(binding_id, ACTIONS[binding_id][0])
-            out.append(self.get_key_display(Binding(keys.split(",")[0], "")))
-        return tuple(out)
+        return tuple(self.key_for(b) for b in ("show_runs", "show_presets", "show_queue", "show_studies"))
 
     # ----------------------------------------------------------------- the reader
 

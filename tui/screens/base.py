@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 from trialdeck.tui.context import Context
+from trialdeck.tui.keymap import ACTIONS
 from trialdeck.tui.live import Catalog, LiveRun, LogEntry
 from trialdeck.tui.probes import EngineSample, HardwareSample
 
@@ -42,6 +43,15 @@ class LiveScreen(Screen):
 
     def now(self) -> float:
         return self.ctx.clock()
+
+    def key_for(self, binding_id: str) -> str:
+        """How the footer shows a binding's first key, after keys.toml (the app's); its default
+        key in an app that has no keymap."""
+        app_key_for = getattr(self.app, "key_for", None)
+        if app_key_for is not None:
+            return str(app_key_for(binding_id))
+        key = ACTIONS[binding_id][0].split(",")[0]
+        return "␣" if key == "space" else key
 
     @property
     def typing(self) -> bool:

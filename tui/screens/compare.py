@@ -293,7 +293,7 @@ class CompareScreen(LiveScreen):
         for label, active in (("Summary", summary), (f"Config differences ({n})", not summary)):
             out.append(f" {label} ", style="bold reverse" if active else "dim")
             out.append(" ")
-        key = getattr(self.app, "key_for", lambda _: "v")("view")
+        key = self.key_for("view")
         out.append(f" {key} switches", style="dim")
         self.query_one("#compare-tabbar", Static).update(out, layout=False)
 

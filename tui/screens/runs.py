@@ -160,8 +160,7 @@ class RunsScreen(LiveScreen):
         hint = self.query_one("#runs-hint", Static)
         if empty and not hint.display:
             modes = getattr(self.app, "mode_keys", lambda: ("1", "2", "3", "4"))()
-            key_for = getattr(self.app, "key_for", None)
-            hint.update(first_run_hint(modes, key_for("queue") if key_for else "r"))
+            hint.update(first_run_hint(modes, self.key_for("queue")))
         hint.display = empty
 
     def _refresh_status(self) -> None:
@@ -173,7 +172,7 @@ class RunsScreen(LiveScreen):
             text += f" │ showing {shown} of {len(self.catalog.runs)}"
         marked = len(self.query_one(RunsTable).marked)
         if marked:  # first: at 80 columns the end of the line is cut
-            compares = getattr(self.app, "key_for", lambda _: "C")("compare")
+            compares = self.key_for("compare")
             text = f"{marked} marked" + (f" ({compares} compares)" if marked >= 2 else "") + " │ " + text
         if text != self._status_text:  # only when it changed (marking a run changes it each press)
             self._status_text = text

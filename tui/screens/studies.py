@@ -230,7 +230,7 @@ class StudiesScreen(LiveScreen):
         why = trial and (trial.get("fail_reason") or trial.get("prune_reason"))
         text = Text(f"#{trial['number']} {trial['state']}: {why}") if why else Text(self._counts, style="dim")
         if not why and self.trials:
-            key = getattr(self.app, "key_for", lambda binding_id: {"mark": "␣", "compare": "C"}[binding_id])
+            key = self.key_for
             marked = self.query_one(TrialTable).marked
             text.append(f"  │  {len(marked)} marked, {key('compare')} compares" if len(marked) >= 2 else
                         f"  │  {len(marked)} marked" if marked else f"  │  {key('mark')} marks trials to compare",
