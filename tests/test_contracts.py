@@ -8,6 +8,8 @@ it lands. A registry entry without a way to test it fails `test_every_*_has_a_ca
   split, and the cache key is stable.
 - Schedules (engine.training.schedules.SCHEDULES): finite positive rates, the same rates for the
   same inputs, and a state round trip mid-run continues exactly like an uninterrupted run.
+- Kinds (engine.kinds): every name a preset may pick has its implementation, and every
+  implementation its name, in each registry.
 """
 
 from __future__ import annotations
@@ -196,3 +198,26 @@ class TestScheduleContract:
         resumed = make_schedule(cfg, 0.1, EPOCHS)
         resumed.load_state_dict(state)
         assert head + _rates(resumed, 7, EPOCHS) == whole
+
+
+# ----------------------------------------------------------------------------- kinds
+
+
+def test_every_kind_named_in_the_registry_has_its_implementation_and_no_other():
+    """engine.kinds names each kind once; the schema's Literal types are those names, and each
+    implementation registry is keyed by exactly them."""
+    import typing
+
+    from trialdeck.engine import kinds
+    from trialdeck.engine.presets.schema import ModelConfig, OptimizerConfig, TuneConfig
+    from trialdeck.engine.training.models import ACTIVATIONS
+    from trialdeck.engine.training.optimizers import OPTIMIZERS
+    from trialdeck.engine.tuning.samplers import PRUNERS, SAMPLERS
+
+    implemented = {"dataset": DATASET_REGISTRY, "activation": ACTIVATIONS, "optimizer": OPTIMIZERS,
+                   "schedule": SCHEDULES, "sampler": SAMPLERS, "pruner": PRUNERS}
+    for kind, registry in implemented.items():
+        assert sorted(registry) == sorted(kinds.REGISTRIES[kind]), kind
+    assert typing.get_args(ModelConfig.model_fields["kind"].annotation) == kinds.MODEL_KINDS
+    assert typing.get_args(OptimizerConfig.model_fields["name"].annotation) == kinds.OPTIMIZERS
+    assert typing.get_args(TuneConfig.model_fields["sampler"].annotation) == kinds.SAMPLERS

@@ -27,7 +27,8 @@ from trialdeck.engine.datasets import (
     split_indices,
 )
 from trialdeck.engine.errors import DatasetUnavailable, PresetError
-from trialdeck.engine.presets.schema import DATASETS, DataConfig
+from trialdeck.engine.kinds import DATASETS
+from trialdeck.engine.presets.schema import DataConfig
 
 
 @pytest.fixture(autouse=True)

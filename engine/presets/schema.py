@@ -21,19 +21,23 @@ from pydantic import (
     model_validator,
 )
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic", "arrays", "imagefolder")
-USER_DATASETS = ("arrays", "imagefolder")
-"""Datasets read from a user's own files (`data.path`)."""
-BUILTIN_MODELS = ("mlp", "cnn")
-"""Models trialdeck builds itself: hidden, channels, activation, batch_norm and dropout apply to these."""
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
-SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
-PRUNERS = ("none", "median", "hyperband", "successive_halving")
-METRICS = ("val_loss", "val_acc", "train_loss", "val_mae")
-"""The per-epoch metrics a run records; monitors and tuning objectives pick one. A classifier
-records val_acc, a regression (`dataset = "arrays"` with float targets) val_mae instead."""
+from trialdeck.engine.kinds import (
+    BUILTIN_MODELS,
+    METRICS,
+    USER_DATASETS,
+    Activation,
+    BatchNorm,
+    Dataset,
+    Direction,
+    FillMode,
+    ModelKind,
+    Optimizer,
+    Precision,
+    Pruner,
+    Sampler,
+    Schedule,
+)
+
 FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 """`model.factory`: "package.module:function"."""
 
@@ -80,8 +84,7 @@ class Block(BaseModel):
 
 
 class DataConfig(Block):
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "synthetic", "arrays",
-                     "imagefolder"] = "digits"
+    dataset: Dataset = "digits"
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     """The "larger dataset" knob: fraction of the training split used."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -137,7 +140,7 @@ def _check_args(value: Any, path: str) -> None:
 
 
 class ModelConfig(Block):
-    kind: Literal["mlp", "cnn", "torchvision", "python"] = "mlp"
+    kind: ModelKind = "mlp"
     """mlp and cnn are built by trialdeck; torchvision: `arch` from torchvision.models; python:
     your own `factory`."""
     hidden: list[Width] = Field(default_factory=lambda: [256, 256], max_length=64)
@@ -147,8 +150,8 @@ class ModelConfig(Block):
     Lets a search space choose the number of layers (the article's two-or-three layers)."""
     channels: list[Width] = Field(default_factory=lambda: [32, 64], max_length=16)
     """cnn only: output channels of each 3x3 conv block (conv, [bn], act, 2x2 max-pool)."""
-    activation: Literal["relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid"] = "relu"
-    batch_norm: Literal["none", "before_activation", "after_activation"] = "none"
+    activation: Activation = "relu"
+    batch_norm: BatchNorm = "none"
     dropout: Prob | list[Prob] = 0.0
     """One rate for every hidden layer, or one per hidden layer. Inverted dropout: kept units
     are scaled by 1/(1-p) during training, nothing is scaled at inference."""
@@ -221,7 +224,7 @@ class RegularizationConfig(Block):
 
 
 class OptimizerConfig(Block):
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    name: Optimizer = "adam"
     lr: float = Field(1e-3, gt=0.0, le=100.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     """sgd and rmsprop."""
@@ -242,7 +245,7 @@ class OptimizerConfig(Block):
 
 
 class ScheduleConfig(Block):
-    kind: Literal["constant", "step", "exponential", "cosine", "plateau"] = "constant"
+    kind: Schedule = "constant"
     drop: float = Field(0.5, gt=0.0, le=1.0)
     """step: lr = lr0 * drop ** floor((1 + epoch) / epochs_drop), epoch counted from 0."""
     epochs_drop: float = Field(10.0, gt=0.0, le=1e6)
@@ -278,7 +281,7 @@ class AugmentConfig(Block):
     """Zoom factor drawn uniformly in [1 - zoom, 1 + zoom], independently for x and y."""
     horizontal_flip: bool = False
     """Mirror left-right with probability 0.5."""
-    fill_mode: Literal["nearest", "constant", "reflect"] = "nearest"
+    fill_mode: FillMode = "nearest"
     cval: float = 0.0
     """constant: the fill value, in raw pixel units (0 = black)."""
 
@@ -313,7 +316,7 @@ class TrainConfig(Block):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = "auto"
     """auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     """bf16 autocast; used on CUDA only."""
     compile: bool = False
     """torch.compile the model: worth it for long runs only."""
@@ -375,10 +378,10 @@ class SpaceEntry(Block):
 
 
 class TuneConfig(Block):
-    sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "tpe"
-    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+    sampler: Sampler = "tpe"
+    pruner: Pruner = "median"
     metric: str = "val_loss"
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Direction = "minimize"
 
     _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
     reduce: Literal["best", "last"] = "best"

@@ -18,7 +18,8 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from trialdeck.engine.presets.schema import BUILTIN_MODELS, USER_DATASETS, RunSpec
+from trialdeck.engine.kinds import BUILTIN_MODELS, USER_DATASETS
+from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.workspace import CHECKPOINT_NAME
 
 MAX_MEMBERS = 32

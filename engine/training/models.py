@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from trialdeck.engine.errors import PresetError, TrialdeckError
+from trialdeck.engine.kinds import Activation
 from trialdeck.engine.presets.schema import ModelConfig
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS: dict[Activation, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from trialdeck.engine.kinds import Optimizer
 from trialdeck.engine.presets.schema import OptimizerConfig, RunSpec
 
 Params = Iterable[torch.Tensor]
@@ -32,7 +33,7 @@ def _rmsprop(o: OptimizerConfig, params: Params) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-OPTIMIZERS: dict[str, OptimizerFactory] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop}
+OPTIMIZERS: dict[Optimizer, OptimizerFactory] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop}
 
 
 def make_optimizer(spec: RunSpec, params: Params) -> torch.optim.Optimizer:

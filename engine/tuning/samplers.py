@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from trialdeck.engine.kinds import Pruner, Sampler
 from trialdeck.engine.presets.schema import TuneConfig
 from trialdeck.engine.tuning.space import grid
 
@@ -22,7 +23,7 @@ class ExhaustibleGridSampler(optuna.samplers.GridSampler):
         pass
 
 
-SAMPLERS: dict[str, Callable[[TuneConfig], optuna.samplers.BaseSampler]] = {
+SAMPLERS: dict[Sampler, Callable[[TuneConfig], optuna.samplers.BaseSampler]] = {
     "grid": lambda t: ExhaustibleGridSampler(grid(t), seed=t.seed),
     "random": lambda t: optuna.samplers.RandomSampler(seed=t.seed),
     "tpe": lambda t: optuna.samplers.TPESampler(seed=t.seed),
@@ -30,7 +31,7 @@ SAMPLERS: dict[str, Callable[[TuneConfig], optuna.samplers.BaseSampler]] = {
     "qmc": lambda t: optuna.samplers.QMCSampler(seed=t.seed, warn_independent_sampling=False),
 }
 
-PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+PRUNERS: dict[Pruner, Callable[[], optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
