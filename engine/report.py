@@ -15,6 +15,9 @@ Invariants:
   engine reads complete lines only and waits for a torn last line's newline.
 - Outside trialdeck (no TRIALDECK_METRICS) `report` does nothing, so the same
   script still runs by hand.
+- The module is callable: `from trialdeck.engine import report; report(epoch=1)`
+  (the public surface) and `from trialdeck.engine.report import report` (the
+  older deep path) call the same function.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +78,15 @@ def params() -> dict[str, Any]:
     """The run's `[params]` (with `--set` and a study's samples applied); {} outside trialdeck."""
     text = os.environ.get("TRIALDECK_PARAMS")
     return json.loads(text) if text else {}
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `report(...)`: Python binds a package's attribute to its submodule
+    once the submodule is imported, so `trialdeck.engine.report` can only ever be this module;
+    calling it is what a user of `from trialdeck.engine import report` means."""
+
+    def __call__(self, **metrics: Any) -> None:
+        report(**metrics)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -129,6 +129,34 @@ def test_import_engine_does_not_import_torch():
     assert not loaded & (HEAVY | UI), f"import trialdeck.engine loaded {sorted(loaded & (HEAVY | UI))}"
 
 
+PUBLIC_SURFACE = r"""
+import importlib.metadata, os, sys, tempfile
+from trialdeck.engine import __version__, report
+assert "torch" not in sys.modules, "report needs no torch"
+path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+os.environ["TRIALDECK_METRICS"] = path
+report(epoch=1, val_loss=0.5)
+from trialdeck.engine.report import report as deep_report, run_dir
+import trialdeck.engine.report as deep_module
+deep_report(epoch=2)
+deep_module.report(epoch=3)
+assert deep_module is report and run_dir() == report.run_dir()
+assert [line.count("epoch") for line in open(path)] == [1, 1, 1]
+from trialdeck.engine import load_model
+from trialdeck.engine.training.export import load_model as deep_load_model
+assert load_model is deep_load_model
+assert __version__ == importlib.metadata.version("trialdeck"), (__version__, importlib.metadata.version("trialdeck"))
+"""
+
+
+def test_the_public_surface_is_report_load_model_and_the_one_version():
+    """`from trialdeck.engine import report, load_model, __version__`: report is callable and the
+    same object as the deep path, loads no torch; load_model is the export's; the installed
+    distribution's version is the package's."""
+    loaded = loaded_after(PUBLIC_SURFACE)
+    assert "torch" in loaded, "load_model loads torch (on first use)"
+
+
 def _help_probe(argv: list[str]) -> str:
     return (
         f"sys.argv = {argv!r}\n"

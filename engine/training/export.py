@@ -1,6 +1,6 @@
 """Getting a trained model out: write a run's kept weights beside its config, and load them back.
 
-    from trialdeck.engine.training.export import load_model
+    from trialdeck.engine import load_model
     model = load_model("r3")            # a run of $TRIALDECK_HOME (or home=...)
     model = load_model("out/model.pt")  # what `trialdeck runs export r3 --model out/model.pt` wrote
 
@@ -96,7 +96,7 @@ def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[
     save_checkpoint(weights, payload["model"])  # atomic, as a checkpoint is
     config = config_path_for(weights)
     header = (f"# Exported by trialdeck from run {record['id']}: the weights are in {weights.name} (a state_dict).\n"
-              f"# Load it: from trialdeck.engine.training.export import load_model; model = load_model({str(weights)!r})\n")
+              f"# Load it: from trialdeck.engine import load_model; model = load_model({str(weights)!r})\n")
     # Through config_toml: TOML has no null, and it leaves unset keys out the way presets do.
     body = tomli_w.dumps({"export": meta, "config": tomllib.loads(config_toml(payload["config"]))})
     atomic_write(config, (header + body).encode())

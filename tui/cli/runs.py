@@ -384,7 +384,7 @@ def runs_export(
     """Per-epoch histories (one row per run and epoch) as CSV or JSON; or, with --model, one run's trained weights.
 
     Load exported weights back with
-    `from trialdeck.engine.training.export import load_model; model = load_model("PATH")`.
+    `from trialdeck.engine import load_model; model = load_model("PATH")`.
     """
     store = open_store(home)
     records = _distinct_runs(store, run_ids)
