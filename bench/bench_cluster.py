@@ -39,7 +39,7 @@ from bench import gpus_hidden  # noqa: E402
 from bench.bench_engine import PRESET, _item, _stream, _wait_done, _wait_idle  # noqa: E402
 from trialdeck.engine.catalogue.store import Store  # noqa: E402
 from trialdeck.engine.presets import resolve  # noqa: E402
-from trialdeck.engine.runtime.client import notify, start_engine, stop_engine  # noqa: E402
+from trialdeck.engine.runtime.control.client import notify, start_engine, stop_engine  # noqa: E402
 from trialdeck.engine.workspace import Workspace  # noqa: E402
 
 OVERHEAD_TARGET = 0.25

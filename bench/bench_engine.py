@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from bench import gpus_hidden  # noqa: E402
 from trialdeck.engine.catalogue.store import Store  # noqa: E402
 from trialdeck.engine.presets import resolve  # noqa: E402
-from trialdeck.engine.runtime.client import notify, start_engine, stop_engine  # noqa: E402
+from trialdeck.engine.runtime.control.client import notify, start_engine, stop_engine  # noqa: E402
 from trialdeck.engine.workspace import Workspace  # noqa: E402
 
 PRESET = "seed/step-decay"

@@ -36,8 +36,8 @@ import psutil  # noqa: E402
 from bench import gpus_hidden  # noqa: E402
 from trialdeck.engine.catalogue.store import Store  # noqa: E402
 from trialdeck.engine.presets.loader import resolve  # noqa: E402
-from trialdeck.engine.runtime.client import notify, start_engine, stop_engine  # noqa: E402
-from trialdeck.engine.runtime.control import enqueue  # noqa: E402
+from trialdeck.engine.runtime.control.actions import enqueue  # noqa: E402
+from trialdeck.engine.runtime.control.client import notify, start_engine, stop_engine  # noqa: E402
 from trialdeck.engine.workspace import Workspace  # noqa: E402
 
 SCRIPT_DIR = Path(__file__).resolve().parent / "scripts"

@@ -81,7 +81,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
         from trialdeck.engine.catalogue.store import Store
-        from trialdeck.engine.runtime.recorder import METRICS_NAME
+        from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
 
         self.ws, self.ids = ws, ids
         self.store = Store(ws)

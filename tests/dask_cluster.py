@@ -63,7 +63,7 @@ class DaskCluster:
             (self.root / name).mkdir(exist_ok=True)
             self.workers[name] = self._spawn(name, "worker", self.url, "--nthreads", "1", "--no-nanny", "--name", name,
                                              "--no-dashboard", "--local-directory", str(self.root / name),
-                                             "--preload", "trialdeck.engine.runtime.dask_worker")
+                                             "--preload", "trialdeck.engine.runtime.workers.dask")
         deadline = time.monotonic() + START_TIMEOUT
         for name in names:
             # Each worker's log says so once it registered with the scheduler.

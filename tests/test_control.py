@@ -1,4 +1,4 @@
-"""trialdeck.engine.runtime.control's resume and rerun rules on a real TinyDB catalogue, no engine.
+"""trialdeck.engine.runtime.control.actions's resume and rerun rules on a real TinyDB catalogue, no engine.
 
 These are the rules `trialdeck runs resume|rerun` and the TUI share: which runs
 may be queued again under their own id, what the record says afterwards, and
@@ -11,7 +11,7 @@ import pytest
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput, TrialdeckError
-from trialdeck.engine.runtime import control
+from trialdeck.engine.runtime.control import actions as control
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.testing import seed_workspace
@@ -118,7 +118,7 @@ def test_rerun_keeps_the_folder_the_run_was_queued_from_and_resolves_its_sets_th
 
 
 def test_following_an_interrupted_run_ends_only_while_the_engine_is_held(seeded) -> None:
-    from trialdeck.engine.runtime.client import follow_ended
+    from trialdeck.engine.runtime.control.client import follow_ended
 
     ws, store, ids = seeded
     interrupted = store.transition(ids["running"], RunState.INTERRUPTED)

@@ -30,7 +30,7 @@ import pytest
 from tests.deck import REPO, TERMINAL, TRIALDECK
 from tests.deck import Deck as BaseDeck
 from tests.deck import gone as _gone
-from trialdeck.engine.runtime.gpus import probe_gpus
+from trialdeck.engine.runtime.placement.gpus import probe_gpus
 
 pytestmark = pytest.mark.slow
 
@@ -300,7 +300,7 @@ def test_each_failure_fails_alone_with_its_reason(deck: Deck) -> None:
         # `run` refuses such a run at enqueue (tests/test_newcomer.py); one already in the catalogue
         # (queued where the engine had a GPU) is failed by the engine.
         from trialdeck.engine.presets import preset_roots, resolve
-        from trialdeck.engine.runtime.client import notify
+        from trialdeck.engine.runtime.control.client import notify
 
         spec = resolve(PRESET, ["train.epochs=5", "train.device='cuda'"], preset_roots(deck.ws.presets_dir))
         [pinned_run] = deck.store.create_runs([{"preset": spec.preset, "config": spec.config(),
@@ -450,7 +450,7 @@ def test_engine_stop_interrupts_with_a_checkpoint_and_start_resumes(deck: Deck) 
 ENQUEUE = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
-    from trialdeck.engine.runtime.client import notify
+    from trialdeck.engine.runtime.control.client import notify
     from trialdeck.engine.presets import resolve
     from trialdeck.engine.catalogue.store import Store
     from trialdeck.engine.workspace import Workspace

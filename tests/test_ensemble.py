@@ -352,7 +352,7 @@ def test_callbacks_hear_what_train_tells_them():
 
 def test_run_recorders_record_each_member_on_its_own(tmp_path):
     from trialdeck.engine.catalogue.metrics import read_jsonl
-    from trialdeck.engine.runtime.recorder import METRICS_NAME, RunRecorder
+    from trialdeck.engine.runtime.runners.recorder import METRICS_NAME, RunRecorder
 
     class FakeStore:
         """The four calls RunRecorder makes, kept in memory."""
@@ -415,7 +415,7 @@ def test_trial_reporters_report_each_member_to_its_own_trial():
 
 
 def test_log_lines_of_events_name_the_epoch_only_when_there_is_one():
-    from trialdeck.engine.runtime.recorder import _event_line
+    from trialdeck.engine.runtime.runners.recorder import _event_line
     from trialdeck.engine.types import RunEvent
 
     assert _event_line(RunEvent("cancelled", None, "cancelled by the user")) == "cancelled: cancelled by the user"

@@ -195,7 +195,8 @@ ENGINE_WITHOUT_CLUSTER = r"""
 import os, signal, threading, time
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import resolve
-from trialdeck.engine.runtime import client, control, daemon
+from trialdeck.engine.runtime import daemon
+from trialdeck.engine.runtime.control import actions as control, client
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.probes import SystemProbe, status_text
 
@@ -222,6 +223,6 @@ def test_an_engine_without_a_cluster_never_imports_distributed(tmp_path):
     """The local placement is today's behaviour: an engine that ran a run (and the status it
     reports, and the TUI's engine line) never loads Dask's `distributed`."""
     loaded = loaded_after(f"HOME = {str(tmp_path / 'ws')!r}\n" + ENGINE_WITHOUT_CLUSTER)
-    assert "trialdeck.engine.runtime.placement" in loaded and "trialdeck.engine.runtime.daemon" in loaded
+    assert "trialdeck.engine.runtime.placement.local" in loaded and "trialdeck.engine.runtime.daemon" in loaded
     assert not loaded & {"distributed", "dask"}, f"the engine loaded {sorted(loaded & {'distributed', 'dask'})}"
-    assert "trialdeck.engine.runtime.dask_backend" not in loaded
+    assert "trialdeck.engine.runtime.placement.dask" not in loaded

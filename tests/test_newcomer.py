@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.deck import Deck, cli, gone, one_line
-from trialdeck.engine.runtime.gpus import probe_gpus
-from trialdeck.engine.runtime.versions import fit_warning, torch_build, wheel_index
+from trialdeck.engine.runtime.control.versions import fit_warning, torch_build, wheel_index
+from trialdeck.engine.runtime.placement.gpus import probe_gpus
 from trialdeck.tui.cli import app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -129,7 +129,7 @@ def finished_run(store: Store, state: RunState = RunState.COMPLETED, study: str 
 
 
 def test_a_webhook_gets_slack_and_discord_fields_and_is_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(notify, "BACKOFF", 0.01)
+    monkeypatch.setattr(notify.sender, "BACKOFF", 0.01)
     store = Store(Workspace(tmp_path / "ws").ensure())
     hook = Hook(fail_first=2)
     lines: list[str] = []

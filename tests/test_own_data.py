@@ -472,7 +472,7 @@ def test_a_folder_that_cannot_be_read_is_one_problem_line_not_a_traceback(tmp_pa
 
 
 def test_a_dask_worker_finds_a_python_model_by_its_model_path(tmp_path):
-    from trialdeck.engine.runtime.dask_worker import missing_workdir
+    from trialdeck.engine.runtime.workers.dask import missing_workdir
 
     record = {"config": {"model": {"kind": "python", "factory": "m:build", "path": str(tmp_path)}}}
     assert missing_workdir(record, "w1") is None  # a rerun or a trial carries no record workdir

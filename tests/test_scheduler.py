@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trialdeck.engine.runtime.scheduler import (
+from trialdeck.engine.runtime.placement.scheduler import (
     AUTO_MAX_PER_GPU,
     GIB,
     MARGIN_BYTES,
@@ -173,7 +173,7 @@ def test_the_engine_learns_a_workers_memory_report(tmp_path):
     import multiprocessing as mp
 
     from trialdeck.engine.runtime.daemon import Engine
-    from trialdeck.engine.runtime.placement import LocalPlacement, WorkerHandle
+    from trialdeck.engine.runtime.placement.local import LocalPlacement, WorkerHandle
     from trialdeck.engine.workspace import Workspace
 
     engine = Engine(Workspace(tmp_path / "ws").ensure(), cpu_slots=1)
@@ -192,7 +192,7 @@ def test_the_worker_reports_once_after_the_first_epoch():
     import multiprocessing as mp
 
     from trialdeck.engine.presets import resolve
-    from trialdeck.engine.runtime.worker import ControlCallback
+    from trialdeck.engine.runtime.workers.local import ControlCallback
     from trialdeck.engine.training.trainer import train
 
     calls = []
@@ -206,7 +206,7 @@ def test_a_worker_leaves_after_a_cuda_error_that_poisons_its_context(tmp_path):
     """A device-side assert or illegal address breaks the process's CUDA context for good;
     out of memory does not. The worker exits after the first (the engine starts a new one)."""
     from trialdeck.engine.catalogue.store import Store
-    from trialdeck.engine.runtime.worker import _cuda_broken
+    from trialdeck.engine.runtime.workers.local import _cuda_broken
     from trialdeck.engine.types import RunState
     from trialdeck.engine.workspace import Workspace
 
@@ -222,7 +222,7 @@ def test_a_worker_leaves_after_a_cuda_error_that_poisons_its_context(tmp_path):
 
 
 def test_cuda_visible_devices_by_index_or_uuid(monkeypatch):
-    from trialdeck.engine.runtime.gpus import _visible
+    from trialdeck.engine.runtime.placement.gpus import _visible
 
     gpu = GpuInfo(1, "H100", 80 * GIB, 80 * GIB, uuid="GPU-8f3c1a2b-0000-1111-2222-333344445555")
     assert _visible(gpu, "1") and _visible(gpu, "0, 1") and not _visible(gpu, "0")

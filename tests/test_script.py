@@ -21,9 +21,9 @@ from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory
 from trialdeck.engine.errors import PresetError
 from trialdeck.engine.presets.loader import resolve, resolve_script
 from trialdeck.engine.presets.schema import RunSpec, expand, format_param
-from trialdeck.engine.runtime.proctree import gpu_memory, stop_processes
-from trialdeck.engine.runtime.scheduler import footprint
-from trialdeck.engine.runtime.script import command_of, environment, script_file
+from trialdeck.engine.runtime.placement.scheduler import footprint
+from trialdeck.engine.runtime.runners.proctree import gpu_memory, stop_processes
+from trialdeck.engine.runtime.runners.script import command_of, environment, script_file
 from trialdeck.engine.training.membership import ensemble_key
 from trialdeck.engine.tuning.study import trial_value
 
@@ -273,9 +273,9 @@ def test_a_script_run_in_process_replaces_epochs_it_reports_again(tmp_path):
     goes back to an earlier epoch (as a resumed one does) leaves one entry per epoch with the later
     values, early stopping counts each epoch once, and nothing after the stop is recorded."""
     from trialdeck.engine.catalogue.store import Store
-    from trialdeck.engine.runtime.control import enqueue
-    from trialdeck.engine.runtime.recorder import RunRecorder
-    from trialdeck.engine.runtime.script import ScriptRun
+    from trialdeck.engine.runtime.control.actions import enqueue
+    from trialdeck.engine.runtime.runners.recorder import RunRecorder
+    from trialdeck.engine.runtime.runners.script import ScriptRun
     from trialdeck.engine.types import RunState
     from trialdeck.engine.workspace import Workspace
 

@@ -20,7 +20,7 @@ import trialdeck.engine.training.trainer as trainer_mod
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import resolve
 from trialdeck.engine.presets.schema import OptimizerConfig
-from trialdeck.engine.runtime.recorder import RunRecorder
+from trialdeck.engine.runtime.runners.recorder import RunRecorder
 from trialdeck.engine.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from trialdeck.engine.training.ensemble import train_ensemble
 from trialdeck.engine.training.optimizers import OPTIMIZERS, make_optimizer

@@ -1,7 +1,7 @@
 """What the TUI asks of the engine: queue, cancel, requeue, reorder, start a study. No Textual here.
 
 One job: the TUI's writes, through the engine's public API only (Store and
-trialdeck.engine.runtime.client), with the same rules as the CLI (`run`, `queue cancel|move|clear`):
+trialdeck.engine.runtime.control.client), with the same rules as the CLI (`run`, `queue cancel|move|clear`):
 a running run is cancelled by setting `cancel_requested` and waking the
 engine; with no engine alive it is marked cancelled directly. These run in
 thread workers: `ensure_engine` may take seconds.
@@ -16,7 +16,7 @@ from typing import Any
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.runtime import control
+from trialdeck.engine.runtime.control import actions as control
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.composition import Composition, PresetLibrary
 
@@ -56,7 +56,7 @@ class Control:
         self.store = store
         self.start_engine = start_engine
         if ensure is None or wake is None:
-            from trialdeck.engine.runtime.client import ensure_engine, notify
+            from trialdeck.engine.runtime.control.client import ensure_engine, notify
 
             ensure = ensure or ensure_engine
             wake = wake or notify

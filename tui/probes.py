@@ -44,7 +44,7 @@ class HardwareSample:
 
 
 class SystemProbe:
-    """Real readings: trialdeck.engine.runtime.client for the engine, psutil for CPU/RAM, NVML for GPUs."""
+    """Real readings: trialdeck.engine.runtime.control.client for the engine, psutil for CPU/RAM, NVML for GPUs."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -52,14 +52,14 @@ class SystemProbe:
         self._primed = False
 
     def engine(self) -> EngineSample:
-        from trialdeck.engine.runtime.client import engine_info
+        from trialdeck.engine.runtime.control.client import engine_info
 
         info = engine_info(self.ws)
         if not info:
             return EngineSample(False)
         cluster = None
         if info.get("cluster"):
-            from trialdeck.engine.runtime.placement import read_cluster_status
+            from trialdeck.engine.runtime.placement.base import read_cluster_status
 
             cluster = cluster_text(read_cluster_status(self.ws) or {"url": info["cluster"], "state": "connecting"})
         return EngineSample(True, info.get("pid"), info.get("started_at"), tuple(info.get("slots") or ()), cluster)
@@ -73,7 +73,7 @@ class SystemProbe:
         mem = psutil.virtual_memory()
         gpus: tuple[GpuSample, ...] = ()
         if self._gpus:
-            from trialdeck.engine.runtime.gpus import probe_gpus
+            from trialdeck.engine.runtime.placement.gpus import probe_gpus
 
             found = probe_gpus()
             self._gpus = bool(found)

@@ -36,11 +36,12 @@ from filelock import FileLock, Timeout
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import EngineUnavailable, TrialdeckError
+from trialdeck.engine.runtime.control.pidfile import alive, describe_pid
 from trialdeck.engine.runtime.notify import Notifier, NotifyConfig, parse_config
-from trialdeck.engine.runtime.pidfile import alive, describe_pid
-from trialdeck.engine.runtime.placement import BasePlacement, LocalPlacement
-from trialdeck.engine.runtime.script import forget_attempts, kill_leftovers
-from trialdeck.engine.runtime.script import resumes as script_resumes
+from trialdeck.engine.runtime.placement.base import BasePlacement
+from trialdeck.engine.runtime.placement.local import LocalPlacement
+from trialdeck.engine.runtime.runners.script import forget_attempts, kill_leftovers
+from trialdeck.engine.runtime.runners.script import resumes as script_resumes
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
@@ -63,7 +64,7 @@ class Engine:
         self.placement: BasePlacement
         if cluster:
             # Deferred: `distributed` is imported only by an engine that places runs on a cluster.
-            from trialdeck.engine.runtime.dask_backend import DaskPlacement
+            from trialdeck.engine.runtime.placement.dask import DaskPlacement
 
             self.placement = DaskPlacement(ws, self.store, self._log, self._ended, url=cluster,
                                            requeue=self._requeue)

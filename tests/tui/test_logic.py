@@ -16,8 +16,8 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets import preset_roots, resolve
 from trialdeck.engine.presets.authoring import write_preset
-from trialdeck.engine.runtime.control import REPEAT_LIMIT
-from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.runtime.control.actions import REPEAT_LIMIT
+from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
 from trialdeck.engine.types import RunState
 from trialdeck.tui.cli import app
 from trialdeck.tui.composition import Composition, PresetLibrary, dotted_keys, lr_curve

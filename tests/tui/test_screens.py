@@ -17,7 +17,7 @@ from tests.tui.conftest import SIZE, loaded, new_app, screen_name, show
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import preset_roots, resolve
-from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.runtime.runners.recorder import LOG_NAME, METRICS_NAME
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.live import LogEntry

@@ -91,7 +91,7 @@ def revive_engine(ws) -> None:
         return
     try:
         from trialdeck.engine.catalogue.store import Store
-        from trialdeck.engine.runtime.client import engine_info, start_engine, wants_engine
+        from trialdeck.engine.runtime.control.client import engine_info, start_engine, wants_engine
 
         if not ws.catalog_path.exists() or ws.held_path.exists() or engine_info(ws):
             return
@@ -123,7 +123,7 @@ def open_store(home: Path | None):
 
 
 def find_run(store, run_id: str) -> dict[str, Any]:
-    from trialdeck.engine.runtime.control import get_run
+    from trialdeck.engine.runtime.control.actions import get_run
 
     return get_run(store, run_id)
 

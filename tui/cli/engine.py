@@ -59,7 +59,7 @@ def engine_start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the engine in the background (detached: it survives logout and SSH drops)."""
-    from trialdeck.engine.runtime.client import engine_info, start_engine
+    from trialdeck.engine.runtime.control.client import engine_info, start_engine
 
     args = _daemon_args(cpu_slots, slots_per_gpu, recovery, cluster)
     ws = workspace(home)
@@ -81,7 +81,7 @@ def engine_start(
 def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Stop the engine gracefully: running runs checkpoint and become interrupted, and stay so
     until `trialdeck engine start` (or a command that queues new work) resumes them."""
-    from trialdeck.engine.runtime.client import stop_engine
+    from trialdeck.engine.runtime.control.client import stop_engine
 
     ws = workspace(home)
     info = stop_engine(ws, hold=True)
@@ -100,7 +100,7 @@ def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Whether the engine runs, its pid, uptime, slots, running and queued counts; torch's
     version and CUDA build, the NVIDIA driver's, and a warning when they do not fit."""
-    from trialdeck.engine.runtime.client import status
+    from trialdeck.engine.runtime.control.client import status
 
     info = status(workspace(home))
     if as_json:

@@ -50,8 +50,8 @@ def queue_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel queued runs (removed from the queue) or running ones (stopped within a second)."""
-    from trialdeck.engine.runtime import control
-    from trialdeck.engine.runtime.client import notify
+    from trialdeck.engine.runtime.control import actions as control
+    from trialdeck.engine.runtime.control.client import notify
 
     ws = workspace(home)
     store = open_store(home)

@@ -42,7 +42,7 @@ def train_cmd(
         sets.append(f"train.device={json.dumps(device)}")
     ws = workspace(home)
     spec = resolve(preset, sets, roots(home))
-    from trialdeck.engine.runtime.foreground import (
+    from trialdeck.engine.runtime.control.foreground import (
         run_foreground,  # deferred: imports torch
     )
 
@@ -87,7 +87,7 @@ def run_cmd(
 ) -> None:
     """Queue a preset (or, with --script, your own training program) as a run in the background engine."""
     from trialdeck.engine.presets import resolve
-    from trialdeck.engine.runtime.client import ensure_engine, notify
+    from trialdeck.engine.runtime.control.client import ensure_engine, notify
 
     # In click's words, as without ignore_unknown_options (which lets a script's options through).
     if script is None and ctx.args:
@@ -99,7 +99,7 @@ def run_cmd(
 
     if wait_ and follow_:
         raise BadInput("--wait and --follow: choose one")
-    from trialdeck.engine.runtime import control
+    from trialdeck.engine.runtime.control import actions as control
 
     control.check_repeat(repeat, "--repeat")
     from trialdeck.engine.catalogue.store import check_tags
@@ -129,7 +129,7 @@ def run_cmd(
         if follow_:
             follow_run(ws, ids[0], as_json)
         else:
-            from trialdeck.engine.runtime.client import wait_for_run
+            from trialdeck.engine.runtime.control.client import wait_for_run
 
             if not as_json:
                 err(f"queued {ids[0]}; waiting for it to end (Ctrl-C stops waiting, not the run)")
@@ -161,7 +161,7 @@ def _waiting_on(run_id: str) -> Iterator[None]:
 
 
 def follow_run(ws, run_id: str, as_json: bool) -> dict[str, Any]:
-    from trialdeck.engine.runtime.client import follow
+    from trialdeck.engine.runtime.control.client import follow
 
     with _waiting_on(run_id):
         return _follow_lines(run_id, as_json, follow(ws, run_id))

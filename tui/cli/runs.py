@@ -126,7 +126,7 @@ def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")],
                                                    "run ends (a script run's own output too); Ctrl-C stops.")] = False,
               home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Print the run's log file."""
-    from trialdeck.engine.runtime.recorder import LOG_NAME
+    from trialdeck.engine.runtime.runners.recorder import LOG_NAME
 
     ws = workspace(home)
     store = open_store(home)
@@ -150,7 +150,7 @@ def _follow_log(store, run_id: str, path) -> None:
     """`runs logs -f`: the log so far, then what is appended, in 64 KB reads (a script may
     print thousands of lines a second), until the run ends as `runs follow` says it does
     (reviving a dead engine on the way, as `runs follow` does)."""
-    from trialdeck.engine.runtime.client import follow_ended, revive_for
+    from trialdeck.engine.runtime.control.client import follow_ended, revive_for
 
     offset, checked, ended = 0, 0.0, False
     while True:
@@ -191,8 +191,8 @@ def runs_follow(run_id: Annotated[str, typer.Argument(help="Run id.")], home: Ho
 def runs_resume(run_ids: Annotated[list[str], typer.Argument(help="Failed, cancelled or interrupted run id(s).")],
                 home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Queue failed, cancelled or interrupted runs again, from their last checkpoint."""
-    from trialdeck.engine.runtime import control
-    from trialdeck.engine.runtime.client import ensure_engine, notify
+    from trialdeck.engine.runtime.control import actions as control
+    from trialdeck.engine.runtime.control.client import ensure_engine, notify
 
     ws = workspace(home)
     store = open_store(home)
@@ -223,8 +223,8 @@ def runs_rerun(
 ) -> None:
     """Queue a new run with the same configuration as each given run (theirs stay as they are);
     --set changes it, e.g. --set train.epochs=50 to train a study's best trial longer."""
-    from trialdeck.engine.runtime import control
-    from trialdeck.engine.runtime.client import ensure_engine, notify
+    from trialdeck.engine.runtime.control import actions as control
+    from trialdeck.engine.runtime.control.client import ensure_engine, notify
 
     ws = workspace(home)
     store = open_store(home)

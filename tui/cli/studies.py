@@ -30,7 +30,7 @@ app = typer.Typer(help="Browse tuning studies: list, show, best, export, stop.",
 
 
 def wait_study(ws, store, name: str, *, show: bool, timeout: float | None = None) -> dict[str, Any]:
-    from trialdeck.engine.runtime.client import engine_info, ensure_engine
+    from trialdeck.engine.runtime.control.client import engine_info, ensure_engine
 
     deadline = None if timeout is None else time.monotonic() + timeout
     seen_events = time.time()
@@ -239,7 +239,7 @@ def studies_stop(name: Annotated[str, typer.Argument(help="Study name.")], home:
                  as_json: JsonOpt = False) -> None:
     """Stop a running study: no new trials; its queued and running trials are cancelled."""
     from trialdeck.engine.catalogue.store import Store
-    from trialdeck.engine.runtime.client import notify
+    from trialdeck.engine.runtime.control.client import notify
 
     ws = workspace(home)
     store = Store(ws)

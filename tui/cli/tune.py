@@ -46,8 +46,8 @@ def tune_cmd(
     tags = check_tags(tag or [], "--tag")
     from trialdeck.engine.catalogue.store import Store
     from trialdeck.engine.presets import resolve
-    from trialdeck.engine.runtime.client import ensure_engine, notify
-    from trialdeck.engine.runtime.control import start_study
+    from trialdeck.engine.runtime.control.actions import start_study
+    from trialdeck.engine.runtime.control.client import ensure_engine, notify
 
     check_range("--trials", trials, 1, 1_000_000)
     check_range("--timeout", timeout, 1, 10 * 365 * 86400)
@@ -114,7 +114,7 @@ def worker_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Join a shared study from this box: ask, train here, tell, until the study has its trials."""
-    from trialdeck.engine.runtime.remote import run_worker
+    from trialdeck.engine.runtime.workers.study import run_worker
     from trialdeck.engine.tuning import study as studies
 
     check_range("--trials", trials, 1, 1_000_000)

@@ -45,11 +45,11 @@ from typing import Any
 from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.runtime.dask_link import RETRY_SECONDS, ClusterLink
-from trialdeck.engine.runtime.dask_worker import APPENDED, FILES, WHOLE, script_files
-from trialdeck.engine.runtime.placement import CANCEL_GRACE, CLUSTER_STATUS_NAME, STOP_GRACE, BasePlacement
-from trialdeck.engine.runtime.scheduler import pinned_device
-from trialdeck.engine.runtime.script import REPORTED_NAME
+from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, CLUSTER_STATUS_NAME, STOP_GRACE, BasePlacement
+from trialdeck.engine.runtime.placement.dask_link import RETRY_SECONDS, ClusterLink
+from trialdeck.engine.runtime.placement.scheduler import pinned_device
+from trialdeck.engine.runtime.runners.script import REPORTED_NAME
+from trialdeck.engine.runtime.workers.dask import APPENDED, FILES, WHOLE, script_files
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write, make_private_dir, private_open
 

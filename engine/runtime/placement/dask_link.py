@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trialdeck.engine.runtime.dask_worker import control_name, queue_name, run_task
+from trialdeck.engine.runtime.workers.dask import control_name, queue_name, run_task
 
 CONNECT_TIMEOUT = 5.0
 RETRY_SECONDS = 3.0

@@ -19,10 +19,10 @@ from filelock import FileLock, Timeout
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput, EngineUnavailable, ExitCode
-from trialdeck.engine.runtime import versions
-from trialdeck.engine.runtime.pidfile import alive, read_pid_info
-from trialdeck.engine.runtime.placement import read_cluster_status
-from trialdeck.engine.runtime.recorder import METRICS_NAME
+from trialdeck.engine.runtime.control import versions
+from trialdeck.engine.runtime.control.pidfile import alive, read_pid_info
+from trialdeck.engine.runtime.placement.base import read_cluster_status
+from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 

@@ -7,7 +7,7 @@ import os
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets.inputs import check_inputs
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.runtime.recorder import RunRecorder
+from trialdeck.engine.runtime.runners.recorder import RunRecorder
 from trialdeck.engine.training.callbacks import TrainerCallback
 from trialdeck.engine.training.trainer import train
 from trialdeck.engine.types import RunState
@@ -22,7 +22,7 @@ def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | Non
     run_id = record["id"]
     store.transition(run_id, RunState.RUNNING, worker=os.getpid(), foreground=True, workdir=os.getcwd())
     if spec.script is not None:  # the user's own program, here instead of in a worker (runtime.script)
-        from trialdeck.engine.runtime.script import run_script
+        from trialdeck.engine.runtime.runners.script import run_script
 
         final = run_script(store, ws, record, spec, spec.train.device, observer=progress)
         if final == RunState.INTERRUPTED.value:

@@ -25,7 +25,6 @@ the TUI) is read here, without importing `distributed`.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -36,68 +35,17 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.runtime.gpus import probe_gpus
-from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots
-from trialdeck.engine.runtime.script import kill_leftovers
-from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, worker_main
+from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, STOP_GRACE, BasePlacement
+from trialdeck.engine.runtime.placement.gpus import probe_gpus
+from trialdeck.engine.runtime.placement.scheduler import Scheduler, Slot, make_slots
+from trialdeck.engine.runtime.runners.script import kill_leftovers
+from trialdeck.engine.runtime.workers.local import INTERRUPT, NO_STOP, worker_main
 from trialdeck.engine.training.membership import queue_groups
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace
 
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
 """Most trials one worker trains as one ensemble (trialdeck.engine.training.ensemble)."""
-CANCEL_GRACE = 5.0
-"""Seconds a run gets to stop cooperatively after a cancel before its worker is killed."""
-STOP_GRACE = 30.0
-"""Seconds running runs get to checkpoint when the engine stops."""
-CLUSTER_STATUS_NAME = "cluster.json"
-"""In the workspace, written by a Dask-placing engine: the cluster as it last saw it."""
-
-
-class BasePlacement:
-    """Where runs train (see the module docstring). `log` writes a line to engine.log;
-    `ended(run_id, state)` tells the engine a run reached its final state under this backend."""
-
-    kind = "base"
-
-    def __init__(self, ws: Workspace, store: Store, log: Callable[[str], None],
-                 ended: Callable[[str, str], None]) -> None:
-        self.ws, self.store, self.log, self.ended = ws, store, log, ended
-        self.stopping = False
-        """Set by the engine when it stops: a dead worker is then not replaced."""
-
-    def start(self) -> None:
-        """Bring the places up (spawn workers, connect); must not block for long."""
-
-    def slot_names(self) -> list[str]:
-        """Names of the places runs train in, for engine.pid and the start line."""
-        return []
-
-    def capacity(self) -> int:
-        """How many runs it can train at once now (a study asks this many trials ahead)."""
-        return 1
-
-    @property
-    def ensemble_width(self) -> int:
-        """Most trials one place trains as one ensemble (1: no ensembles)."""
-        return 1
-
-    def waitables(self) -> list[Any]:
-        """Objects for `multiprocessing.connection.wait` that become ready when there is news."""
-        return []
-
-    def handle(self, ready: list[Any]) -> None:
-        """Take in the news among `ready` (messages, finished runs, dead workers)."""
-
-    def check_cancellations(self) -> None:
-        """Pass on cancels the catalogue asks for; kill what does not stop in time."""
-
-    def dispatch(self) -> None:
-        """Start queued runs on free places."""
-
-    def shutdown(self) -> None:
-        """Interrupt what runs (each keeps its checkpoint) and stop the places."""
-
 
 # ----------------------------------------------------------------------------- local workers
 
@@ -381,14 +329,3 @@ class LocalPlacement(BasePlacement):
         self.workers.clear()
 
 
-# ----------------------------------------------------------------------------- cluster status
-
-
-def read_cluster_status(ws: Workspace) -> dict[str, Any] | None:
-    """What a Dask-placing engine last wrote about its cluster (url, state, workers and their
-    runs), or None when the engine places runs locally. Light: no `distributed` import."""
-    try:
-        data = json.loads((ws.root / CLUSTER_STATUS_NAME).read_text())
-    except (FileNotFoundError, ValueError, OSError):
-        return None
-    return data if isinstance(data, dict) else None

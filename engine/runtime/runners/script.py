@@ -45,7 +45,7 @@ from typing import Any
 
 from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory, numeric
 from trialdeck.engine.presets.schema import RunSpec, expand
-from trialdeck.engine.runtime.proctree import MARKER_ENV, read_gpu_memory, run_processes, stop_processes
+from trialdeck.engine.runtime.runners.proctree import MARKER_ENV, read_gpu_memory, run_processes, stop_processes
 from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, make_private_dir, private_open
 
@@ -200,7 +200,7 @@ def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, devi
                conn=None, threads: int | None = None) -> str:
     """Run `record`'s script to its end in this (worker) process; returns the final state.
     `observer` is the worker's ControlCallback (cancel, engine stop, the trial's pruner)."""
-    from trialdeck.engine.runtime.recorder import RunRecorder
+    from trialdeck.engine.runtime.runners.recorder import RunRecorder
 
     run_id = record["id"]
     run_dir = ws.run_dir(run_id)
@@ -296,7 +296,7 @@ class ScriptRun:
 
     def _start(self, argv: list[str]) -> tuple[subprocess.Popen | None, StderrTail | str]:
         """Start the command; (process, stderr reader), or (None, why it could not start)."""
-        from trialdeck.engine.runtime.recorder import LOG_NAME
+        from trialdeck.engine.runtime.runners.recorder import LOG_NAME
 
         if not self.workdir or not Path(self.workdir).is_dir():
             return None, f"cannot start the script: its workdir {self.workdir or '(none)'} does not exist"

@@ -21,10 +21,10 @@ from trialdeck.engine.catalogue.store import Store, check_tags
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.inputs import check_inputs
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.runtime.client import engine_info, ensure_engine, notify
-from trialdeck.engine.runtime.gpus import probe_gpus
-from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots, pinned_device
-from trialdeck.engine.runtime.script import resumes as script_resumes
+from trialdeck.engine.runtime.control.client import engine_info, ensure_engine, notify
+from trialdeck.engine.runtime.placement.gpus import probe_gpus
+from trialdeck.engine.runtime.placement.scheduler import Scheduler, Slot, make_slots, pinned_device
+from trialdeck.engine.runtime.runners.script import resumes as script_resumes
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
 
 RESUMABLE = ("failed", "cancelled", "interrupted")

@@ -113,7 +113,7 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
 
     from trialdeck.engine.catalogue.store import Store
     from trialdeck.engine.presets.schema import RunSpec
-    from trialdeck.engine.runtime.recorder import RunRecorder
+    from trialdeck.engine.runtime.runners.recorder import RunRecorder
     from trialdeck.engine.training.trainer import train
     from trialdeck.engine.workspace import Workspace
 
@@ -171,7 +171,7 @@ def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRec
         if spec.script is not None:  # the user's own program instead of the trainer (runtime.script)
             import torch  # loaded at the worker's start: the slot's share of the cores
 
-            from trialdeck.engine.runtime.script import run_script
+            from trialdeck.engine.runtime.runners.script import run_script
 
             return run_script(store, ws, record, spec, device, ControlCallback(flag, extra, run_id, None, cancels),
                               conn, torch.get_num_threads())

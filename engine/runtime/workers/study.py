@@ -14,7 +14,7 @@ from collections.abc import Callable
 import optuna
 
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.runtime.recorder import RunRecorder
+from trialdeck.engine.runtime.runners.recorder import RunRecorder
 from trialdeck.engine.training.trainer import train
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.reporter import TrialReporter

@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from trialdeck.engine.runtime.gpus import GpuInfo
+from trialdeck.engine.runtime.placement.gpus import GpuInfo
 
 GIB = 1 << 30
 MARGIN_BYTES = 512 << 20

@@ -1,0 +1,1 @@
+"""The processes that train runs: local warm workers, Dask worker tasks, study workers."""
