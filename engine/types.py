@@ -66,26 +66,71 @@ class StudyState(str, enum.Enum):
 
 ACTIVE_STUDY_STATES = frozenset({StudyState.RUNNING, StudyState.STOPPING})
 
-# Which transitions the store accepts; anything else is a bug and is refused.
+class Cause(str, enum.Enum):
+    """Why a run changes state: each edge of LIFECYCLE names one (trialdeck.engine.runs.lifecycle
+    makes every change, from the facts in trialdeck.engine.runs.facts)."""
+
+    STARTED = "started"
+    """A place took it (a slot, a Dask worker, `trialdeck train` in a terminal)."""
+    ENDED = "ended"
+    """Its runner's own word: completed, early stopped, pruned, failed, cancelled or interrupted."""
+    CRASHED = "crashed"
+    """The process training it died under it (killed, out of memory, a bug), or ended without its result."""
+    LOST = "lost"
+    """Its place went away (a Dask worker or scheduler, a dead engine): interrupted, checkpoint kept."""
+    CANCEL_OVERDUE = "cancel_overdue"
+    """A cancel it did not obey within the grace: cancelled, then stopped by force."""
+    REFUSED = "refused"
+    """No place can ever take it (pinned to a device the engine does not have)."""
+    CANCELLED = "cancelled"
+    """A person cancelled it, or the study it is a trial of was stopped."""
+    DEPENDENCY = "dependency"
+    """A run it waits for ended without the result it needs (the queue's --after)."""
+    REQUEUED = "requeued"
+    """The engine queues an interrupted run again (its `recovery` policy)."""
+    RESUMED = "resumed"
+    """A person queues an unfinished run again under its own id (`runs resume`)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One allowed state change and what causes it."""
+
+    source: RunState
+    target: RunState
+    cause: Cause
+
+
+LIFECYCLE: tuple[Transition, ...] = (
+    Transition(RunState.QUEUED, RunState.RUNNING, Cause.STARTED),
+    *(Transition(RunState.RUNNING, end, Cause.ENDED) for end in (
+        RunState.COMPLETED, RunState.EARLY_STOPPED, RunState.PRUNED, RunState.FAILED, RunState.CANCELLED,
+        RunState.INTERRUPTED)),
+    Transition(RunState.RUNNING, RunState.FAILED, Cause.CRASHED),
+    Transition(RunState.RUNNING, RunState.CANCELLED, Cause.CRASHED),
+    Transition(RunState.RUNNING, RunState.INTERRUPTED, Cause.LOST),
+    Transition(RunState.RUNNING, RunState.CANCELLED, Cause.CANCEL_OVERDUE),
+    Transition(RunState.QUEUED, RunState.FAILED, Cause.REFUSED),
+    Transition(RunState.INTERRUPTED, RunState.FAILED, Cause.REFUSED),
+    Transition(RunState.QUEUED, RunState.CANCELLED, Cause.CANCELLED),
+    Transition(RunState.RUNNING, RunState.CANCELLED, Cause.CANCELLED),
+    Transition(RunState.INTERRUPTED, RunState.CANCELLED, Cause.CANCELLED),
+    Transition(RunState.QUEUED, RunState.CANCELLED, Cause.DEPENDENCY),
+    Transition(RunState.INTERRUPTED, RunState.QUEUED, Cause.REQUEUED),
+    *(Transition(source, RunState.QUEUED, Cause.RESUMED) for source in (
+        RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED)),
+)
+"""Every state change a run can make, and why: the one table (tests/test_lifecycle.py walks it)."""
+
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
-    RunState.RUNNING: frozenset(
-        {
-            RunState.COMPLETED,
-            RunState.EARLY_STOPPED,
-            RunState.PRUNED,
-            RunState.FAILED,
-            RunState.CANCELLED,
-            RunState.INTERRUPTED,
-        }
-    ),
-    RunState.INTERRUPTED: frozenset({RunState.QUEUED, RunState.FAILED, RunState.CANCELLED}),
-    RunState.COMPLETED: frozenset(),
-    RunState.EARLY_STOPPED: frozenset(),
-    RunState.PRUNED: frozenset(),
-    RunState.FAILED: frozenset({RunState.QUEUED}),
-    RunState.CANCELLED: frozenset({RunState.QUEUED}),
+    state: frozenset(t.target for t in LIFECYCLE if t.source is state) for state in RunState
 }
+"""Which transitions the store accepts (LIFECYCLE without the causes); anything else is a bug and is refused."""
+
+
+def allowed(source: RunState, target: RunState, cause: Cause) -> bool:
+    """Whether LIFECYCLE has this edge for this cause."""
+    return Transition(source, target, cause) in LIFECYCLE
 
 
 class EventKind(str, enum.Enum):

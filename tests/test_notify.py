@@ -22,7 +22,7 @@ from tests.deck import Deck, cli, one_line
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime import notify
-from trialdeck.engine.runtime.daemon import load_engine_config
+from trialdeck.engine.runtime.config import load_engine_config
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 

@@ -169,21 +169,23 @@ def test_a_larger_later_measurement_wins():
 
 
 def test_the_engine_learns_a_workers_memory_report(tmp_path):
-    """Wiring: a worker's ("memory", run, bytes) message reaches the scheduler's table."""
+    """Wiring: a worker's MemoryMeasured(run, bytes) message reaches the scheduler's table."""
     import multiprocessing as mp
 
+    from trialdeck.engine.runtime.config import EngineConfig
     from trialdeck.engine.runtime.daemon import Engine
     from trialdeck.engine.runtime.placement.local import LocalPlacement, WorkerHandle
+    from trialdeck.engine.runtime.workers.messages import MemoryMeasured
     from trialdeck.engine.workspace import Workspace
 
-    engine = Engine(Workspace(tmp_path / "ws").ensure(), cpu_slots=1)
+    engine = Engine(Workspace(tmp_path / "ws").ensure(), EngineConfig(cpu_slots=1))
     placement = engine.placement
     assert isinstance(placement, LocalPlacement)
     slot = placement.scheduler.slots[0]
     placement.scheduler.plan([run("r1")])
     parent, child = mp.Pipe()
-    handle = WorkerHandle(slot, process=None, conn=parent, flag=None, run_id="r1")
-    child.send(("memory", "r1", 3 * GIB))
+    handle = WorkerHandle(slot, process=None, conn=parent, stop=None, run_id="r1")
+    child.send(MemoryMeasured("r1", 3 * GIB))
     placement._on_message(handle)
     assert placement.scheduler.need_of(run("r9", lr=0.5)) == 3 * GIB
 
@@ -192,13 +194,14 @@ def test_the_worker_reports_once_after_the_first_epoch():
     import multiprocessing as mp
 
     from trialdeck.engine.presets import resolve
-    from trialdeck.engine.runtime.workers.local import ControlCallback
+    from trialdeck.engine.runtime.runners.base import StopRequests
+    from trialdeck.engine.runtime.workers.local import SharedStop
     from trialdeck.engine.training.trainer import train
 
     calls = []
-    flag = mp.Value("i", 0, lock=False)
+    stop = SharedStop(mp.get_context("spawn"), 4)
     result = train(resolve("seed/step-decay", ["train.epochs=3"]),
-                   ControlCallback(flag, None, "r1", first_epoch=lambda: calls.append(len(calls))))
+                   StopRequests(stop, "r1", first_epoch=lambda: calls.append(len(calls))))
     assert result.state.value == "completed" and calls == [0]
 
 

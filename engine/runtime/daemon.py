@@ -2,20 +2,24 @@
 
 It holds the workspace lock (one engine per workspace), owns the queue, the
 catalogue and the studies, and dispatches queued runs through its placement
-backend (runtime.placement) the moment a place frees or a client signals a
-change (SIGUSR1): no polling sleep between runs. The backend is this box's warm
-worker processes, one per device slot, or, with `cluster` in engine.toml, a
-Dask distributed cluster (runtime.dask_backend; `distributed` is imported only
-then). It never listens on a network port. Started detached (`trialdeck engine
-start`) it has its own session and no controlling terminal, so it survives SSH
-dropping.
+backend (runtime.placement, picked by engine.toml: this box's warm workers, or
+with `cluster` a Dask distributed cluster, `distributed` imported only then)
+the moment a place frees or a client signals a change (SIGUSR1): no polling
+sleep between runs. Every run state change goes through its lifecycle
+(runs.lifecycle), which the backend reports facts to. It never listens on a
+network port. Started detached (`trialdeck engine start`) it has its own
+session and no controlling terminal, so it survives SSH dropping.
 
 Recovery at start (policy `recovery`): runs found `running` with no live
-worker become `interrupted`; with "resume" (default) they are queued again and
-the trainer continues from their last checkpoint; with "requeue" they start
-over (the checkpoint is removed); with "leave" they stay interrupted.
-SIGTERM (`engine stop`) is graceful: running runs checkpoint and become
-interrupted, to be resumed by the next engine.
+worker are Lost (interrupted); with "resume" (default) they are queued again
+and go on from their last checkpoint; with "requeue" they start over (the
+checkpoint is removed); with "leave" they stay interrupted. SIGTERM (`engine
+stop`) is graceful: running runs checkpoint and become interrupted, to be
+resumed by the next engine.
+
+The engine's pid file says who it is and what its backend offers
+(`Capabilities`: devices and places), for `engine status` and enqueue checks;
+it is rewritten when that changes (a Dask worker joins).
 """
 
 from __future__ import annotations
@@ -24,94 +28,105 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import EngineUnavailable, TrialdeckError
+from trialdeck.engine.runs.facts import Lost
+from trialdeck.engine.runs.lifecycle import RECOVERY_POLICIES, Lifecycle
+from trialdeck.engine.runtime.config import EngineConfig, check_cluster_url
 from trialdeck.engine.runtime.control.pidfile import alive, describe_pid
-from trialdeck.engine.runtime.notify import Notifier, NotifyConfig, parse_config
+from trialdeck.engine.runtime.notify import Notifier
 from trialdeck.engine.runtime.placement.base import BasePlacement
-from trialdeck.engine.runtime.placement.local import LocalPlacement
-from trialdeck.engine.runtime.runners.script import forget_attempts, kill_leftovers
-from trialdeck.engine.runtime.runners.script import resumes as script_resumes
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
+from trialdeck.engine.runtime.runners.choice import runner_class
+from trialdeck.engine.runtime.wake import Waker
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 if TYPE_CHECKING:  # optuna, which the driver imports, loads only once a study exists
     from trialdeck.engine.tuning.driver import StudyDriver
 
-RECOVERY_POLICIES = ("resume", "requeue", "leave")
+PlacementFactory = Callable[[Workspace, Store, Lifecycle, Callable[[str], None]], BasePlacement]
+"""Builds the engine's backend; default: the one engine.toml picks (EngineConfig.placement_class)."""
 
 
 class Engine:
-    def __init__(self, ws: Workspace, *, slots_per_gpu: int | None = None, cpu_slots: int | None = None,
-                 recovery: str = "resume", notify: NotifyConfig | None = None, cluster: str | None = None) -> None:
+    def __init__(self, ws: Workspace, config: EngineConfig | None = None, *,
+                 placement: PlacementFactory | None = None) -> None:
         self.ws = ws
+        self.config = config or EngineConfig()
         self.store = Store(ws)
-        self.recovery = recovery
-        self.notify_config = notify
         self.notifier: Notifier | None = None
         """Sends [notify] from its own thread; None when engine.toml has no [notify]."""
-        self.cluster = cluster
-        self.placement: BasePlacement
-        if cluster:
-            # Deferred: `distributed` is imported only by an engine that places runs on a cluster.
-            from trialdeck.engine.runtime.placement.dask import DaskPlacement
-
-            self.placement = DaskPlacement(ws, self.store, self._log, self._ended, url=cluster,
-                                           requeue=self._requeue)
+        self.lifecycle = Lifecycle(self.store, recovery=self.config.recovery, log=self._log, on_end=self._ended)
+        if placement is None:
+            backend = self.config.placement_class()
+            self.placement = backend(ws, self.store, self.lifecycle, self._log, self.config)
         else:
-            self.placement = LocalPlacement(ws, self.store, self._log, self._ended,
-                                            slots_per_gpu=slots_per_gpu, cpu_slots=cpu_slots)
+            self.placement = placement(ws, self.store, self.lifecycle, self._log)
         self.started_at = time.time()
         self.stopping = False
         self.lock = FileLock(str(ws.lock_path), timeout=0, mode=0o600)
         self._driver: StudyDriver | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._published: dict[str, Any] | None = None
+        self.waker = Waker()
 
     # ----------------------------------------------------------------- lifecycle
 
     def run(self) -> None:
+        """The engine in this process until SIGTERM or SIGINT (the main thread's signals)."""
+        self._install_signals()
+        self.open()
+        try:
+            self.placement.start()
+            threading.Thread(target=_warm_tuning_imports, name="warm-optuna", daemon=True).start()
+            self._log(f"engine {os.getpid()} up: " + self._describe_places())
+            self.step(0)
+            while not self.stopping and self.step():
+                pass
+        finally:
+            self.close()
+
+    def open(self) -> None:
+        """Take the workspace (lock, pid file), recover what a dead engine left, drive its studies."""
         try:
             self.lock.acquire()
         except Timeout:
             raise EngineUnavailable(f"another engine already runs on {self.ws.root} ({describe_pid(self.ws)})") from None
         try:
-            self._install_signals()
-            self._write_pid()
-            if self.notify_config is not None:
-                self.notifier = Notifier(self.notify_config, Store(self.ws), self._log).start()
+            self.publish()
+            if self.config.notify is not None:
+                self.notifier = Notifier(self.config.notify, Store(self.ws), self._log).start()
             self.reconcile()
             if self.store.list_studies():
                 self.driver.reconcile()
-            self.placement.start()
-            threading.Thread(target=_warm_tuning_imports, name="warm-optuna", daemon=True).start()
-            if self.cluster:
-                self._log(f"engine {os.getpid()} up: placing runs on the Dask cluster at {self.cluster}")
-            else:
-                slots = self.placement.slot_names()
-                self._log(f"engine {os.getpid()} up: {len(slots)} slot(s): " + ", ".join(slots))
-            self._loop()
-        finally:
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Stop the backend (running runs interrupted, checkpoints kept), the notifier, and leave."""
+        try:
             self._shutdown()
-            try:
-                self.ws.pid_path.unlink()
-            except FileNotFoundError:
-                pass
+        finally:
+            self.ws.pid_path.unlink(missing_ok=True)
             self.lock.release()
 
+    def _describe_places(self) -> str:
+        if self.config.cluster:
+            return f"placing runs on the Dask cluster at {self.config.cluster}"
+        places = self.placement.capabilities().places
+        return f"{len(places)} slot(s): " + ", ".join(places)
+
     def _install_signals(self) -> None:
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self.waker.fileno_to_write(), warn_on_full_buffer=False)
         signal.signal(signal.SIGUSR1, lambda *_: None)  # wakes the loop through the wakeup fd
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._request_stop)
@@ -120,11 +135,13 @@ class Engine:
     def _request_stop(self, *_: Any) -> None:
         self.stopping = True
 
-    def _write_pid(self) -> None:
+    def publish(self) -> None:
+        """engine.pid: who the engine is and what its backend offers (rewritten when that changes)."""
         info = {"pid": os.getpid(), "started_at": self.started_at, "home": str(self.ws.root),
-                "slots": self.placement.slot_names(), "recovery": self.recovery,
-                "placement": self.placement.kind, "cluster": self.cluster}
-        atomic_write(self.ws.pid_path, json.dumps(info).encode())
+                "recovery": self.config.recovery, "cluster": self.config.cluster, **self.placement.status_fields()}
+        if info != self._published:
+            atomic_write(self.ws.pid_path, json.dumps(info).encode())
+            self._published = info
 
     def _log(self, line: str) -> None:
         print(time.strftime("%Y-%m-%d %H:%M:%S"), line, flush=True)
@@ -132,34 +149,15 @@ class Engine:
     # ----------------------------------------------------------------- recovery
 
     def reconcile(self) -> None:
-        """Runs left `running` by a dead engine or worker become interrupted, then follow the policy."""
+        """Runs left `running` by a dead engine or worker are Lost; then every interrupted run goes
+        back in the queue as `recovery` says (the lifecycle decides)."""
         for run in self.store.list_runs(RunState.RUNNING):
             if run.get("foreground") and alive(run.get("worker")):
                 continue  # a `trialdeck train` in another terminal, still going
-            event = RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: its engine or worker stopped unexpectedly")
-            if (run.get("config") or {}).get("script"):
-                kill_leftovers(self.ws, run["id"])  # the script died with its worker; its children may not have
-            self.store.transition(run["id"], RunState.INTERRUPTED, add_events=[event])
-            self._log(f"{run['id']} was running with no live worker: interrupted")
-        for run in self.store.list_runs(RunState.INTERRUPTED):
-            self._requeue(run)
-
-    def _requeue(self, run: dict[str, Any]) -> None:
-        """An interrupted run goes back in the queue as `recovery` says: resumed from its checkpoint,
-        started over, or left interrupted (also for a run whose Dask worker or scheduler went away)."""
-        if run.get("foreground") or self.recovery == "leave":
-            return
-        checkpoint = self.ws.checkpoint_path(run["id"])
-        if self.recovery == "requeue" and checkpoint.exists():
-            checkpoint.unlink()
-        if self.recovery == "requeue":
-            forget_attempts(self.ws, run["id"])
-        how = "resumes from its checkpoint" if checkpoint.exists() else "starts over"
-        if script_resumes(self.ws, run["id"]):
-            how = "resumes its script with TRIALDECK_RESUME=1"
-        event = RunEvent(EventKind.REQUEUED.value, None, f"requeued after an interruption; {how}")
-        self.store.transition(run["id"], RunState.QUEUED, add_events=[event])
-        self._log(f"{run['id']} requeued ({how})")
+            runner_class(run.get("config")).clean_up_after(self.ws, run["id"])
+            self.lifecycle.apply(Lost(run["id"], "interrupted: its engine or worker stopped unexpectedly",
+                                      requeue=False))
+        self.lifecycle.recover()
 
     @property
     def driver(self) -> StudyDriver:
@@ -167,7 +165,7 @@ class Engine:
         if self._driver is None:
             from trialdeck.engine.tuning.driver import StudyDriver
 
-            self._driver = StudyDriver(self.store, self._log, on_end=self._study_ended)
+            self._driver = StudyDriver(self.store, self._log, on_end=self._study_ended, lifecycle=self.lifecycle)
         return self._driver
 
     def _feed_studies(self) -> bool:
@@ -179,33 +177,30 @@ class Engine:
 
     # ----------------------------------------------------------------- loop
 
-    def _loop(self) -> None:
+    def step(self, timeout: float = 1.0) -> bool:
+        """One pass of the loop: wait up to `timeout` for news, take it in, pass on cancels, feed
+        studies, dispatch. False when the engine should stop (its workspace is gone)."""
         placement = self.placement
-        self._feed_studies()
+        ready = wait([self.waker.fd, *placement.waitables()], timeout=timeout)
+        if self.waker.fd in ready:
+            self.waker.drain()
+        placement.handle(ready)
+        if self.stopping:
+            return False
+        if not self.ws.catalog_path.parent.is_dir():
+            self._log(f"workspace {self.ws.root} is gone; stopping")
+            return False
+        placement.check_cancellations()
+        if self._feed_studies():
+            placement.check_cancellations()  # a stopping study may have asked to cancel its trials
         placement.dispatch()
-        while not self.stopping:
-            ready = wait([self._wake_r, *placement.waitables()], timeout=1.0)
-            if self._wake_r in ready:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except BlockingIOError:
-                    pass
-            placement.handle(ready)
-            if self.stopping:
-                break
-            if not self.ws.catalog_path.parent.is_dir():
-                self._log(f"workspace {self.ws.root} is gone; stopping")
-                break
-            placement.check_cancellations()
-            if self._feed_studies():
-                placement.check_cancellations()  # a stopping study may have asked to cancel its trials
-            placement.dispatch()
+        self.publish()
+        return True
 
-    def _ended(self, run_id: str, state: str) -> None:
+    def _ended(self, run_id: str, state: RunState) -> None:
         """A run ended under this engine: tell the notifier (it only queues; the sending is its thread's)."""
         if self.notifier is not None:
-            self.notifier.run_ended(run_id, state)
+            self.notifier.run_ended(run_id, state.value)
 
     def _study_ended(self, name: str, state: str) -> None:
         if self.notifier is not None:
@@ -239,72 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # everything the engine and its workers create is private to the user
     ws = Workspace.resolve(args.home).ensure()
     try:
-        config = load_engine_config(ws)
-    except TrialdeckError as exc:
-        print(f"trialdeck engine: {exc}", file=sys.stderr)
-        return int(exc.code)
-    try:
-        engine = Engine(
-            ws,
-            slots_per_gpu=args.slots_per_gpu or _per_gpu(config.get("slots_per_gpu", "auto")),
-            cpu_slots=args.cpu_slots or config.get("cpu_slots"),
-            recovery=args.recovery or config.get("recovery", "resume"),
-            notify=parse_config(config.get("notify"), ws.root / "engine.toml"),
-            cluster=check_cluster_url(args.cluster, "--cluster") if args.cluster else config.get("cluster"),
+        config = EngineConfig.read(ws)
+        config = EngineConfig(
+            slots_per_gpu=args.slots_per_gpu or config.slots_per_gpu,
+            cpu_slots=args.cpu_slots or config.cpu_slots,
+            recovery=args.recovery or config.recovery,
+            notify=config.notify,
+            cluster=check_cluster_url(args.cluster, "--cluster") if args.cluster else config.cluster,
         )
-        engine.run()
+        Engine(ws, config).run()
     except TrialdeckError as exc:
         print(f"trialdeck engine: {exc}", file=sys.stderr)
         return int(exc.code)
     return 0
-
-
-def _per_gpu(value: int | str) -> int | None:
-    return None if value == "auto" else int(value)
-
-
-def load_engine_config(ws: Workspace) -> dict[str, Any]:
-    """Optional `engine.toml` in the workspace: slots_per_gpu (a number or "auto"), cpu_slots, recovery,
-    a [notify] table (trialdeck.engine.runtime.notify), and `cluster`, a Dask scheduler's address."""
-    import tomllib
-
-    path = Path(ws.root) / "engine.toml"
-    if not path.exists():
-        return {}
-    from trialdeck.engine.errors import BadInput
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{path}: TOML syntax error: {exc}") from None
-    allowed = {"slots_per_gpu", "cpu_slots", "recovery", "notify", "cluster"}
-    for key in data:
-        if key not in allowed:
-            raise BadInput(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
-    parse_config(data.get("notify"), path)
-    if "cluster" in data:
-        check_cluster_url(data["cluster"], f"{path}: cluster")
-    if "recovery" in data and data["recovery"] not in RECOVERY_POLICIES:
-        raise BadInput(f"{path}: recovery = {data['recovery']!r} is not allowed; allowed: {', '.join(RECOVERY_POLICIES)}")
-    for key in ("slots_per_gpu", "cpu_slots"):
-        if key == "slots_per_gpu" and data.get(key) == "auto":
-            continue
-        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int) or not 1 <= data[key] <= 64):
-            also = ' or "auto"' if key == "slots_per_gpu" else ""
-            raise BadInput(f"{path}: {key} = {data[key]!r} must be a whole number from 1 to 64{also}")
-    return data
-
-
-def check_cluster_url(value: Any, where: str) -> str:
-    """A Dask scheduler address as `cluster` takes it (tcp://HOST:PORT, or tls://, ws://, wss://,
-    inproc://); raises BadInput naming `where` and what is allowed."""
-    from trialdeck.engine.errors import BadInput
-
-    schemes = ("tcp://", "tls://", "ws://", "wss://", "inproc://")
-    if not isinstance(value, str) or not value.startswith(schemes) or len(value) <= len(value.split("://")[0]) + 3:
-        raise BadInput(f"{where}: {value!r} is not a Dask scheduler address; allowed: tcp://HOST:PORT "
-                       "(as `dask scheduler` prints it; also tls://, ws://, wss://)")
-    return value
 
 
 if __name__ == "__main__":

@@ -24,10 +24,11 @@ import optuna
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.runs.lifecycle import Lifecycle
 from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState, StudyState
 
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
@@ -38,9 +39,12 @@ once and trained together as an ensemble without changing what the study samples
 
 
 class StudyDriver:
-    def __init__(self, store: Store, log=print, on_end: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, store: Store, log=print, on_end: Callable[[str, str], None] | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
         self.store = store
         self.log = log
+        self.lifecycle = lifecycle or Lifecycle(store)
+        """Where a stopped study's trials are cancelled (the engine's)."""
         self.on_end = on_end
         """Called with (study name, state) once a study completes, stops or fails (the engine's notifications)."""
         self.workspace_id = f"{studies.host()}:{store.path.parent}"
@@ -106,8 +110,7 @@ class StudyDriver:
         if doc["state"] == StudyState.STOPPING:
             for r in inflight:
                 if r["state"] != RunState.RUNNING:  # queued or interrupted: not started again
-                    self.store.transition(r["id"], RunState.CANCELLED, add_events=[
-                        RunEvent(EventKind.CANCELLED.value, None, "cancelled: the study was stopped").to_json()])
+                    self.lifecycle.cancel(r["id"], "cancelled: the study was stopped")
                 elif not r.get("cancel_requested"):
                     self.store.update_run(r["id"], cancel_requested=True)
             if not inflight:

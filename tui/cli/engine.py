@@ -27,7 +27,8 @@ app = typer.Typer(help="Start, stop and inspect the background engine.", no_args
 def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str | None,
                  cluster: str | None = None) -> list[str]:
     """Validated engine options as `python -m trialdeck.engine.runtime.daemon` arguments."""
-    from trialdeck.engine.runtime.daemon import RECOVERY_POLICIES, check_cluster_url
+    from trialdeck.engine.runs.lifecycle import RECOVERY_POLICIES
+    from trialdeck.engine.runtime.config import check_cluster_url
 
     if recovery is not None and recovery not in RECOVERY_POLICIES:
         raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")
@@ -98,8 +99,8 @@ def engine_stop(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("status")
 @handle_errors
 def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Whether the engine runs, its pid, uptime, slots, running and queued counts; torch's
-    version and CUDA build, the NVIDIA driver's, and a warning when they do not fit."""
+    """Whether the engine runs, its pid, uptime, slots, the devices runs may ask for, running and
+    queued counts; torch's version and CUDA build, the NVIDIA driver's, and a warning when they do not fit."""
     from trialdeck.engine.runtime.control.client import status
 
     info = status(workspace(home))
@@ -115,6 +116,9 @@ def engine_status(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     else:
         print("engine not running" + ("; held stopped by `trialdeck engine stop` until `trialdeck engine start`"
                                       if info.get("held") else ""))
+    if info.get("devices"):
+        print(f"devices runs may ask for: {', '.join(info['devices'])}"
+              + (" (and whatever a worker that joins offers)" if info.get("growing") else ""))
     interrupted = info["runs"].get("interrupted", 0)
     print(f"runs: {info['runs_running']} running, {info['runs_queued']} queued"
           + (f", {interrupted} interrupted (resumed when the engine starts)" if interrupted else ""))

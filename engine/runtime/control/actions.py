@@ -21,13 +21,14 @@ from trialdeck.engine.catalogue.store import Store, check_tags
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.inputs import check_inputs
 from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.runs.lifecycle import Lifecycle
+from trialdeck.engine.runtime.config import EngineConfig
 from trialdeck.engine.runtime.control.client import engine_info, ensure_engine, notify
-from trialdeck.engine.runtime.placement.gpus import probe_gpus
-from trialdeck.engine.runtime.placement.scheduler import Scheduler, Slot, make_slots, pinned_device
-from trialdeck.engine.runtime.runners.script import resumes as script_resumes
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
+from trialdeck.engine.runtime.placement.capabilities import Capabilities
+from trialdeck.engine.runtime.placement.scheduler import pinned_device
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState
 
-RESUMABLE = ("failed", "cancelled", "interrupted")
+RESUMABLE = (RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED)
 
 PRIORITY_LIMIT = 1_000_000
 REPEAT_LIMIT = 1000
@@ -46,29 +47,30 @@ def check_repeat(repeat: Any, what: str = "repeat") -> None:
 
 
 def check_device(store: Store, specs: Sequence[RunSpec], device: str | None = None) -> None:
-    """Refuse, at enqueue, runs pinned (`--device`, or `train.device` in the preset) to a GPU
-    that no slot of this box's engine has: the scheduler's own rule (`Scheduler.impossible`)
-    over the running engine's slots, else over the GPUs NVML shows (what an engine started
-    now would have). Queued anyway, such a run could only fail. No torch import: NVML only."""
+    """Refuse, at enqueue, runs pinned (`--device`, or `train.device` in the preset) to a GPU that
+    no place of the engine's backend can ever offer: the running engine's published capabilities,
+    else those of the backend engine.toml would start (this box's GPUs through NVML; a cluster
+    may always grow one). Queued anyway, such a run could only fail. No torch import."""
     wanted = [(spec, pinned_device({"pinned": device, "config": spec.config()})) for spec in specs]
     wanted = [(spec, pinned) for spec, pinned in wanted if pinned.startswith("cuda")]
     if not wanted:
         return
-    scheduler = Scheduler(_engine_slots(store))
+    offers = engine_capabilities(store.workspace)
     for spec, pinned in wanted:
-        why = scheduler.impossible({"pinned": pinned})
+        why = offers.why_not(pinned)
         if why:
             where = f"--device {device}" if device not in (None, "auto") else f"{spec.preset}: train.device"
             raise BadInput(f"{where}: {why}; use --device cpu (or auto)")
 
 
-def _engine_slots(store: Store) -> list[Slot]:
-    info = engine_info(store.workspace)
-    if info and info.get("slots"):
-        # Slot names are "gpu<N>.<k>" (GPU N, as NVML numbers it) or "cpu.<k>": see make_slots.
-        gpus = sorted({int(name[3:].split(".")[0]) for name in info["slots"] if name.startswith("gpu")})
-        return [Slot(f"gpu{n}.0", f"cuda:{n}", n) for n in gpus] or make_slots([])
-    return make_slots(probe_gpus())
+def engine_capabilities(ws: Any) -> Capabilities:
+    """What the engine's backend offers: the running engine's (its pid file), else what an engine
+    started now with this workspace's engine.toml would offer."""
+    info = engine_info(ws)
+    if info and info.get("capabilities"):
+        return Capabilities.from_json(info["capabilities"])
+    config = EngineConfig.read(ws)
+    return config.placement_class().offline_capabilities(ws, config)
 
 
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None,
@@ -100,39 +102,35 @@ def get_run(store: Store, run_id: str) -> dict[str, Any]:
     return record
 
 
-def _cancelled(message: str) -> list[dict[str, Any]]:
-    return [RunEvent(EventKind.CANCELLED.value, None, message).to_json()]
-
-
 def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[dict[str, Any], str]:
     """Cancel a run; returns its record and what happened, in words. `wake` signals the
     engine and says whether one was alive to stop a running run."""
     record = get_run(store, run_id)
-    run_id, state = record["id"], record["state"]
-    if state == "queued":
+    run_id, state = record["id"], RunState(record["state"])
+    if state is RunState.QUEUED:
         return store.cancel_queued(run_id), "cancelled (it was queued)"
-    if state == "running":
+    if state is RunState.RUNNING:
         if record.get("foreground"):
             raise BadInput(f"{run_id} runs in the foreground (`trialdeck train`, pid {record.get('worker')}); stop it there")
         record = store.update_run(run_id, cancel_requested=True)
         if wake():
             return record, "cancel requested; the engine stops it within a second"
-        record = store.transition(run_id, RunState.CANCELLED,
-                                  add_events=_cancelled("cancelled by the user (no engine was running)"))
+        record = Lifecycle(store).cancel(run_id, "cancelled by the user (no engine was running)")
         return record, "cancelled (no engine was running)"
-    if state == "interrupted":
-        return store.transition(run_id, RunState.CANCELLED, add_events=_cancelled("cancelled by the user")), "cancelled"
-    raise BadInput(f"{run_id} is already {state}; only queued, running or interrupted runs can be cancelled")
+    if state is RunState.INTERRUPTED:
+        return Lifecycle(store).cancel(run_id, "cancelled by the user"), "cancelled"
+    raise BadInput(f"{run_id} is already {state.value}; only queued, running or interrupted runs can be cancelled")
 
 
 def check_resumable(record: dict[str, Any]) -> None:
     """Refuse, with the reason, a run `resume` cannot queue again."""
-    run_id, state = record["id"], record["state"]
-    if state in ("queued", "running"):
-        raise BadInput(f"{run_id} is {state}; only failed, cancelled or interrupted runs can be resumed")
+    run_id, state = record["id"], RunState(record["state"])
+    if state in (RunState.QUEUED, RunState.RUNNING):
+        raise BadInput(f"{run_id} is {state.value}; only failed, cancelled or interrupted runs can be resumed")
     if state not in RESUMABLE:
-        raise BadInput(f"{run_id} already {state}; `trialdeck runs rerun {run_id}` trains its configuration again as a new run")
-    if record.get("study") is not None and (state != "interrupted" or record.get("remote")):
+        raise BadInput(f"{run_id} already {state.value}; `trialdeck runs rerun {run_id}` trains its configuration "
+                       "again as a new run")
+    if record.get("study") is not None and (state is not RunState.INTERRUPTED or record.get("remote")):
         raise BadInput(f"{run_id} is trial {record.get('trial')} of study {record['study']}, and Optuna has its result; "
                        f"`trialdeck runs rerun {run_id}` trains its configuration again as a plain run")
 
@@ -143,14 +141,8 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
     record = get_run(store, run_id)
     check_resumable(record)
     run_id = record["id"]
-    has_checkpoint = store.workspace.checkpoint_path(run_id).exists()
-    how = "resumes from its checkpoint" if has_checkpoint else "starts over (it has no checkpoint)"
-    if (record.get("config") or {}).get("script") and script_resumes(store.workspace, run_id):
-        how = "starts its script again with TRIALDECK_RESUME=1"
-    event = RunEvent(EventKind.REQUEUED.value, None, f"requeued by the user; {how}").to_json()
     try:
-        return store.transition(run_id, RunState.QUEUED, add_events=[event], cancel_requested=False,
-                                foreground=False, to_back=True), how  # a `trialdeck train` run goes on in the engine
+        return Lifecycle(store).resume(run_id)
     except ValueError:  # the engine moved it (e.g. requeued an interrupted run at its start) since the read
         state = get_run(store, run_id)["state"]
         raise BadInput(f"{run_id} is {state} now; only failed, cancelled or interrupted runs can be resumed") from None

@@ -161,6 +161,9 @@ def status(ws: Workspace) -> dict[str, Any]:
         # Where runs train: this box's slots, or a Dask cluster (its workers, what runs where, or why it is away).
         "placement": (info.get("placement") or "local") if info else None,
         "cluster": read_cluster_status(ws) if info and info.get("cluster") else None,
+        # What its backend offers (placement.capabilities): the devices a run may be pinned to.
+        "devices": sorted((info.get("capabilities") or {}).get("devices") or []) if info else [],
+        "growing": bool((info.get("capabilities") or {}).get("growing")) if info else False,
     }
     # torch's build and the driver's CUDA, and a warning when they do not fit (no torch import).
     out.update(versions.probe())

@@ -8,20 +8,22 @@ one owner of the queue and the catalogue; Dask only runs tasks. Invariants:
   (`dask worker URL --resources GPU=1`), else as its threads. The engine
   submits a run only to a free place, pinned to that worker
   (`allow_other_workers=False`), so Dask never queues or re-runs it elsewhere
-  behind the engine's back: queued runs wait in the engine's queue.
-- A run's task (runtime.dask_worker.run_task) streams everything back through
+  behind the engine's back: queued runs wait in the engine's queue. Places
+  come and go with workers, so a pin no worker offers now waits, never fails.
+- A run's task (runtime.workers.dask.run_task) streams everything back through
   one `distributed.Queue` per engine; `ClusterLink`'s thread takes it in and
   the engine's loop writes it where a local run's goes (metrics.jsonl, log.txt,
-  the catalogue, checkpoint.pt), dropping what an older attempt sends.
+  the catalogue, checkpoint.pt), dropping what an older attempt sends. The
+  run's end arrives as its runner's Ended fact, for the engine's lifecycle.
 - A worker that leaves mid-run (the scheduler's `remove-worker` event, or its
-  absence from the worker list): the run becomes interrupted and is requeued
-  per `recovery`, resuming from the last checkpoint that came back.
-- The scheduler going away: runs in flight become interrupted, `cluster.json`
-  (engine status, the TUI) says so, the link retries every RETRY_SECONDS, and
-  the interrupted runs are requeued once it is back. The local queue is never
-  touched meanwhile.
+  absence from the worker list): the run is Lost, requeued per `recovery`,
+  resuming from the last checkpoint that came back.
+- The scheduler going away: runs in flight are Lost until it is back
+  (`cluster.json`, read by engine status and the TUI, says so), the link
+  retries every RETRY_SECONDS, and once it is back they are requeued
+  (PlaceBack). The local queue is never touched meanwhile.
 - Cancel, engine stop and a pruner's verdict reach a task through its run's
-  `distributed.Variable` within a TICK (runtime.dask_worker).
+  `distributed.Variable` within a TICK (runtime.workers.dask_transport).
 - Nothing here blocks the engine's loop: every network call is the link
   thread's; the loop only reads the events the link queues and wakes it for.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -45,16 +48,47 @@ from typing import Any
 from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, CLUSTER_STATUS_NAME, STOP_GRACE, BasePlacement
-from trialdeck.engine.runtime.placement.dask_link import RETRY_SECONDS, ClusterLink
+from trialdeck.engine.runs.facts import Crashed, Ended, EndRecorded, Lost, Place, PlaceBack, Started
+from trialdeck.engine.runs.folder import REPORTED_NAME
+from trialdeck.engine.runs.lifecycle import Lifecycle
+from trialdeck.engine.runtime.config import EngineConfig
+from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, CLUSTER_STATUS_NAME, BasePlacement
+from trialdeck.engine.runtime.placement.capabilities import Capabilities
+from trialdeck.engine.runtime.placement.dask_link import (
+    RETRY_SECONDS,
+    ClusterLink,
+    Connected,
+    ConnectionLost,
+    Forget,
+    SetControl,
+    Submit,
+    SubmitFailed,
+    TaskFinished,
+    TaskNewsArrived,
+    WorkerRemoved,
+    Workers,
+    WorkersChanged,
+)
 from trialdeck.engine.runtime.placement.scheduler import pinned_device
-from trialdeck.engine.runtime.runners.script import REPORTED_NAME
-from trialdeck.engine.runtime.workers.dask import APPENDED, FILES, WHOLE, script_files
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.runtime.wake import Waker
+from trialdeck.engine.runtime.workers.dask_transport import APPENDED, FILES, WHOLE, script_files
+from trialdeck.engine.runtime.workers.messages import (
+    FilePart,
+    RecordEpoch,
+    StopGrace,
+    StoppedBecause,
+    TaskControl,
+    TaskNews,
+    UpdateRun,
+    Verdict,
+    VerdictAsked,
+    from_wire,
+)
+from trialdeck.engine.types import EventKind, RunEvent
 from trialdeck.engine.workspace import Workspace, atomic_write, make_private_dir, private_open
 
 BEAT_SECONDS = 5.0
-"""How often running tasks are told the engine lives (runtime.dask_worker.ENGINE_LOST)."""
+"""How often running tasks are told the engine lives (runtime.workers.dask_transport.ENGINE_LOST)."""
 FINISH_WAIT = 5.0
 """How long a task that ended may take for its last message to arrive before the run is settled without it."""
 SILENT_SECONDS = 10.0
@@ -73,7 +107,8 @@ def _places(worker: dict[str, Any]) -> int:
     return gpus if gpus > 0 else max(1, int(worker["nthreads"]))
 
 
-# ----------------------------------------------------------------------------- the engine's side
+def _place_name(worker: dict[str, Any], k: int) -> str:
+    return worker["name"] + (f".{k}" if _places(worker) > 1 else "")
 
 
 @dataclass
@@ -85,9 +120,8 @@ class RemoteRun:
     address: str
     name: str
     place: tuple[str, int]
-    control: dict[str, Any]
+    control: TaskControl
     heard: float = field(default_factory=time.monotonic)
-    cancel_sent: float | None = None
     grace: float = 0.0
     finished: float | None = None
     """When its task ended (monotonic), while its last message may still be on the way."""
@@ -103,23 +137,24 @@ class DaskPlacement(BasePlacement):
     """Runs placed as tasks on a Dask cluster (see the module docstring)."""
 
     kind = "dask"
+    cancel_grace = CANCEL_GRACE + 5.0  # a task's cancel has further to go than a local worker's
 
-    def __init__(self, ws: Workspace, store: Store, log: Callable[[str], None], ended: Callable[[str, str], None],
-                 *, url: str, requeue: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__(ws, store, log, ended)
+    def __init__(self, ws: Workspace, store: Store, lifecycle: Lifecycle, log: Callable[[str], None],
+                 config: EngineConfig | None = None) -> None:
+        super().__init__(ws, store, lifecycle, log)
+        url = (config or EngineConfig()).cluster
+        assert url, "DaskPlacement needs `cluster` in engine.toml (or engine start --cluster URL)"
         if importlib.util.find_spec("distributed") is None:
             raise BadInput(f"cluster = {url!r} needs Dask's distributed package on this box: "
                            "pip install 'trialdeck[cluster]'")
-        self.url, self.requeue = url, requeue
+        self.url = url
         self.tag = engine_tag(ws)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.link = ClusterLink(url, self.tag, self._wake)
+        self.waker = Waker()
+        self.link = ClusterLink(url, self.tag, self.waker.wake)
         self.state = "connecting"
         self.since = time.time()
         self.error: str | None = None
-        self.workers: dict[str, dict[str, Any]] = {}
+        self.workers: Workers = {}
         self.remote: dict[str, RemoteRun] = {}
         self.lost_runs: set[str] = set()
         """Runs interrupted when the scheduler went away: requeued once it is back."""
@@ -127,33 +162,43 @@ class DaskPlacement(BasePlacement):
         self._beat_at = time.monotonic()
         self._status_written: str | None = None
 
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # a full buffer already wakes the loop
-            self._wake_w.send(b"x")
+    # -- what it is --------------------------------------------------------------------------
 
-    # -- the interface -----------------------------------------------------------------------
+    @classmethod
+    def offline_capabilities(cls, ws: Workspace, config: EngineConfig) -> Capabilities:
+        return Capabilities(cls.kind, frozenset({"cpu"}), (), growing=True)
+
+    def capabilities(self) -> Capabilities:
+        gpus = [int(w["resources"].get("GPU", 0)) for w in self.workers.values()]
+        devices = {"cpu", *(["cuda"] if any(gpus) else []), *(f"cuda:{k}" for k in range(max(gpus, default=0)))}
+        places = tuple(_place_name(w, k) for w in self.workers.values() for k in range(_places(w)))
+        return Capabilities(self.kind, frozenset(devices), places, growing=True)
+
+    def capacity(self) -> int:
+        return max(1, sum(_places(w) for w in self.workers.values()))
+
+    def training(self) -> set[str]:
+        return set(self.remote)
+
+    def stop_grace(self, run_id: str) -> float:
+        rr = self.remote.get(run_id)
+        return rr.grace if rr else 0.0
+
+    def can_hear(self) -> bool:
+        return self.state == "connected"
 
     def start(self) -> None:
         self._write_status()
         self.link.start()
 
-    def slot_names(self) -> list[str]:
-        return []
-
-    def capacity(self) -> int:
-        return max(1, sum(_places(w) for w in self.workers.values()))
-
     def waitables(self) -> list[Any]:
-        return [self._wake_r]
+        return [self.waker.fd]
 
     def handle(self, ready: list[Any]) -> None:
-        if self._wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                while self._wake_r.recv(4096):
-                    pass
+        if self.waker.fd in ready:
+            self.waker.drain()
         while self.link.events:
-            event = self.link.events.popleft()
-            getattr(self, f"_on_{event[0]}")(*event[1:])
+            self._on_event(self.link.events.popleft())
         now = time.monotonic()
         for rr in list(self.remote.values()):
             if rr.finished is not None and now - rr.finished > FINISH_WAIT:
@@ -164,23 +209,48 @@ class DaskPlacement(BasePlacement):
         if now - self._beat_at >= BEAT_SECONDS:
             self._beat_at, self.beat = now, self.beat + 1
             for rr in self.remote.values():
-                rr.control["beat"] = self.beat
-                self.link.post("control", rr.run_id, dict(rr.control))
+                self._steer(rr, beat=self.beat)
         self._write_status()
+
+    def _steer(self, rr: RemoteRun, **change: Any) -> None:
+        rr.control = dataclasses.replace(rr.control, **change)
+        self.link.post(SetControl(rr.run_id, rr.control))
 
     # -- link events -------------------------------------------------------------------------
 
-    def _on_connected(self, workers: dict[str, dict[str, Any]]) -> None:
+    def _on_event(self, event: Any) -> None:
+        match event:
+            case Connected(workers):
+                self._connected(workers)
+            case ConnectionLost(why):
+                self._lost(why)
+            case WorkersChanged(workers):
+                self._workers_changed(workers)
+            case WorkerRemoved(address):
+                if address:
+                    self.workers.pop(address, None)
+                    self._worker_gone(address)
+            case TaskNewsArrived(item):
+                self._on_news(item)
+            case TaskFinished(run_id, token, error):
+                rr = self.remote.get(run_id)
+                if rr is not None and rr.token == token and rr.finished is None:
+                    rr.finished, rr.task_error = time.monotonic(), error
+            case SubmitFailed(run_id, token, why):
+                rr = self.remote.get(run_id)
+                if rr is not None and rr.token == token:
+                    self._interrupt(rr, f"interrupted: it could not be placed on Dask worker {rr.name} ({why})",
+                                    requeue=True)
+
+    def _connected(self, workers: Workers) -> None:
         self.state, self.since, self.error, self.workers = "connected", time.time(), None, workers
         self.log(f"connected to the Dask scheduler at {self.url}: {len(workers)} worker(s), "
                  f"{sum(_places(w) for w in workers.values())} place(s)")
         for run_id in sorted(self.lost_runs):
-            record = self.store.get_run(run_id)
-            if record and record["state"] == RunState.INTERRUPTED.value and not self.stopping:
-                self.requeue(record)
+            self.report(PlaceBack(run_id))
         self.lost_runs.clear()
 
-    def _on_lost(self, why: str) -> None:
+    def _lost(self, why: str) -> None:
         was = self.state
         if was == "connected" or why != self.error:  # said once, not at every retry
             self.log(f"Dask scheduler at {self.url}: {why}; retrying every {RETRY_SECONDS:g} s")
@@ -193,9 +263,8 @@ class DaskPlacement(BasePlacement):
             self._interrupt(rr, f"interrupted: the Dask scheduler at {self.url} went away ({why})", requeue=False)
             self.lost_runs.add(rr.run_id)
 
-    def _on_workers(self, workers: dict[str, dict[str, Any]]) -> None:
-        joined = sorted(set(workers) - set(self.workers))
-        for address in joined:
+    def _workers_changed(self, workers: Workers) -> None:
+        for address in sorted(set(workers) - set(self.workers)):
             w = workers[address]
             self.log(f"Dask worker {w['name']} ({address}) joined: {_describe_worker(w)}")
         left = set(self.workers) - set(workers)
@@ -203,62 +272,52 @@ class DaskPlacement(BasePlacement):
         for address in left:
             self._worker_gone(address)
 
-    def _on_removed(self, address: str | None) -> None:
-        if address:
-            self.workers.pop(address, None)
-            self._worker_gone(address)
+    # -- what comes back ---------------------------------------------------------------------
 
-    def _on_message(self, msg: dict[str, Any]) -> None:
-        rr = self.remote.get(str(msg.get("run")))
-        if rr is None or msg.get("token") != rr.token:
+    def _on_news(self, item: Any) -> None:
+        try:
+            news = from_wire(item)
+        except (ValueError, TypeError) as exc:
+            self.log(f"ignored an item of the cluster queue that is not a run's news: {exc}")
+            return
+        rr = self.remote.get(news.run_id) if isinstance(news, TaskNews) else None
+        if rr is None or news.token != rr.token:
             return  # an older attempt's, or a run this engine already settled
         rr.heard = time.monotonic()
         run_dir = self.ws.run_dir(rr.run_id)
-        if "file" in msg:
-            self._take_part(rr, run_dir, msg)
-        for name, data in (msg.get("append") or {}).items():
+        if news.part is not None:
+            self._take_part(rr, run_dir, news.part)
+        for name, data in news.appended.items():
             if name in APPENDED and data:
                 fd = private_open(run_dir / name)
                 try:
                     os.write(fd, data)
                 finally:
                     os.close(fd)
-        for op, args in msg.get("ops") or ():
-            self._apply(rr.run_id, op, args)
-        for note in msg.get("notes") or ():
-            if note[0] == "grace":
-                rr.grace = float(note[2])
-            elif note[0] == "why":
-                rr.why = str(note[1])
-        if "ask" in msg:
-            self._verdict(rr, msg["ask"])
-        if "done" in msg:
+        for write in news.writes:
+            self._apply(rr.run_id, write)
+        for note in news.notes:
+            match note:
+                case StopGrace(_, seconds):
+                    rr.grace = float(seconds)
+                case StoppedBecause(_, why):
+                    rr.why = why
+        if news.ask is not None:
+            self._verdict(rr, news.ask)
+        if news.done:
             self._done(rr)
 
-    def _on_finished(self, run_id: str, token: str, error: str | None, result: Any) -> None:
-        rr = self.remote.get(run_id)
-        if rr is not None and rr.token == token and rr.finished is None:
-            rr.finished, rr.task_error = time.monotonic(), error
-
-    def _on_submit_failed(self, run_id: str, token: str, why: str) -> None:
-        rr = self.remote.get(run_id)
-        if rr is not None and rr.token == token:
-            self._interrupt(rr, f"interrupted: it could not be placed on Dask worker {rr.name} ({why})",
-                            requeue=not self.stopping)
-
-    # -- what comes back ---------------------------------------------------------------------
-
-    def _take_part(self, rr: RemoteRun, run_dir: Path, msg: dict[str, Any]) -> None:
-        rel = str(msg["file"])
+    def _take_part(self, rr: RemoteRun, run_dir: Path, part: FilePart) -> None:
+        rel = part.path
         parts = Path(rel).parts
         if rel != WHOLE and not (len(parts) > 1 and parts[0] == FILES and ".." not in parts and not Path(rel).is_absolute()):
             self.log(f"{rr.run_id}: ignored a file named {rel!r} from its Dask worker")
             return
-        count, index = int(msg["parts"]), int(msg["part"])
+        count, index = int(part.parts), int(part.part)
         got = rr.parts.setdefault(rel, [None] * count)
         if len(got) != count or index == 0:  # a new version of the file starts over
             got = rr.parts[rel] = [None] * count
-        got[index] = msg["data"]
+        got[index] = part.data
         if any(p is None for p in got):
             return
         del rr.parts[rel]
@@ -268,22 +327,23 @@ class DaskPlacement(BasePlacement):
         if rel == WHOLE:
             rr.checkpoints += 1
 
-    def _apply(self, run_id: str, op: str, args: dict[str, Any]) -> None:
-        """Make a catalogue write the run made on its worker (runtime.dask_worker.MirrorStore)."""
+    def _apply(self, run_id: str, write: Any) -> None:
+        """Make a catalogue write the run made on its worker (its copy of the record), or its end."""
         try:
-            if op == "update_run":
-                self.store.update_run(run_id, **args["fields"])
-            elif op == "record_epoch_and_events":
-                self.store.record_epoch_and_events(run_id, args["entry"], args["events"])
-            elif op == "transition":
-                self.store.transition(run_id, args["state"], error=args.get("error"), add_events=args.get("events"),
-                                      **args.get("fields", {}))
+            match write:
+                case UpdateRun(fields):
+                    self.store.update_run(run_id, **fields)
+                case RecordEpoch(entry, events):
+                    self.store.record_epoch_and_events(run_id, entry, list(events))
+                case Ended():
+                    self.report(write)
+                case _:
+                    self.log(f"{run_id}: ignored a write from its Dask worker that is not one: {write!r:.200}")
         except ValueError as exc:  # e.g. cancelled directly meanwhile: the catalogue's state stands
-            self.log(f"{run_id}: {op} from its Dask worker not recorded: {exc}")
+            self.log(f"{run_id}: {type(write).__name__} from its Dask worker not recorded: {exc}")
 
-    def _verdict(self, rr: RemoteRun, ask: dict[str, Any]) -> None:
+    def _verdict(self, rr: RemoteRun, ask: VerdictAsked) -> None:
         """A trial's epoch: the engine holds the study, so its pruner decides here."""
-        epoch = int(ask["epoch"])
         verdict = None
         try:
             if rr.reporter is None:
@@ -291,87 +351,54 @@ class DaskPlacement(BasePlacement):
                 from trialdeck.engine.tuning.reporter import TrialReporter
 
                 rr.reporter = TrialReporter.for_record(self.store, self.ws, self.store.get_run(rr.run_id) or {})
-            stop = rr.reporter.on_epoch(ReportedEpoch(int(epoch), ask.get("record") or {}), [])
+            stop = rr.reporter.on_epoch(ReportedEpoch(int(ask.epoch), dict(ask.record)), [])
             if stop is not None:
-                event = stop.event or RunEvent(EventKind.PRUNED.value, epoch, "pruned")
-                verdict = {"state": stop.state.value, "event": event.to_json()}
+                event = stop.event or RunEvent(EventKind.PRUNED.value, ask.epoch, "pruned")
+                verdict = Verdict(stop.state, event.to_json())
         except Exception as exc:  # noqa: BLE001 - the trial goes on unpruned; the reason goes to engine.log
-            self.log(f"{rr.run_id}: its pruner failed at epoch {epoch}: {type(exc).__name__}: {exc}")
-        rr.control["verdicts"] = {str(epoch): verdict}
-        self.link.post("control", rr.run_id, dict(rr.control))
+            self.log(f"{rr.run_id}: its pruner failed at epoch {ask.epoch}: {type(exc).__name__}: {exc}")
+        self._steer(rr, verdicts={str(ask.epoch): verdict})
 
     def _done(self, rr: RemoteRun) -> None:
-        record = self.store.get_run(rr.run_id) or {}
-        state = record.get("state")
-        if state == RunState.RUNNING.value:  # its last write did not come: fail it rather than leave it running
-            self._fail(rr.run_id, f"its Dask task on {rr.name} ended without recording a result")
-            state = RunState.FAILED.value
-        self.log(f"{rr.run_id} {state} on {rr.name}" + (f" ({rr.why})" if rr.why else ""))
         self._release(rr, cancel=False)
-        self.ended(rr.run_id, str(state))
-        if state == RunState.INTERRUPTED.value and not self.stopping:
-            self.requeue(record)  # it stopped itself (its scheduler or engine seemed gone): not lost work
+        # Its last write did not come: fail it rather than leave it running.
+        if self.report(Crashed(rr.run_id, f"its Dask task on {rr.name} ended without recording a result")) is None:
+            state = self.lifecycle.state_of(rr.run_id)
+            self.report(EndRecorded(rr.run_id, state, where=rr.name, why=rr.why))
 
     def _settle(self, rr: RemoteRun) -> None:
         """Its task ended and its last message never came (the task failed, or was lost)."""
-        record = self.store.get_run(rr.run_id) or {}
-        if record.get("state") == RunState.RUNNING.value:
-            why = rr.task_error or "ended without its last message"
-            self._fail(rr.run_id, f"its Dask task on {rr.name} failed: {why}")
         self.log(f"{rr.run_id} task ended on {rr.name}: {rr.task_error or 'no last message'}")
         self._release(rr, cancel=False)
-        self.ended(rr.run_id, (self.store.get_run(rr.run_id) or {}).get("state", RunState.FAILED.value))
-
-    def _fail(self, run_id: str, reason: str) -> None:
-        with contextlib.suppress(ValueError):
-            self.store.transition(run_id, RunState.FAILED, error=reason,
-                                  add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
+        why = rr.task_error or "ended without its last message"
+        self.report(Crashed(rr.run_id, f"its Dask task on {rr.name} failed: {why}"))
 
     def _release(self, rr: RemoteRun, cancel: bool) -> None:
         self.remote.pop(rr.run_id, None)
-        self.link.post("forget", rr.run_id, cancel)
+        self.link.post(Forget(rr.run_id, cancel))
 
-    def _interrupt(self, rr: RemoteRun, message: str, requeue: bool) -> None:
-        record = self.store.get_run(rr.run_id)
-        if record and record["state"] == RunState.RUNNING.value:
-            with contextlib.suppress(ValueError):
-                self.store.transition(rr.run_id, RunState.INTERRUPTED,
-                                      add_events=[RunEvent(EventKind.INTERRUPTED.value, None, message)])
-            self.log(f"{rr.run_id} {message}")
+    def _interrupt(self, rr: RemoteRun, why: str, requeue: bool) -> None:
         self._release(rr, cancel=True)
-        record = self.store.get_run(rr.run_id)
-        if requeue and record and record["state"] == RunState.INTERRUPTED.value:
-            self.requeue(record)
+        self.report(Lost(rr.run_id, why, requeue=requeue))
 
     def _worker_gone(self, address: str) -> None:
         for rr in [r for r in self.remote.values() if r.address == address]:
             came = (f"it resumes from the checkpoint that came back ({rr.checkpoints} this attempt)"
                     if self.ws.checkpoint_path(rr.run_id).exists() else "no checkpoint had come back; it starts over")
-            self._interrupt(rr, f"interrupted: Dask worker {rr.name} ({address}) left the cluster; {came}",
-                            requeue=not self.stopping)
+            self._interrupt(rr, f"interrupted: Dask worker {rr.name} ({address}) left the cluster; {came}", requeue=True)
 
     # -- cancel and dispatch -----------------------------------------------------------------
 
-    def check_cancellations(self) -> None:
-        if not self.remote:
+    def pass_cancel(self, run_id: str) -> None:
+        if run_id in self.remote:
+            self._steer(self.remote[run_id], stop="cancel")
+
+    def force_cancel(self, run_id: str, waited: float) -> None:
+        rr = self.remote.get(run_id)
+        if rr is None:
             return
-        now = time.monotonic()
-        for run in self.store.list_runs(RunState.RUNNING, omit=("config", "history", "events")):
-            rr = self.remote.get(run["id"])
-            if rr is None or not run.get("cancel_requested"):
-                continue
-            if rr.cancel_sent is None:
-                rr.cancel_sent = now
-                rr.control["stop"] = "cancel"
-                self.link.post("control", rr.run_id, dict(rr.control))
-            elif now - rr.cancel_sent > CANCEL_GRACE + rr.grace + 5.0:
-                message = f"cancelled by the user (its task on Dask worker {rr.name} did not stop and was abandoned)"
-                with contextlib.suppress(ValueError):
-                    self.store.transition(rr.run_id, RunState.CANCELLED,
-                                          add_events=[RunEvent(EventKind.CANCELLED.value, None, message)])
-                self.log(f"{rr.run_id} {message}")
-                self._release(rr, cancel=True)
-                self.ended(rr.run_id, RunState.CANCELLED.value)
+        self.cancel_overdue(run_id, f"its task on Dask worker {rr.name} did not stop and was abandoned")
+        self._release(rr, cancel=True)
 
     def dispatch(self) -> None:
         if self.state != "connected" or self.stopping:
@@ -404,24 +431,17 @@ class DaskPlacement(BasePlacement):
         address, k = place
         worker = self.workers[address]
         gpus = int(worker["resources"].get("GPU", 0))
-        pinned = pinned_device(run)
-        device = "cpu" if pinned == "cpu" or gpus < 1 else ("cuda" if gpus == 1 else f"cuda:{k}")
-        slot = worker["name"] + (f".{k}" if _places(worker) > 1 else "")
-        token = secrets.token_hex(8)
-        try:
-            record = self.store.transition(
-                run["id"], RunState.RUNNING, worker=None, slot=slot, device=device, host=worker["name"],
-                host_address=address, cancel_requested=False,
-                add_events=[RunEvent(EventKind.STARTED.value, None, f"started on Dask worker {worker['name']} ({address})")])
-        except ValueError:  # cancelled between our read and this write
+        device = "cpu" if pinned_device(run) == "cpu" or gpus < 1 else ("cuda" if gpus == 1 else f"cuda:{k}")
+        record = self.report(Started(run["id"], Place(_place_name(worker, k), device, worker["name"], address)))
+        if record is None:  # cancelled between our read and this write
             return False
+        token = secrets.token_hex(8)
         payload = {"run_id": run["id"], "token": token, "tag": self.tag, "device": device,
                    "record": {k: v for k, v in record.items() if k not in ("events", "history")}}
-        control: dict[str, Any] = {"token": token, "stop": None, "beat": self.beat, "verdicts": {}}
-        rr = RemoteRun(run["id"], token, address, worker["name"], place, control)
-        self.remote[run["id"]] = rr
-        self.link.post("submit", run["id"], token, payload, self._blobs(run["id"]), address,
-                       {"GPU": 1} if gpus >= 1 else None, control)
+        control = TaskControl(token, beat=self.beat)
+        self.remote[run["id"]] = RemoteRun(run["id"], token, address, worker["name"], place, control)
+        self.link.post(Submit(run["id"], token, payload, self._blobs(run["id"]), address,
+                              {"GPU": 1} if gpus >= 1 else None, control))
         self.log(f"{run['id']} -> Dask worker {worker['name']} ({address}) on {device}")
         return True
 
@@ -439,26 +459,23 @@ class DaskPlacement(BasePlacement):
 
     # -- the end -----------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        self.stopping = True
-        if self.remote and self.state == "connected":
-            for rr in self.remote.values():
-                rr.control["stop"] = "interrupt"
-                self.link.post("control", rr.run_id, dict(rr.control))
-            deadline = time.monotonic() + STOP_GRACE + max((rr.grace for rr in self.remote.values()), default=0.0)
-            # Each task checkpoints its run, sends it back and records it interrupted.
-            while self.remote and self.state == "connected" and time.monotonic() < deadline:
-                from multiprocessing.connection import wait
+    def interrupt_all(self) -> None:
+        if self.state != "connected":
+            return
+        for rr in self.remote.values():
+            self._steer(rr, stop="interrupt")
 
-                self.handle(wait([self._wake_r], timeout=0.5))
+    def abandon(self) -> list[str]:
+        left = sorted(self.remote)
         for rr in list(self.remote.values()):
-            self._interrupt(rr, "interrupted: the engine stopped", requeue=False)
+            self._release(rr, cancel=True)
         self.link.close()
         with contextlib.suppress(FileNotFoundError):
             (self.ws.root / CLUSTER_STATUS_NAME).unlink()
+        return left
 
     def _write_status(self) -> None:
-        """cluster.json, for `engine status` and the TUI (runtime.placement.read_cluster_status)."""
+        """cluster.json, for `engine status` and the TUI (placement.base.read_cluster_status)."""
         runs: dict[str, list[str]] = {}
         for rr in self.remote.values():
             runs.setdefault(rr.address, []).append(rr.run_id)
@@ -473,6 +490,9 @@ class DaskPlacement(BasePlacement):
         if text != self._status_written and not self.stopping:
             atomic_write(self.ws.root / CLUSTER_STATUS_NAME, text.encode())
             self._status_written = text
+
+    def status_fields(self) -> dict[str, Any]:
+        return {**super().status_fields(), "cluster": self.url}
 
 
 def _describe_worker(w: dict[str, Any]) -> str:

@@ -1,17 +1,19 @@
 """ClusterLink: the engine's one Dask client, in a thread of its own.
 
-One job: every network call a Dask-placing engine makes (runtime.dask_backend),
-so none blocks the engine's loop. The link runs its own asyncio loop with an
-asynchronous `distributed.Client`; the engine posts commands (`submit`,
-`control`, `forget`, `close`) without waiting, and the link answers with events
-in `events`, calling `wake` after each. Invariants:
+One job: every network call a Dask-placing engine makes (placement.dask), so
+none blocks the engine's loop. The link runs its own asyncio loop with an
+asynchronous `distributed.Client`; the engine posts commands (Submit,
+SetControl, Forget, Close) without waiting, and the link answers with events
+in `events` (Connected, ConnectionLost, WorkersChanged, WorkerRemoved,
+TaskNewsArrived, TaskFinished, SubmitFailed), calling `wake` after each.
+Invariants:
 
 - Commands run one at a time in the order posted (a run's control never
   overtakes its submit, nor a requeued run's new submit its old `forget`).
 - One connection at a time: when the scheduler goes away the link says "lost"
   once, closes that client (its futures die with it) and tries again every
   RETRY_SECONDS; commands for the lost cluster are dropped (a submit is
-  answered "submit_failed").
+  answered SubmitFailed).
 - The messages tasks put in the engine's `distributed.Queue` are read in order
   and handed on as they are; telling a current attempt's from a stale one's is
   the engine's job.
@@ -26,10 +28,13 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from trialdeck.engine.runtime.workers.dask import control_name, queue_name, run_task
+from trialdeck.engine.runtime.workers.dask import run_task
+from trialdeck.engine.runtime.workers.dask_transport import control_name, queue_name
+from trialdeck.engine.runtime.workers.messages import TaskControl, to_wire
 
 CONNECT_TIMEOUT = 5.0
 RETRY_SECONDS = 3.0
@@ -42,24 +47,108 @@ SCATTER_BYTES = 1 << 20
 """Files a resume needs go to the worker directly (client.scatter) from this size, not in the task itself."""
 
 
+# ----------------------------------------------------------------------------- commands (engine -> link)
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Place a run's task on one worker (`address`), after setting its control variable."""
+
+    run_id: str
+    token: str
+    payload: Mapping[str, Any]
+    blobs: Mapping[str, bytes]
+    address: str
+    resources: Mapping[str, float] | None
+    control: TaskControl
+
+
+@dataclass(frozen=True)
+class SetControl:
+    run_id: str
+    control: TaskControl
+
+
+@dataclass(frozen=True)
+class Forget:
+    """The run ended or was requeued: silence any copy of its task (and cancel it, `cancel`)."""
+
+    run_id: str
+    cancel: bool
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+Command = Submit | SetControl | Forget | Close
+
+# ----------------------------------------------------------------------------- events (link -> engine)
+
+Workers = dict[str, dict[str, Any]]
+"""Per worker address: name, nthreads, resources, memory_limit."""
+
+
+@dataclass(frozen=True)
+class Connected:
+    workers: Workers
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    why: str
+
+
+@dataclass(frozen=True)
+class WorkersChanged:
+    workers: Workers
+
+
+@dataclass(frozen=True)
+class WorkerRemoved:
+    address: str | None
+
+
+@dataclass(frozen=True)
+class TaskNewsArrived:
+    """An item from the engine's queue, as a task put it (runtime.workers.messages.TaskNews on the wire)."""
+
+    item: Any
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    run_id: str
+    token: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SubmitFailed:
+    run_id: str
+    token: str
+    why: str
+
+
+LinkEvent = Connected | ConnectionLost | WorkersChanged | WorkerRemoved | TaskNewsArrived | TaskFinished | SubmitFailed
+
+
 class ClusterLink(threading.Thread):
-    """The engine's one Dask client, in its own thread and asyncio loop. The engine posts
-    commands (`submit`, `control`, `forget`, `close`) without waiting; the link answers with
-    events in `events` ("connected", "lost", "workers", "removed", "message", "finished",
-    "submit_failed") and calls `wake` after each."""
+    """The engine's one Dask client, in its own thread and asyncio loop (see the module docstring)."""
 
     def __init__(self, url: str, tag: str, wake: Callable[[], None]) -> None:
         super().__init__(name="trialdeck-dask", daemon=True)
         self.url, self.tag, self.wake = url, tag, wake
-        self.events: collections.deque[tuple] = collections.deque()
+        self.events: collections.deque[LinkEvent] = collections.deque()
         self.loop = asyncio.new_event_loop()
-        self._commands: asyncio.Queue[tuple] | None = None
+        self._commands: asyncio.Queue[Command] | None = None
         self._ready = threading.Event()
         self._closing = False
         self._futures: dict[str, tuple[str, list[Any]]] = {}
         """run id -> (token, the futures the run holds: its task, its scattered files)."""
 
-    def _emit(self, *event: Any) -> None:
+    def _emit(self, event: LinkEvent) -> None:
         self.events.append(event)
         self.wake()
 
@@ -67,7 +156,7 @@ class ClusterLink(threading.Thread):
         super().start()
         self._ready.wait(10)
 
-    def post(self, *command: Any) -> None:
+    def post(self, command: Command) -> None:
         """Queue a command for the link (thread-safe, never blocks)."""
         if self._commands is not None and not self.loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop just closed: the engine is stopping
@@ -75,7 +164,7 @@ class ClusterLink(threading.Thread):
 
     def close(self) -> None:
         self._closing = True
-        self.post("close")
+        self.post(Close())
         self.join(15)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -102,7 +191,7 @@ class ClusterLink(threading.Thread):
                     Client(self.url, asynchronous=True, timeout=CONNECT_TIMEOUT, set_as_default=False),
                     CONNECT_TIMEOUT * 2)
             except Exception as exc:  # noqa: BLE001 - unreachable, refused, bad address: retried
-                self._emit("lost", f"cannot reach the scheduler: {describe(exc)}")
+                self._emit(ConnectionLost(f"cannot reach the scheduler: {describe(exc)}"))
                 if await self._idle(RETRY_SECONDS):
                     return
                 continue
@@ -112,7 +201,7 @@ class ClusterLink(threading.Thread):
                 await asyncio.wait_for(client.close(timeout=2), 5)
             if self._closing:
                 return
-            self._emit("lost", why)
+            self._emit(ConnectionLost(why))
             if await self._idle(RETRY_SECONDS):
                 return
 
@@ -125,10 +214,11 @@ class ClusterLink(threading.Thread):
                 command = await asyncio.wait_for(self._commands.get(), left)
             except TimeoutError:
                 break
-            if command[0] == "close":
-                return True
-            if command[0] == "submit":
-                self._emit("submit_failed", command[1], command[2], "the Dask scheduler is not reachable")
+            match command:
+                case Close():
+                    return True
+                case Submit(run_id, token):
+                    self._emit(SubmitFailed(run_id, token, "the Dask scheduler is not reachable"))
         return self._closing
 
     async def _serve(self, client: Any) -> str:
@@ -145,12 +235,12 @@ class ClusterLink(threading.Thread):
         def on_event(event: tuple) -> None:
             msg = event[1] if isinstance(event, tuple) and len(event) > 1 else {}
             if isinstance(msg, dict) and msg.get("action") == "remove-worker":
-                self._emit("removed", msg.get("worker"))
+                self._emit(WorkerRemoved(msg.get("worker")))
             if isinstance(msg, dict) and msg.get("action") in ("add-worker", "remove-worker"):
                 refresh.set()
 
         client.subscribe_topic("all", on_event)
-        self._emit("connected", _workers(info))
+        self._emit(Connected(_workers(info)))
         jobs = [asyncio.ensure_future(job) for job in
                 (self._consume(queue), self._refresh(client, refresh), self._run_commands(client), self._watch(client))]
         done, pending = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
@@ -173,7 +263,7 @@ class ClusterLink(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - the scheduler went away
                 return f"lost the scheduler's queue: {describe(exc)}"
             for item in items:
-                self._emit("message", item)
+                self._emit(TaskNewsArrived(item))
             if not items:
                 await asyncio.sleep(POLL_BUSY if self._futures else POLL_IDLE)
 
@@ -190,7 +280,7 @@ class ClusterLink(threading.Thread):
             workers = _workers(info)
             if workers != last:
                 last = workers
-                self._emit("workers", workers)
+                self._emit(WorkersChanged(workers))
 
     async def _watch(self, client: Any) -> str:
         while True:
@@ -204,52 +294,51 @@ class ClusterLink(threading.Thread):
         assert self._commands is not None
         while True:
             command = await self._commands.get()
-            kind = command[0]
-            if kind == "close":
-                return "closed"
             try:
-                if kind == "submit":
-                    await self._submit(client, *command[1:])
-                elif kind == "control":
-                    _, run_id, value = command
-                    await Variable(control_name(self.tag, run_id), client=client).set(value)
-                elif kind == "forget":  # the run ended or was requeued: silence any copy of its task
-                    _, run_id, cancel = command
-                    await Variable(control_name(self.tag, run_id), client=client).set({"token": None})
-                    _, futures = self._futures.pop(run_id, ("", []))
-                    if cancel and futures:
-                        await client.cancel(futures[:1], force=True)
+                match command:
+                    case Close():
+                        return "closed"
+                    case Submit():
+                        await self._submit(client, command)
+                    case SetControl(run_id, control):
+                        await Variable(control_name(self.tag, run_id), client=client).set(to_wire(control))
+                    case Forget(run_id, cancel):  # the run ended or was requeued: silence any copy of its task
+                        await Variable(control_name(self.tag, run_id), client=client).set(to_wire(TaskControl(None)))
+                        _, futures = self._futures.pop(run_id, ("", []))
+                        if cancel and futures:
+                            await client.cancel(futures[:1], force=True)
             except Exception as exc:  # noqa: BLE001 - one command failing must not end the link
-                if kind == "submit":
-                    self._emit("submit_failed", command[1], command[2], describe(exc))
+                if isinstance(command, Submit):
+                    self._emit(SubmitFailed(command.run_id, command.token, describe(exc)))
                 if client.status != "running":
                     return f"lost the scheduler: {describe(exc)}"
 
-    async def _submit(self, client: Any, run_id: str, token: str, payload: dict[str, Any], blobs: dict[str, bytes],
-                      address: str, resources: dict[str, float] | None, control: dict[str, Any]) -> None:
+    async def _submit(self, client: Any, submit: Submit) -> None:
         from distributed import Variable
 
-        await Variable(control_name(self.tag, run_id), client=client).set(control)
+        run_id, token = submit.run_id, submit.token
+        await Variable(control_name(self.tag, run_id), client=client).set(to_wire(submit.control))
         held: list[Any] = []
-        argument: Any = blobs
-        if sum(len(b) for b in blobs.values()) >= SCATTER_BYTES:
+        argument: Any = dict(submit.blobs)
+        if sum(len(b) for b in submit.blobs.values()) >= SCATTER_BYTES:
             # Big files go to the worker directly, not through the scheduler inside the task.
-            [argument] = await client.scatter([blobs], workers=[address], hash=False)
+            [argument] = await client.scatter([argument], workers=[submit.address], hash=False)
             held.append(argument)
-        future = client.submit(run_task, payload, argument, key=f"trialdeck-{self.tag}-{run_id}-{token}",
-                               workers=[address], allow_other_workers=False, resources=resources, pure=False)
+        future = client.submit(run_task, dict(submit.payload), argument, key=f"trialdeck-{self.tag}-{run_id}-{token}",
+                               workers=[submit.address], allow_other_workers=False,
+                               resources=dict(submit.resources) if submit.resources else None, pure=False)
         self._futures[run_id] = (token, [future, *held])
         asyncio.ensure_future(self._await_task(run_id, token, future))
 
     async def _await_task(self, run_id: str, token: str, future: Any) -> None:
         try:
-            result = await future
+            await future
         except BaseException as exc:  # noqa: BLE001 - the task's failure (or its cancel) is the run's news
-            self._emit("finished", run_id, token, describe(exc), None)
+            self._emit(TaskFinished(run_id, token, describe(exc)))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             return
-        self._emit("finished", run_id, token, None, result)
+        self._emit(TaskFinished(run_id, token, None))
 
 
 def describe(exc: BaseException) -> str:

@@ -1,26 +1,12 @@
-"""Placement: where the engine's queued runs train, behind one small interface.
+"""LocalPlacement: the engine's queued runs train in warm worker processes, one per device slot of this box.
 
-The engine (runtime.daemon) owns the queue, the catalogue and the studies; a
-placement backend owns the places runs train in. Two implement it:
-
-- `LocalPlacement` (the default): one warm worker process per device slot of
-  this box (runtime.worker), runs dispatched over pipes the moment a slot
-  frees, ensembles packed by `membership.queue_groups`.
-- `DaskPlacement` (runtime.dask_backend, when engine.toml has `cluster`): runs
-  placed as tasks on a Dask distributed cluster, their results streamed back.
-
-Contract, for both (tests/test_placement.py runs one suite against each):
-- `dispatch` takes queued runs only while it has room, marks each running
-  (with `slot`, `device`, and `host` on a cluster) and ends each in exactly one
-  final state, told to the engine through `ended`.
-- A cancel requested in the catalogue (`cancel_requested`) stops the run
-  within seconds (`check_cancellations`); a run that does not stop is killed.
-- `shutdown` interrupts what runs, keeping a checkpoint to resume from.
-- Nothing blocks the engine's loop: the loop waits on `waitables()` and
-  calls `handle` with whichever are ready.
-
-The Dask backend's status file (`cluster.json`, read by `engine status` and
-the TUI) is read here, without importing `distributed`.
+Slots come from the machine (placement.scheduler.make_slots: each GPU times
+`slots_per_gpu`, or CPU slots); the scheduler packs runs onto them. Each slot
+has one worker process (runtime.workers.local) that imports torch once; a run
+is dispatched over its pipe the moment the slot frees, and ensembles of
+trials go to one worker as a group (membership.queue_groups). A worker that
+dies fails the runs it held (Crashed: a crash or the OOM killer is the run's
+doing) and is replaced at once.
 """
 
 from __future__ import annotations
@@ -28,80 +14,83 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait
 from typing import Any
 
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, STOP_GRACE, BasePlacement
+from trialdeck.engine.runs.facts import Crashed, EndRecorded, Place, Refused, Started
+from trialdeck.engine.runs.lifecycle import Lifecycle
+from trialdeck.engine.runtime.config import EngineConfig
+from trialdeck.engine.runtime.placement.base import BasePlacement
+from trialdeck.engine.runtime.placement.capabilities import Capabilities
 from trialdeck.engine.runtime.placement.gpus import probe_gpus
-from trialdeck.engine.runtime.placement.scheduler import Scheduler, Slot, make_slots
-from trialdeck.engine.runtime.runners.script import kill_leftovers
-from trialdeck.engine.runtime.workers.local import INTERRUPT, NO_STOP, worker_main
+from trialdeck.engine.runtime.placement.scheduler import Placement, Scheduler, Slot, make_slots
+from trialdeck.engine.runtime.runners.choice import runner_class
+from trialdeck.engine.runtime.workers.local import SharedStop, worker_main
+from trialdeck.engine.runtime.workers.messages import (
+    Exit,
+    MemoryMeasured,
+    RunDone,
+    StopGrace,
+    StoppedBecause,
+    Train,
+    TrainGroup,
+    WorkerReady,
+)
 from trialdeck.engine.training.membership import queue_groups
-from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace
 
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
 """Most trials one worker trains as one ensemble (trialdeck.engine.training.ensemble)."""
 
-# ----------------------------------------------------------------------------- local workers
-
 
 @dataclass
 class WorkerHandle:
+    """The engine's side of one slot's worker process."""
+
     slot: Slot
     process: Any
     conn: Any
-    flag: Any
+    stop: SharedStop | None
     pid: int = 0
     ready: bool = False
     run_id: str | None = None
     """The run the slot is held for (an ensemble's first member)."""
-    cancels: Any = None
-    """Run numbers to cancel (shared with the worker; 0 = empty cell)."""
     members: set[str] = field(default_factory=set)
     """Every run this worker is training now: one, or an ensemble's members."""
-    cancel_sent: dict[str, float] = field(default_factory=dict)
-    """When each cancel was asked for (monotonic), for the grace before a kill."""
     grace: dict[str, float] = field(default_factory=dict)
-    """Script runs (runtime.script) among `members`: the seconds each may take to stop after SIGTERM."""
+    """Script runs among `members`: the seconds each may take to stop after SIGTERM."""
 
     def take(self, run_ids: list[str]) -> None:
-        self.run_id, self.members, self.cancel_sent, self.grace = run_ids[0], set(run_ids), {}, {}
-        self.flag.value = NO_STOP
-        self.cancels[:] = [0] * len(self.cancels)
-
-    def cancel(self, run_id: str, now: float) -> None:
-        cells = list(self.cancels)
-        self.cancels[cells.index(0)] = int(run_id[1:])  # a cell per member: never full
-        self.cancel_sent[run_id] = now
+        self.run_id, self.members, self.grace = run_ids[0], set(run_ids), {}
+        if self.stop is not None:
+            self.stop.clear()
 
 
 class LocalPlacement(BasePlacement):
-    """One warm worker process per device slot of this box (today's behaviour)."""
+    """One warm worker process per device slot of this box (see the module docstring)."""
 
     kind = "local"
 
-    def __init__(self, ws: Workspace, store: Store, log: Callable[[str], None], ended: Callable[[str, str], None],
-                 *, slots_per_gpu: int | None = None, cpu_slots: int | None = None) -> None:
-        super().__init__(ws, store, log, ended)
+    def __init__(self, ws: Workspace, store: Store, lifecycle: Lifecycle, log: Callable[[str], None],
+                 config: EngineConfig | None = None) -> None:
+        super().__init__(ws, store, lifecycle, log)
+        config = config or EngineConfig()
         self.gpus = probe_gpus()
-        self.scheduler = Scheduler(make_slots(self.gpus, slots_per_gpu, cpu_slots))
+        self.scheduler = Scheduler(make_slots(self.gpus, config.slots_per_gpu, config.cpu_slots))
         self._width = ENSEMBLE_WIDTH_GPU if self.gpus else ENSEMBLE_WIDTH_CPU
         self.ctx = mp.get_context("spawn")
         self.workers: dict[str, WorkerHandle] = {}
 
-    # -- the interface -----------------------------------------------------------------------
+    # -- what it is --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        for slot in self.scheduler.slots:
-            self._spawn(slot)
+    @classmethod
+    def offline_capabilities(cls, ws: Workspace, config: EngineConfig) -> Capabilities:
+        return Scheduler(make_slots(probe_gpus(), config.slots_per_gpu, config.cpu_slots)).capabilities()
 
-    def slot_names(self) -> list[str]:
-        return [s.name for s in self.scheduler.slots]
+    def capabilities(self) -> Capabilities:
+        return self.scheduler.capabilities()
 
     def capacity(self) -> int:
         return len(self.scheduler.slots)
@@ -109,6 +98,37 @@ class LocalPlacement(BasePlacement):
     @property
     def ensemble_width(self) -> int:
         return self._width
+
+    def training(self) -> set[str]:
+        return {run_id for h in self.workers.values() if h.run_id for run_id in h.members}
+
+    def stop_grace(self, run_id: str) -> float:
+        return next((h.grace[run_id] for h in self.workers.values() if run_id in h.grace), 0.0)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.scheduler.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        parent, child = self.ctx.Pipe()
+        stop = SharedStop(self.ctx, self._width)
+        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.scheduler.slots)))
+        cuda_visible = str(slot.gpu) if slot.gpu is not None else ("" if not self.gpus else None)
+        process = self.ctx.Process(target=worker_main, name=f"trialdeck-worker-{slot.name}",
+                                   args=(slot.name, str(self.ws.root), child, stop, threads, cuda_visible),
+                                   daemon=False)
+        process.start()
+        child.close()
+        self.workers[slot.name] = WorkerHandle(slot, process, parent, stop)
+
+    def _kill_worker(self, handle: WorkerHandle) -> None:
+        try:
+            os.killpg(handle.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        handle.process.join(5)
 
     def waitables(self) -> list[Any]:
         out: list[Any] = []
@@ -123,52 +143,32 @@ class LocalPlacement(BasePlacement):
             if handle.process.sentinel in ready and not handle.process.is_alive():
                 self._on_worker_died(handle)
 
-    # -- workers -----------------------------------------------------------------------------
-
-    def _spawn(self, slot: Slot) -> None:
-        parent, child = self.ctx.Pipe()
-        flag = self.ctx.Value("i", NO_STOP, lock=False)
-        cancels = self.ctx.Array("q", self._width, lock=False)
-        threads = max(1, (os.cpu_count() or 1) // max(1, len(self.scheduler.slots)))
-        cuda_visible = str(slot.gpu) if slot.gpu is not None else ("" if not self.gpus else None)
-        process = self.ctx.Process(target=worker_main, name=f"trialdeck-worker-{slot.name}",
-                                   args=(slot.name, str(self.ws.root), child, flag, threads, cuda_visible, cancels),
-                                   daemon=False)
-        process.start()
-        child.close()
-        self.workers[slot.name] = WorkerHandle(slot, process, parent, flag, cancels=cancels)
-
-    def _kill_worker(self, handle: WorkerHandle) -> None:
-        try:
-            os.killpg(handle.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        handle.process.join(5)
-
     def _on_message(self, handle: WorkerHandle) -> None:
         try:
             while handle.conn.poll():
-                message = handle.conn.recv()
-                if message[0] == "ready":
-                    handle.ready, handle.pid = True, message[1]
-                    self.log(f"worker {handle.pid} ready on {handle.slot.name}")
-                elif message[0] == "memory":  # the first epoch's peak GPU memory of a run
-                    _, run_id, peak = message
-                    self.scheduler.learn(run_id, peak)
-                elif message[0] == "grace":  # a script run started: its stop takes up to this long
-                    _, run_id, seconds = message
-                    handle.grace[run_id] = float(seconds)
-                elif message[0] == "done":
-                    _, run_id, state = message
-                    self.log(f"{run_id} {state} on {handle.slot.name}")
-                    self.ended(run_id, state)
-                    handle.members.discard(run_id)
-                    if not handle.members and handle.run_id is not None:
-                        self.scheduler.release(handle.run_id)
-                        handle.run_id = None
-                        handle.flag.value = NO_STOP
+                match handle.conn.recv():
+                    case WorkerReady(pid):
+                        handle.ready, handle.pid = True, pid
+                        self.log(f"worker {pid} ready on {handle.slot.name}")
+                    case MemoryMeasured(run_id, peak_bytes):  # the first epoch's peak GPU memory of a run
+                        self.scheduler.learn(run_id, peak_bytes)
+                    case StopGrace(run_id, seconds):  # a script run started: its stop takes up to this long
+                        handle.grace[run_id] = float(seconds)
+                    case RunDone(run_id, state):
+                        self.report(EndRecorded(run_id, state, where=handle.slot.name))
+                        self._free(handle, run_id)
+                    case StoppedBecause():
+                        pass  # a Dask task's note; a local worker is stopped by its engine only
         except (EOFError, OSError):
             pass
+
+    def _free(self, handle: WorkerHandle, run_id: str) -> None:
+        handle.members.discard(run_id)
+        if not handle.members and handle.run_id is not None:
+            self.scheduler.release(handle.run_id)
+            handle.run_id = None
+            if handle.stop is not None:
+                handle.stop.clear()
 
     def _on_worker_died(self, handle: WorkerHandle) -> None:
         code = handle.process.exitcode
@@ -177,41 +177,35 @@ class LocalPlacement(BasePlacement):
         self.log(f"worker on {handle.slot.name} {how}")
         if handle.run_id is not None:
             for run_id in sorted(handle.members):
-                run = self.store.get_run(run_id)
-                if run and run["state"] == RunState.RUNNING.value:
-                    cancelled = run_id in handle.cancel_sent
-                    state = RunState.CANCELLED if cancelled else RunState.FAILED
-                    message = ("cancelled by the user (worker stopped)" if cancelled
-                               else f"worker process {how} (out of memory or a crash?)")
-                    reason = None if cancelled else message
-                    event = RunEvent(EventKind.CANCELLED.value if cancelled else EventKind.FAILED.value, None, message)
-                    self.store.transition(run_id, state, error=reason, add_events=[event])
-                    self.ended(run_id, state.value)
+                self.report(Crashed(run_id, f"worker process {how} (out of memory or a crash?)",
+                                    cancel_asked=run_id in self.cancel_sent))
             self.scheduler.release(handle.run_id)
-        for run_id in handle.grace:  # a script dies with its worker; its children may not have
-            kill_leftovers(self.ws, run_id)
+        for run_id in sorted(handle.members):
+            record = self.store.get_run(run_id) or {}
+            runner_class(record.get("config")).clean_up_after(self.ws, run_id)
         handle.conn.close()
         del self.workers[handle.slot.name]
         if not self.stopping:
             self._spawn(handle.slot)
 
-    def check_cancellations(self) -> None:
-        now = time.monotonic()
-        busy = {run_id: h for h in self.workers.values() if h.run_id for run_id in h.members}
-        if not busy:
+    # -- cancels -----------------------------------------------------------------------------
+
+    def _holder(self, run_id: str) -> WorkerHandle | None:
+        return next((h for h in self.workers.values() if h.run_id and run_id in h.members), None)
+
+    def pass_cancel(self, run_id: str) -> None:
+        handle = self._holder(run_id)
+        if handle is not None and handle.stop is not None:
+            handle.stop.cancel(run_id)
+
+    def force_cancel(self, run_id: str, waited: float) -> None:
+        handle = self._holder(run_id)
+        if handle is None:
             return
-        for run in self.store.list_runs(RunState.RUNNING, omit=("config", "history", "events")):
-            handle = busy.get(run["id"])
-            if handle is None or not run.get("cancel_requested") or self.workers.get(handle.slot.name) is not handle:
-                continue  # not ours, not asked, or its worker was killed for another member just now
-            sent = handle.cancel_sent.get(run["id"])
-            if sent is None:
-                handle.cancel(run["id"], now)
-            elif now - sent > CANCEL_GRACE + handle.grace.get(run["id"], 0.0):
-                waited = CANCEL_GRACE + handle.grace.get(run["id"], 0.0)
-                self.log(f"{run['id']} did not stop within {waited:.0f} s; killing its worker")
-                self._kill_worker(handle)
-                self._on_worker_died(handle)
+        self.log(f"{run_id} did not stop within {waited:.0f} s; killing its worker")
+        self.cancel_overdue(run_id, "worker stopped")
+        self._kill_worker(handle)
+        self._on_worker_died(handle)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -224,7 +218,7 @@ class LocalPlacement(BasePlacement):
 
     def dispatch(self) -> None:
         free = [s for s in self.scheduler.slots if s.free and self.workers.get(s.name) and self.workers[s.name].ready]
-        if not free:
+        if not free or self.stopping:
             return
         queued = self.store.queued()
         if not queued:
@@ -241,32 +235,22 @@ class LocalPlacement(BasePlacement):
             for s in hidden:
                 s.run_id = None
         for p in placements:
-            handle = self.workers[p.slot.name]
-            members = groups.get(p.run_id, [p.run_id])
-            started = []
-            for i, run_id in enumerate(members):
-                how = f"started on {p.slot.name}"
-                if len(members) > 1:
-                    how += f" (member {i + 1} of an ensemble of {len(members)})"
-                try:
-                    self.store.transition(run_id, RunState.RUNNING, worker=handle.pid, slot=p.slot.name,
-                                          device=p.slot.device, host=None, cancel_requested=False,
-                                          add_events=[RunEvent(EventKind.STARTED.value, None, how)])
-                except ValueError:  # cancelled between our read and this write
-                    continue
-                started.append(run_id)
-            if not started:
-                self.scheduler.release(p.run_id)
-                continue
-            if started[0] != p.run_id:  # the slot is held under the first member that started
-                self.scheduler.release(p.run_id)
-                p.slot.run_id = started[0]
-            handle.take(started)
-            if len(started) > 1:
-                handle.conn.send(("group", started, p.device))
-            else:
-                handle.conn.send(("run", started[0], p.device))
-            self.log(f"{', '.join(started)} -> {p.slot.name}")
+            self._start(p, groups.get(p.run_id, [p.run_id]))
+
+    def _start(self, p: Placement, members: list[str]) -> None:
+        handle = self.workers[p.slot.name]
+        place = Place(p.slot.name, p.slot.device)
+        started = [run_id for i, run_id in enumerate(members)
+                   if self.report(Started(run_id, place, handle.pid, i + 1, len(members))) is not None]
+        if not started:  # each was cancelled between our read and its start
+            self.scheduler.release(p.run_id)
+            return
+        if started[0] != p.run_id:  # the slot is held under the first member that started
+            self.scheduler.release(p.run_id)
+            p.slot.run_id = started[0]
+        handle.take(started)
+        handle.conn.send(TrainGroup(tuple(started), p.device) if len(started) > 1 else Train(started[0], p.device))
+        self.log(f"{', '.join(started)} -> {p.slot.name}")
 
     def _ensembles(self, queued: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         """Queued runs as the scheduler should see them: each group `membership.queue_groups`
@@ -287,39 +271,25 @@ class LocalPlacement(BasePlacement):
         if reason is None:
             return False
         for run_id in members:
-            try:
-                self.store.transition(run_id, RunState.FAILED, error=reason,
-                                      add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
-                self.log(f"{run_id} failed: {reason}")
-                self.ended(run_id, RunState.FAILED.value)
-            except ValueError:  # cancelled meanwhile
-                pass
+            self.report(Refused(run_id, reason))
         return True
 
     # -- the end -----------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        self.stopping = True
-        busy = [h for h in self.workers.values() if h.run_id]
-        for h in busy:
-            h.flag.value = INTERRUPT
-        # A script run may take its grace_seconds after SIGTERM, and its worker then answers.
-        deadline = time.monotonic() + STOP_GRACE + max((g for h in busy for g in h.grace.values()), default=0.0)
-        # Each busy worker checkpoints its run, records it interrupted and answers "done".
-        while any(h.run_id and h.process.is_alive() for h in busy) and time.monotonic() < deadline:
-            for conn in wait([h.conn for h in busy if h.run_id], timeout=0.5):
-                self._on_message(next(h for h in busy if h.conn is conn))
+    def interrupt_all(self) -> None:
+        for h in self.workers.values():
+            if h.run_id and h.stop is not None:
+                h.stop.interrupt()
+
+    def abandon(self) -> list[str]:
+        left: list[str] = []
         for h in list(self.workers.values()):
             if h.run_id:
                 self._kill_worker(h)
-                for run_id in sorted(h.members):
-                    run = self.store.get_run(run_id)
-                    if run and run["state"] == RunState.RUNNING.value:
-                        self.store.transition(run_id, RunState.INTERRUPTED, add_events=[
-                            RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine stopped")])
+                left += sorted(h.members)
             else:
                 try:
-                    h.conn.send(("exit",))
+                    h.conn.send(Exit())
                 except (BrokenPipeError, OSError):
                     pass
         for h in list(self.workers.values()):
@@ -327,5 +297,4 @@ class LocalPlacement(BasePlacement):
             if h.process.is_alive():
                 self._kill_worker(h)
         self.workers.clear()
-
-
+        return left

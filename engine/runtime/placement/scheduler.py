@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from trialdeck.engine.runtime.placement.capabilities import Capabilities
 from trialdeck.engine.runtime.placement.gpus import GpuInfo
 
 GIB = 1 << 30
@@ -129,17 +130,17 @@ class Scheduler:
         key = footprint(run.get("config"))
         return None if key is None else self.need_bytes.get(key)
 
+    def capabilities(self) -> Capabilities:
+        """The devices these slots can ever offer ("cpu" always: a GPU slot trains a CPU-pinned run
+        too), and the slots."""
+        gpus = {s.device for s in self.slots if s.gpu is not None}
+        return Capabilities("local", frozenset({"cpu", *gpus, *(["cuda"] if gpus else [])}),
+                            tuple(s.name for s in self.slots))
+
     def impossible(self, run: dict[str, Any]) -> str | None:
         """Why no slot of this engine can ever take `run` (pinned to a GPU it does not have),
         or None."""
-        pinned = pinned_device(run)
-        if not pinned.startswith("cuda"):
-            return None
-        gpus = sorted({s.device for s in self.slots if s.gpu is not None})
-        if pinned == "cuda" and gpus or pinned in gpus:
-            return None
-        has = f"its GPUs are {', '.join(gpus)}" if gpus else "this machine has no NVIDIA GPU the engine can see"
-        return f"device {pinned!r} was asked for, but {has}"
+        return self.capabilities().why_not(pinned_device(run))
 
     def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
              util: dict[int, int | None] | None = None, need: int | None = None) -> bool:

@@ -6,30 +6,37 @@ catalogue gets the same summaries and events too, but coalesced: at most one
 store write per `flush_seconds` (TinyDB rewrites its whole file per write, and
 a digits epoch takes 10 ms), plus whatever is pending in the final state
 transition, so a finished run's record always holds its whole history.
-Human lines go to runs/<id>/log.txt. Used by `trialdeck train` and by engine
-workers alike.
+Human lines go to runs/<id>/log.txt. The final record goes through the run's
+lifecycle as an Ended fact. Used by `trialdeck train` and by engine workers alike.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
+from trialdeck.engine.runs.facts import Ended
+from trialdeck.engine.runs.folder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.runs.lifecycle import FactSink, Lifecycle
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 from trialdeck.engine.types import EpochRecord, RunEvent
 
-METRICS_NAME = "metrics.jsonl"
-LOG_NAME = "log.txt"
+if TYPE_CHECKING:  # the runners' protocol; recorder is imported by runners.base's users, not by it
+    from trialdeck.engine.runtime.runners.base import RunStore
+
+__all__ = ["LOG_NAME", "METRICS_NAME", "RunRecorder"]
 
 
 class RunRecorder(TrainerCallback):
     wants_steps = True
 
-    def __init__(self, store, run_id: str, run_dir: Path, observer: TrainerCallback | None = None,
-                 flush_seconds: float = 1.0) -> None:
+    def __init__(self, store: RunStore, run_id: str, run_dir: Path, observer: TrainerCallback | None = None,
+                 flush_seconds: float = 1.0, facts: FactSink | None = None) -> None:
         self.store = store
+        self.facts: FactSink = facts if facts is not None else Lifecycle(store)  # type: ignore[arg-type]
+        """Where the run's end goes (default: a lifecycle over `store`, which must then be a Store)."""
         self.run_id = run_id
         self.run_dir = run_dir
         self.observer = observer
@@ -71,14 +78,17 @@ class RunRecorder(TrainerCallback):
         self._fields, self._history, self._events = {}, [], []
         return out
 
-    def finish(self, result, **fields: Any) -> dict:
-        """Record the run's final state with everything still pending, in one write."""
+    def finish(self, result: Any, **fields: Any) -> dict[str, Any]:
+        """Record the run's final state with everything still pending, in one write (a TrainResult,
+        or a script's result); the record after it (the catalogue's, when its state no longer
+        allowed this end: cancelled directly meanwhile, say)."""
         pending = self.pending()
         # The trainer's history is complete (a resumed run's includes the checkpoint's epochs).
         history = [h.to_json() for h in result.history]
         values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(),
                   "kept_epoch": result.kept_epoch, **fields}
-        return self.store.transition(self.run_id, result.state, error=result.error, add_events=pending["events"], **values)
+        record = self.facts.apply(Ended(self.run_id, result.state, result.error, tuple(pending["events"]), values))
+        return record if record is not None else dict(self.store.get_run(self.run_id) or {})
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_seconds:

@@ -1,6 +1,6 @@
 """Script runs: a user's own training program in a device slot, watched and stopped like a built-in run.
 
-A worker calls `run_script` instead of the trainer for a RunSpec with a
+A worker runs ScriptRunner instead of the trainer for a RunSpec with a
 [script] table (DESIGN "Script runs"). Invariants:
 
 - Start: the command (placeholders filled, no shell) runs in `script.workdir`,
@@ -26,7 +26,7 @@ A worker calls `run_script` instead of the trainer for a RunSpec with a
   after `grace_seconds`. No process of a run outlives it.
 
 Reading the reported lines is catalogue.reported's; finding, stopping and
-measuring the processes is runtime.proctree's.
+measuring the processes is runners.proctree's.
 """
 
 from __future__ import annotations
@@ -40,19 +40,22 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory, numeric
 from trialdeck.engine.presets.schema import RunSpec, expand
+from trialdeck.engine.runs.facts import Ended
+from trialdeck.engine.runs.folder import FILES_NAME, LOG_NAME, REPORTED_NAME
+from trialdeck.engine.runs.lifecycle import FactSink, Lifecycle
+from trialdeck.engine.runtime.runners.base import Done, Runner, StopRequests
 from trialdeck.engine.runtime.runners.proctree import MARKER_ENV, read_gpu_memory, run_processes, stop_processes
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.runtime.runners.recorder import RunRecorder
+from trialdeck.engine.runtime.workers.messages import Channel, MemoryMeasured, StopGrace, WorkerNews
+from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, make_private_dir, private_open
 
-FILES_NAME = "files"
-"""runs/<id>/files/: TRIALDECK_RUN_DIR, the script's own checkpoints and files."""
-REPORTED_NAME = "reported.jsonl"
-"""runs/<id>/reported.jsonl: TRIALDECK_METRICS, the lines the script appends (across attempts)."""
 POLL_SECONDS = 0.1
 """How often the runner looks for new lines, an exit and a stop request."""
 TAIL_BYTES = 8192
@@ -180,45 +183,47 @@ def kill_leftovers(ws: Workspace, run_id: str, grace: float = 0.0) -> int:
     return stop_processes(str(ws.runs_dir / run_id / FILES_NAME), grace)
 
 
-def resumes(ws: Workspace, run_id: str) -> bool:
-    """Whether a script run starts again as a resume (TRIALDECK_RESUME=1): it started before."""
-    return (ws.runs_dir / run_id / REPORTED_NAME).exists()
-
-
-def forget_attempts(ws: Workspace, run_id: str) -> None:
-    """Start a script run over (`recovery = "requeue"`): its reported epochs go, its own files stay."""
-    try:
-        (ws.runs_dir / run_id / REPORTED_NAME).unlink()
-    except FileNotFoundError:
-        pass
-
-
 # ----------------------------------------------------------------------------- one run
 
 
-def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, observer=None,
-               conn=None, threads: int | None = None) -> str:
-    """Run `record`'s script to its end in this (worker) process; returns the final state.
-    `observer` is the worker's ControlCallback (cancel, engine stop, the trial's pruner)."""
-    from trialdeck.engine.runtime.runners.recorder import RunRecorder
+class ScriptRunner(Runner):
+    """A run whose [script] is the user's own program (runners.base chooses it from the run's config)."""
 
-    run_id = record["id"]
-    run_dir = ws.run_dir(run_id)
-    recorder = RunRecorder(store, run_id, run_dir, observer=observer)
-    try:
-        return ScriptRun(store, ws, record, spec, device, recorder, conn, threads).run()
-    finally:
-        recorder.close()
+    def run(self, done: Done) -> None:
+        (record,) = self.records
+        ctx, run_id = self.ctx, record["id"]
+        recorder = None
+        try:
+            spec = RunSpec.model_validate(record["config"])
+            observer = StopRequests(ctx.stop, run_id, ctx.extra_for(record))
+            recorder = RunRecorder(ctx.store, run_id, ctx.ws.run_dir(run_id), observer=observer, facts=ctx.facts)
+            state = ScriptRun(ctx.store, ctx.ws, dict(record), spec, ctx.device, recorder, ctx.channel, ctx.threads,
+                              facts=ctx.facts).run()
+        except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
+            if recorder is not None:
+                recorder.log(traceback.format_exc())
+            state = ctx.fail(run_id, f"{type(exc).__name__}: {exc}").value
+        finally:
+            if recorder is not None:
+                recorder.close()
+        done(run_id, RunState(state))
+
+    @classmethod
+    def clean_up_after(cls, ws: Workspace, run_id: str) -> None:
+        kill_leftovers(ws, run_id)  # the script dies with its worker; its children may not have
 
 
 class ScriptRun:
     """One attempt of a script run (see the module docstring); `run` returns its final state."""
 
-    def __init__(self, store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, recorder,
-                 conn=None, threads: int | None = None) -> None:
+    def __init__(self, store: Any, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str,
+                 recorder: RunRecorder, conn: Channel | None = None, threads: int | None = None,
+                 facts: FactSink | None = None) -> None:
         assert spec.script is not None
         self.store, self.ws, self.record, self.spec, self.device = store, ws, record, spec, device
         self.recorder, self.conn, self.threads = recorder, conn, threads
+        self.facts: FactSink = facts if facts is not None else Lifecycle(store)
+        """Where the run's end goes (default: a lifecycle over `store`, a Store)."""
         self.run_id = record["id"]
         run_dir = ws.run_dir(self.run_id)
         self.files = make_private_dir(run_dir / FILES_NAME)
@@ -252,7 +257,7 @@ class ScriptRun:
                 "history": list(self.history.entries)}
         self.recorder.on_start(info)
         if self.conn is not None:
-            self._send(("grace", self.run_id, self.grace))  # the engine waits this long before it kills the worker
+            self._send(StopGrace(self.run_id, self.grace))  # the engine waits this long before it kills the worker
         proc, tail = self._start(argv)
         if proc is None:
             assert isinstance(tail, str)
@@ -296,8 +301,6 @@ class ScriptRun:
 
     def _start(self, argv: list[str]) -> tuple[subprocess.Popen | None, StderrTail | str]:
         """Start the command; (process, stderr reader), or (None, why it could not start)."""
-        from trialdeck.engine.runtime.runners.recorder import LOG_NAME
-
         if not self.workdir or not Path(self.workdir).is_dir():
             return None, f"cannot start the script: its workdir {self.workdir or '(none)'} does not exist"
         path = script_file(argv, self.workdir)
@@ -387,7 +390,8 @@ class ScriptRun:
                 _, early = self.stopper.update(record.epoch, value)
                 if early:
                     events.append(self._early_stopped_event(record.epoch))
-        stop = self.recorder.on_epoch(record, events)
+        # A reported epoch is an epoch record by duck type (`epoch`, `to_json`), with the script's own names.
+        stop = self.recorder.on_epoch(cast(EpochRecord, record), events)
         if not self.memory_read and self.conn is not None and self.device.startswith("cuda"):
             self.memory_read = True
             self._report_memory()
@@ -418,9 +422,10 @@ class ScriptRun:
         used = read_gpu_memory(pids, gpu)
         if used:
             self.peak = max(self.peak or 0, used)
-            self._send(("memory", self.run_id, used))
+            self._send(MemoryMeasured(self.run_id, used))
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: WorkerNews) -> None:
+        assert self.conn is not None
         try:
             self.conn.send(message)
         except (BrokenPipeError, OSError):
@@ -455,9 +460,8 @@ class ScriptRun:
         fields.pop("n_params", None)
         if self.peak:
             fields["peak_memory"] = self.peak
-        try:
-            final = self.store.transition(self.run_id, state, error=error, add_events=pending["events"], **fields)
-        except ValueError:  # no longer running (cancelled directly while no engine was alive)
+        final = self.facts.apply(Ended(self.run_id, state, error, tuple(pending["events"]), fields))
+        if final is None:  # no longer running (cancelled directly while no engine was alive)
             return (self.store.get_run(self.run_id) or {}).get("state", state.value)
         return final["state"]
 

@@ -1,69 +1,60 @@
-"""Warm worker processes: one per device slot, alive between runs.
+"""Warm worker processes: one per device slot of this box, alive between runs.
 
-A worker imports torch once, keeps the dataset cache, and trains one run at a
-time when the engine sends it a run id over its pipe; it writes the run's
-progress through the store and answers "done" when the run has a final state.
-It runs in its own process group (a kill takes any children with it) and dies
-with the engine (PR_SET_PDEATHSIG), so a new engine never races an orphan.
-The engine asks it to stop a run through a shared flag it polls between steps.
+A worker imports torch once, keeps the dataset cache, and trains what the
+engine sends over its pipe (runtime.workers.messages: Train, TrainGroup,
+Exit) with the runner the run's configuration picks (runners.choice); each
+run's progress and end go through the store and the worker's own lifecycle,
+and it answers RunDone the moment a run has its final state. It runs in its
+own process group (a kill takes any children with it) and dies with the engine
+(PR_SET_PDEATHSIG), so a new engine never races an orphan. The engine asks it
+to stop a run through shared memory it reads between steps (SharedStop).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
 from typing import Any
 
-from trialdeck.engine.training import faults
-from trialdeck.engine.training.callbacks import Stop, TrainerCallback
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.runtime.runners.base import StopRequest
+from trialdeck.engine.runtime.workers.messages import Exit, RunDone, Train, TrainGroup, WorkerReady
+from trialdeck.engine.types import RunState
 
 NO_STOP, INTERRUPT = 0, 2
-"""Values of a worker's `flag`: INTERRUPT stops whatever it trains (the engine is stopping)."""
+"""Values of SharedStop's flag: INTERRUPT stops whatever the worker trains (the engine is stopping)."""
 
 
-class ControlCallback(TrainerCallback):
-    """Turns the engine's stop requests into a Stop for the trainer: `flag` (INTERRUPT, for every
-    run of the worker) and `cancels` (run numbers to cancel, one cell each, so one member of an
-    ensemble can be cancelled alone)."""
+class SharedStop:
+    """A local worker's stop signal, in memory shared with the engine: a flag (INTERRUPT: every run
+    of the worker) and one cell per run to cancel (so one member of an ensemble can be cancelled
+    alone). The engine writes it; the worker's runs read it (runners.base.StopSignal)."""
 
-    def __init__(self, flag, extra: TrainerCallback | None = None, run_id: str | None = None,
-                 first_epoch: Callable[[], None] | None = None, cancels=None) -> None:
-        self.flag = flag
-        self.extra = extra
-        self.run_id = run_id
-        self.first_epoch = first_epoch
-        """Called once, after this attempt's first epoch (the engine learns its peak memory)."""
-        self.cancels = cancels
-        self.number = int(run_id[1:]) if cancels is not None and run_id else None
+    def __init__(self, context: Any, width: int) -> None:
+        self.flag = context.Value("i", NO_STOP, lock=False)
+        self.cells = context.Array("q", width, lock=False)
 
-    def _stop(self) -> Stop | None:
-        value = self.flag.value
-        if self.cancels is not None and self.number in self.cancels[:]:
-            return Stop(RunState.CANCELLED, RunEvent(EventKind.CANCELLED.value, None, "cancelled by the user"))
-        if value == INTERRUPT:
-            return Stop(RunState.INTERRUPTED,
-                        RunEvent(EventKind.INTERRUPTED.value, None, "interrupted: the engine is stopping; checkpoint kept"))
-        return None
+    def clear(self) -> None:
+        """A new run (or ensemble) starts: nothing is asked of it yet."""
+        self.flag.value = NO_STOP
+        self.cells[:] = [0] * len(self.cells)
 
-    def poll(self) -> Stop | None:
-        return self._stop() or (self.extra.poll() if self.extra else None)
+    def interrupt(self) -> None:
+        self.flag.value = INTERRUPT
 
-    def on_epoch(self, record, events):
-        faults.check(self.run_id, record.epoch)
-        if self.first_epoch is not None:
-            self.first_epoch()
-            self.first_epoch = None
-        extra = self.extra.on_epoch(record, events) if self.extra else None
-        return extra or self._stop()
+    def cancel(self, run_id: str) -> None:
+        cells = list(self.cells)
+        self.cells[cells.index(0)] = int(run_id[1:])  # a cell per member: never full
 
-    def on_event(self, event):
-        if self.extra:
-            self.extra.on_event(event)
+    def requested(self, run_id: str) -> StopRequest | None:
+        if int(run_id[1:]) in self.cells[:]:
+            return "cancel"
+        return "interrupt" if self.flag.value == INTERRUPT else None
 
 
 def _die_with_parent() -> None:
@@ -96,7 +87,8 @@ def _say(line: str) -> None:
     print(time.strftime("%Y-%m-%d %H:%M:%S"), line, file=sys.stderr, flush=True)
 
 
-def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: str | None, cancels=None) -> None:
+def worker_main(slot: str, home: str, conn: Connection, stop: SharedStop, threads: int,
+                cuda_visible: str | None) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
     if _engine_gone(slot):  # after PR_SET_PDEATHSIG: from now on the engine's death kills us
@@ -112,9 +104,9 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
     import torch
 
     from trialdeck.engine.catalogue.store import Store
-    from trialdeck.engine.presets.schema import RunSpec
-    from trialdeck.engine.runtime.runners.recorder import RunRecorder
-    from trialdeck.engine.training.trainer import train
+    from trialdeck.engine.runs.lifecycle import Lifecycle
+    from trialdeck.engine.runtime.runners.base import RunContext
+    from trialdeck.engine.runtime.runners.choice import runner_for
     from trialdeck.engine.workspace import Workspace
 
     torch.set_num_threads(max(1, threads))
@@ -127,169 +119,42 @@ def worker_main(slot: str, home: str, conn, flag, threads: int, cuda_visible: st
             traceback.print_exc()
     ws = Workspace.resolve(home)
     store = Store(ws)
+    context = RunContext(store, ws, Lifecycle(store), "cpu", stop=stop, channel=conn, threads=torch.get_num_threads())
     try:
-        conn.send(("ready", os.getpid()))
+        conn.send(WorkerReady(os.getpid()))
     except (BrokenPipeError, OSError):  # the engine died while we imported torch
         _say(f"worker {os.getpid()} ({slot}): its engine is gone; exiting")
         return
-    while True:
+    engine_listens = True
+
+    def done(run_id: str, state: RunState) -> None:
+        nonlocal engine_listens
         try:
-            message = conn.recv()
+            conn.send(RunDone(run_id, state))
+        except (BrokenPipeError, OSError):
+            engine_listens = False
+
+    while engine_listens:
+        try:
+            order = conn.recv()
         except (EOFError, OSError):
             return
-        if message[0] == "exit":
-            return
-        if message[0] == "group":  # an ensemble: each member's "done" is sent as it ends
-            _, run_ids, device = message
-            if not _run_group(store, ws, run_ids, device, flag, cancels, conn, RunSpec, RunRecorder, train):
+        match order:
+            case Train(run_id, device):
+                run_ids: tuple[str, ...] = (run_id,)
+            case TrainGroup(run_ids, device):
+                pass
+            case Exit():
                 return
-        else:
-            _, run_id, device = message  # the engine cleared `flag` before sending
-            run_ids = [run_id]
-            state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train, conn)
-            try:
-                conn.send(("done", run_id, state))
-            except (BrokenPipeError, OSError):
-                return
+        records: list[Mapping[str, Any]] = [store.get_run(r) or {"id": r} for r in run_ids]
+        runner_for(dataclasses.replace(context, device=device), records).run(done)
         if device.startswith("cuda"):
-            if _cuda_broken(store, run_ids):
+            if _cuda_broken(store, list(run_ids)):
                 return  # the engine starts a fresh worker in this slot (any CUDA call here would raise again)
             torch.cuda.empty_cache()  # give the run's cached blocks back to the other slots on this GPU
 
 
-def _run_one(store, ws, run_id: str, device: str, flag, cancels, RunSpec, RunRecorder, train, conn=None,
-             extra_callback: Callable[..., TrainerCallback | None] | None = None) -> str:
-    """Train one run to its final state (the trainer, or its script) and record it through `store`.
-    A Dask worker (runtime.dask_worker) calls this too, with a store that mirrors to the engine
-    and `extra_callback` asking the engine's pruner instead of the study's storage."""
-    record = store.get_run(run_id)
-    run_dir = ws.run_dir(run_id)
-    recorder = None
-    try:
-        spec = RunSpec.model_validate(record["config"])
-        extra = (extra_callback or _extra_callback)(store, ws, record)
-        if spec.script is not None:  # the user's own program instead of the trainer (runtime.script)
-            import torch  # loaded at the worker's start: the slot's share of the cores
-
-            from trialdeck.engine.runtime.runners.script import run_script
-
-            return run_script(store, ws, record, spec, device, ControlCallback(flag, extra, run_id, None, cancels),
-                              conn, torch.get_num_threads())
-        probe = _memory_probe(conn, run_id) if conn is not None and device.startswith("cuda") else None
-        recorder = RunRecorder(store, run_id, run_dir, observer=ControlCallback(flag, extra, run_id, probe, cancels))
-        recorder.log(f"worker {os.getpid()} starting {run_id} on {device} (attempt {record.get('attempts', 1)})")
-        result = train(spec, recorder, run_dir=run_dir, data_dir=ws.data_dir, device=device, resume=True)
-        peak = _peak_memory(device)
-        final = recorder.finish(result, **({"peak_memory": peak} if peak else {}))
-        return final["state"]
-    except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
-        if recorder is not None:
-            recorder.log(traceback.format_exc())
-        return _fail(store, run_id, f"{type(exc).__name__}: {exc}")
-    finally:
-        if recorder is not None:
-            recorder.close()
-
-
-def _run_group(store, ws, run_ids: list[str], device: str, flag, cancels, conn, RunSpec, RunRecorder, train) -> bool:
-    """Train `run_ids` as one ensemble (trialdeck.engine.training.ensemble); each is recorded, and reported to the
-    engine, the moment it ends. Runs that cannot join train one after another with train().
-    False when the engine's end of the pipe is gone."""
-    from trialdeck.engine.training.ensemble import train_ensemble
-    from trialdeck.engine.training.membership import member_key, split_group
-
-    pending = list(run_ids)
-    records = [store.get_run(run_id) for run_id in run_ids]
-    specs: list[Any] = []
-    keys: list[Any] = []
-    for run_id, record in zip(run_ids, records):
-        try:
-            specs.append(RunSpec.model_validate(record["config"]))
-            keys.append(member_key(specs[-1], ws.run_dir(run_id)))
-        except Exception:  # noqa: BLE001 - _run_one records the reason
-            specs.append(None)
-            keys.append(None)
-    joined, left = split_group(keys)
-    alone = [run_ids[i] for i in left]
-    members: list[tuple[str, Any, Any]] = []
-    for i in joined:
-        try:
-            recorder = RunRecorder(store, run_ids[i], ws.run_dir(run_ids[i]), observer=ControlCallback(
-                flag, _extra_callback(store, ws, records[i]), run_ids[i], cancels=cancels))
-        except Exception:  # noqa: BLE001 - _run_one records the reason
-            alone.append(run_ids[i])
-            continue
-        members.append((run_ids[i], specs[i], recorder))
-
-    def send_done(run_id: str, state: str) -> bool:
-        pending.remove(run_id)
-        try:
-            conn.send(("done", run_id, state))
-            return True
-        except (BrokenPipeError, OSError):
-            return False
-
-    alive = True
-
-    def on_end(i: int, result) -> None:
-        nonlocal alive
-        run_id, _, recorder = members[i]
-        state = _finish(store, recorder, run_id, result)
-        alive = send_done(run_id, state) and alive
-
-    if len(members) == 1:
-        alone.insert(0, members[0][0])
-        members[0][2].close()
-        members = []
-    try:
-        if members:
-            for i, (run_id, _, recorder) in enumerate(members):
-                recorder.log(f"worker {os.getpid()} starting {run_id} on {device}: member {i + 1} of an ensemble "
-                             f"of {len(members)} ({', '.join(m[0] for m in members)})")
-            train_ensemble([m[1] for m in members], [m[2] for m in members],
-                           run_dirs=[ws.run_dir(m[0]) for m in members], data_dir=ws.data_dir, device=device,
-                           on_end=on_end)
-    finally:
-        for run_id, _, recorder in members:
-            recorder.close()
-            if run_id in pending:  # never ended (a bug or a kill): fail it rather than leave it running
-                alive = send_done(run_id, _fail(store, run_id, "the ensemble ended without a result for it")) and alive
-    for run_id in alone:
-        if not alive:
-            break
-        state = _run_one(store, ws, run_id, device, flag, cancels, RunSpec, RunRecorder, train)
-        alive = send_done(run_id, state)
-    return alive
-
-
-def _finish(store, recorder, run_id: str, result) -> str:
-    """Record a finished ensemble member; its final state."""
-    try:
-        return recorder.finish(result)["state"]
-    except Exception as exc:  # noqa: BLE001 - the run fails alone, with its reason
-        recorder.log(traceback.format_exc())
-        return _fail(store, run_id, f"{type(exc).__name__}: {exc}")
-
-
-def _fail(store, run_id: str, reason: str) -> str:
-    try:
-        store.transition(run_id, RunState.FAILED, error=reason,
-                         add_events=[RunEvent(EventKind.FAILED.value, None, reason)])
-    except Exception:  # noqa: BLE001 - the engine reconciles a run left running
-        traceback.print_exc()
-    return RunState.FAILED.value
-
-
-def _extra_callback(store, ws, record: dict[str, Any]) -> TrainerCallback | None:
-    """Trials report to their Optuna study; plain runs need nothing extra."""
-    if record.get("study") is None:
-        return None
-    from trialdeck.engine.tuning.reporter import TrialReporter
-
-    return TrialReporter.for_record(store, ws, record)
-
-
-def _cuda_broken(store, run_ids: list[str]) -> bool:
+def _cuda_broken(store: Any, run_ids: list[str]) -> bool:
     """Whether one of these runs failed with a CUDA error other than out-of-memory (a
     device-side assert, an illegal address): such an error poisons this process's CUDA
     context, and every later run in it would fail the same way."""
@@ -298,29 +163,3 @@ def _cuda_broken(store, run_ids: list[str]) -> bool:
         if record.get("state") == RunState.FAILED.value and "CUDA error" in (record.get("error") or ""):
             return True
     return False
-
-
-def _memory_probe(conn, run_id: str) -> Callable[[], None]:
-    """Tell the engine the run's peak GPU memory so far (the caching allocator's reserve, which
-    is what other processes see as used), so runs of the same footprint can be packed."""
-    import torch
-
-    torch.cuda.reset_peak_memory_stats()
-
-    def report() -> None:
-        try:
-            conn.send(("memory", run_id, int(torch.cuda.max_memory_reserved())))
-        except (BrokenPipeError, OSError):
-            pass
-
-    return report
-
-
-def _peak_memory(device: str) -> int | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    peak = int(torch.cuda.max_memory_allocated())
-    torch.cuda.reset_peak_memory_stats()
-    return peak

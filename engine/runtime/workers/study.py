@@ -14,12 +14,13 @@ from collections.abc import Callable
 import optuna
 
 from trialdeck.engine.catalogue.store import Store
-from trialdeck.engine.runtime.runners.recorder import RunRecorder
-from trialdeck.engine.training.trainer import train
+from trialdeck.engine.runs.facts import StartedHere
+from trialdeck.engine.runs.lifecycle import Lifecycle
+from trialdeck.engine.runtime.runners.base import RunContext, watched_by
+from trialdeck.engine.runtime.runners.choice import runner_for
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.reporter import TrialReporter
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -28,6 +29,7 @@ DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna
 def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = None,
                say: Callable[[str], None] = print) -> dict[str, int]:
     store = Store(ws)
+    lifecycle = Lifecycle(store)
     study, tune, meta = studies.load(name, url, seed_salt=f"{studies.host()}:{ws.root}")
     target = studies.target_trials(tune, meta.get("n_trials"))
     done = {"complete": 0, "pruned": 0, "fail": 0}
@@ -49,19 +51,15 @@ def run_worker(ws: Workspace, url: str, name: str, *, max_trials: int | None = N
                                   study=name, trial=trial.number)
         trial.set_user_attr("run_id", f"{studies.host()}:{ws.root}:{record['id']}")
         store.update_run(record["id"], trial_id=trial._trial_id, params=params, remote=redact_url(url))
-        store.transition(record["id"], RunState.RUNNING, worker=os.getpid(), foreground=True)
-        recorder = RunRecorder(store, record["id"], ws.run_dir(record["id"]),
-                               observer=TrialReporter(study, tune, trial._trial_id, spec.train.epochs))
+        record = lifecycle.apply(StartedHere(record["id"], os.getpid())) or record
+        reporter = TrialReporter(study, tune, trial._trial_id, spec.train.epochs)
+        ctx = RunContext(store, ws, lifecycle, spec.train.device, extra=watched_by(reporter))
         try:
-            result = train(spec, recorder, run_dir=ws.run_dir(record["id"]), data_dir=ws.data_dir)
-            final = recorder.finish(result)
-        except KeyboardInterrupt:
-            recorder.flush()
-            store.transition(record["id"], RunState.INTERRUPTED, error="interrupted by the user (Ctrl-C)")
+            runner_for(ctx, [record]).run(lambda *_: None)
+        except KeyboardInterrupt:  # the runner recorded the run interrupted
             studies.tell_failed(study, trial._trial_id, trial.number, "interrupted by the user (Ctrl-C)")
             raise
-        finally:
-            recorder.close()
+        final = dict(store.get_run(record["id"]) or {})
         done[studies.tell_run(study, tune, trial._trial_id, trial.number, final)] += 1
         ran += 1
         say(f"trial {trial.number} {final['state']}" + (f" ({final['error']})" if final.get("error") else ""))
