@@ -55,6 +55,25 @@ def stop_engine(home: Path) -> None:
             pass
 
 
+def until(predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str, interval: float = 0.05,
+          context: Callable[[], str] | None = None) -> Any:
+    """The one polling helper: call `predicate` until it returns something truthy (and return that),
+    or fail after `timeout` seconds saying what was awaited (`what`, a string or a function for
+    the state at the time) and `context` (an engine.log tail, say). Tests wait on the engine's own
+    states and events with it, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {described}"
+                                 + (f"\n{context()}" if context is not None else ""))
+        if interval:
+            time.sleep(interval)
+
+
 def one_line(stderr: str) -> str:
     """The one plain line a user mistake gets on stderr (never a traceback)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -123,15 +142,8 @@ class Deck:
 
     def wait(self, predicate: Callable[[], Any], timeout: float, what: Callable[[], str] | str,
              interval: float = 0.05) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                described = what() if callable(what) else what
-                raise AssertionError(f"timed out after {timeout:g} s waiting for {described}\n{self.log_tail()}")
-            time.sleep(interval)
+        """`until`, with the engine.log tail when it times out."""
+        return until(predicate, timeout, what, interval, context=self.log_tail)
 
     def stop(self) -> None:
         """Teardown: graceful stop, then SIGKILL of whatever engine.pid still names."""

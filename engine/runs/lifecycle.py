@@ -38,7 +38,7 @@ from trialdeck.engine.runs.facts import (
     StartedHere,
 )
 from trialdeck.engine.runs.folder import forget_script_attempts, script_resumes
-from trialdeck.engine.types import LIFECYCLE, Cause, EventKind, RunEvent, RunState
+from trialdeck.engine.types import LIFECYCLE, TRANSITIONS, Cause, EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace
 
 Recovery = Literal["resume", "requeue", "leave"]
@@ -66,8 +66,14 @@ class FactSink(Protocol):
     def apply(self, fact: Fact) -> dict[str, Any] | None: ...
 
 
-def _targets(cause: Cause) -> frozenset[RunState]:
-    return frozenset(t.target for t in LIFECYCLE if t.cause is cause)
+_SOURCES: dict[tuple[Cause, RunState], frozenset[RunState]] = {
+    (t.cause, t.target): frozenset(s.source for s in LIFECYCLE if s.cause is t.cause and s.target is t.target)
+    for t in LIFECYCLE
+}
+"""The states each (cause, target) moves a run from."""
+_CHECKED = frozenset(key for key, sources in _SOURCES.items()
+                     if any(key[1] in TRANSITIONS[state] for state in RunState if state not in sources))
+"""Where the store alone would allow more sources than the cause does: the state is read first."""
 
 
 class Lifecycle:
@@ -89,8 +95,13 @@ class Lifecycle:
     def _move(self, run_id: str, target: RunState, cause: Cause, *, event: RunEvent | None = None,
               events: Sequence[Mapping[str, Any] | RunEvent] = (), error: str | None = None, to_back: bool = False,
               **fields: Any) -> dict[str, Any]:
-        """The transition itself; ValueError (from the store) when the run's state does not allow it."""
-        assert target in _targets(cause), f"{cause.value} never makes a run {target.value} (types.LIFECYCLE)"
+        """The transition itself; ValueError when the run's state does not allow it for this cause."""
+        sources = _SOURCES.get((cause, target))
+        assert sources, f"{cause.value} never makes a run {target.value} (types.LIFECYCLE)"
+        if (cause, target) in _CHECKED and (now := self._state(run_id)) not in sources:
+            names = ", ".join(sorted(s.value for s in sources))
+            raise ValueError(f"run {run_id} is {now.value if now else 'missing'}: {cause.value} makes only "
+                             f"{names} runs {target.value}")
         added = [*events, *([event] if event is not None else [])]
         record = self.store.transition(run_id, target, error=error, add_events=added or None, to_back=to_back,
                                        **fields)

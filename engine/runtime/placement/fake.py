@@ -2,8 +2,8 @@
 
 It keeps the contract (placement.base) without processes or training: a run
 it places is Started on a free place, and Ended after `ticks` passes of the
-engine's loop (completed, with one epoch of made-up history), or at once when
-cancelled or interrupted. `hold=True` keeps runs training until `finish` is
+engine's loop (default: one per epoch its configuration plans), completed with
+one epoch of made-up history, or at once when cancelled or interrupted. `hold=True` keeps runs training until `finish` is
 called; `stubborn=True` ignores cancels and stops, so the forced paths (an
 overdue cancel, an engine stop that abandons) can be walked in milliseconds.
 Its devices and places are whatever it is given: a GPU-less head node whose
@@ -23,7 +23,7 @@ from trialdeck.engine.runtime.placement.base import BasePlacement
 from trialdeck.engine.runtime.placement.capabilities import Capabilities
 from trialdeck.engine.runtime.placement.scheduler import pinned_device
 from trialdeck.engine.runtime.wake import Waker
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.types import EventKind, RunEvent, RunState, planned_epochs
 from trialdeck.engine.workspace import Workspace
 
 
@@ -34,7 +34,8 @@ class FakePlacement(BasePlacement):
 
     def __init__(self, ws: Workspace, store: Store, lifecycle: Lifecycle, log: Callable[[str], None],
                  config: EngineConfig | None = None, *, places: Iterable[str] = ("fake.0", "fake.1"),
-                 devices: Iterable[str] = ("cpu",), ticks: int = 1, hold: bool = False, stubborn: bool = False) -> None:
+                 devices: Iterable[str] = ("cpu",), ticks: int | None = None, hold: bool = False,
+                 stubborn: bool = False) -> None:
         super().__init__(ws, store, lifecycle, log)
         self.places: dict[str, str | None] = {name: None for name in places}
         """Each place's run (None: free)."""
@@ -101,7 +102,7 @@ class FakePlacement(BasePlacement):
                 continue
             self.places[name] = run["id"]
             if not self.hold:
-                self.left[run["id"]] = self.ticks
+                self.left[run["id"]] = self.ticks or planned_epochs(run.get("config")) or 1
                 self.waker.wake()
             if not free:
                 return
