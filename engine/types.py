@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Required, TypedDict, TypeGuard
 
@@ -198,6 +198,38 @@ def kept_epoch(run: Mapping[str, Any]) -> int | None:
     summary may hold it), or None: not finished, failed, or stopped inside an epoch."""
     value = run.get("kept_epoch", (run.get("summary") or {}).get("kept_epoch"))
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def run_summary(history: Sequence[Mapping[str, Any]], *, monitor: str, best_epoch: int | None,
+                best_value: float | None, kept_epoch: int | None, seconds: float) -> dict[str, Any]:
+    """A run record's `summary`, the one way it is computed for the built-in trainer and a script
+    alike: the last epoch's metrics, the best of each, the monitor's best epoch and value, and
+    the epoch whose weights the run kept with that epoch's metrics (None: no weights kept)."""
+    last = history[-1] if history else {}
+
+    def values(key: str) -> list[float]:
+        return [float(h[key]) for h in history if finite(h.get(key))]
+
+    def number(value: Any) -> float | None:
+        return float(value) if finite(value) else None
+
+    mae = values("val_mae")
+    kept = next((h for h in history if kept_epoch is not None and h.get("epoch") == kept_epoch), None)
+    return {
+        "epochs": len(history),
+        "last_epoch": last.get("epoch"),
+        "val_loss": number(last.get("val_loss")),
+        "val_acc": number(last.get("val_acc")),
+        "best_val_loss": min(values("val_loss"), default=None),
+        "best_val_acc": max(values("val_acc"), default=None),
+        **({"val_mae": number(last.get("val_mae")), "best_val_mae": min(mae)} if mae else {}),
+        "monitor": monitor,
+        "best_epoch": best_epoch,
+        "best_value": best_value,
+        "kept_epoch": kept_epoch,
+        "kept": dict(kept) if kept is not None else None,
+        "seconds": round(seconds, 3),
+    }
 
 
 def planned_epochs(config: Any) -> int | None:

@@ -83,12 +83,15 @@ class Lifecycle:
                  log: Callable[[str], None] | None = None,
                  on_end: Callable[[str, RunState], None] | None = None) -> None:
         self.store = store
-        self.ws = store.workspace
         self.recovery: Recovery = recovery
         self.log = log or (lambda line: None)
         self.on_end = on_end or (lambda run_id, state: None)
         self.stopping = False
         """Set by the engine as it stops: nothing is requeued until the next engine recovers it."""
+
+    @property
+    def ws(self) -> Workspace:
+        return self.store.workspace
 
     # -- the one door ------------------------------------------------------------------------
 
@@ -98,18 +101,18 @@ class Lifecycle:
         """The transition itself; ValueError when the run's state does not allow it for this cause."""
         sources = _SOURCES.get((cause, target))
         assert sources, f"{cause.value} never makes a run {target.value} (types.LIFECYCLE)"
-        if (cause, target) in _CHECKED and (now := self._state(run_id)) not in sources:
+        if (cause, target) in _CHECKED and (now := self._state(run_id)) is not None and now not in sources:
             names = ", ".join(sorted(s.value for s in sources))
-            raise ValueError(f"run {run_id} is {now.value if now else 'missing'}: {cause.value} makes only "
-                             f"{names} runs {target.value}")
+            raise ValueError(f"run {run_id} is {now.value}: {cause.value} makes only {names} runs {target.value}")
         added = [*events, *([event] if event is not None else [])]
-        record = self.store.transition(run_id, target, error=error, add_events=added or None, to_back=to_back,
+        record = self.store.transition(run_id, target, error=error, add_events=added, to_back=to_back,
                                        **fields)
         return dict(record)
 
     def _state(self, run_id: str) -> RunState | None:
+        """The run's state, or None when the catalogue does not say (the store then decides)."""
         record = self.store.get_run(run_id)
-        return RunState(record["state"]) if record else None
+        return RunState(record["state"]) if record and record.get("state") else None
 
     def state_of(self, run_id: str) -> RunState:
         """The run's state in the catalogue now (failed for a run that is not there)."""

@@ -35,7 +35,7 @@ from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
 from trialdeck.engine.training.checkpoint import CHECKPOINT_NAME, CheckpointState, Partial, read_checkpoint, save_checkpoint
 from trialdeck.engine.training.schedules import BaseSchedule, make_schedule
-from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
+from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState, run_summary
 
 StateDict = dict[str, torch.Tensor]
 
@@ -63,26 +63,9 @@ class TrainResult:
     """The epoch in progress (1-based), for failure reasons."""
 
     def summary(self) -> dict[str, Any]:
-        """The run record's `summary`: the last epoch's metrics, the monitor's best, and the
-        epoch whose weights the run kept with that epoch's metrics, each labelled."""
-        last = self.history[-1] if self.history else None
-        kept = next((h for h in self.history if h.epoch == self.kept_epoch), None)
-        mae = [h.val_mae for h in self.history if h.val_mae is not None]
-        return {
-            "epochs": len(self.history),
-            "last_epoch": last.epoch if last else None,
-            "val_loss": last.val_loss if last else None,
-            "val_acc": last.val_acc if last else None,
-            "best_val_loss": min((h.val_loss for h in self.history), default=None),
-            "best_val_acc": max((h.val_acc for h in self.history if h.val_acc is not None), default=None),
-            **({"val_mae": last.val_mae if last else None, "best_val_mae": min(mae)} if mae else {}),
-            "monitor": self.monitor,
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
-            "kept_epoch": self.kept_epoch,
-            "kept": kept.to_json() if kept else None,
-            "seconds": round(self.seconds, 3),
-        }
+        """The run record's `summary` (types.run_summary: the same for a script's run)."""
+        return run_summary([h.to_json() for h in self.history], monitor=self.monitor, best_epoch=self.best_epoch,
+                           best_value=self.best_value, kept_epoch=self.kept_epoch, seconds=self.seconds)
 
 
 class Weights(Protocol):

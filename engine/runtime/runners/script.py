@@ -53,7 +53,7 @@ from trialdeck.engine.runtime.runners.base import Done, Runner, StopRequests
 from trialdeck.engine.runtime.runners.proctree import MARKER_ENV, read_gpu_memory, run_processes, stop_processes
 from trialdeck.engine.runtime.runners.recorder import RunRecorder
 from trialdeck.engine.runtime.workers.messages import Channel, MemoryMeasured, StopGrace, WorkerNews
-from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState
+from trialdeck.engine.types import EpochRecord, EventKind, RunEvent, RunState, run_summary
 from trialdeck.engine.workspace import Workspace, make_private_dir, private_open
 
 POLL_SECONDS = 0.1
@@ -466,32 +466,17 @@ class ScriptRun:
         return final["state"]
 
     def _summary(self) -> dict[str, Any]:
-        """The record's `summary`, as a built-in run's: last epoch, the monitor's best (no weights
-        are kept by the engine: the script keeps its own)."""
+        """The record's `summary`, as a built-in run's (types.run_summary), with no weights kept by
+        the engine (the script keeps its own): the monitor's best from early stopping, else the history."""
         hist = self.history.entries
-        last = hist[-1] if hist else {}
-
-        def best(key: str, pick) -> float | None:
-            values = [v for v in (numeric(h.get(key)) for h in hist) if v is not None]
-            return pick(values) if values else None
-
         if self.stopper is not None and self.stopper.best is not None:
             best_epoch, best_value = self.stopper.best_epoch, self.stopper.best
         else:
-            scored: list[tuple[float, int]] = []
-            for h in hist:
-                value = numeric(h.get(self.monitor))
-                if value is not None:
-                    scored.append((value, h["epoch"]))
+            scored = [(value, h["epoch"]) for h in hist if (value := numeric(h.get(self.monitor))) is not None]
             pick = min if self.mode == "min" else max
             best_value, best_epoch = pick(scored, key=lambda s: s[0]) if scored else (None, None)
-        return {
-            "epochs": len(hist), "last_epoch": last.get("epoch"),
-            "val_loss": numeric(last.get("val_loss")), "val_acc": numeric(last.get("val_acc")),
-            "best_val_loss": best("val_loss", min), "best_val_acc": best("val_acc", max),
-            "monitor": self.monitor, "best_epoch": best_epoch, "best_value": best_value,
-            "kept_epoch": None, "kept": None, "seconds": round(time.perf_counter() - self.started, 3),
-        }
+        return run_summary(hist, monitor=self.monitor, best_epoch=best_epoch, best_value=best_value, kept_epoch=None,
+                           seconds=time.perf_counter() - self.started)
 
 
 def _shell_words(argv: list[str]) -> str:
