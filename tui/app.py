@@ -28,6 +28,7 @@ from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -79,7 +80,8 @@ READ_BACKOFF = 6.0
 READ_BACKOFF_MAX = 5.0
 """After a catalogue read that took t seconds, the next waits min(6 t, 5 s): ~15% of a core at most."""
 LOG_KEEP = 200
-TOAST_SEVERITY = {"failed": "error", "nan_loss": "error", "early_stopped": "warning", "pruned": "warning"}
+TOAST_SEVERITY: dict[str, SeverityLevel] = {"failed": "error", "nan_loss": "error", "early_stopped": "warning",
+                                             "pruned": "warning"}
 
 
 class TrialdeckApp(App[None]):
@@ -457,7 +459,7 @@ SCREEN_NAMES: dict[type[Screen], str] = {
 def binding_places(app: type[App]) -> tuple[Place, list[Place]]:
     """The app's binding ids and each screen's, for keys.toml's clash check."""
 
-    def ids(cls: type) -> frozenset[str]:
+    def ids(cls: type[App] | type[Screen]) -> frozenset[str]:
         return frozenset(b.id for b in cls.BINDINGS if isinstance(b, Binding) and b.id in ACTIONS)
 
     screens = [Place(name, ids(cls), under_app=not issubclass(cls, ModalScreen)) for cls, name in SCREEN_NAMES.items()]

@@ -134,7 +134,7 @@ def status_text(engine: EngineSample | None, hw: HardwareSample | None, counts: 
     parts.append(f"{counts.get('running', 0)} running {counts.get('queued', 0)} queued")
     if hw is not None:
         cpu = f"cpu {hw.cpu:.0f}%" if hw.cpu is not None else "cpu -"
-        ram = f"ram {hw.ram_used / GIB:.1f}/{hw.ram_total / GIB:.1f}G" if hw.ram_total else ""
+        ram = f"ram {hw.ram_used / GIB:.1f}/{hw.ram_total / GIB:.1f}G" if hw.ram_total and hw.ram_used is not None else ""
         parts.append(" ".join(p for p in (cpu, ram) if p))
         for g in hw.gpus:
             util = f"{g.util}%" if g.util is not None else "-"

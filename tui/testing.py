@@ -9,6 +9,7 @@ Everything goes through the real Store; only the clock is fixed.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
@@ -150,7 +151,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "silu")
 def seed_study(store: Store, ws: Workspace, name: str = "seed-activations", trials: int = 7) -> dict[str, str]:
     """A finished-ish study: complete, pruned and running trials with params, values and intermediates."""
     ids: dict[str, str] = {}
-    docs = []
+    docs: list[Mapping[str, Any]] = []
     for n in range(trials):
         act = ACTIVATIONS[n % len(ACTIVATIONS)]
         lr = round(10 ** (-4 + 3 * ((n * 37) % 11) / 10), 6)

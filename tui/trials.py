@@ -87,7 +87,8 @@ def parse_filter(text: str, params: Sequence[str]) -> Predicate:
             continue
         checks.append(_predicate(field, op, raw))
     if states:
-        checks.append(lambda t, s=frozenset(states): str(t.get("state", "")).lower() in s)
+        wanted_states = frozenset(states)
+        checks.append(lambda t: str(t.get("state", "")).lower() in wanted_states)
     return lambda t: all(c(t) for c in checks)
 
 
@@ -195,7 +196,9 @@ class History:
 def history(trials: Sequence[Trial], direction: str) -> History:
     done = sorted((t for t in trials if t.get("state") == "complete" and isinstance(t.get("value"), (int, float))),
                   key=lambda t: t["number"])
-    xs, values, best = [], [], []
+    xs: list[float] = []
+    values: list[float] = []
+    best: list[float] = []
     pick = min if direction == "minimize" else max
     for t in done:
         xs.append(float(t["number"]))
@@ -213,9 +216,9 @@ class Slice:
 
 
 def slice_of(trials: Sequence[Trial], param: str) -> Slice:
-    pts = [((t.get("params") or {}).get(param), t["value"]) for t in trials
-           if t.get("state") == "complete" and isinstance(t.get("value"), (int, float))
-           and (t.get("params") or {}).get(param) is not None]
+    pts: list[tuple[Any, float]] = [((t.get("params") or {}).get(param), float(t["value"])) for t in trials
+                                    if t.get("state") == "complete" and isinstance(t.get("value"), (int, float))
+                                    and (t.get("params") or {}).get(param) is not None]
     if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts):
         return Slice(tuple(float(x) for x, _ in pts), tuple(float(y) for _, y in pts), None)
     labels = sorted({fmt(x) for x, _ in pts})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -86,7 +86,7 @@ def presets_validate(
     from trialdeck.engine.presets import resolve
 
     r = roots(home)
-    results = []
+    results: list[dict[str, Any]] = []
     for p in paths:
         try:
             spec = resolve(p, [], r)

@@ -245,7 +245,7 @@ def runs_rerun(
 
 def _distinct_runs(store, run_ids: list[str]) -> list[dict]:
     """Each run once, in the order first given (r3 and 3 are one run)."""
-    records = {}
+    records: dict[str, dict] = {}
     for run_id in run_ids:
         record = find_run(store, run_id)
         records.setdefault(record["id"], record)

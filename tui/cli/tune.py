@@ -68,7 +68,7 @@ def tune_cmd(
     if started.was in ACTIVE_STUDY_STATES and not as_json:
         err(f"trialdeck: study {name} is already running; following it")
     if not wait_:
-        doc = store.get_study(name)
+        doc = store.get_study(name) or started.doc
         if as_json:
             emit(study_view(doc, []))
         else:

@@ -252,7 +252,7 @@ class CompareScreen(LiveScreen):
         plot.series = tuple(out)
 
     def _summary_rows(self) -> list[tuple[str, tuple[str, ...]]]:
-        rows = []
+        rows: list[tuple[str, tuple[str, ...]]] = []
         for r, s in zip(self.records, self.comparison.summaries.get(self.metric, ())):
             rows.append((r["id"], ("● " + r["id"], _cell(r.get("preset")), str(r.get("state")), _cell(s["best"]),
                                    _cell(s["best_epoch"]), _cell(s["kept_epoch"]), str(s["epochs"]),

@@ -228,7 +228,7 @@ class StudiesScreen(LiveScreen):
         """The trial list's counts, or why the highlighted trial was pruned or failed."""
         trial = self._selected_trial() if self.query_one(TrialTable).has_focus else None
         why = trial and (trial.get("fail_reason") or trial.get("prune_reason"))
-        text = Text(f"#{trial['number']} {trial['state']}: {why}") if why else Text(self._counts, style="dim")
+        text = Text(f"#{trial['number']} {trial['state']}: {why}") if trial and why else Text(self._counts, style="dim")
         if not why and self.trials:
             key = self.key_for
             marked = self.query_one(TrialTable).marked

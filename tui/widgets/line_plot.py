@@ -138,7 +138,7 @@ class LinePlot(Widget):
             label = labels.get(r, "")
             segments = [Segment(label.rjust(margin - 1) + " ", dim), Segment("┤" if r in labels else "│", axis)]
             row_bits, row_owner = bits[r], owner[r]
-            run_owner, run_chars = -2, []
+            run_owner, run_chars = -2, list[str]()
             for c in range(cols):
                 o = int(row_owner[c])
                 ch = chr(0x2800 + int(row_bits[c])) if row_bits[c] else " "

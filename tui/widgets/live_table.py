@@ -29,7 +29,7 @@ from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -111,10 +111,10 @@ class LiveTable(ScrollView, can_focus=True):
     """Subclasses set COLUMNS, and optionally STYLED / COLUMN_STYLES."""
 
     COLUMNS: ClassVar[tuple[Column, ...]] = ()
-    STYLED: ClassVar[dict[str, dict[str, str]]] = {}
-    """column key -> {cell text: style}."""
-    COLUMN_STYLES: ClassVar[dict[str, str]] = {}
-    """column key -> style of every cell in it."""
+    STYLED: dict[str, dict[str, str]] = {}
+    """column key -> {cell text: style} (a class's, or one table's own: the compare view's run colours)."""
+    COLUMN_STYLES: dict[str, str] = {}
+    """column key -> style of every cell in it (a class's, or one table's own)."""
     SHRINK: ClassVar[dict[str, int]] = {}
     """column key -> the narrowest it may be cut to (with "…") when the table is narrower than its columns."""
     CUT_LEFT: ClassVar[frozenset[str]] = frozenset()
@@ -148,7 +148,7 @@ class LiveTable(ScrollView, can_focus=True):
         text-style: bold;
     }
     """
-    BINDINGS: ClassVar[list[Binding]] = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
@@ -416,8 +416,8 @@ class LiveTable(ScrollView, can_focus=True):
         if row == self.cursor_row:
             cursor = self.get_component_rich_style("live-table--cursor" if self.has_focus else "live-table--cursor-blur")
         marked = key in self._marks
-        mark = (cells, cursor, base, marked)
+        row_mark = (cells, cursor, base, marked)
         hit = self._lines.get(key)
-        if hit is None or hit[0] != mark:
-            hit = self._lines[key] = (mark, self._render_row(cells, base, cursor, marked))
+        if hit is None or hit[0] != row_mark:
+            hit = self._lines[key] = (row_mark, self._render_row(cells, base, cursor, marked))
         return hit[1].crop_extend(x, x + width, base)

@@ -72,8 +72,11 @@ class OverrideEditor(Vertical):
                 yield key_input
                 yield Static("=", classes="override-eq")
                 # The row's own key widget, not a query: a suggestion may be asked after the editor is gone.
+                def key_of(row_key: Input = key_input) -> str:
+                    return row_key.value
+
                 yield Input(value, placeholder="value, e.g. 5", classes="override-value", id=f"value-{i}",
-                            suggester=ValueSuggester(lambda key_input=key_input: key_input.value))
+                            suggester=ValueSuggester(key_of))
         yield Static("", classes="override-message")
 
     def items(self) -> tuple[str, ...]:

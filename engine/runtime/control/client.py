@@ -84,7 +84,7 @@ def start_engine(ws: Workspace, *, say: Callable[[str], None] | None = None, arg
     raise EngineUnavailable(f"the engine did not come up within {START_TIMEOUT:.0f} s; see {ws.engine_log}")
 
 
-def _last_line(path) -> str:
+def _last_line(path: str | os.PathLike[str]) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)

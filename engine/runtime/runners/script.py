@@ -41,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -128,7 +129,7 @@ def environment(spec: RunSpec, run_id: str, files: Path, reported: Path, device:
 _LIBC: Any = None
 
 
-def _child_setup(parent: int):
+def _child_setup(parent: int) -> Callable[[], None] | None:
     """Runs in the child between fork and exec: die with the worker (Linux), and never start
     at all if the worker is already gone. Only a system call: nothing that takes a lock."""
     global _LIBC
