@@ -188,7 +188,30 @@ def test_import_linter_contracts_hold():
     assert exe.exists(), f"import-linter is not installed beside {sys.executable} (pip install -e '.[test]')"
     proc = subprocess.run([str(exe)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "2 kept, 0 broken" in proc.stdout, proc.stdout[-2000:]
+    assert "4 kept, 0 broken" in proc.stdout, proc.stdout[-2000:]
+
+
+TUI_API = ("trialdeck.engine", "trialdeck.engine.errors", "trialdeck.engine.types", "trialdeck.engine.kinds",
+           "trialdeck.engine.workspace", "trialdeck.engine.presets*", "trialdeck.engine.catalogue*",
+           "trialdeck.engine.tuning.launch", "trialdeck.engine.tuning.results", "trialdeck.engine.tuning.study",
+           "trialdeck.engine.runs.folder", "trialdeck.engine.runtime.control*", "trialdeck.engine.runtime.config",
+           "trialdeck.engine.runtime.daemon", "trialdeck.engine.runtime.placement.gpus",
+           "trialdeck.engine.training.export", "trialdeck.engine.training.schedules",
+           "trialdeck.engine.training.callbacks", "trialdeck.engine.datasets._export")
+"""The engine modules the TUI may import (pyproject.toml's contract names the rooms it may not)."""
+
+
+def test_the_tui_imports_the_engine_only_through_its_api_modules():
+    import fnmatch
+
+    import grimp
+
+    graph = grimp.build_graph("trialdeck.engine", "trialdeck.tui")
+    used = {imported for module in graph.modules if module.startswith("trialdeck.tui")
+            for imported in graph.find_modules_directly_imported_by(module) if imported.startswith("trialdeck.engine")}
+    outside = sorted(m for m in used if not any(fnmatch.fnmatch(m, pattern) for pattern in TUI_API))
+    assert not outside, f"the TUI imports engine modules outside its API: {outside}"
+    assert {"trialdeck.engine.runtime.control.actions", "trialdeck.engine.runtime.control.client"} <= used
 
 
 ENGINE_WITHOUT_CLUSTER = r"""

@@ -24,8 +24,8 @@ from typing import Any
 
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.runs.folder import METRICS_NAME
 from trialdeck.engine.runtime.control.actions import check_resumable
-from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
 from trialdeck.engine.types import UNFINISHED_STATES, finite, kept_epoch, planned_epochs
 from trialdeck.engine.workspace import RUN_ID_RE, Workspace
 

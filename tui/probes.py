@@ -59,7 +59,7 @@ class SystemProbe:
             return EngineSample(False)
         cluster = None
         if info.get("cluster"):
-            from trialdeck.engine.runtime.placement.base import read_cluster_status
+            from trialdeck.engine.runtime.control.client import read_cluster_status
 
             cluster = cluster_text(read_cluster_status(self.ws) or {"url": info["cluster"], "state": "connecting"})
         return EngineSample(True, info.get("pid"), info.get("started_at"), tuple(info.get("slots") or ()), cluster)
@@ -97,7 +97,7 @@ class FixedProbe:
 
 def cluster_text(cluster: dict) -> str:
     """`cluster 10.0.0.5:8786 2 workers: gpu1 r3, gpu2 idle`, or why it is away: the engine line's words
-    for a Dask cluster (runtime.placement.read_cluster_status)."""
+    for a Dask cluster (runtime.control.client.read_cluster_status)."""
     import time
 
     url = str(cluster.get("url") or "?").split("://", 1)[-1]

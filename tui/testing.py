@@ -15,7 +15,7 @@ from typing import Any
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import preset_roots, resolve
-from trialdeck.engine.runtime.runners.recorder import LOG_NAME, METRICS_NAME
+from trialdeck.engine.runs.folder import LOG_NAME, METRICS_NAME
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 

@@ -4,8 +4,7 @@ Optional, in the workspace: `slots_per_gpu` (a number or "auto"), `cpu_slots`,
 `recovery` ("resume", "requeue", "leave"), a [notify] table
 (runtime.notify.config) and `cluster`, a Dask scheduler's address. A bad value
 is one plain line naming the file, the key and what is allowed (BadInput).
-`placement_class` is the factory's one decision: a cluster places runs on Dask,
-else this box's slots; `distributed` is imported only for the first.
+The backend it picks is runtime.placement.backend_class's decision.
 """
 
 from __future__ import annotations
@@ -13,15 +12,14 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runs.lifecycle import RECOVERY_POLICIES, Recovery
 from trialdeck.engine.runtime.notify.config import NotifyConfig, parse_config
 from trialdeck.engine.workspace import Workspace
 
-if TYPE_CHECKING:
-    from trialdeck.engine.runtime.placement.base import BasePlacement
+__all__ = ["RECOVERY_POLICIES", "EngineConfig", "check_cluster_url", "load_engine_config"]
 
 KEYS = ("slots_per_gpu", "cpu_slots", "recovery", "notify", "cluster")
 SCHEMES = ("tcp://", "tls://", "ws://", "wss://", "inproc://")
@@ -45,17 +43,6 @@ class EngineConfig:
         return cls(slots_per_gpu=None if per_gpu == "auto" else int(per_gpu), cpu_slots=data.get("cpu_slots"),
                    recovery=data.get("recovery", "resume"), notify=parse_config(data.get("notify"), ws.root / "engine.toml"),
                    cluster=data.get("cluster"))
-
-    def placement_class(self) -> type[BasePlacement]:
-        """The backend this configuration places runs with."""
-        if self.cluster:
-            # Deferred: `distributed` is imported only by an engine that places runs on a cluster.
-            from trialdeck.engine.runtime.placement.dask import DaskPlacement
-
-            return DaskPlacement
-        from trialdeck.engine.runtime.placement.local import LocalPlacement
-
-        return LocalPlacement
 
 
 def load_engine_config(ws: Workspace) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from trialdeck.engine.runs.lifecycle import RECOVERY_POLICIES, Lifecycle
 from trialdeck.engine.runtime.config import EngineConfig, check_cluster_url
 from trialdeck.engine.runtime.control.pidfile import alive, describe_pid
 from trialdeck.engine.runtime.notify import Notifier
+from trialdeck.engine.runtime.placement import backend_class
 from trialdeck.engine.runtime.placement.base import BasePlacement
 from trialdeck.engine.runtime.runners.choice import runner_class
 from trialdeck.engine.runtime.wake import Waker
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # optuna, which the driver imports, loads only once a study e
     from trialdeck.engine.tuning.driver import StudyDriver
 
 PlacementFactory = Callable[[Workspace, Store, Lifecycle, Callable[[str], None]], BasePlacement]
-"""Builds the engine's backend; default: the one engine.toml picks (EngineConfig.placement_class)."""
+"""Builds the engine's backend; default: the one engine.toml picks (placement.backend_class)."""
 
 
 class Engine:
@@ -67,7 +68,7 @@ class Engine:
         """Sends [notify] from its own thread; None when engine.toml has no [notify]."""
         self.lifecycle = Lifecycle(self.store, recovery=self.config.recovery, log=self._log, on_end=self._ended)
         if placement is None:
-            backend = self.config.placement_class()
+            backend = backend_class(self.config)
             self.placement = backend(ws, self.store, self.lifecycle, self._log, self.config)
         else:
             self.placement = placement(ws, self.store, self.lifecycle, self._log)

@@ -27,8 +27,7 @@ app = typer.Typer(help="Start, stop and inspect the background engine.", no_args
 def _daemon_args(cpu_slots: int | None, slots_per_gpu: int | None, recovery: str | None,
                  cluster: str | None = None) -> list[str]:
     """Validated engine options as `python -m trialdeck.engine.runtime.daemon` arguments."""
-    from trialdeck.engine.runs.lifecycle import RECOVERY_POLICIES
-    from trialdeck.engine.runtime.config import check_cluster_url
+    from trialdeck.engine.runtime.config import RECOVERY_POLICIES, check_cluster_url
 
     if recovery is not None and recovery not in RECOVERY_POLICIES:
         raise BadInput(f"--recovery {recovery!r}: allowed: {', '.join(RECOVERY_POLICIES)}")

@@ -126,7 +126,7 @@ def runs_logs(run_id: Annotated[str, typer.Argument(help="Run id.")],
                                                    "run ends (a script run's own output too); Ctrl-C stops.")] = False,
               home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Print the run's log file."""
-    from trialdeck.engine.runtime.runners.recorder import LOG_NAME
+    from trialdeck.engine.runs.folder import LOG_NAME
 
     ws = workspace(home)
     store = open_store(home)

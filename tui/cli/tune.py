@@ -114,7 +114,7 @@ def worker_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Join a shared study from this box: ask, train here, tell, until the study has its trials."""
-    from trialdeck.engine.runtime.workers.study import run_worker
+    from trialdeck.engine.runtime.control.study_worker import run_worker
     from trialdeck.engine.tuning import study as studies
 
     check_range("--trials", trials, 1, 1_000_000)

@@ -17,7 +17,7 @@ from textual.containers import Grid, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from trialdeck.engine.runtime.runners.recorder import LOG_NAME
+from trialdeck.engine.runs.folder import LOG_NAME
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable, tags_text

@@ -24,6 +24,7 @@ from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.runs.lifecycle import Lifecycle
 from trialdeck.engine.runtime.config import EngineConfig
 from trialdeck.engine.runtime.control.client import engine_info, ensure_engine, notify
+from trialdeck.engine.runtime.placement import backend_class
 from trialdeck.engine.runtime.placement.capabilities import Capabilities
 from trialdeck.engine.runtime.placement.scheduler import pinned_device
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState
@@ -70,7 +71,7 @@ def engine_capabilities(ws: Any) -> Capabilities:
     if info and info.get("capabilities"):
         return Capabilities.from_json(info["capabilities"])
     config = EngineConfig.read(ws)
-    return config.placement_class().offline_capabilities(ws, config)
+    return backend_class(config).offline_capabilities(ws, config)
 
 
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None,

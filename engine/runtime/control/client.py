@@ -6,6 +6,7 @@ client that changed the queue sends SIGUSR1 so the engine dispatches at once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput, EngineUnavailable, ExitCode
 from trialdeck.engine.runtime.control import versions
 from trialdeck.engine.runtime.control.pidfile import alive, read_pid_info
-from trialdeck.engine.runtime.placement.base import read_cluster_status
+from trialdeck.engine.runtime.placement.base import CLUSTER_STATUS_NAME
 from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
 from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
@@ -233,3 +234,13 @@ def revive_for(ws: Workspace, record: dict[str, Any]) -> None:
     """Start the engine again if it died under this unfinished run (not when it is held)."""
     if record["state"] in UNFINISHED_STATES and not ws.held_path.exists() and not engine_info(ws):
         ensure_engine(ws)
+
+
+def read_cluster_status(ws: Workspace) -> dict[str, Any] | None:
+    """What a Dask-placing engine last wrote about its cluster (url, state, workers and their
+    runs), or None when the engine places runs locally. Light: no `distributed` import."""
+    try:
+        data = json.loads((ws.root / CLUSTER_STATUS_NAME).read_text())
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return data if isinstance(data, dict) else None

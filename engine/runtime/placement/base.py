@@ -29,7 +29,6 @@ Contract (tests/test_placement_contract.py runs one suite against all three):
 from __future__ import annotations
 
 import abc
-import json
 import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
@@ -50,7 +49,8 @@ CANCEL_GRACE = 5.0
 STOP_GRACE = 30.0
 """Seconds running runs get to checkpoint when the engine stops."""
 CLUSTER_STATUS_NAME = "cluster.json"
-"""In the workspace, written by a Dask-placing engine: the cluster as it last saw it."""
+"""In the workspace, written by a Dask-placing engine: the cluster as it last saw it
+(read by control.client.read_cluster_status, for `engine status` and the TUI)."""
 
 
 class BasePlacement(abc.ABC):
@@ -184,13 +184,3 @@ class BasePlacement(abc.ABC):
         """What the engine's pid file says of this backend (read by `engine status` and enqueue checks)."""
         return {"placement": self.kind, "capabilities": self.capabilities().to_json(),
                 "slots": list(self.capabilities().places)}
-
-
-def read_cluster_status(ws: Workspace) -> dict[str, Any] | None:
-    """What a Dask-placing engine last wrote about its cluster (url, state, workers and their
-    runs), or None when the engine places runs locally. Light: no `distributed` import."""
-    try:
-        data = json.loads((ws.root / CLUSTER_STATUS_NAME).read_text())
-    except (FileNotFoundError, ValueError, OSError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -475,7 +475,7 @@ class DaskPlacement(BasePlacement):
         return left
 
     def _write_status(self) -> None:
-        """cluster.json, for `engine status` and the TUI (placement.base.read_cluster_status)."""
+        """cluster.json, for `engine status` and the TUI (control.client.read_cluster_status)."""
         runs: dict[str, list[str]] = {}
         for rr in self.remote.values():
             runs.setdefault(rr.address, []).append(rr.run_id)

@@ -1,1 +1,1 @@
-"""The processes that train runs: local warm workers, Dask worker tasks, study workers."""
+"""The processes a placement backend starts to train runs: local warm workers and Dask worker tasks."""
