@@ -6,6 +6,10 @@ no test reads or writes ~/.trialdeck and none leaks into another. Tests that wan
 their own still pass `--home` (or use the `home` fixture); the default one catches a command that
 ignores it.
 
+`deck` is the one fixture for tests that drive real engines: `home` plus the commands a user
+types against it (tests.deck.Deck, or the test module's `DECK` subclass), its engine.toml from the
+`engine_toml` fixture a module may override.
+
 `pg_url` is TRIALDECK_TEST_PG_URL when set (`.ci/run` starts a cluster and sets
 it); otherwise a throwaway cluster started here, the way `.ci/run` does it
 (initdb + pg_ctl from /usr/lib/postgresql/*/bin, as the postgres user when we
@@ -49,6 +53,27 @@ def home(tmp_path: Path):
     path = tmp_path / "ws"
     yield path
     stop_engine(path)
+
+
+@pytest.fixture
+def engine_toml() -> str | None:
+    """The engine.toml the `deck` fixture's workspace starts with (None: none). A module overrides
+    this fixture (parametrized for several backends, say) to give its engines a configuration."""
+    return None
+
+
+@pytest.fixture
+def deck(request: pytest.FixtureRequest, home: Path, isolated_home: Path, engine_toml: str | None):
+    """The one workspace-and-commands fixture (tests.deck.Deck, or the module's `DECK` subclass of it)
+    for tests that start real engines; its engine is stopped at the end."""
+    from tests.deck import Deck
+
+    home.mkdir(parents=True, exist_ok=True)
+    if engine_toml is not None:
+        (home / "engine.toml").write_text(engine_toml)
+    deck = getattr(request.module, "DECK", Deck)(home, isolated_home)
+    yield deck
+    deck.stop()
 
 
 def _pg_bindir() -> Path | None:

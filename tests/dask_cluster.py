@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.deck import until
 
 START_TIMEOUT = 90.0
 
@@ -47,15 +48,17 @@ class DaskCluster:
     def start_scheduler(self) -> None:
         self.scheduler = self._spawn("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
                                      "--no-dashboard")
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        scheduler = self.scheduler
+
+        def listens() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                return True
             except OSError:
-                assert self.scheduler.poll() is None, f"dask scheduler exited:\n{self.log('scheduler')[-2000:]}"
-                time.sleep(0.2)
-        raise AssertionError(f"dask scheduler did not listen within {START_TIMEOUT:g} s")
+                assert scheduler.poll() is None, f"dask scheduler exited:\n{self.log('scheduler')[-2000:]}"
+                return False
+
+        until(listens, START_TIMEOUT, "the dask scheduler to listen", interval=0.2)
 
     def start_workers(self, *names: str) -> None:
         seen = {name: len(self.log(name)) for name in names}  # a restarted worker's log goes on
@@ -64,13 +67,13 @@ class DaskCluster:
             self.workers[name] = self._spawn(name, "worker", self.url, "--nthreads", "1", "--no-nanny", "--name", name,
                                              "--no-dashboard", "--local-directory", str(self.root / name),
                                              "--preload", "trialdeck.engine.runtime.workers.dask")
-        deadline = time.monotonic() + START_TIMEOUT
         for name in names:
-            # Each worker's log says so once it registered with the scheduler.
-            while "Registered to" not in self.log(name)[seen[name]:]:
+            def registered(name: str = name) -> bool:  # each worker's log says so once it registered
                 assert self.workers[name].poll() is None, f"dask worker {name} exited:\n{self.log(name)[-2000:]}"
-                assert time.monotonic() < deadline, f"dask worker {name} did not register:\n{self.log(name)[-2000:]}"
-                time.sleep(0.2)
+                return "Registered to" in self.log(name)[seen[name]:]
+
+            until(registered, START_TIMEOUT, f"dask worker {name} to register", interval=0.2,
+                  context=lambda name=name: self.log(name)[-2000:])
 
     def start(self, *names: str) -> DaskCluster:
         self.start_scheduler()

@@ -104,6 +104,12 @@ class Deck:
         self.default_home = default_home
         self._store: Store | None = None
 
+    @property
+    def backend(self) -> str:
+        """Where its engine places runs: "dask" when its engine.toml names a cluster, else "local"."""
+        toml = self.home / "engine.toml"
+        return "dask" if toml.exists() and "cluster" in toml.read_text() else "local"
+
     def argv(self, *args: str) -> list[str]:
         """The argv of `trialdeck ARGS --home HOME`, for a process the test starts itself."""
         return [*TRIALDECK, *args, "--home", str(self.home)]

@@ -36,10 +36,9 @@ def cluster(tmp_path):
 
 
 @pytest.fixture
-def deck(home: Path, cluster: DaskCluster) -> Deck:
-    home.mkdir(parents=True)
-    (home / "engine.toml").write_text(f'cluster = "{cluster.url}"\n')
-    return Deck(home)
+def engine_toml(cluster: DaskCluster) -> str:
+    """The `deck` fixture's engine (tests/conftest.py) places runs on this test's cluster."""
+    return f'cluster = "{cluster.url}"\n'
 
 
 def record(deck: Deck, run_id: str) -> dict:

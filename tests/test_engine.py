@@ -104,14 +104,8 @@ class Deck(BaseDeck):
         return pid
 
 
-@pytest.fixture
-def deck(tmp_path: Path):
-    home = tmp_path / "ws"
-    d = Deck(home, tmp_path / "default-home")
-    try:
-        yield d
-    finally:
-        d.stop()
+DECK = Deck
+"""The `deck` fixture (tests/conftest.py) gives this module's Deck."""
 
 
 def _assert_gapless(record: dict[str, Any], epochs: int) -> None:

@@ -7,8 +7,6 @@ import textwrap
 
 import pytest
 
-from tests.deck import Deck
-
 pytestmark = pytest.mark.slow
 
 PRESET = """
@@ -44,13 +42,6 @@ def preset(tmp_path, epochs: int, trials: int, *, ensemble: bool = True) -> str:
         text = text.replace('trials = ', 'ensemble = false\ntrials = ')
     path.write_text(text)
     return str(path)
-
-
-@pytest.fixture
-def deck(tmp_path):
-    d = Deck(tmp_path / "ws")
-    yield d
-    d.stop()
 
 
 def test_a_random_study_trains_its_trials_as_ensembles_with_each_trial_recorded(deck, tmp_path):

@@ -216,6 +216,7 @@ def test_the_tui_imports_the_engine_only_through_its_api_modules():
 
 ENGINE_WITHOUT_CLUSTER = r"""
 import os, signal, threading, time
+from tests.deck import until
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import resolve
 from trialdeck.engine.runtime import daemon
@@ -228,11 +229,11 @@ store = Store(ws)
 [run] = control.enqueue(store, [resolve("seed/step-decay", ["train.epochs=1"])])
 
 def stop_when_done():
-    deadline = time.monotonic() + 90
-    while store.get_run(run["id"])["state"] != "completed" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    status_text(SystemProbe(ws).engine(), None, {}, time.time())  # the TUI's engine line, while it runs
-    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        until(lambda: store.get_run(run["id"])["state"] == "completed", 90, "the run", interval=0.1)
+    finally:
+        status_text(SystemProbe(ws).engine(), None, {}, time.time())  # the TUI's engine line, while it runs
+        os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=stop_when_done, daemon=True).start()
 assert daemon.main(["--home", HOME]) == 0

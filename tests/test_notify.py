@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deck import Deck, cli, one_line
+from tests.deck import Deck, cli, one_line, until
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime import notify
@@ -57,10 +57,8 @@ class Hook:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait(self, n: int, timeout: float = 30.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.posts) < n:
-            assert time.monotonic() < deadline, f"{len(self.posts)} POST(s) after {timeout:g} s, expected {n}: {self.posts}"
-            time.sleep(0.02)
+        until(lambda: len(self.posts) >= n, timeout, lambda: f"{n} POST(s) (got {len(self.posts)}: {self.posts})",
+              interval=0.02)
         return self.posts
 
     def close(self) -> None:
@@ -167,10 +165,7 @@ def test_a_command_gets_its_placeholders_and_no_shell(tmp_path):
     notifier = notify.Notifier(config, store, lambda line: None).start()
     run_id = finished_run(store)
     notifier.run_ended(run_id, "completed")
-    deadline = time.monotonic() + 30
-    while not out.exists():
-        assert time.monotonic() < deadline, "the command never ran"
-        time.sleep(0.02)
+    until(out.exists, 30, "the command to run", interval=0.02)
     notifier.close()
     args = json.loads(out.read_text())
     assert args[:2] == [run_id, "completed"] and args[2].startswith(f"trialdeck: {run_id} completed")

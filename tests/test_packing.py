@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.deck import cli
+from tests.deck import cli, until
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
 
@@ -27,12 +26,12 @@ def finals(home, presets: list[str], *, packed: bool) -> dict[str, list[float]]:
             assert out.returncode == 0, out.stderr
             ids[preset] = json.loads(out.stdout)["id"]
         store = Store(Workspace(home).ensure())
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
+
+        def ended() -> dict | None:
             records = {p: store.get_run(i) for p, i in ids.items()}
-            if all(r["state"] in ("completed", "failed") for r in records.values()):
-                break
-            time.sleep(0.2)
+            return records if all(r["state"] in ("completed", "failed") for r in records.values()) else None
+
+        records = until(ended, 240, f"{sorted(ids.values())} to end", interval=0.2)
         assert all(r["state"] == "completed" for r in records.values()), {p: r["state"] for p, r in records.items()}
         if packed:
             first, second = (records[p] for p in presets)

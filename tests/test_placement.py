@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -35,16 +34,11 @@ def shared_cluster(tmp_path_factory):
 
 
 @pytest.fixture(params=["local", "dask"])
-def deck(request, home: Path) -> Deck:
-    home.mkdir(parents=True)
+def engine_toml(request) -> str:
+    """Each test runs against both backends (the `deck` fixture, tests/conftest.py, writes this engine.toml)."""
     if request.param == "local":
-        (home / "engine.toml").write_text("cpu_slots = 2\n")
-    else:
-        cluster = request.getfixturevalue("shared_cluster")
-        (home / "engine.toml").write_text(f'cluster = "{cluster.url}"\n')
-    deck = Deck(home)
-    deck.backend = request.param  # type: ignore[attr-defined]
-    return deck
+        return "cpu_slots = 2\n"
+    return f'cluster = "{request.getfixturevalue("shared_cluster").url}"\n'
 
 
 def queue(deck: Deck, *args: str) -> str:

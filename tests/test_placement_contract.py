@@ -233,8 +233,7 @@ Engine(ws, placement=functools.partial(FakePlacement, devices=("cpu", "cuda"), p
 
 
 @pytest.mark.skipif(bool(probe_gpus()), reason="this box has a GPU: its own engine would accept --device cuda")
-def test_device_cuda_is_accepted_where_the_backend_offers_it_and_refused_where_none_does(home: Path) -> None:
-    deck = Deck(home)
+def test_device_cuda_is_accepted_where_the_backend_offers_it_and_refused_where_none_does(deck: Deck) -> None:
     said = "--device cuda: device 'cuda' was asked for, but this machine has no NVIDIA GPU the engine can see"
     refused = deck.cli("run", "seed/step-decay", "--device", "cuda")  # no engine: what this box's would offer
     assert refused.returncode == 2 and said in one_line(refused.stderr)
@@ -243,7 +242,7 @@ def test_device_cuda_is_accepted_where_the_backend_offers_it_and_refused_where_n
     assert refused.returncode == 2 and said in one_line(refused.stderr)
     assert deck.json("engine", "status")["devices"] == ["cpu"]
     deck.ok("engine", "stop")
-    engine = subprocess.Popen([sys.executable, "-c", FAKE_ENGINE, str(home)], start_new_session=True,
+    engine = subprocess.Popen([sys.executable, "-c", FAKE_ENGINE, str(deck.home)], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=deck.env)
     try:
         until(lambda: (deck.engine_pid() == engine.pid and deck.json("engine", "status")["running"]), 60,

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from tests.deck import REPO
+from tests.deck import REPO, until
 from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory
 from trialdeck.engine.errors import PresetError
 from trialdeck.engine.presets.loader import resolve, resolve_script
@@ -252,10 +252,7 @@ def test_stop_processes_takes_the_whole_tree_even_children_that_left_the_group(t
         return [p for p in psutil.process_iter(["cmdline", "status"])
                 if p.info["status"] != psutil.STATUS_ZOMBIE and tag in (p.info["cmdline"] or [])]
 
-    deadline = time.monotonic() + 30
-    while len(tagged()) < 3:
-        assert time.monotonic() < deadline, "the test's processes did not start"
-        time.sleep(0.05)
+    until(lambda: len(tagged()) >= 3, 30, "the test's processes to start")
     started = time.monotonic()
     killed = stop_processes(marker_dir, 0.5, child)  # SIGTERM is ignored: SIGKILL after the grace
     assert killed == 3 and not tagged() and child.returncode is not None

@@ -64,11 +64,6 @@ def state_of(deck: Deck, run_id: str) -> str:
     return deck.store.get_run(run_id)["state"]
 
 
-@pytest.fixture
-def deck(home):
-    return Deck(home)
-
-
 def test_a_script_run_completes_with_its_reported_history(deck, tmp_path):
     preset = write_preset(tmp_path / "s.toml", "--lr", "{params.lr}", "--epochs", "{params.epochs}",
                           params={"lr": 0.01, "epochs": 4})

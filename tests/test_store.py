@@ -22,6 +22,7 @@ import orjson
 import pytest
 from tinydb import TinyDB
 
+from tests.deck import until
 from trialdeck.engine.catalogue.lines import serialize
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter, read_jsonl
 from trialdeck.engine.catalogue.store import Store
@@ -377,11 +378,11 @@ def test_four_processes_enqueue_concurrently(ws: Workspace, tmp_path: Path) -> N
     Store(ws)  # create the workspace once, as the CLI would
     go = tmp_path / "go"
     procs = [_run_python(_ENQUEUER, ws.root, f"p{k}", str(go)) for k in range(4)]
-    deadline = time.monotonic() + 120
-    while not all(Path(f"{go}.p{k}").exists() for k in range(4)):  # every process imported, at the gate
-        assert time.monotonic() < deadline, "the enqueuers never reached the gate"
+    def at_the_gate() -> bool:  # every process imported, at the gate
         assert all(p.poll() is None for p in procs), "an enqueuer died before the gate"
-        time.sleep(0.01)
+        return all(Path(f"{go}.p{k}").exists() for k in range(4))
+
+    until(at_the_gate, 120, "the enqueuers to reach the gate", interval=0.01)
     go.touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
 

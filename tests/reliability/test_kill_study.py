@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deck import cli, gone, journal_trials
+from tests.deck import cli, gone, journal_trials, until
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
@@ -56,15 +55,11 @@ def engine_pid(ws: Workspace) -> int | None:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, ws: Workspace) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = ws.engine_log.read_text(errors="replace")[-3000:] if ws.engine_log.exists() else "(no engine.log)"
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\nengine.log tail:\n{log}")
-        time.sleep(0.05)
+    def tail() -> str:
+        log = ws.engine_log.read_text(errors="replace")[-3000:] if ws.engine_log.exists() else "(no engine.log)"
+        return f"engine.log tail:\n{log}"
+
+    return until(predicate, timeout, what, context=tail)
 
 
 def kill_engine(ws: Workspace, study: str) -> None:

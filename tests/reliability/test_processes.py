@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
-from tests.deck import cli
+from tests.deck import cli, until
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until(predicate, timeout, what)
 
 
 def test_sigterm_to_a_worker_mid_epoch_fails_that_run_and_the_engine_goes_on(home):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import stat
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.deck import cli
+from tests.deck import cli, until
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.workspace import Workspace
 
@@ -46,9 +45,7 @@ def test_the_engine_and_its_workers_open_no_network_listener(home):
         assert started.returncode == 0, started.stderr
         pid = json.loads(started.stdout)["pid"]
         engine = psutil.Process(pid)
-        deadline = time.monotonic() + 60
-        while not engine.children() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        until(engine.children, 60, "the engine's first worker", interval=0.1)
         cli(home, "run", "seed/step-decay", "--set", "train.epochs=2", "--wait")
         procs = [engine, *engine.children(recursive=True)]
         assert len(procs) >= 2, "expected the engine and at least one worker"

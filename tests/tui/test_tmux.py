@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deck import cli, stop_engine
+from tests.deck import cli, stop_engine, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
@@ -64,14 +64,13 @@ class Tmux:
         time.sleep(0.2)
 
     def wait(self, name: str, predicate, timeout: float = 30.0, what: str = "text") -> str:
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.screen(name)
-            if predicate(text):
-                return text
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; the pane shows:\n{text}")
+        shown = [""]
+
+        def look() -> str | None:
+            shown[0] = self.screen(name)
+            return shown[0] if predicate(shown[0]) else None
+
+        return until(look, timeout, what, interval=0.2, context=lambda: f"the pane shows:\n{shown[0]}")
 
     def kill_server(self) -> None:
         self("kill-server", check=False)
@@ -127,19 +126,15 @@ def test_queue_watch_detach_and_reattach(tmp_path):
         assert len(second) >= len(first)
 
         tmux("kill-session", "-t", "one")  # the terminal goes away
-        deadline = time.monotonic() + 30
-        while tmux.has("one"):
-            assert time.monotonic() < deadline, "the tmux session outlived kill-session"
-            time.sleep(0.05)
+        until(lambda: not tmux.has("one"), 30, "the tmux session to end after kill-session")
         record = cli_json(ws, "runs", "show", "r1")
         assert record["state"] in ("running", "completed"), record["state"]
         status = cli_json(ws, "engine", "status")
         assert status["running"] is True
 
-        deadline = time.monotonic() + 300
-        while record["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(1.0)
-            record = cli_json(ws, "runs", "show", "r1")
+        if record["state"] == "running":
+            record = until(lambda: (r := cli_json(ws, "runs", "show", "r1"))["state"] != "running" and r, 300,
+                           "r1 to finish", interval=1.0)
         assert record["state"] == "completed", record.get("error")
         assert len(record["history"]) == 400
 
