@@ -32,7 +32,21 @@ from pathlib import Path
 import pytest
 
 PG_ENV = "TRIALDECK_TEST_PG_URL"
+SHARED_SCOPES = ("module", "class", "package")
 BEHAVIOUR_VARS = ("TRIALDECK_DEBUG", "TRIALDECK_INJECT_FAULT", "TRIALDECK_NO_AUTOSTART")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`.ci/run`: `-n auto --dist loadgroup`), the tests of a module that share an
+    expensive fixture (a module's engines, a Dask cluster, a built wheel) go to one worker, so it is
+    set up once; every other test goes wherever a worker is free."""
+    manager = config.pluginmanager.get_plugin("funcmanage")
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        shared = any(d.scope in SHARED_SCOPES for name in names
+                     for d in (manager.getfixturedefs(name, item) if manager is not None else None) or ())
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
