@@ -36,6 +36,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import TrialdeckError
 from trialdeck.engine.presets import preset_roots
+from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui import messages
 from trialdeck.tui.composition import Composition, PresetLibrary
@@ -178,7 +179,7 @@ class TrialdeckApp(App[None]):
                     if catalog is None:
                         backlog = [e for e in store.events() if e.get("kind") in LOGGED_EVENTS]
                         entries = feed.prime(backlog)
-                        entries += [finished_entry(r) for r in runs if r["state"] == "completed"]
+                        entries += [finished_entry(r) for r in runs if r["state"] == RunState.COMPLETED]
                         entries.sort(key=lambda e: e.time)
                         self.post_message(messages.EventsArrived(tuple(entries[-LOG_KEEP:]), initial=True))
                     else:
@@ -209,7 +210,7 @@ class TrialdeckApp(App[None]):
     def _fill_totals(store: Store, runs: list[dict], totals: dict[str, int]) -> None:
         """`train.epochs` of the runs a table may show, read once per run (list_runs omits configs)."""
         shown = sorted(runs, key=lambda r: -run_number(r["id"]))[:MAX_ROWS]
-        shown += [r for r in runs if r["state"] == "running"]
+        shown += [r for r in runs if r["state"] == RunState.RUNNING]
         for run in shown:
             if run["id"] not in totals:
                 record = store.get_run(run["id"])

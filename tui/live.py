@@ -26,7 +26,7 @@ from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runs.folder import METRICS_NAME
 from trialdeck.engine.runtime.control.actions import check_resumable
-from trialdeck.engine.types import UNFINISHED_STATES, finite, kept_epoch, planned_epochs
+from trialdeck.engine.types import UNFINISHED_STATES, RunState, finite, kept_epoch, planned_epochs
 from trialdeck.engine.workspace import RUN_ID_RE, Workspace
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -253,7 +253,7 @@ class Catalog:
     @cached_property
     def queue(self) -> tuple[dict[str, Any], ...]:
         """Queued runs in dispatch order: priority descending, then enqueue order (as the store)."""
-        waiting = [r for r in self.runs if r["state"] == "queued"]
+        waiting = [r for r in self.runs if r["state"] == RunState.QUEUED]
         waiting.sort(key=lambda d: (-int(d.get("priority", 0)), int(d.get("seq", 0))))
         return tuple(waiting)
 
@@ -342,9 +342,9 @@ def finished_since(old: Catalog | None, new: Catalog) -> list[LogEntry]:
         return []
     out = []
     for run in new.runs:
-        if run["state"] == "completed":
+        if run["state"] == RunState.COMPLETED:
             before = old.by_id.get(run["id"])
-            if before is None or before["state"] != "completed":
+            if before is None or before["state"] != RunState.COMPLETED:
                 out.append(finished_entry(run))
     return out
 
@@ -406,9 +406,9 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
     if kept_entry is not None:
         also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}", best_epoch)) if epoch == kept]
         parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
-    elif run.get("state") == "failed":
+    elif run.get("state") == RunState.FAILED:
         parts.append("kept: no weights (the run failed)")
-    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted"):
+    elif "kept_epoch" in run and run.get("state") in (RunState.CANCELLED, RunState.INTERRUPTED):
         parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
     if best_epoch is not None and best_epoch != kept:
         parts.append(f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
@@ -439,17 +439,17 @@ def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int
             best = live.best_val_acc
     epoch_text = "" if epoch is None and not total else f"{epoch or 0}" + (f"/{total}" if total else "")
     started = run.get("started_at")
-    ended = run.get("finished_at") if run["state"] != "running" else None
+    ended = run.get("finished_at") if run["state"] != RunState.RUNNING else None
     if started is None:
         elapsed = ""
-    elif run["state"] == "running":
+    elif run["state"] == RunState.RUNNING:
         elapsed = fmt_seconds(now - started)
-    elif run["state"] == "interrupted":
+    elif run["state"] == RunState.INTERRUPTED:
         elapsed = fmt_seconds((run.get("interrupted_at") or started) - started)
     else:
         elapsed = fmt_seconds((ended or started) - started)
     slot = run.get("slot") or run.get("device") or ""
-    if run["state"] == "queued":
+    if run["state"] == RunState.QUEUED:
         slot = run.get("device") or ""
     kept = kept_epoch(run)  # whose weights a finished run kept: its best epoch after an early stop
     return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best),

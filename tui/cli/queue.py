@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.types import RunState
 from trialdeck.tui.cli.common import (
     HomeOpt,
     JsonOpt,
@@ -58,7 +59,7 @@ def queue_cancel(
     out = []
     for run_id in run_ids:
         record, how = control.cancel(store, run_id, lambda: notify(ws))
-        if record["state"] == "running":  # asked to stop: wait for the engine to do it
+        if record["state"] == RunState.RUNNING:  # asked to stop: wait for the engine to do it
             record = _await_state(store, record["id"], timeout=10.0)
         out.append({"id": record["id"], "state": record["state"]})
     if as_json:
@@ -72,7 +73,7 @@ def _await_state(store, run_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = store.get_run(run_id)
-        if record["state"] != "running":
+        if record["state"] != RunState.RUNNING:
             return record
         time.sleep(0.05)
     return store.get_run(run_id)

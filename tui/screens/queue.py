@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Static
 
+from trialdeck.engine.types import RunState
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.live import Catalog, fmt_seconds
@@ -30,7 +31,7 @@ class QueueTable(LiveTable):
 def queue_rows(catalog: Catalog, slots: tuple[str, ...], now: float) -> list[tuple[str, tuple]]:
     """Running runs with their slot, then queued ones with their position and, for the
     first few, the free slot each will take (when the engine's slots are known)."""
-    running = [r for r in catalog.runs if r["state"] == "running"]
+    running = [r for r in catalog.runs if r["state"] == RunState.RUNNING]
     busy = {r.get("slot") for r in running}
     free = [s for s in slots if s not in busy]
     rows = []
@@ -109,9 +110,9 @@ class QueueScreen(LiveScreen):
         if action == "open_run":
             return True if run is not None else None
         if action in ("move", "set_priority"):
-            return True if run is not None and run["state"] == "queued" else None
+            return True if run is not None and run["state"] == RunState.QUEUED else None
         if action == "cancel":
-            return True if run is not None and run["state"] in ("queued", "running") else None
+            return True if run is not None and run["state"] in (RunState.QUEUED, RunState.RUNNING) else None
         if action == "clear_queue":
             return True if self.catalog is not None and self.catalog.queue else None
         return True
@@ -130,12 +131,12 @@ class QueueScreen(LiveScreen):
 
     def action_move(self, where: str) -> None:
         run = self._selected()
-        if run is not None and run["state"] == "queued":
+        if run is not None and run["state"] == RunState.QUEUED:
             self.post_message(messages.MoveRun(run["id"], where))
 
     def action_set_priority(self) -> None:
         run = self._selected()
-        if run is None or run["state"] != "queued":
+        if run is None or run["state"] != RunState.QUEUED:
             return
 
         def chosen(value: int | None) -> None:

@@ -18,6 +18,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from trialdeck.engine.runs.folder import LOG_NAME
+from trialdeck.engine.types import RunState
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable, tags_text
@@ -152,7 +153,7 @@ class RunDetailScreen(LiveScreen):
         hist = r.get("history") or []
         total = ((r.get("config") or {}).get("train") or {}).get("epochs")
         started, ended = r.get("started_at"), r.get("finished_at")
-        if started and r["state"] == "running":
+        if started and r["state"] == RunState.RUNNING:
             took = fmt_seconds(self.now() - started)
         else:
             took = fmt_seconds((ended - started) if started and ended else None)

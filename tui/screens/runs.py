@@ -15,6 +15,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Static
 
+from trialdeck.engine.types import RunState
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row, tags_text
@@ -64,7 +65,7 @@ def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> list[dic
     runs = [r for r in catalog.runs if matches(r, words)] if words else list(catalog.runs)
     runs.sort(key=lambda r: -run_number(r["id"]))
     if len(runs) > limit:
-        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] == "running"]
+        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] == RunState.RUNNING]
     return runs
 
 
@@ -139,7 +140,7 @@ class RunsScreen(LiveScreen):
             mark = (r["state"], len(hist), hist[-1] if hist else None, r.get("slot"), r.get("finished_at"),
                     live.get(run_id), totals.get(run_id), tuple(r.get("tags") or ()) if tagged else None)
             hit = cache.get(run_id)
-            if hit is None or hit[0] != mark or r["state"] == "running":
+            if hit is None or hit[0] != mark or r["state"] == RunState.RUNNING:
                 row = run_row(r, live.get(run_id), now, totals.get(run_id))
                 hit = cache[run_id] = (mark, (*row, tags_text(r)) if tagged else row)
             rows.append((run_id, hit[1]))

@@ -158,7 +158,7 @@ def status(ws: Workspace) -> dict[str, Any]:
         "held": ws.held_path.exists(),
         "runs": counts,
         "active": [{"id": r["id"], "preset": r["preset"], "slot": r.get("slot"), "device": r.get("device"),
-                    "host": r.get("host")} for r in runs if r["state"] == "running"],
+                    "host": r.get("host")} for r in runs if r["state"] == RunState.RUNNING],
         # Where runs train: this box's slots, or a Dask cluster (its workers, what runs where, or why it is away).
         "placement": (info.get("placement") or "local") if info else None,
         "cluster": read_cluster_status(ws) if info and info.get("cluster") else None,
