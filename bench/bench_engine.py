@@ -11,7 +11,7 @@ are cached):
     times after a warm-up, no callback, no run directory). Target: engine /
     plain <= 1.25.
 (b) latency: on the warm, idle engine, one run enqueued (`Store.create_run` +
-    `trialdeck.engine.runtime.client.notify`); time from just before the enqueue to the `t` of
+    `trialdeck.engine.runtime.control.client.notify`); time from just before the enqueue to the `t` of
     the first record in the run's metrics.jsonl (the "start" record the
     recorder writes at on_start, just before the first step). Median over M
     runs. Target: <= 0.3 s.

@@ -146,6 +146,9 @@ def worker_main(slot: str, home: str, conn: Connection, stop: SharedStop, thread
                 pass
             case Exit():
                 return
+            case _:
+                _say(f"worker {os.getpid()} ({slot}): ignored a message that is no order: {order!r:.200}")
+                continue
         records: list[Mapping[str, Any]] = [store.get_run(r) or {"id": r} for r in run_ids]
         runner_for(dataclasses.replace(context, device=device), records).run(done)
         if device.startswith("cuda"):
