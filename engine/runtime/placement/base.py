@@ -107,7 +107,12 @@ class BasePlacement(abc.ABC):
 
     @abc.abstractmethod
     def dispatch(self) -> None:
-        """Start queued runs on free places."""
+        """Start queued runs (`queued()`) on free places."""
+
+    def queued(self) -> list[dict[str, Any]]:
+        """The queued runs a backend may start now, in dispatch order: every backend's dispatch reads
+        them here, the one place a queue policy (dependencies, a paused queue, groups) filters them."""
+        return self.store.queued()
 
     # -- cancels: the same rule for every backend --------------------------------------------
 

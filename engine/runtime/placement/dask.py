@@ -407,7 +407,7 @@ class DaskPlacement(BasePlacement):
         free = [(a, k) for a, w in self.workers.items() for k in range(_places(w)) if (a, k) not in busy]
         if not free:
             return
-        for run in self.store.queued():
+        for run in self.queued():
             place = self._pick(run, free)
             if place is None:
                 continue

@@ -90,7 +90,7 @@ class FakePlacement(BasePlacement):
         free = [name for name, run_id in self.places.items() if run_id is None]
         if not free or self.stopping:
             return
-        for run in self.store.queued():
+        for run in self.queued():
             device = pinned_device(run)
             why = self.capabilities().why_not(device)
             if why is not None:

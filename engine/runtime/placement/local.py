@@ -220,7 +220,7 @@ class LocalPlacement(BasePlacement):
         free = [s for s in self.scheduler.slots if s.free and self.workers.get(s.name) and self.workers[s.name].ready]
         if not free or self.stopping:
             return
-        queued = self.store.queued()
+        queued = self.queued()
         if not queued:
             return
         # Only ready workers' slots are offered: mark the others busy for this plan.
