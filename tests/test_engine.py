@@ -249,7 +249,7 @@ def test_engine_killed_at_random_moments_loses_and_duplicates_nothing(deck: Deck
         assert "started the engine" in proc.stderr, f"`runs list` did not restart the engine:\n{proc.stderr}"
     assert kills >= 4, "the runs finished before the engine could be killed: make them longer"
 
-    deadline_s = 150
+    deadline_s = 420  # only catches an engine that stopped making progress: the box may be busy (xdist, other work)
     deck.wait(lambda: all(deck.run(r)["state"] in TERMINAL for r in epochs), deadline_s, "all runs to finish")
     runs = deck.store.list_runs()
     assert [r["id"] for r in runs] == list(epochs), "runs were lost or duplicated"
