@@ -19,8 +19,8 @@ import torch
 
 from tests.deck import REPO, cli, one_line
 from trialdeck.engine.datasets import load_data
-from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.errors import BadInput
+from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.training.export import export_model, load_model
 from trialdeck.engine.training.trainer import evaluate
 from trialdeck.engine.workspace import Workspace
