@@ -363,6 +363,15 @@ def tags_text(run: Mapping[str, Any]) -> str:
     return " ".join(f"#{t}" for t in run.get("tags") or ())
 
 
+def host_text(run: Mapping[str, Any]) -> str | None:
+    """Where a run placed on another box trained: its host (a Dask worker's name) and device,
+    "box1-cpu0 (cpu)"; None for a run of this box's own slots."""
+    host = run.get("host")
+    if not host:
+        return None
+    return f"{host} ({run['device']})" if run.get("device") else str(host)
+
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return ""
@@ -400,21 +409,36 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
         losses = [h for h in hist if _num(h.get("val_loss"))]
         best = min(losses, key=lambda h: h["val_loss"]) if losses else {}
         monitor, best_epoch, best_value = "val_loss", best.get("epoch"), best.get("val_loss")
+        delta = 0.0
+    else:
+        delta = min_delta(run)
+    # Keras' rule: with min_delta, an epoch counts as the best only when it beats the best by more
+    # than that, so a later, slightly better value is not "the best": say so where the best is named.
+    by = f" by more than {delta:g}" if delta else ""
     kept = kept_epoch(run)
     kept_entry = next((h for h in hist if h.get("epoch") == kept), None)
     parts = []
     if kept_entry is not None:
-        also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}", best_epoch)) if epoch == kept]
+        also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}{by}", best_epoch))
+                if epoch == kept]
         parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
     elif run.get("state") == "failed":
         parts.append("kept: no weights (the run failed)")
     elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted"):
         parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
     if best_epoch is not None and best_epoch != kept:
-        parts.append(f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
+        parts.append(f"best {monitor} (improved by > {delta:g}): {best_value:.4f} at epoch {best_epoch}" if delta
+                     else f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
     if last.get("epoch") != kept:
         parts.append(f"last epoch {last.get('epoch')}: {_metrics(last)}")
     return parts
+
+
+def min_delta(run: Mapping[str, Any]) -> float:
+    """The early stopper's min_delta of a full run record (0 when it has none or stops early never)."""
+    es = (run.get("config") or {}).get("early_stopping") or {}
+    value = es.get("min_delta") if es.get("enabled") else None
+    return float(value) if finite(value) and value > 0 else 0.0
 
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:

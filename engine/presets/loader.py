@@ -404,7 +404,9 @@ def resolve_workdir(composed: Composed, cwd: Path | None = None) -> None:
     if not isinstance(value, str):
         return  # the schema says what is wrong with it
     source = composed.source_of(("script", "workdir"))
-    base = Path(source).parent if source.endswith(".toml") else here
+    # The real file's folder: an editable install's link tree (editable_mode=strict) links each
+    # built-in preset file from experiments/, and a relative workdir means the folder beside it.
+    base = Path(source).resolve().parent if source.endswith(".toml") else here
     path = (base / Path(value).expanduser()).resolve()
     if not path.is_dir():
         raise PresetError(f"{source}: script.workdir = {value!r}: the folder {path} does not exist")

@@ -137,10 +137,11 @@ def exit_for(record: dict[str, Any]) -> None:
 def print_run_summary(record: dict) -> None:
     """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
     best and the last epoch, each labelled; then the events that ended it."""
-    from trialdeck.tui.live import outcome
+    from trialdeck.tui.live import host_text, outcome
 
     hist = record.get("history") or []
-    where = f"  on {record['device']}" if record.get("device") else ""
+    place = host_text(record) or record.get("device")
+    where = f"  on {place}" if place else ""
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
     if hist:
         lr = hist[-1].get("lr")  # a script run's history holds what its script reported

@@ -18,9 +18,10 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from trialdeck.engine.runtime.recorder import LOG_NAME
+from trialdeck.engine.types import finite
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, fmt_seconds, outcome, resumable, tags_text
+from trialdeck.tui.live import CANCELLABLE, fmt_seconds, host_text, outcome, resumable, tags_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.live_table import STATE_STYLES
 from trialdeck.tui.widgets.plots import CurvePlot, Series, clean
@@ -54,6 +55,16 @@ def curves(history: list[dict[str, Any]]) -> tuple[tuple[Series, ...], tuple[Ser
     score = "val_mae" if any("val_mae" in h for h in history) else "val_acc"  # a regression records val_mae
     return ((series("train", "train_loss"), series("val", "val_loss")), (series(score, score),),
             (series("lr", "lr"),))
+
+
+PLOTTED = frozenset({"epoch", "t", "kind", "seconds", "train_loss", "val_loss", "val_acc", "val_mae", "lr"})
+
+
+def script_metrics(history: list[dict[str, Any]]) -> tuple[Series, ...]:
+    """A script's own numbers (any name it reported other than the built-in ones), one series each."""
+    xs = [float(h.get("epoch", i + 1)) for i, h in enumerate(history)]
+    names = dict.fromkeys(k for h in history for k, v in h.items() if k not in PLOTTED and finite(v))
+    return tuple(Series(name, *clean(xs, [h.get(name) for h in history])) for name in names)
 
 
 class RunDetailScreen(LiveScreen):
@@ -134,15 +145,32 @@ class RunDetailScreen(LiveScreen):
             header.update(Text(f"no run {self.run_id} in this workspace", style="red"))
             return
         header.update(self._header(record))
-        loss, acc, lr = curves(record.get("history") or [])
-        self.query_one("#plot-loss", CurvePlot).series = loss
-        self.query_one("#plot-acc", CurvePlot).series = acc
-        self.query_one("#plot-lr", CurvePlot).series = lr
+        self._plot(record)
         self.query_one("#run-events", Static).update(self._events(record.get("events") or []))
         from trialdeck.engine.presets.authoring import config_toml
 
         # Text, not str: a str is read as markup, and every `[section]` header would vanish.
         self.query_one("#run-config", Static).update(Text(config_toml(record.get("config") or {})))
+
+    def _plot(self, record: dict[str, Any]) -> None:
+        """A built-in run has all three plots. A script run reports only what its script reports:
+        it gets the plots it has data for (never an lr plot the script does not report), and its own
+        metrics in the first plot when it reports no loss."""
+        history = record.get("history") or []
+        loss, acc, lr = curves(history)
+        loss_plot, acc_plot, lr_plot = (self.query_one(f"#plot-{n}", CurvePlot) for n in ("loss", "acc", "lr"))
+        loss_plot.title = "loss"
+        if (record.get("config") or {}).get("script"):
+            if not any(s.xs for s in loss):
+                loss = script_metrics(history) or loss
+                loss_plot.title = "loss" if loss and loss[0].label == "train" else "metrics"
+            acc_plot.display = any(s.xs for s in acc)
+            lr_plot.display = any(s.xs for s in lr)
+        below = acc_plot.display + lr_plot.display
+        grid = self.query_one("#run-curves", Grid)
+        grid.set_class(below == 0, "-loss-only")
+        grid.set_class(below == 1, "-one-below")
+        loss_plot.series, acc_plot.series, lr_plot.series = loss, acc, lr
 
     def watch_log_tail(self, tail: str) -> None:
         self.query_one("#run-log", Static).update(Text(tail or "(no log yet)"))
@@ -159,7 +187,7 @@ class RunDetailScreen(LiveScreen):
         out = Text()
         out.append(f"{r['id']} ", style="bold")
         out.append(r["state"], style=STATE_STYLES.get(r["state"], ""))
-        out.append(f"  {r.get('preset', '')}  on {r.get('slot') or r.get('device') or '-'}")
+        out.append(f"  {r.get('preset', '')}  on {host_text(r) or r.get('slot') or r.get('device') or '-'}")
         out.append(f"  epoch {len(hist)}" + (f"/{total}" if total else ""))
         if took:
             out.append(f"  {took}")
