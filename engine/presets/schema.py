@@ -499,7 +499,7 @@ class TuneConfig(Block):
                                                                                direction=self.direction)]
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         return [o.direction for o in self.objective_list]
 
     @property

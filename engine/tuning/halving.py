@@ -86,8 +86,11 @@ class ParetoHalving:
         if min(s for s in steps if s >= self.rung_step(rung)) != step:
             return None  # compared at this rung already
         mine = list(steps[step])
-        rivals = [(n, self.value_at(s, rung)) for n, s in others.items() if n != number]
-        rivals = [(n, v) for n, v in rivals if v is not None]
+        rivals: list[tuple[int, Sequence[float]]] = []
+        for n, their in others.items():
+            at = self.value_at(their, rung) if n != number else None
+            if at is not None:
+                rivals.append((n, at))
         if len(rivals) < max(1, self.n_startup_trials):
             return None
         loss = pareto.losses([mine, *(list(v) for _, v in rivals)], self.directions)

@@ -30,6 +30,7 @@ from optuna.storages.journal import JournalFileBackend
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import TuneConfig
 from trialdeck.engine.tuning import records
+from trialdeck.engine.tuning.halving import VALUES_ATTR
 from trialdeck.engine.tuning.launch import RDB_PREFIXES, redact
 from trialdeck.engine.tuning.space import decode_params
 
@@ -104,7 +105,7 @@ def open_readonly(url: str):
                                "wrote; an RDB storage is a URL such as sqlite:///PATH)")
             if not os.access(path, os.R_OK):
                 raise BadInput(f"--storage {path}: cannot read it (permission denied)")
-            storage = optuna.storages.JournalStorage(ReadOnlyJournalBackend(str(path)))
+            storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(ReadOnlyJournalBackend(str(path)))
         else:
             problem = _driver_problem(url)
             if problem:
@@ -171,45 +172,69 @@ def _meta(user_attrs: dict[str, Any]) -> tuple[dict[str, Any] | None, TuneConfig
         return meta, None
 
 
-def study_doc(url: str, study: optuna.Study, trials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The study's document, as `studies show --json` prints it, from the storage alone."""
+def study_doc(url: str, study: optuna.Study, frozen: list | None = None) -> dict[str, Any]:
+    """The study's document, as `studies show --json` prints it, from the storage alone: its
+    objectives (named as `set_metric_names` named them, else value / values_N), trial counts
+    by state, and Optuna's own best trial (one objective) or front (`best_trials`, several)."""
+    frozen = study.get_trials(deepcopy=False) if frozen is None else frozen
     directions = [d.name.lower() for d in study.directions]
     meta, tune = _meta(study.user_attrs)
-    if trials is None:
-        trials = read_trials(study, tune)
     names = records.metric_names(study.metric_names, len(directions))
+    counts: dict[str, int] = {}
+    for t in frozen:
+        state = t.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    running = [t for t in frozen if t.state == optuna.trial.TrialState.RUNNING]
     doc: dict[str, Any] = {
         "name": study.study_name,
-        "state": "running" if any(t["state"] == "running" for t in trials) else "idle",
+        "state": "running" if running else "idle",
         "foreign": meta is None,
         "preset": meta.get("preset") if meta else None,
         "metric": names[0],
         "direction": directions[0],
+        "directions": directions,
         "objectives": [{"metric": m, "direction": d} for m, d in zip(names, directions, strict=True)],
         "sampler": tune.sampler if tune else None,
         "pruner": tune.pruner.kind if tune else None,
         "storage": shown(url),
-        "n_trials": len(trials),
-        **records.summary(trials, directions, study),
+        "n_trials": len(frozen),
+        "counts": counts,
+        "n_done": sum(v for k, v in counts.items() if k in records.FINISHED),
+        "best": None,
         "user_attrs": {k: v for k, v in study.user_attrs.items() if k != "trialdeck"},
+        # What changes while trials run, though no trial finishes: the views redraw on it.
+        "progress": sum(len(t.intermediate_values) + len(t.user_attrs.get(VALUES_ATTR) or ()) for t in running),
     }
+    decode = (lambda params: decode_params(tune, params)) if tune is not None else (lambda params: params)
+    if len(directions) > 1:
+        doc["pareto"] = sorted(t.number for t in study.best_trials)
+    elif counts.get("complete"):
+        b = study.best_trial
+        doc["best"] = {"number": b.number, "value": b.value, "params": decode(dict(b.params)),
+                       "run_id": b.user_attrs.get("run_id")}
     return doc
 
 
-def read_trials(study: optuna.Study, tune: TuneConfig | None = None) -> list[dict[str, Any]]:
+def read_trials(study: optuna.Study, tune: TuneConfig | None = None, frozen: list | None = None) -> list[dict[str, Any]]:
     multi = len(study.directions) > 1
     decode = (lambda params: decode_params(tune, params)) if tune is not None else None
-    return [records.trial_doc(t, multi, decode) for t in study.get_trials(deepcopy=False)]
+    frozen = study.get_trials(deepcopy=False) if frozen is None else frozen
+    return [records.trial_doc(t, multi, decode) for t in frozen]
 
 
 def read_study(url: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the study's document, its trials' documents), read from the storage at `url`."""
     study = load_study(url, name)
     _, tune = _meta(study.user_attrs)
-    trials = _read(url, f"study {name!r}", lambda: read_trials(study, tune))
-    return study_doc(url, study, trials), trials
+
+    def read() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        frozen = study.get_trials(deepcopy=False)
+        return study_doc(url, study, frozen), read_trials(study, tune, frozen)
+
+    return _read(url, f"study {name!r}", read)
 
 
 def list_studies(url: str) -> list[dict[str, Any]]:
-    """Every study in the storage: name, directions, trial counts and best (or front size)."""
-    return [read_study(url, name)[0] for name in study_names(url)]
+    """Every study in the storage: its document without its trials."""
+    return [_read(url, f"study {name!r}", lambda name=name: study_doc(url, load_study(url, name)))
+            for name in study_names(url)]

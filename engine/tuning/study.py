@@ -25,6 +25,7 @@ import optuna
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import TuneConfig
+from trialdeck.engine.tuning import insight, records
 from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the names and URLs of studies
     RDB_PREFIXES,
     check_study_name,
@@ -33,7 +34,6 @@ from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the na
     storage_url,
     target_trials,
 )
-from trialdeck.engine.tuning import insight, records
 from trialdeck.engine.tuning.objectives import metric_value, trial_values
 from trialdeck.engine.tuning.samplers import make_pruner, make_sampler
 from trialdeck.engine.tuning.space import decode_params
@@ -82,7 +82,7 @@ def tune_of(meta: dict[str, Any]) -> TuneConfig:
 def create_or_load(name: str, url: str, *, preset: str, config: dict[str, Any], tune: TuneConfig) -> optuna.Study:
     storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(tune), pruner=make_pruner(tune),
-                                directions=tune.directions, load_if_exists=True)
+                                directions=list(tune.directions), load_if_exists=True)
     if [d.name.lower() for d in study.directions] != tune.directions:
         raise BadInput(f"study {name!r} in {redact(url)} has directions "
                        f"{', '.join(d.name.lower() for d in study.directions)}; this preset's objectives want "

@@ -278,7 +278,8 @@ def studies_best(
             print(f"trial {t['number']}  {values_text(doc, t.get('values'))}{run}  {json.dumps(t['params'])}")
     elif picked:
         shown = values_text(doc, picked.get("values"))
-        print(f"trial {picked['number']}  {shown}  run {picked.get('run_id')}  {json.dumps(picked['params'])}")
+        run = f"  run {picked['run_id']}" if picked.get("run_id") else ""
+        print(f"trial {picked['number']}  {shown}{run}  {json.dumps(picked['params'])}")
     else:
         print(f"study {name} has no complete trial yet")
     if saved:
