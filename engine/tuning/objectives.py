@@ -5,7 +5,7 @@ or a run fact: `parameters` (the model's parameter count), `seconds` (the
 run's training time, the sum of its epochs' seconds) and `peak_memory_mb`
 (the device's peak allocated memory, recorded for CUDA runs). A metric a run
 recorded under the fact's name wins over the fact (a script may report its
-own `parameters`). No Optuna import: the driver, the reporter and the results
+own `parameters`), except `seconds`, which every epoch records as its own time. No Optuna import: the driver, the reporter and the results
 share these.
 """
 
@@ -50,7 +50,9 @@ def trial_values(tune: TuneConfig, record: dict[str, Any]) -> tuple[list[float] 
     history = record.get("history") or []
     out: list[float] = []
     for objective in tune.objective_list:
-        value = metric_value(objective.metric, objective.direction, tune.reduce, history)
+        # Every epoch records its own `seconds`: the objective is their sum, never one epoch's.
+        own = objective.metric != "seconds"
+        value = metric_value(objective.metric, objective.direction, tune.reduce, history) if own else None
         if value is None and objective.metric in RUN_FACTS:
             value = fact_value(objective.metric, record)
         if value is None:
@@ -88,7 +90,7 @@ class EpochValues:
             self.seconds += float(entry["seconds"])
         out: list[float] = []
         for metric in self.metrics:
-            value = entry.get(metric)
+            value = entry.get(metric) if metric != "seconds" else None
             if not finite(value):
                 value = self.n_params if metric == "parameters" else round(self.seconds, 6) if metric == "seconds" \
                     else None

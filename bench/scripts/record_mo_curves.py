@@ -1,0 +1,65 @@
+"""Record the curves behind tests/fixtures/mo_curves.json: a real two-objective study on the digits.
+
+A study of 40 trials (random sampler, fixed seed, no pruner) through a real
+engine: an MLP's hidden sizes and learning rate, 9 epochs each, objectives
+val_acc (maximised) and the parameter count (minimised). Every trial's
+per-epoch values (the `intermediate` the study records) and final values are
+kept, so the pareto_halving pruner can be replayed on them
+(tests/test_pareto_pruning.py, bench/bench_studies.py): what it would have
+stopped, and whether the final front survives.
+
+Usage: python bench/scripts/record_mo_curves.py [OUT]   (a few minutes on a CPU)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+PRESET = textwrap.dedent("""
+    extends = ["base/digits-mlp"]
+    [train]
+    epochs = 9
+    seed = 0
+    [tune]
+    sampler = "random"
+    trials = 40
+    seed = 7
+    ensemble = false
+    pruner = "none"
+    objectives = [{ metric = "val_acc", direction = "maximize" }, { metric = "parameters", direction = "minimize" }]
+    [tune.space]
+    "model.hidden" = { choices = [[4], [8], [16], [32], [64], [128], [256], [32, 32], [64, 64], [128, 128]] }
+    "optimizer.lr" = { float = [1e-4, 3e-2], log = true }
+    """).lstrip()
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "tests/fixtures/mo_curves.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        preset = Path(tmp) / "mo-curves.toml"
+        preset.write_text(PRESET)
+        cli = [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
+        try:
+            proc = subprocess.run([*cli, "tune", str(preset), "--wait", "--json", "--home", str(home)],
+                                  capture_output=True, text=True, timeout=3600)
+        finally:
+            subprocess.run([*cli, "engine", "stop", "--home", str(home)], capture_output=True, timeout=120)
+        if proc.returncode != 0:
+            sys.exit(f"tune failed ({proc.returncode}):\n{proc.stderr}")
+        study = json.loads(proc.stdout)
+    trials = [{"number": t["number"], "params": t["params"], "values": t["values"],
+               "steps": {k: v for k, v in t["intermediate"].items()}}
+              for t in study["trials"] if t["state"] == "complete"]
+    out.write_text(json.dumps({"directions": study["directions"], "metrics": ["val_acc", "parameters"],
+                               "epochs": 9, "pareto": study["pareto"], "trials": trials}, indent=1) + "\n")
+    print(f"{len(trials)} trials, front {study['pareto']} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
