@@ -82,6 +82,33 @@ def three(storage) -> optuna.Study:
     return study
 
 
+def fixed(storage, name: str = "size-vs-accuracy", n: int = 60) -> optuna.Study:
+    """Two objectives (accuracy up, size down), three parameters, and fixed timestamps (so a
+    screenshot of it is the same every time): trials added with `study.add_trial`."""
+    import datetime
+    import random
+
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["accuracy", "size_k"])
+    dists = {"width": optuna.distributions.IntDistribution(16, 512, log=True),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "act": optuna.distributions.CategoricalDistribution(["relu", "gelu", "tanh"])}
+    rng = random.Random(3)
+    t0 = datetime.datetime(2026, 5, 1, 12, 0, 0)
+    for number in range(n):
+        width, lr, act = int(16 * 2 ** (rng.random() * 5)), 10 ** (-4 + 3 * rng.random()), rng.choice(dists["act"].choices)
+        accuracy = 0.97 - 8 / width - abs(math.log10(lr) + 2.5) * 0.04 - (0.02 if act == "tanh" else 0) + rng.random() / 100
+        start = t0 + datetime.timedelta(minutes=number)
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, trial_id=number, state=optuna.trial.TrialState.COMPLETE, value=None,
+            values=[round(accuracy, 4), round(width * 0.8 + 10, 1)], datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=30 + number), params={"width": width, "lr": lr, "act": act},
+            distributions=dists, user_attrs={}, system_attrs={}, intermediate_values={}))
+    return study
+
+
 def build(where: str) -> None:
     storage = storage_of(where)
     single(storage)

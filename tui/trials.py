@@ -261,7 +261,7 @@ def best_text(study: dict[str, Any]) -> str:
     names, directions = objective_names(study), directions_of(study)
     wanted = ", ".join(f"{m} ({d})" for m, d in zip(names, directions, strict=False))
     made = f"{study.get('sampler', '?')} sampler, {study.get('pruner', '?')} pruner" if study.get("preset") or \
-        not study.get("foreign") else f"not made by trialdeck: {study.get('storage', '')}"
+        not study.get("foreign") else f"not made by trialdeck ({study.get('source') or study.get('storage', '')})"
     head = f"{study['name']}: {wanted}, {made}"
     counts = study.get("counts") or {}
     tally = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials yet"

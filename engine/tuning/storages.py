@@ -59,6 +59,15 @@ def shown(url: str) -> str:
     return url[len("journal:"):] if url.startswith("journal:") else redact(url)
 
 
+def source(url: str) -> str:
+    """The storage in a few characters, where room is short: a file's name, a server's URL."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):]).name
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):].split("?", 1)[0]).name
+    return redact(url)
+
+
 class ReadOnlyJournalBackend(JournalFileBackend):
     """Optuna's journal file reader that refuses to append (so a foreign study stays untouched)."""
 
@@ -197,6 +206,7 @@ def study_doc(url: str, study: optuna.Study, frozen: list | None = None) -> dict
         "sampler": tune.sampler if tune else None,
         "pruner": tune.pruner.kind if tune else None,
         "storage": shown(url),
+        "source": source(url),
         "n_trials": len(frozen),
         "counts": counts,
         "n_done": sum(v for k, v in counts.items() if k in records.FINISHED),

@@ -241,8 +241,10 @@ class StudiesScreen(LiveScreen):
     def _keys_line(self) -> str:
         """This view's study keys, as keys.toml maps them: the footer has no room for them at 80 columns."""
         shown = {a.binding.id: self.app.get_key_display(a.binding) for a in self.active_bindings.values()}
-        words = (("tune", "new study"), ("queue", "rerun trial"), ("save", "save trial as preset"),
-                 ("open_storage", "open a storage"), ("metric", "next objective"))
+        words = [("tune", "new study"), ("queue", "rerun trial"), ("save", "save trial as preset"),
+                 ("open_storage", "open a storage")]
+        if len(objective_names(self._doc(self.study) or {})) > 1:
+            words.append(("metric", "next objective"))
         return "  ".join(f"{shown[i]} {w}" for i, w in words if i in shown)
 
     def _load_trials(self) -> None:
