@@ -5,8 +5,8 @@ or a run fact: `parameters` (the model's parameter count), `seconds` (the
 run's training time, the sum of its epochs' seconds) and `peak_memory_mb`
 (the device's peak allocated memory, recorded for CUDA runs). A metric a run
 recorded under the fact's name wins over the fact (a script may report its
-own `parameters`), except `seconds`, which every epoch records as its own time. No Optuna import: the driver, the reporter and the results
-share these.
+own `parameters`), except `seconds`, which every epoch records as its own
+time. No Optuna import: the driver, the reporter and the results share these.
 """
 
 from __future__ import annotations
