@@ -142,12 +142,15 @@ def test_epoch_values_know_the_parameter_count_and_the_time_so_far():
 def test_pareto_halving_keeps_the_rungs_front_and_names_who_dominates():
     rule = ParetoHalving(("maximize", "minimize"), min_resource=1, reduction_factor=3, n_startup_trials=2)
     others = {0: {1: [0.9, 100.0]}, 1: {1: [0.8, 50.0]}, 2: {1: [0.95, 400.0]}, 3: {1: [0.5, 10.0]},
-              4: {1: [0.85, 100.0]}}
-    # 0.6 at 200 parameters: trials 0, 1 and 4 are better on both.
+              4: {1: [0.85, 100.0]}, 5: {1: [0.7, 150.0]}}
+    # 0.6 at 200 parameters: trials 0, 1, 4 and 5 are better on both.
     verdict = rule.decide(9, 1, {1: [0.6, 200.0]}, others)
-    assert verdict is not None and verdict.prune and verdict.dominated_by == (0, 1, 4)
+    assert verdict is not None and verdict.prune and verdict.dominated_by == (0, 1, 4, 5)
     message, data = explain(verdict, ["val_acc", "parameters"])
-    assert "dominated by trials #0, #1, #4" in message and data["rule"] == "pareto_halving"
+    assert "dominated by trials #0, #1, #4, #5" in message and data["rule"] == "pareto_halving"
+    # Outside the top third, but only reduction_factor trials beat it: near the front, it goes on.
+    near = rule.decide(9, 1, {1: [0.75, 120.0]}, others)
+    assert near.rank > 0 and near.dominated_by == (0, 1, 4) and not near.prune
     # On the front (fewest parameters): never pruned.
     assert not rule.decide(9, 1, {1: [0.2, 5.0]}, others).prune
     # Epoch 2 is no rung; epoch 3 is the next, compared with the trials that reached it.

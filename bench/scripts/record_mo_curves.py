@@ -8,7 +8,9 @@ kept, so the pareto_halving pruner can be replayed on them
 (tests/test_pareto_pruning.py, bench/bench_studies.py): what it would have
 stopped, and whether the final front survives.
 
-Usage: python bench/scripts/record_mo_curves.py [OUT]   (a few minutes on a CPU)
+Usage: python bench/scripts/record_mo_curves.py [OUT [SEED]]   (a few minutes on a CPU)
+tests/fixtures/mo_curves.json is SEED 7 (the tests' fixture); bench/bench_studies.py also
+replays SEED 11, recorded to tests/fixtures/mo_curves_11.json.
 """
 
 from __future__ import annotations
@@ -28,22 +30,23 @@ PRESET = textwrap.dedent("""
     [tune]
     sampler = "random"
     trials = 40
-    seed = 7
+    seed = {seed}
     ensemble = false
     pruner = "none"
-    objectives = [{ metric = "val_acc", direction = "maximize" }, { metric = "parameters", direction = "minimize" }]
+    objectives = [{{ metric = "val_acc", direction = "maximize" }}, {{ metric = "parameters", direction = "minimize" }}]
     [tune.space]
-    "model.hidden" = { choices = [[4], [8], [16], [32], [64], [128], [256], [32, 32], [64, 64], [128, 128]] }
-    "optimizer.lr" = { float = [1e-4, 3e-2], log = true }
+    "model.hidden" = {{ choices = [[4], [8], [16], [32], [64], [128], [256], [32, 32], [64, 64], [128, 128]] }}
+    "optimizer.lr" = {{ float = [1e-4, 3e-2], log = true }}
     """).lstrip()
 
 
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "tests/fixtures/mo_curves.json"
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         preset = Path(tmp) / "mo-curves.toml"
-        preset.write_text(PRESET)
+        preset.write_text(PRESET.format(seed=seed))
         cli = [sys.executable, "-c", "from trialdeck.tui.cli import main; main()"]
         try:
             proc = subprocess.run([*cli, "tune", str(preset), "--wait", "--json", "--home", str(home)],

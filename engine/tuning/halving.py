@@ -6,10 +6,14 @@ itself. It follows MO-ASHA (Schmucker et al., 2021) the way Optuna's
 SuccessiveHalvingPruner follows ASHA: rungs sit at `min_resource *
 reduction_factor ** k` epochs; when a trial reaches a rung, its values there
 are ranked with those of every other trial that reached the same rung
-(non-dominated sorting), and it goes on only if its rank is among the top
+(non-dominated sorting). It stops when its rank is outside the top
 1/`reduction_factor` of them (at least one place; ties with the last place
-kept go on too, so a trial on the rung's front is never pruned). The reason
-names the trials that dominate it at that rung.
+kept go on too, so a trial on the rung's front is never pruned) and more than
+`reduction_factor` trials dominate it there: one that only a few trials beat
+at a rung is close to its front, and late bloomers of the same size often
+overtake them (in tests/fixtures/mo_curves.json, two trials that end on the
+front were stopped without this guard). The reason names the trials that
+dominate it at that rung.
 
 A trial's values at a rung are those of its first recorded epoch at or after
 the rung's epoch (a script may skip an epoch's metric), before the next rung.
@@ -99,7 +103,10 @@ class ParetoHalving:
         kept = max(1, n // self.reduction_factor)
         threshold = sorted(ranks)[kept - 1]
         beaten_by = tuple(rivals[i - 1][0] for i in pareto.dominators(loss, 0))
-        return Verdict(prune=bool(ranks[0] > threshold), step=step, rung=rung, values=tuple(mine),
+        # Outside the top 1/reduction_factor, and dominated by more than reduction_factor trials: a
+        # trial only a few others beat at a rung is near its front and often overtakes them later.
+        prune = bool(ranks[0] > threshold) and len(beaten_by) > self.reduction_factor
+        return Verdict(prune=prune, step=step, rung=rung, values=tuple(mine),
                        rank=int(ranks[0]), n_trials=n, kept=int(sum(1 for r in ranks if r <= threshold)),
                        dominated_by=tuple(sorted(beaten_by)))
 
