@@ -29,7 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import TuneConfig
-from trialdeck.engine.tuning import records
+from trialdeck.engine.tuning import pareto, records
 from trialdeck.engine.tuning.halving import VALUES_ATTR
 from trialdeck.engine.tuning.launch import RDB_PREFIXES, redact
 from trialdeck.engine.tuning.space import decode_params
@@ -217,7 +217,11 @@ def study_doc(url: str, study: optuna.Study, frozen: list | None = None) -> dict
     }
     decode = (lambda params: decode_params(tune, params)) if tune is not None else (lambda params: params)
     if len(directions) > 1:
-        doc["pareto"] = sorted(t.number for t in study.best_trials)
+        # The complete trials no other dominates: what `study.best_trials` gives (tests hold it to that),
+        # from the trials in hand (best_trials deep-copies every trial first: half a second per 1,000).
+        done = [t for t in frozen if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None]
+        on = pareto.front_mask(pareto.losses([t.values for t in done], directions)) if done else []
+        doc["pareto"] = sorted(t.number for t, keep in zip(done, on, strict=True) if keep)
     elif counts.get("complete"):
         b = study.best_trial
         doc["best"] = {"number": b.number, "value": b.value, "params": decode(dict(b.params)),
