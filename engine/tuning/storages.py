@@ -220,7 +220,7 @@ def study_doc(url: str, study: optuna.Study, frozen: list | None = None) -> dict
         # The complete trials no other dominates: what `study.best_trials` gives (tests hold it to that),
         # from the trials in hand (best_trials deep-copies every trial first: half a second per 1,000).
         done = [t for t in frozen if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None]
-        on = pareto.front_mask(pareto.losses([t.values for t in done], directions)) if done else []
+        on = pareto.front_mask(pareto.losses([t.values for t in done], directions)).tolist() if done else []
         doc["pareto"] = sorted(t.number for t, keep in zip(done, on, strict=True) if keep)
     elif counts.get("complete"):
         b = study.best_trial
