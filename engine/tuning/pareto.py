@@ -31,6 +31,8 @@ def front_mask(loss: np.ndarray) -> np.ndarray:
     mask = np.zeros(n, dtype=bool)
     if n == 0:
         return mask
+    if loss.shape[1] == 2:
+        return _front_mask_2d(loss)
     order = np.lexsort(loss.T[::-1])
     front: list[int] = []
     front_rows = np.empty((0, loss.shape[1]))
@@ -41,6 +43,22 @@ def front_mask(loss: np.ndarray) -> np.ndarray:
         front.append(int(i))
         front_rows = loss[front]
     mask[front] = True
+    return mask
+
+
+def _front_mask_2d(loss: np.ndarray) -> np.ndarray:
+    """Two objectives in a few array operations. In lexicographic order, a row is dominated by
+    an earlier row of smaller first loss whose second loss is at most its own, or by an earlier
+    row of the same first loss whose second loss is smaller (the first of its group)."""
+    order = np.lexsort((loss[:, 1], loss[:, 0]))
+    x, y = loss[order, 0], loss[order, 1]
+    new_group = np.r_[True, x[1:] != x[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(x)), 0))
+    running = np.minimum.accumulate(y)
+    before = np.where(group_start > 0, running[np.maximum(group_start - 1, 0)], np.inf)
+    dominated = (before <= y) | (y[group_start] < y)
+    mask = np.zeros(len(loss), dtype=bool)
+    mask[order] = ~dominated
     return mask
 
 

@@ -48,7 +48,11 @@ class TrialReporter(TrainerCallback):
         if key not in _LOADED:  # a warm worker loads each study once
             _LOADED[key] = studies.load(record["study"], url)
         study, tune, _ = _LOADED[key]
-        return cls(study, tune, int(record["trial_id"]), planned_epochs(record["config"]))
+        reporter = cls(study, tune, int(record["trial_id"]), planned_epochs(record["config"]))
+        # A Dask trial's reporter lives in the engine and never sees the run start: its parameter
+        # count comes from the record (the worker's start mirrored it), if it has arrived.
+        reporter.values.start({"params": record.get("n_params"), "history": record.get("history")})
+        return reporter
 
     def on_start(self, info: dict) -> None:
         self.values.start(info)

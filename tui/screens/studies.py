@@ -419,8 +419,8 @@ class StudiesScreen(LiveScreen):
         if action == "compare":
             return len(self._marked_runs()) >= 2
         if action in ("rerun_trial", "save_trial"):
-            if not isinstance(self.focused, TrialTable):
-                return None
+            if not isinstance(self.focused, TrialTable) or (self.study is not None and SEP in self.study):
+                return None  # a study read from a storage has no runs here, and maybe no preset
             trial = self._selected_trial()
             needs = "run_id" if action == "rerun_trial" else "params"
             return True if trial is not None and trial.get(needs) is not None else None
