@@ -59,8 +59,10 @@ def main() -> None:
     trials = [{"number": t["number"], "params": t["params"], "values": t["values"],
                "steps": {k: v for k, v in t["intermediate"].items()}}
               for t in study["trials"] if t["state"] == "complete"]
-    out.write_text(json.dumps({"directions": study["directions"], "metrics": ["val_acc", "parameters"],
-                               "epochs": 9, "pareto": study["pareto"], "trials": trials}, indent=1) + "\n")
+    head = json.dumps({"directions": study["directions"], "metrics": ["val_acc", "parameters"], "epochs": 9,
+                       "pareto": study["pareto"]})
+    rows = ",\n".join(json.dumps(t) for t in trials)  # one trial a line
+    out.write_text(f"{head[:-1]}, \"trials\": [\n{rows}\n]}}\n")
     print(f"{len(trials)} trials, front {study['pareto']} -> {out}")
 
 

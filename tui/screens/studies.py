@@ -27,6 +27,7 @@ from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPan
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.tui import messages
+from trialdeck.tui import study_sources as sources
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog, StorageDialog
@@ -52,10 +53,8 @@ from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
 from trialdeck.tui.widgets.mode_bar import ModeBar
 from trialdeck.tui.widgets.plots import BarList, CurvePlot, Series
 from trialdeck.tui.widgets.study_plots import (
-    FRONT,
     EdfPane,
     HypervolumePane,
-    ImportanceAsk,
     ImportancePane,
     ParallelPane,
     ParetoPane,
@@ -565,7 +564,7 @@ class StudiesScreen(LiveScreen):
 
         def chosen(text: str | None) -> None:
             if text:
-                self.spawn(lambda: _open(text), opened, name="open-storage")
+                self.spawn(lambda: sources.open_storage(text), opened, name="open-storage")
 
         self.app.push_screen(StorageDialog(), chosen)
 
@@ -576,7 +575,7 @@ class StudiesScreen(LiveScreen):
 
     def _poll_storages(self) -> None:
         urls = list(self.ctx.storages)
-        self.spawn(lambda: _read_storages(urls), self._storages_read, name="storages")
+        self.spawn(lambda: sources.read_storages(urls, SEP), self._storages_read, name="storages")
 
     def _storages_read(self, result: tuple[dict[str, dict[str, Any]], dict[str, str]]) -> None:
         docs, problems = result
@@ -599,39 +598,7 @@ class StudiesScreen(LiveScreen):
             stored = doc.get("importances") or {}
             pane.result = (ask, stored, "stored with the study" if stored else "no importances yet")
             return
-        self.spawn(lambda: (ask, *_importances(url, name, ask)), lambda r: setattr(pane, "result", r),
+        self.spawn(lambda: (ask, *sources.importances(url, name, ask.objective, ask.evaluator)),
+                   lambda r: setattr(pane, "result", r),
                    name="importances")
 
-
-def _open(text: str) -> str:
-    """A storage typed in the view, opened to read: its URL (BadInput, said as a notification, if not)."""
-    from trialdeck.engine.tuning import storages
-
-    url = storages.parse(text)
-    storages.study_names(url)
-    return url
-
-
-def _read_storages(urls: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Every study of every storage, by key, and one line for each storage that could not be read."""
-    from trialdeck.engine.errors import TrialdeckError
-    from trialdeck.engine.tuning import storages
-
-    docs: dict[str, dict[str, Any]] = {}
-    problems: dict[str, str] = {}
-    for url in urls:
-        try:
-            for doc in storages.list_studies(url):
-                docs[f"{doc['name']}{SEP}{url}"] = doc
-        except TrialdeckError as exc:
-            problems[url] = exc.message
-    return docs, problems
-
-
-def _importances(url: str, name: str, ask: ImportanceAsk) -> tuple[dict[str, float], str]:
-    from trialdeck.engine.tuning import insight, storages
-
-    study = storages.load_study(url, name)
-    found = insight.importances(study, objective=None if ask.objective == FRONT else ask.objective,
-                                evaluator=ask.evaluator)
-    return found.values, found.note

@@ -22,6 +22,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Select, Static
 
+from trialdeck.tui.study_sources import FRONT
 from trialdeck.tui.trials import (
     ParetoData,
     directions_of,
@@ -258,8 +259,6 @@ class EdfPane(StudyPane):
                           "no complete trial yet", style="dim"))
 
 
-FRONT = -1
-"""The importance pane's objective choice "reaching the Pareto front" (several objectives)."""
 EVALUATOR_NAMES = {"ped_anova": "PED-ANOVA", "fanova": "fANOVA"}
 
 
