@@ -157,3 +157,35 @@ def test_pareto_halving_keeps_the_rungs_front_and_names_who_dominates():
     assert rule.decide(9, 2, {1: [0.2, 5.0], 2: [0.3, 5.0]}, others) is None
     # Too few others at a rung: no decision.
     assert rule.decide(9, 1, {1: [0.0, 999.0]}, {0: {1: [0.9, 1.0]}}) is None
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "random", "qmc", "grid"])
+def test_every_sampler_but_cmaes_asks_and_tells_two_objectives(sampler):
+    from trialdeck.engine.tuning.samplers import make_sampler
+    from trialdeck.engine.tuning.space import sample
+
+    space = {"model.hidden": {"choices": [[16], [32]]}, "optimizer.lr": {"choices": [0.01, 0.1]}} \
+        if sampler == "grid" else SPACE
+    tune = validate(Composed(data={"tune": {"space": space, "sampler": sampler, "objectives": TWO, "seed": 0}},
+                             chain=["p.toml"])).tune
+    study = optuna.create_study(directions=tune.directions, sampler=make_sampler(tune))
+    for _ in range(4):
+        trial = study.ask()
+        params = sample(trial, tune)
+        study.tell(trial, [0.5 + len(str(params)) / 1000, 100.0])
+    assert len(study.best_trials) >= 1
+
+
+def test_a_missing_driver_names_the_extra_that_installs_it(monkeypatch):
+    import importlib.util
+
+    from trialdeck.engine.errors import BadInput
+    from trialdeck.engine.tuning import storages
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("psycopg2", "MySQLdb", "pymysql") else real(name, *a))
+    for url, extra in (("postgresql://me@db/optuna", "trialdeck[postgres]"), ("mysql://me@db/optuna", "trialdeck[mysql]")):
+        with pytest.raises(BadInput) as info:
+            storages.open_readonly(url)
+        assert url.split("://")[0] in info.value.message and f"pip install '{extra}'" in info.value.message

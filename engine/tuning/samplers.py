@@ -4,6 +4,7 @@ and the words that explain a pruning decision with its numbers."""
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,9 @@ PRUNERS: dict[str, Callable[[dict[str, int]], optuna.pruners.BasePruner]] = {
 
 
 def make_sampler(tune: TuneConfig) -> optuna.samplers.BaseSampler:
-    return SAMPLERS[tune.sampler](tune)
+    with warnings.catch_warnings():  # QMC and NSGA-III are "experimental" in Optuna: not the user's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[tune.sampler](tune)
 
 
 def make_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
