@@ -83,8 +83,17 @@ def test_a_two_objective_study_through_the_engine(tmp_path):
         assert proc.returncode == 0, f"{proc.stderr}\n{deck.log_tail()}"
         study = json.loads(proc.stdout)
         best = deck.json("studies", "best", "size-vs-accuracy")
+        pick = best["pareto"][0]
+        saved = deck.json("studies", "best", "size-vs-accuracy", "--trial", str(pick["number"]), "--save-preset", "small")
+        several = deck.cli("studies", "best", "size-vs-accuracy", "--save-preset", "any")
+        preset = deck.json("presets", "show", "small")
     finally:
         deck.stop()
+    # One trial of the front, saved as a preset: the study's config with its params.
+    assert saved["number"] == pick["number"] and saved["values"] == pick["values"]
+    assert preset["config"]["model"]["hidden"] == pick["params"]["model.hidden"]
+    assert preset["config"]["optimizer"]["lr"] == pick["params"]["optimizer.lr"] and "tune" not in preset["config"]
+    assert several.returncode == 2 and "pick one with --trial N" in several.stderr
     assert study["directions"] == ["maximize", "minimize"] and study["pruner"] == "pareto_halving"
     trials = {t["number"]: t for t in study["trials"]}
     assert len(trials) == 8

@@ -282,7 +282,7 @@ def studies_best(
         print(f"trial {picked['number']}  {shown}{run}  {json.dumps(picked['params'])}")
     else:
         print(f"study {name} has no complete trial yet")
-    if saved:
+    if saved and not as_json:
         print(f"saved preset {save_preset} to {saved['path']} (`trialdeck run {save_preset}` trains it; "
               f"add --set train.epochs=N to train it longer)")
     if not (picked or front):
