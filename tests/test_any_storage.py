@@ -173,3 +173,11 @@ def test_a_postgresql_study_reads_as_optuna_has_it(pg_url, tmp_path):
     assert [t["values"] for t in shown["trials"]] == [list(t.values) for t in study.trials]
     names = {d["name"] for d in ok_json(tmp_path, "list", "--storage", pg_url)}
     assert "pg-two-foreign" in names
+
+
+def test_tui_storage_that_cannot_be_opened_is_one_line_before_the_screen(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIALDECK_FORCE_TUI", "1")  # CliRunner is no terminal: the storage is checked first anyway
+    result = runner.invoke(app, ["tui", "--storage", str(tmp_path / "missing.journal"), "--home", str(tmp_path / "h")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.journal: no such file" in lines[0], result.output
