@@ -30,9 +30,10 @@ def storage_app(ws: Workspace, *wheres: str):
                     storages=[storages.parse(w) for w in wheres])
 
 
-@pytest.fixture
-def db(tmp_path) -> str:
-    where = f"sqlite:///{tmp_path / 'studies.sqlite3'}"
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> str:
+    """Studies plain Optuna wrote; shared by the tests of this module, which only read them."""
+    where = f"sqlite:///{tmp_path_factory.mktemp('db') / 'studies.sqlite3'}"
     optuna_studies.build(where)
     optuna_studies.fixed(where)
     return where
@@ -170,9 +171,9 @@ async def test_o_opens_a_storage_and_a_bad_one_is_said(ws, tmp_path):
 # ----------------------------------------------------------------------------- snapshots
 
 
-@pytest.fixture
-def fixed_db(tmp_path) -> str:
-    where = f"sqlite:///{tmp_path / 'sweep.sqlite3'}"
+@pytest.fixture(scope="module")
+def fixed_db(tmp_path_factory) -> str:
+    where = f"sqlite:///{tmp_path_factory.mktemp('fixed') / 'sweep.sqlite3'}"
     optuna_studies.fixed(where)
     return where
 
