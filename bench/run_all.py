@@ -48,6 +48,7 @@ SECTIONS = [
      {"device": "cpu"}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (GPU)", True,
      {"device": "cuda"}),
+    ("bench.bench_studies", "any Optuna study at scale, and pruning by dominance", False, {}),
 ]
 
 

@@ -267,3 +267,11 @@ class StudyRecord(TypedDict, total=False):
     error: str | None
     create: dict[str, Any] | None
     """Set by a client (`tune`): the engine creates the Optuna study from it, then clears it."""
+    directions: list[str]
+    """One per objective, in order ("minimize" / "maximize")."""
+    objectives: list[dict[str, str]]
+    """[{metric, direction}] in order; one objective: the study's metric and direction."""
+    pareto: list[int]
+    """Several objectives: the numbers of the complete trials on the front (Optuna's best_trials)."""
+    importances_by_objective: dict[str, dict[str, float]] | None
+    """Several objectives: PED-ANOVA importances per objective's metric, and "pareto" for the front."""

@@ -99,12 +99,14 @@ class TrialdeckApp(App[None]):
     ]
 
     def __init__(self, ws: Workspace, *, start_engine: bool = True, clock: Callable[[], float] | None = None,
-                 probe: Any = None, interval: float = 0.5, cursor_blink: bool = True) -> None:
+                 probe: Any = None, interval: float = 0.5, cursor_blink: bool = True,
+                 storages: Iterable[str] = ()) -> None:
         super().__init__()
         self.ws = ws
         store = Store(ws)
         self.ctx = Context(ws=ws, store=store, library=PresetLibrary(preset_roots(ws.presets_dir)),
-                           control=Control(ws, store, start_engine=start_engine), clock=clock or time.time)
+                           control=Control(ws, store, start_engine=start_engine), clock=clock or time.time,
+                           storages=list(storages))
         self.probe = probe if probe is not None else SystemProbe(ws)
         self.interval = interval
         self.cursor_blink = cursor_blink
@@ -465,15 +467,17 @@ def binding_places(app: type[App]) -> tuple[Place, list[Place]]:
 
 
 def make_app(ws: Workspace | None = None, *, start_engine: bool = True, clock: Callable[[], float] | None = None,
-             probe: Any = None, interval: float = 0.5, cursor_blink: bool = True) -> TrialdeckApp:
+             probe: Any = None, interval: float = 0.5, cursor_blink: bool = True,
+             storages: Iterable[str] = ()) -> TrialdeckApp:
     """The app on workspace `ws` (default: $TRIALDECK_HOME or ~/.trialdeck).
 
     Tests pass `start_engine=False` (queueing writes the store and wakes a live
     engine but starts none), a fixed `clock` and a `FixedProbe`, and
-    `cursor_blink=False`, so screenshots are deterministic.
+    `cursor_blink=False`, so screenshots are deterministic. `storages`: Optuna
+    storage URLs whose studies the Studies view shows too (`trialdeck tui --storage`).
     """
     return TrialdeckApp(ws or Workspace.resolve().ensure(), start_engine=start_engine, clock=clock, probe=probe,
-                        interval=interval, cursor_blink=cursor_blink)
+                        interval=interval, cursor_blink=cursor_blink, storages=storages)
 
 
 __all__ = ["Context", "FixedProbe", "TrialdeckApp", "make_app"]

@@ -11,13 +11,15 @@ import hashlib
 import json
 import math
 import re
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -29,8 +31,27 @@ BUILTIN_MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "elu", "silu", "tanh", "sigmoid")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "exponential", "cosine", "plateau")
-SAMPLERS = ("grid", "random", "tpe", "cmaes", "qmc")
-PRUNERS = ("none", "median", "hyperband", "successive_halving")
+SamplerKind = Literal["grid", "random", "tpe", "cmaes", "qmc", "nsga2", "nsga3"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerKind)
+"""`tune.sampler`: the Optuna samplers a preset names (engine/tuning/samplers.py builds each)."""
+SINGLE_OBJECTIVE_SAMPLERS = {"cmaes": "CMA-ES adapts one search distribution to one objective's ranking"}
+"""Samplers that cannot take several objectives, and why."""
+PrunerKind = Literal["none", "median", "hyperband", "successive_halving", "pareto_halving"]
+PRUNERS: tuple[str, ...] = get_args(PrunerKind)
+"""`tune.pruner` (or its `kind`); pareto_halving is trialdeck's own multi-objective successive halving."""
+PRUNER_SETTINGS = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps"),
+    "hyperband": ("min_resource", "reduction_factor"),
+    "successive_halving": ("min_resource", "reduction_factor"),
+    "pareto_halving": ("n_startup_trials", "min_resource", "reduction_factor"),
+}
+"""The settings of `[tune.pruner]` each kind takes."""
+RUN_FACTS = ("parameters", "seconds", "peak_memory_mb")
+"""Objectives that are facts of a run rather than a recorded metric: its parameter count, its
+training time (the sum of its epochs' seconds), its peak device memory (CUDA only)."""
+PER_EPOCH_FACTS = ("parameters", "seconds")
+"""Run facts known at every epoch (the pareto_halving pruner compares objectives per epoch)."""
 METRICS = ("val_loss", "val_acc", "train_loss", "val_mae")
 """The per-epoch metrics a run records; monitors and tuning objectives pick one. A classifier
 records val_acc, a regression (`dataset = "arrays"` with float targets) val_mae instead."""
@@ -374,13 +395,54 @@ class SpaceEntry(Block):
         return "float" if self.float_ is not None else "int" if self.int_ is not None else "choices"
 
 
+class ObjectiveConfig(Block):
+    """One objective of `[tune] objectives`: a recorded metric or a run fact, and its direction."""
+
+    metric: str
+    direction: Literal["minimize", "maximize"]
+
+    _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
+
+
+class PrunerConfig(Block):
+    """`[tune.pruner]`: a kind and its own settings; `pruner = "median"` is the kind alone.
+    Settings left out keep the defaults trialdeck always used (engine/tuning/samplers.py)."""
+
+    kind: PrunerKind = "median"
+    n_startup_trials: int | None = Field(None, ge=0, le=100_000)
+    """Trials that finish before the pruner prunes (median), or that reach a rung before it
+    compares there (pareto_halving)."""
+    n_warmup_steps: int | None = Field(None, ge=0, le=100_000)
+    """Epochs of a trial before the median pruner looks at it."""
+    min_resource: int | None = Field(None, ge=1, le=100_000)
+    """Epochs to the first rung of a halving pruner."""
+    reduction_factor: int | None = Field(None, ge=2, le=100)
+    """A halving pruner keeps 1 in `reduction_factor` trials at each rung."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PrunerConfig:
+        takes = PRUNER_SETTINGS[self.kind]
+        for key in ("n_startup_trials", "n_warmup_steps", "min_resource", "reduction_factor"):
+            if getattr(self, key) is not None and key not in takes:
+                allowed = ", ".join(takes) if takes else "no settings"
+                raise ValueError(f"{key} does not apply to the {self.kind} pruner; it takes {allowed}")
+        return self
+
+    @property
+    def settings(self) -> dict[str, int]:
+        return {k: v for k in PRUNER_SETTINGS[self.kind] if (v := getattr(self, k)) is not None}
+
+
 class TuneConfig(Block):
-    sampler: Literal["grid", "random", "tpe", "cmaes", "qmc"] = "tpe"
-    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
+    sampler: SamplerKind = "tpe"
+    pruner: PrunerConfig = PrunerConfig()
+    """A kind (`pruner = "median"`) or a table with `kind` and its settings."""
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
 
     _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
+    objectives: list[ObjectiveConfig] | None = Field(None, min_length=1, max_length=8)
+    """Several objectives (a multi-objective study); unset: the one of `metric`/`direction`."""
     reduce: Literal["best", "last"] = "best"
     """The trial's value: the best epoch's metric (the article's np.amin(val_loss)) or the last."""
     trials: int = Field(50, ge=1, le=1_000_000)
@@ -390,6 +452,63 @@ class TuneConfig(Block):
     """Grid and random studies: train trials that share an architecture as one vmapped
     ensemble per worker (trialdeck.engine.training.ensemble); false: one run per trial."""
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        """With `objectives`, `metric`/`direction` mirror the first one (what one-objective code
+        and older readers of a study see); set apart, they must agree with it."""
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]:
+            first = data["objectives"][0]
+            if isinstance(first, dict):
+                data = dict(data)
+                if "pruner" not in data and len(data["objectives"]) > 1:
+                    # The median pruner compares one objective: several are pruned by dominance, when
+                    # every one of them is known at each epoch.
+                    late = any(isinstance(o, dict) and o.get("metric") in RUN_FACTS and
+                               o.get("metric") not in PER_EPOCH_FACTS for o in data["objectives"])
+                    data["pruner"] = "none" if late else "pareto_halving"
+                for key in ("metric", "direction"):
+                    if key in data and key in first and data[key] != first[key]:
+                        raise ValueError(f"{key} = {data[key]!r} and objectives[0].{key} = {first[key]!r}: give "
+                                         "the objectives alone (the first one is the study's metric)")
+                    if key in first:
+                        data[key] = first[key]
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """One objective and a pruner without settings dump as they always did (`pruner = "median"`,
+        no `objectives`), so configs and content hashes of existing studies stay the same."""
+        out = handler(self)
+        if self.objectives is None:
+            out.pop("objectives", None)
+        settings = self.pruner.settings
+        out["pruner"] = {"kind": self.pruner.kind, **settings} if settings else self.pruner.kind
+        return out
+
+    @property
+    def objective_list(self) -> list[ObjectiveConfig]:
+        """The study's objectives in order: `objectives`, or the one of `metric`/`direction`."""
+        return list(self.objectives) if self.objectives else [ObjectiveConfig(metric=self.metric,
+                                                                               direction=self.direction)]
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        return [o.direction for o in self.objective_list]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objective_list]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objective_list) > 1
 
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
@@ -406,7 +525,29 @@ class TuneConfig(Block):
             if bad:
                 kind = self.space[bad[0]].kind
                 raise ValueError(f"grid sampler needs choices (or plain int ranges); {bad[0]!r} is a {kind} range")
+        self._check_objectives()
         return self
+
+    def _check_objectives(self) -> None:
+        metrics = self.metrics
+        dup = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+        if dup is not None:
+            _fail_at(("objectives",), metrics, f"{dup!r} is named twice; each objective names another metric")
+        if self.multi and self.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+            several = ", ".join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)
+            _fail_at(("sampler",), self.sampler,
+                     f"the {self.sampler} sampler takes one objective ({SINGLE_OBJECTIVE_SAMPLERS[self.sampler]}); "
+                     f"with {len(metrics)} objectives use one of {several}")
+        if self.multi and self.pruner.kind not in ("none", "pareto_halving"):
+            _fail_at(("pruner",), self.pruner.kind,
+                     f"the {self.pruner.kind} pruner compares one objective; with {len(metrics)} objectives use "
+                     "\"pareto_halving\" (dominated at a rung -> pruned) or \"none\"")
+        if self.pruner.kind == "pareto_halving":
+            late = [m for m in metrics if m in RUN_FACTS and m not in PER_EPOCH_FACTS]
+            if late:
+                _fail_at(("pruner",), self.pruner.kind,
+                         f"pareto_halving compares the objectives at every epoch, and {late[0]} is known only when a "
+                         "run ends; use pruner \"none\" with it")
 
 
 PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
@@ -576,14 +717,21 @@ class RunSpec(Block):
         if self.params:
             _fail_at(("params",), self.params, "[params] are a script's own hyperparameters; add a [script] table "
                                                "with the command that reads them")
-        for loc, value in ((("early_stopping", "monitor"), self.early_stopping.monitor),
-                           (("tune", "metric"), self.tune.metric if self.tune else None)):
-            if value is not None and value not in METRICS:
+        watched: list[tuple[tuple[str | int, ...], str | None, tuple[str, ...]]] = [
+            (("early_stopping", "monitor"), self.early_stopping.monitor, METRICS)]
+        if self.tune is not None:
+            # An objective may also be a run fact (parameters, seconds, peak_memory_mb).
+            objectives = self.tune.objective_list
+            watched += [((("tune", "objectives", i, "metric") if self.tune.objectives else ("tune", "metric")),
+                         o.metric, METRICS + RUN_FACTS) for i, o in enumerate(objectives)]
+        for loc, value, allowed in watched:
+            if value is not None and value not in allowed:
                 import difflib
 
-                hint = difflib.get_close_matches(value, METRICS, n=1)
+                hint = difflib.get_close_matches(value, allowed, n=1)
                 tip = f"; did you mean {hint[0]!r}?" if hint else ""
-                _fail_at(loc, value, f"{value!r} is not a recorded metric; allowed: {', '.join(METRICS)}{tip}")
+                what = "a recorded metric" if allowed == METRICS else "a recorded metric or run fact"
+                _fail_at(loc, value, f"{value!r} is not {what}; allowed: {', '.join(allowed)}{tip}")
         self._check_own_model_and_data()
         n_weights = len(self.model.hidden_sizes) + 1
         for name in ("l1", "l2"):
@@ -634,7 +782,8 @@ class RunSpec(Block):
         if self.schedule.kind == "plateau":
             uses.append((("schedule", "monitor"), self.schedule.monitor))
         if self.tune is not None:
-            uses.append((("tune", "metric"), self.tune.metric))
+            uses += [((("tune", "objectives", str(i), "metric") if self.tune.objectives else ("tune", "metric")), m)
+                     for i, m in enumerate(self.tune.metrics)]
         return uses
 
     def _check_space(self) -> None:

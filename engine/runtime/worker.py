@@ -53,6 +53,10 @@ class ControlCallback(TrainerCallback):
     def poll(self) -> Stop | None:
         return self._stop() or (self.extra.poll() if self.extra else None)
 
+    def on_start(self, info):
+        if self.extra:  # a trial's reporter learns the parameter count (an objective may be it)
+            self.extra.on_start(info)
+
     def on_epoch(self, record, events):
         faults.check(self.run_id, record.epoch)
         if self.first_epoch is not None:

@@ -96,7 +96,7 @@ class StudyDriver:
                     ensemble_width: int = 1) -> int:
         study, tune, meta, url = self._load(doc)
         grouped = ensemble_width > 1 and tune.ensemble and tune.sampler in ENSEMBLE_SAMPLERS
-        if grouped and tune.pruner != "none":
+        if grouped and tune.pruner.kind != "none":
             # A pruner compares a trial with finished ones: start with a few trials one at a time.
             grouped = sum(1 for r in runs if RunState(r["state"]).terminal) >= PRUNER_STARTUP_TRIALS
         if grouped:

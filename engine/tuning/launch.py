@@ -72,9 +72,11 @@ def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: f
         old = (store.get_study(name) or {}).get("tags") or []
         doc["tags"] = old + [t for t in tags if t not in old]
     if store.get_study(name) is None:  # a resumed study keeps the summary its Optuna study gave it
-        doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction, "reduce": tune.reduce,
-                    "sampler": tune.sampler, "pruner": tune.pruner, "storage": redact(url), "storage_url": url,
-                    "counts": {}, "n_done": 0, "best": None})
+        doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction,
+                    "directions": tune.directions, "objectives": [o.model_dump() for o in tune.objective_list],
+                    "reduce": tune.reduce, "sampler": tune.sampler, "pruner": tune.pruner.kind,
+                    "storage": redact(url), "storage_url": url, "counts": {}, "n_done": 0, "best": None,
+                    **({"pareto": []} if tune.multi else {})})
     return store.upsert_study(name, doc)
 
 

@@ -25,6 +25,12 @@ def find_trial(store: Store, study: str, number: int | None = None) -> tuple[dic
     doc = store.get_study(study)
     if doc is None:
         raise BadInput(f"no study {study!r} in {store.path}; see `trialdeck studies list`")
+    if number is None and doc.get("pareto") is not None:
+        front = doc["pareto"]
+        if len(front) != 1:
+            raise BadInput(f"study {study} has {len(front)} trials on its Pareto front "
+                           f"({', '.join(f'#{n}' for n in front) or 'none yet'}); pick one by its number")
+        number = front[0]
     if number is None:
         best = doc.get("best")
         if not best:
@@ -52,8 +58,11 @@ def save_trial_preset(store: Store, presets_dir: Path, study: str, name: str, *,
     refused if NAME exists, unless `force`. Returns the path, the saved spec and the trial."""
     doc, trial = find_trial(store, study, number)
     spec = trial_spec(doc, trial)
-    value = trial.get("value")
-    measured = f" ({doc.get('metric')} {value:.4g})" if isinstance(value, (int, float)) else ""
+    objectives = doc.get("objectives") or [{"metric": doc.get("metric")}]
+    values = trial.get("values") or [trial.get("value")]
+    shown = ", ".join(f"{o['metric']} {v:.4g}" for o, v in zip(objectives, values, strict=False)
+                      if isinstance(v, (int, float)))
+    measured = f" ({shown})" if shown else ""
     description = f"trial #{trial['number']} of study {study}{measured}, from {doc.get('preset') or spec.preset}"
     path, saved = save_config(presets_dir, name, spec.config(), description=description, force=force)
     return path, saved, trial

@@ -158,6 +158,11 @@ StorageOpt = Annotated[
     str | None,
     typer.Option("--storage", help="Optuna storage URL shared across boxes (postgresql://...); default: the workspace journal."),
 ]
+StorageReadOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="Read any Optuna storage, trialdeck's or not, without writing to it: sqlite:///PATH, "
+                                   "postgresql://..., mysql://..., or a journal file's path.", show_default=False),
+]
 
 
 def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:

@@ -91,7 +91,7 @@ def tune_cmd(
     if doc.get("state") == StudyState.FAILED:
         err(f"trialdeck: study {name} failed: {doc.get('error')}")
         raise typer.Exit(int(ExitCode.JOB_FAILED))
-    if not doc.get("best"):
+    if not (doc.get("best") or doc.get("pareto")):  # no complete trial
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
