@@ -408,13 +408,18 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
         parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
     elif run.get("state") == "failed":
         parts.append("kept: no weights (the run failed)")
-    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted"):
+    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted") and not _is_script(run):
         parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
     if best_epoch is not None and best_epoch != kept:
         parts.append(f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
     if last.get("epoch") != kept:
         parts.append(f"last epoch {last.get('epoch')}: {_metrics(last)}")
     return parts
+
+
+def _is_script(run: Mapping[str, Any]) -> bool:
+    """A script run keeps its own checkpoints: trialdeck keeps no weights of it to speak of."""
+    return bool((run.get("config") or {}).get("script")) or "script_pid" in run
 
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:

@@ -134,20 +134,41 @@ def exit_for(record: dict[str, Any]) -> None:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
+def value_text(value: Any) -> str:
+    """A recorded value as `runs show` and `presets capture` print it: integers as integers, small
+    values in significant digits (lr 4.76e-05, not 0.0000), others with four decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not finite(value):
+            return str(value)
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
 def print_run_summary(record: dict) -> None:
     """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
-    best and the last epoch, each labelled; then the events that ended it."""
+    best and the last epoch, each labelled; then the events that ended it (a failure once)."""
     from trialdeck.tui.live import outcome
 
     hist = record.get("history") or []
     where = f"  on {record['device']}" if record.get("device") else ""
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
+    script = (record.get("config") or {}).get("script") or {}
+    if script.get("program"):
+        print(f"  program {script['program']}  (found for `{script['command'][0]}` on the PATH it was queued from)")
     if hist:
         lr = hist[-1].get("lr")  # a script run's history holds what its script reported
         print(f"  epochs {hist[-1]['epoch']}" + (f"  lr {lr:.3g}" if finite(lr) else ""))
         print("  " + " | ".join(outcome(record)))
     for ev in record.get("events") or []:
-        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
+        if ev["kind"] == "failed" and record.get("error") and ev["message"] == record["error"]:
+            continue  # said once, as the error below
+        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled", "metric_missing"):
             print(f"  {ev['kind']}: {ev['message']}")
     if record.get("error"):
         print(f"  error: {record['error']}")
@@ -167,7 +188,7 @@ def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
         if key in ("t", "kind", "epoch", "seconds") or value is None:
             continue
         if finite(value) and isinstance(value, float):
-            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
+            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value_text(value)}")
         elif not isinstance(value, (dict, list)):
             parts.append(f"{key} {value}")
     if finite(entry.get("seconds")):
