@@ -155,6 +155,11 @@ def test_step_records_merge_a_place_and_settle_file_sources():
     assert settled.to_line() == {"epoch": 7, "a": 1, "step": 7}
     files.add(Observation({"b": 2}, 7, None), 11.0)  # the same step again: emitted again, whole
     assert [r.to_line() for r in files.flush()] == [{"epoch": 7, "a": 1, "b": 2, "step": 7}]
+    thin = StepTable(thin_after=3)  # a program logging every step: the history keeps an even summary
+    for step in range(20):
+        thin.add(Observation({"loss": 1.0 / (step + 1)}, step, None))
+    thin.add(Observation({"loss": 0.01, "val_loss": 0.02}, 21, None))  # an evaluation is always kept
+    assert [r.key for r in thin.flush()] == [0, 1, 2, 4, 6, 8, 12, 16, 21] and thin.thinned == 12
     hf = [Observation({"loss": 0.7}, None, 0.5), Observation({"loss": 0.6}, None, 1.0),
           Observation({"eval_loss": 0.65}, None, 1.0), Observation({"loss": 0.5}, None, 1.5)]
     assert [o.key for o in hf] == [1, 1, 1, 2]  # a fractional epoch counts toward the epoch it is in
@@ -351,3 +356,16 @@ def test_the_program_is_the_one_on_the_queuing_shells_path(tmp_path, monkeypatch
     with pytest.raises(PresetError, match="'python-of-mine' is not on your PATH"):
         check_inputs(spec)
     assert shutil.which("python-of-mine") is None
+
+
+def test_a_tensorboard_capture_is_refused_at_enqueue_without_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from trialdeck.engine.errors import PresetError
+    from trialdeck.engine.presets.inputs import check_inputs
+
+    spec = RunSpec.model_validate({"script": {"command": ["/bin/true"], "capture": {"tensorboard": "lightning_logs"}}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(PresetError, match=r"script.capture.tensorboard needs .*pip install 'trialdeck\[tensorboard\]'"):
+        check_inputs(spec)

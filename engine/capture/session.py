@@ -268,7 +268,7 @@ def capture_log(config: CaptureConfig, text: str) -> list[dict[str, Any]]:
     if config.output == "auto" and config.files and config.patterns:
         mode = "patterns"
     scanner = OutputScanner(mode, config.patterns, config.rename)
-    table = StepTable(settle=None, per_second=None)
+    table = StepTable(settle=None, thin_after=None)
     lines = [line for line in clean(text).split("\n") if not ENGINE_LINE.match(line)]
     for obs in scanner.feed("\n".join(lines)):
         table.add(obs)
@@ -287,7 +287,7 @@ def capture_file(config: CaptureConfig, path: Path) -> list[dict[str, Any]]:
         observations = CsvFollower(str(path), 0.0, config.rename).poll(final=True)
     else:
         observations = WandbFollower(path, config.rename).poll(final=True)
-    table = StepTable(settle=None, per_second=None)
+    table = StepTable(settle=None, thin_after=None)
     for obs in observations:
         table.add(obs)
     return _rows(table.flush())

@@ -32,10 +32,11 @@ EPOCH_NAMES = frozenset({"epoch"})
 STEP_NAMES = frozenset({"step", "iter", "iteration", "global_step"})
 """Names that give the place, never a metric: `epoch`, and a step's usual names."""
 
-MAX_PER_SECOND = 20
-"""Steps a source may emit a second; a program logging steps (not epochs) faster is thinned (a
-record holding a name the previous one lacked, such as an evaluation's, is always kept, and
-epochs never are). The history is a summary, and every step costs a catalogue and pruner update."""
+THIN_AFTER = 1000
+"""Step records a source emits at full density; after each THIN_AFTER more, only every other key
+of the ones before is kept (the stride doubles). Epochs are never thinned, nor a record holding a
+name the previous one lacked (an evaluation's). The history is a summary: nanoGPT logging every
+step of 600,000 keeps a few thousand, evenly, whatever the rate."""
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,17 @@ class StepRecord:
 class StepTable:
     """Groups one source's observations into step records (see the module docstring)."""
 
-    def __init__(self, settle: float | None = None, per_second: float | None = MAX_PER_SECOND) -> None:
+    def __init__(self, settle: float | None = None, thin_after: int | None = THIN_AFTER) -> None:
         self.settle = settle
-        self.per_second = per_second
+        self.thin_after = thin_after
         self.open: StepRecord | None = None
         self._out: list[StepRecord] = []
-        self._last_emit = -math.inf
+        self._last_key: int | None = None
         self._last_names: frozenset[str] = frozenset()
+        self._stride = 1
+        self._at_stride = 0
         self.thinned = 0
-        """Records left out because the source went faster than `per_second`."""
+        """Step records left out (see THIN_AFTER)."""
 
     def add(self, obs: Observation, now: float = 0.0) -> None:
         key = obs.key
@@ -131,15 +134,18 @@ class StepTable:
     def _close(self, rec: StepRecord, now: float, moving_on: bool) -> None:
         if not rec.dirty or not rec.values:
             return
-        names = frozenset(rec.values)
-        if (moving_on and rec.epoch is None and not rec.emitted and self.per_second
-                and now - self._last_emit < 1.0 / self.per_second and names <= self._last_names):
-            self.thinned += 1  # a fast program's intermediate step: the history is a summary
+        if (moving_on and rec.epoch is None and not rec.emitted and self._last_key is not None
+                and 0 <= rec.key - self._last_key < self._stride and frozenset(rec.values) <= self._last_names):
+            self.thinned += 1  # a step between two kept ones: the history is a summary
             return
         self._emit(rec, now)
 
     def _emit(self, rec: StepRecord, now: float) -> None:
         rec.emitted, rec.dirty = True, False
-        self._last_emit = now
         self._last_names = frozenset(rec.values)
+        if rec.epoch is None and (self._last_key is None or rec.key != self._last_key):
+            self._at_stride += 1
+            if self.thin_after and self._at_stride >= self.thin_after:
+                self._stride, self._at_stride = self._stride * 2, 0
+        self._last_key = rec.key
         self._out.append(StepRecord(rec.key, dict(rec.values), rec.step, rec.epoch, rec.updated, True, False))

@@ -377,6 +377,7 @@ class ScriptRun:
                 self._epoch(change)
                 if self.stop is not None:
                     return None
+            self.recorder.tick()
             self.stop = self.recorder.poll()  # cancel, engine stop
             if self.stop is not None:
                 return None

@@ -134,22 +134,6 @@ def exit_for(record: dict[str, Any]) -> None:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
-def value_text(value: Any) -> str:
-    """A recorded value as `runs show` and `presets capture` print it: integers as integers, small
-    values in significant digits (lr 4.76e-05, not 0.0000), others with four decimals."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not finite(value):
-            return str(value)
-        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
-    return str(value)
-
-
 def print_run_summary(record: dict) -> None:
     """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
     best and the last epoch, each labelled; then the events that ended it (a failure once)."""
@@ -180,6 +164,12 @@ StorageOpt = Annotated[
 ]
 
 
+def _value_text(value: Any) -> str:
+    from trialdeck.tui.live import value_text  # deferred: every command imports this module
+
+    return value_text(value)
+
+
 def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
     """One epoch as `runs follow` prints it: its metrics in the order recorded, whatever they are
     (a built-in run's train_loss, val_loss, val_acc, lr; a script's own), then its seconds."""
@@ -188,7 +178,7 @@ def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
         if key in ("t", "kind", "epoch", "seconds") or value is None:
             continue
         if finite(value) and isinstance(value, float):
-            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value_text(value)}")
+            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {_value_text(value)}")
         elif not isinstance(value, (dict, list)):
             parts.append(f"{key} {value}")
     if finite(entry.get("seconds")):

@@ -203,7 +203,7 @@ def _log_path(log: str, home):
 
 
 def _print_rows(names: list[str], rows: list[dict]) -> None:
-    from trialdeck.tui.cli.common import value_text
+    from trialdeck.tui.live import value_text
 
     widths = {n: max(len(n), *(len(value_text(r.get(n))) for r in rows)) for n in names}
     print(f"{'step':>8} {'epoch':>6}  " + "  ".join(f"{n:>{widths[n]}}" for n in names))

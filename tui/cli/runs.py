@@ -24,7 +24,6 @@ from trialdeck.tui.cli.common import (
     metric_text,
     open_store,
     print_run_summary,
-    value_text,
     workspace,
 )
 from trialdeck.tui.cli.run import follow_run
@@ -100,6 +99,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
 def print_history(record: dict) -> None:
     """The per-epoch table, the kept epoch and the monitor's best marked."""
     from trialdeck.engine.types import kept_epoch
+    from trialdeck.tui.live import value_text
 
     hist = record.get("history") or []
     if not hist:

@@ -22,7 +22,25 @@ def arguments():
     parser.add_argument("--gate", default="")
     parser.add_argument("--gate-after", type=int, default=0)
     parser.add_argument("--logdir", default="")
+    parser.add_argument("--state", default="", help="a file holding the last epoch done (the program's checkpoint)")
+    parser.add_argument("--resume", action="store_true", help="start after the epoch in --state")
     return parser.parse_args()
+
+
+def first_epoch(args):
+    """1, or the epoch after the one --state holds when resuming."""
+    if args.resume and args.state and os.path.exists(args.state):
+        with open(args.state) as f:
+            return int(f.read().strip() or 0) + 1
+    return 1
+
+
+def done(args, epoch):
+    """The epoch is done: the program's own checkpoint says so (atomically)."""
+    if args.state:
+        with open(args.state + ".tmp", "w") as f:
+            f.write(str(epoch))
+        os.replace(args.state + ".tmp", args.state)
 
 
 def val_loss(args, epoch):

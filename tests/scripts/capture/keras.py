@@ -3,12 +3,12 @@ redrawn with backspaces and `\r`, in ANSI colours, ending with the epoch's losse
 
 import sys
 
-from common import arguments, gate, train_loss, val_loss
+from common import arguments, done, first_epoch, gate, train_loss, val_loss
 
 args = arguments()
 out = sys.stdout
 width = 0
-for epoch in range(1, args.epochs + 1):
+for epoch in range(first_epoch(args), args.epochs + 1):
     out.write(f"Epoch {epoch}/{args.epochs}\n")
     for step in (1, 22, 44):
         loss = train_loss(args, epoch)
@@ -21,3 +21,4 @@ for epoch in range(1, args.epochs + 1):
         width = len(bar) + len(info)
         if step == 1:
             gate(args, epoch)
+    done(args, epoch)
