@@ -103,7 +103,7 @@ class CsvFollower:
         return out
 
     def _rows_of(self, path: Path, lines: list[bytes], skip: int) -> list[Observation]:
-        out = []
+        out: list[Observation] = []
         text = [line.decode("utf-8", "replace") for line in lines if line.strip()]
         if not text:
             return out

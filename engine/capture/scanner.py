@@ -75,6 +75,7 @@ _PREFIX = re.compile(r"^\s*(?:\[?\d{4}-\d\d-\d\d(?:[ T]\d\d:\d\d(?::\d\d)?(?:[.,
 _LEAD = re.compile(r"[^\w]*")
 """Punctuation before a field's name (` * Acc@1 ...`); a field that starts with a number is no pair."""
 _SKIP_LINE = re.compile(r"Namespace\(")
+_NAN_OR_INF = re.compile(r"nan|inf", re.IGNORECASE)
 _DIGITS = str.maketrans("123456789", "000000000")
 IGNORED = frozenset({"v_num", "hp_metric", "eta", "it_s", "s_it"})
 """Names that are never metrics: Lightning's version number and TensorBoard placeholder, times left."""
@@ -148,16 +149,42 @@ class OutputScanner:
         self.step: Number | None = None
         self.last_key: int | None = None
         self._cache: dict[str, Plan] = {}
+        self._spans: dict[str, tuple[tuple[int, int], ...]] = {}
+        """Per shape, where the numbers that decide its place are (its epoch's, else its step's)."""
 
     @property
     def active(self) -> bool:
         return self.auto or bool(self.patterns)
 
     def feed(self, text: str) -> list[Observation]:
-        """Observations from a chunk of whole lines."""
+        """Observations from a chunk of whole lines.
+
+        A line of the same shape as the one before it, at the same place (a bar redrawn, a loop
+        printing every step of an epoch), is only compared, not parsed: the later values of the
+        same names at the same place win anyway. That is most of a chatty program's lines."""
         out = []
+        held: str | None = None
+        held_shape = ""
+        spans: tuple[tuple[int, int], ...] = ()
         for line in clean(text).split("\n"):
+            if not self.patterns:
+                shape = line.translate(_DIGITS)
+                if shape == line and held is not None and not _NAN_OR_INF.search(line):
+                    continue  # no number: nothing to read, nor a new place
+                if held is not None and shape == held_shape and all(line[a:b] == held[a:b] for a, b in spans):
+                    held = line  # the same place again: the later line wins
+                    continue
+                if held is not None:
+                    obs = self.scan(held)
+                    if obs is not None:
+                        out.append(obs)
+                held, held_shape, spans = line, shape, self._spans.get(shape, ((0, len(line)),))
+                continue
             obs = self.scan(line)
+            if obs is not None:
+                out.append(obs)
+        if held is not None:
+            obs = self.scan(held)
             if obs is not None:
                 out.append(obs)
         return out
@@ -241,14 +268,18 @@ class OutputScanner:
         shape = line.translate(_DIGITS)
         plan = self._cache.get(shape)
         if plan is None:
-            if shape == line and "nan" not in line.lower() and "inf" not in line.lower():
+            if shape == line and not _NAN_OR_INF.search(line):
                 return ()  # no digit: no value (a NaN or inf loss is one, so those are parsed)
             plan, cacheable = self._parse(line)
             if not cacheable:
                 return plan
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.clear()
+                self._spans.clear()
             self._cache[shape] = plan
+            tokens = [m.span() for m in _TOKEN.finditer(line)]
+            kind = "epoch" if any(k == "epoch" for _, k, _, _ in plan) else "step"
+            self._spans[shape] = tuple(tokens[i] if i >= 0 else (0, len(line)) for _, k, i, _ in plan if k == kind)
         return plan
 
     def _parse(self, line: str) -> tuple[Plan, bool]:

@@ -69,6 +69,8 @@ POLL_SECONDS = 0.1
 """How often the runner looks for new lines, an exit and a stop request."""
 TAIL_BYTES = 8192
 """How much of stderr's end is kept in memory for the failure reason."""
+BATCH_BYTES, BATCH_SECONDS = 16384, 0.01
+"""A pipe reader that got less than BATCH_BYTES waits BATCH_SECONDS before its next read."""
 
 
 # ----------------------------------------------------------------------------- the command
@@ -183,6 +185,10 @@ class StderrTail(threading.Thread):
             self.tail = (self.tail + chunk)[-TAIL_BYTES:]
             if self.on_data is not None:
                 self.on_data(chunk)
+            if len(chunk) < BATCH_BYTES:
+                # A program printing line by line would wake this thread once a line: let a few
+                # milliseconds of output gather in the pipe (64 KB) and take it in one read.
+                time.sleep(BATCH_SECONDS)
         os.close(self.pipe)
         os.close(self.log_fd)
 
