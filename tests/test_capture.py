@@ -9,6 +9,7 @@ must leave (README "Metrics from a program as it is").
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -369,3 +370,32 @@ def test_a_tensorboard_capture_is_refused_at_enqueue_without_the_extra(tmp_path,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(PresetError, match=r"script.capture.tensorboard needs .*pip install 'trialdeck\[tensorboard\]'"):
         check_inputs(spec)
+
+
+def test_presets_capture_reads_event_files_csv_logs_and_the_wandb_stand_ins_lines(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[script]\ncommand = ["python3", "t.py"]\n[script.capture]\nrename = { loss_val = "val_loss" }\n')
+    csv_log = tmp_path / "metrics.csv"
+    csv_log.write_text("epoch,step,train_loss,val_loss\n0,49,0.9,\n0,87,,0.7\n1,99,0.6,\n1,175,,0.5\n")
+    got = json.loads(cli(tmp_path / "ws", "presets", "capture", str(preset), str(csv_log), "--json").stdout)
+    assert got == {"names": ["train_loss", "val_loss"], "steps": [
+        {"step": 87, "epoch": 0, "train_loss": 0.9, "val_loss": 0.7},
+        {"step": 175, "epoch": 1, "train_loss": 0.6, "val_loss": 0.5}]}
+    rows = tmp_path / "wandb.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(STANDIN_DIR), "TRIALDECK_WANDB": str(rows)}
+    subprocess.run([sys.executable, "wb.py", "--epochs", "2"], cwd=PROGRAMS, env=env, check=True, capture_output=True,
+                   timeout=60)
+    got = json.loads(cli(tmp_path / "ws", "presets", "capture", str(preset), str(rows), "--json").stdout)
+    assert got["names"] == ["train_loss", "val_loss", "lr"]
+    assert [(s["step"], s["epoch"], s["val_loss"]) for s in got["steps"]] == [(100, None, 1.1), (200, None, 0.6)]
+    if importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("the tensorboard extra is not installed (pip install 'trialdeck[tensorboard]')")
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path / "runs" / "exp"))
+    for step in (1, 2):
+        writer.add_scalar("Loss/val", 1.0 / step, step)
+    writer.close()
+    got = json.loads(cli(tmp_path / "ws", "presets", "capture", str(preset), str(tmp_path / "runs"), "--json").stdout)
+    assert got == {"names": ["val_loss"], "steps": [{"step": 1, "epoch": None, "val_loss": 1.0},
+                                                    {"step": 2, "epoch": None, "val_loss": 0.5}]}

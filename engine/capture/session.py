@@ -243,9 +243,6 @@ class RunMetrics:
                     seen.setdefault(key, None)
         return list(seen)
 
-    def has(self, name: str) -> bool:
-        return any(numeric(entry.get(name)) is not None for entry in self.history.entries)
-
 
 def forget(run_state_dir: Path) -> None:
     """Start a run over: its captured records go with its reported lines."""

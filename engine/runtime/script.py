@@ -264,6 +264,8 @@ class ScriptRun:
         self.watched = self._watched(record)
         """(what watches it, metric) for early stopping's monitor and a trial's objective."""
         self.missing_said: set[str] = set()
+        self.arrived: set[str] = set()
+        """Watched metrics some epoch has held as a number."""
         self.started = time.perf_counter()
         self.peak: int | None = None
         self.memory_read = False
@@ -275,6 +277,8 @@ class ScriptRun:
         kill_leftovers(self.ws, self.run_id)  # an earlier attempt's processes, should a kill have missed any
         self.history = self.metrics.prepare()
         self.sources = self.metrics.start()
+        self.arrived = {name for _, name in self.watched
+                        if any(numeric(e.get(name)) is not None for e in self.history.entries)}
         self._replay_stopper()
         argv = command_of(self.spec, str(self.files), self.resume)
         info = {"device": self.record.get("device") or self.device, "params": None, "command": argv,
@@ -430,6 +434,7 @@ class ScriptRun:
             warnings.filterwarnings("ignore", message=".*is already reported")
             for entry in todo:
                 record = ReportedEpoch(entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
+                self.arrived.update(name for _, name in self.watched if record.metric(name) is not None)
                 events: list[RunEvent] = []
                 value = record.metric(self.monitor)
                 if self.stopper is not None and decide and not early and value is not None:
@@ -476,7 +481,7 @@ class ScriptRun:
         if not self.history.entries:
             return
         for who, name in self.watched:
-            if (name in self.missing_said and not final) or self.metrics.has(name):
+            if (name in self.missing_said and not final) or name in self.arrived:
                 continue
             names = ", ".join(self.metrics.names()) or "none"
             if final:
