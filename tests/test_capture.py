@@ -94,6 +94,9 @@ CONTRACT: dict[str, list[tuple[str, tuple[dict, float | None, float | None] | No
         ("[12:30:02] eta: 0:01:23  time: 12:30:02", None),
         ("Epoch [6/10], Step [100/600], Loss: 0.2345", ({"loss": 0.2345}, 100, 6)),
         ("Epoch 00007: reducing learning rate of group 0 to 1.0000e-04.", None),
+        ("Traceback (most recent call last):", None),
+        ('  File "/home/me/train.py", line 72, in <module>', None),
+        ("train.py:45: UserWarning: epoch 3 of 10 ran with lr 0.1", None),
     ],
 }
 

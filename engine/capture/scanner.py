@@ -24,7 +24,8 @@ headers, else the last epoch and step seen on an earlier line.
 
 What it leaves: counters (`44/44`, `200/ 2983 batches`), times of day and
 dates (`12:30:01`, `2024-05-01`), `--name value` argument echoes, argparse's
-`Namespace(...)`, tqdm's rates and Lightning's `v_num`, a dataloader's index,
+`Namespace(...)`, a traceback's `File "x.py", line 12` and a warning's
+`x.py:12:`, tqdm's rates and Lightning's `v_num`, a dataloader's index,
 and anything printed before the program's first step (settings, banners,
 `number of parameters: 10.65M`). User patterns (`[script.capture] patterns`)
 are regexes with named groups: `epoch`/`step`/`iter` give the place, every
@@ -74,7 +75,8 @@ _PREFIX = re.compile(r"^\s*(?:\[?\d{4}-\d\d-\d\d(?:[ T]\d\d:\d\d(?::\d\d)?(?:[.,
                      r"|^\s*(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]*:")
 _LEAD = re.compile(r"[^\w]*")
 """Punctuation before a field's name (` * Acc@1 ...`); a field that starts with a number is no pair."""
-_SKIP_LINE = re.compile(r"Namespace\(")
+_SKIP_LINE = re.compile(r"Namespace\(|^\s*File \"|^Traceback \(most recent call last\)|\.py:\d+: ")
+"""Argparse's echo, a traceback's frames, a Python warning's `file.py:12:`: never metrics."""
 _NAN_OR_INF = re.compile(r"nan|inf", re.IGNORECASE)
 _DIGITS = str.maketrans("123456789", "000000000")
 IGNORED = frozenset({"v_num", "hp_metric", "eta", "it_s", "s_it"})

@@ -325,6 +325,8 @@ class ScriptRun:
         if self.stop is None or self.stop.state in (RunState.INTERRUPTED, RunState.CANCELLED):
             for change in self.metrics.poll(final=True):  # what it reported and printed up to its exit
                 self._epoch(change, decide=not ended)
+                if self.stop is not None and not ended:
+                    break  # decided on the way (it outran us): its history ends where it would have stopped
         self._log_problems()
         self._say_missing(final=True)
         if self.stop is not None and (ended or code == 0):
