@@ -402,3 +402,30 @@ def test_presets_capture_reads_event_files_csv_logs_and_the_wandb_stand_ins_line
     got = json.loads(cli(tmp_path / "ws", "presets", "capture", str(preset), str(tmp_path / "runs"), "--json").stdout)
     assert got == {"names": ["val_loss"], "steps": [{"step": 1, "epoch": None, "val_loss": 1.0},
                                                     {"step": 2, "epoch": None, "val_loss": 0.5}]}
+
+
+def test_runs_show_prints_integers_as_integers_and_small_values_in_significant_digits(capsys):
+    from trialdeck.tui.cli.runs import print_history
+    from trialdeck.tui.live import value_text
+
+    assert [value_text(v) for v in (50, 4.76e-05, 6.58e-05, 0.4321, 2065.41, 0.0, None, True)] == [
+        "50", "4.76e-05", "6.58e-05", "0.4321", "2065.4100", "0.0000", "-", "true"]
+    print_history({"config": {"script": {"command": ["x"]}},
+                   "history": [{"epoch": 1, "iter": 50, "lr": 4.76e-05, "val_loss": 6.58e-05}]})
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["epoch", "iter", "lr", "val_loss"] and row.split() == ["1", "50", "4.76e-05", "6.58e-05"]
+
+
+def test_runs_follow_after_a_script_went_back_says_so_instead_of_a_trainers_start(capsys):
+    from trialdeck.tui.cli.run import _follow_lines
+
+    items = [{"kind": "start", "device": "cpu", "params": None, "command": ["python3", "t.py"], "resumed": True,
+              "start_epoch": 4},
+             {"kind": "start", "device": "cpu", "params": None, "rewound": 3},
+             {"kind": "epoch", "epoch": 3, "loss": 0.5, "iter": 300},
+             {"kind": "final", "record": {"id": "r1", "state": "completed"}}]
+    _follow_lines("r1", False, iter(items))
+    out = capsys.readouterr().out
+    assert "r1 running on cpu: python3 t.py, resuming after epoch 4" in out
+    assert "(epochs from 3 on are recorded again)" in out and "parameters" not in out and "None" not in out
+    assert "epoch 3  loss 0.5000  iter 300" in out

@@ -473,7 +473,8 @@ class ScriptRun:
         if self.spec.early_stopping.enabled:
             out.append(("early stopping", self.spec.early_stopping.monitor))
         if record.get("study") is not None and self.spec.tune is not None:
-            pruner = "" if self.spec.tune.pruner == "none" else " and its pruner"
+            kind = getattr(self.spec.tune.pruner, "kind", self.spec.tune.pruner)  # a name, or a [tune.pruner] table
+            pruner = "" if kind == "none" else " and its pruner"
             out.append((f"study {record['study']}{pruner}", self.spec.tune.metric))
         return out
 
