@@ -64,3 +64,36 @@ async def test_a_script_runs_log_follows_and_its_capture_shows_what_the_preset_r
         tabs.active = "tab-capture"
         await wait_for(pilot, lambda: "valid_ppl" in text(capture) and "val_loss" in text(capture)
                        and "valid_loss" not in text(capture), timeout=10, what="the edited rename, at once")
+
+
+async def test_a_running_script_runs_time_counts_on_with_nothing_new_in_its_streams(ws, utc, tmp_path):
+    """A script run may print nothing the catalogue or a metric stream shows for minutes: its row's
+    time and its view's header still count on (they follow the clock, not the data)."""
+    import time
+
+    from trialdeck.tui.app import make_app
+    from trialdeck.tui.probes import FixedProbe
+
+    preset = ws.presets_dir / "quiet.toml"
+    preset.write_text(PRESET.format(workdir=tmp_path))
+    spec = resolve("quiet", [], preset_roots(ws.presets_dir))
+    store = Store(ws)
+    run = store.create_run(preset=spec.preset, config=spec.config(), config_hash=spec.content_hash)
+    store.transition(run["id"], RunState.RUNNING, slot="cpu.0", device="cpu", worker=4242)
+    started = store.get_run(run["id"])["started_at"]
+    now = [started + 5.0]
+    app = make_app(ws, start_engine=False, clock=lambda: now[0], probe=FixedProbe(), interval=0.05, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        rows = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: "5s" in list(rows.cells(run["id"])), what="5 s elapsed")
+        now[0] = started + 125.0
+        await wait_for(pilot, lambda: "2m05s" in list(rows.cells(run["id"])), timeout=5, what="2m05s, no new data")
+        app.post_message(messages.OpenRun(run["id"]))
+        await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
+                       what="the run's view")
+        header = app.screen.query_one("#run-header", Static)
+        assert "2m05s" in text(header)
+        now[0] = started + 3725.0
+        await wait_for(pilot, lambda: "1h02m" in text(header), timeout=5, what="the header's time, counting on")
+        assert time.time() - started < 120  # the clock moved, not the test's minutes
