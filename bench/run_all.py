@@ -42,7 +42,8 @@ SECTIONS = [
      {"device": "cpu"}),
     ("bench.bench_packing", "trials per hour through the engine: one at a time, packed, ensembled (GPU)", True,
      {"device": "cuda"}),
-    ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second", False, {}),
+    ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second (captured), "
+                           "and TensorBoard scalars to the catalogue", False, {}),
     ("bench.bench_cluster", "per-run overhead on a 2-worker Dask LocalCluster vs the local engine (CPU)", False, {}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (CPU)", False,
      {"device": "cpu"}),

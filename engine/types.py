@@ -102,6 +102,8 @@ class EventKind(str, enum.Enum):
     REQUEUED = "requeued"
     RESUMED = "resumed"
     COMPLETED = "completed"
+    METRIC_MISSING = "metric_missing"
+    """Early stopping, a pruner or a study watches a metric the program has not reported."""
 
 
 @dataclass(frozen=True)

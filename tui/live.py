@@ -58,10 +58,12 @@ def _finite(values: Iterable[Any]) -> list[float]:
 
 
 def loss_of(epoch: Mapping[str, Any]) -> Any:
-    """The loss a sparkline draws for an epoch: train_loss, or val_loss for a script run that
-    reports no train_loss (its history holds what its script reported)."""
-    value = epoch.get("train_loss")
-    return epoch.get("val_loss") if value is None else value
+    """The loss a sparkline draws for an epoch: train_loss, or for a script run (its history holds
+    what it reported or printed) val_loss, loss, or the first name with "loss" in it."""
+    for key in ("train_loss", "val_loss", "loss"):
+        if epoch.get(key) is not None:
+            return epoch[key]
+    return next((v for k, v in epoch.items() if "loss" in k and finite(v)), None)
 
 
 def resample(values: Sequence[float], width: int) -> list[float]:
@@ -153,13 +155,40 @@ def metrics_path(ws: Workspace, run_id: str):
     return ws.runs_dir / run_id / METRICS_NAME
 
 
+EPOCHS_KEPT = 4096
+"""Epoch losses a follower keeps per run for a script's sparkline (it resamples them to its width)."""
+
+
 @dataclass
 class _Follow:
     path: Any = None
     offset: int = 0
     trace: LossTrace = field(default_factory=LossTrace)
+    epochs: list[tuple[int, float]] = field(default_factory=list)
+    """(epoch, loss) of the epoch records: a run without step records (a script) draws these, and
+    an epoch recorded again replaces itself and the ones after it."""
+    steps: bool = False
+    """The stream has step records (a built-in run): its sparkline is the step trace."""
     live: LiveRun | None = None
     done: bool = False
+
+    def epoch(self, epoch: Any, loss: Any) -> None:
+        if not isinstance(epoch, int):
+            return
+        while self.epochs and self.epochs[-1][0] >= epoch:
+            self.epochs.pop()
+        if finite(loss):
+            self.epochs.append((epoch, float(loss)))
+            if len(self.epochs) > EPOCHS_KEPT:
+                del self.epochs[: len(self.epochs) - EPOCHS_KEPT]
+
+    def rewind(self, epoch: Any) -> None:
+        if isinstance(epoch, int):
+            while self.epochs and self.epochs[-1][0] >= epoch:
+                self.epochs.pop()
+
+    def points(self) -> list[float]:
+        return self.trace.values() if self.steps else [loss for _, loss in self.epochs]
 
 
 class MetricsFollower:
@@ -208,17 +237,21 @@ class MetricsFollower:
         for rec in records:
             kind = rec.get("kind")
             if kind is None and "loss" in rec:
+                follow.steps = True
                 follow.trace.add(rec.get("loss"))
                 values.update(loss=rec.get("loss"), epoch=rec.get("epoch"), updated=rec.get("t"))
+            elif kind == "start" and "rewound" in rec:  # a script went back: its later epochs come again
+                follow.rewind(rec["rewound"])
             elif kind == "epoch":
                 follow.trace.add(loss_of(rec))
+                follow.epoch(rec.get("epoch"), loss_of(rec))
                 acc = rec.get("val_acc")
                 best = values.get("best_val_acc", live.best_val_acc)
                 if isinstance(acc, (int, float)) and (best is None or acc > best):
                     values["best_val_acc"] = acc
                 values.update(epoch=rec.get("epoch"), epochs_done=rec.get("epoch") or 0, val_loss=rec.get("val_loss"),
                               val_acc=acc, lr=rec.get("lr"), updated=rec.get("t"))
-        follow.live = LiveRun(**{**live.__dict__, **values, "spark": spark(follow.trace.values(), self.width)})
+        follow.live = LiveRun(**{**live.__dict__, **values, "spark": spark(follow.points(), self.width)})
         return True
 
 
@@ -352,6 +385,22 @@ def finished_since(old: Catalog | None, new: Catalog) -> list[LogEntry]:
 # ----------------------------------------------------------------------------- table rows
 
 
+def value_text(value: Any) -> str:
+    """A recorded value as `runs show` and `presets capture` print it: integers as integers, small
+    values in significant digits (lr 4.76e-05, not 0.0000), others with four decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not finite(value):
+            return str(value)
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
 def cell(value: Any, width: int) -> str:
     """A value for a compare table: numbers short, long text (descriptions) cut with "…"."""
     text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -424,7 +473,7 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
         parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
     elif run.get("state") == "failed":
         parts.append("kept: no weights (the run failed)")
-    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted"):
+    elif "kept_epoch" in run and run.get("state") in ("cancelled", "interrupted") and not _is_script(run):
         parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
     if best_epoch is not None and best_epoch != kept:
         parts.append(f"best {monitor} (improved by > {delta:g}): {best_value:.4f} at epoch {best_epoch}" if delta
@@ -439,6 +488,11 @@ def min_delta(run: Mapping[str, Any]) -> float:
     es = (run.get("config") or {}).get("early_stopping") or {}
     value = es.get("min_delta") if es.get("enabled") else None
     return float(value) if finite(value) and value > 0 else 0.0
+
+
+def _is_script(run: Mapping[str, Any]) -> bool:
+    """A script run keeps its own checkpoints: trialdeck keeps no weights of it to speak of."""
+    return bool((run.get("config") or {}).get("script")) or "script_pid" in run
 
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:

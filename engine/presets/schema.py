@@ -550,8 +550,11 @@ class TuneConfig(Block):
                          "run ends; use pruner \"none\" with it")
 
 
-PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
-"""`{params.NAME}` in a script's command or env (NAME may be dotted, into a table of params)."""
+PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*?)(:py)?\}|\{run_dir\}")
+"""`{params.NAME}` in a script's command, env or resume_args (NAME may be dotted, into a table of
+params); `{params.NAME:py}` spells it as Python would (True/False); `{run_dir}` is the run's own
+folder (TRIALDECK_RUN_DIR)."""
+RUN_DIR = "{run_dir}"
 PARAM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 ENGINE_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 """Variables the engine sets for a script's slot; `script.env` may not name them (nor TRIALDECK_*)."""
@@ -567,35 +570,132 @@ def lookup_param(params: dict[str, Any], name: str) -> Any:
     return node
 
 
-def format_param(value: Any) -> str:
+def format_param(value: Any, python: bool = False) -> str:
     """A param as one command-line argument: TOML spellings for booleans, the shortest
-    round-tripping form for floats, JSON for lists and tables."""
+    round-tripping form for floats, JSON for lists and tables; `python`: as Python writes them
+    (`True`, `[1, 'a']`), for a program that reads its arguments with `ast.literal_eval`."""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return str(value) if python else "true" if value else "false"
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(value, separators=(",", ":"))
+    return repr(value) if python else json.dumps(value, separators=(",", ":"))
 
 
-def expand(text: str, params: dict[str, Any]) -> str:
-    """`text` with each `{params.NAME}` replaced by its value (no shell: it stays one argument)."""
-    return PLACEHOLDER.sub(lambda m: format_param(lookup_param(params, m.group(1))), text)
+def expand(text: str, params: dict[str, Any], run_dir: str | None = None) -> str:
+    """`text` with each `{params.NAME}` replaced by its value (no shell: it stays one argument),
+    and `{run_dir}` by `run_dir` (left as it is when None: a preview before the run exists)."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(0) if run_dir is None else run_dir
+        return format_param(lookup_param(params, match.group(1)), python=bool(match.group(2)))
+
+    return PLACEHOLDER.sub(one, text)
+
+
+CAPTURE_OUTPUT = ("auto", "patterns", "off")
+TENSORBOARD_INSTALL = "pip install 'trialdeck[tensorboard]'"
+"""What `[script.capture] tensorboard` needs installed (refused at enqueue without it)."""
+STEP_GROUPS = ("epoch", "step", "iter")
+"""Named groups of a capture pattern that give the step, not a value."""
+
+
+class CaptureConfig(Block):
+    """Metrics read from a program as it is: its output, TensorBoard event files, a CSV log, a
+    stand-in W&B (DESIGN "Metrics from a program as it is")."""
+
+    output: Literal["auto", "patterns", "off"] = "auto"
+    """auto: name/value pairs on each output line (and `patterns`); patterns: only `patterns`;
+    off: none. With tensorboard, csv or wandb set, auto reads `patterns` only: those sources
+    carry the metrics, and two sources would number their steps differently."""
+    patterns: list[str] = Field(default_factory=list, max_length=100)
+    """Regexes with named groups: epoch/step/iter give the step, every other group a value."""
+    rename: dict[str, str] = Field(default_factory=dict)
+    """Captured name -> recorded name (`valid_loss = "val_loss"`)."""
+    tensorboard: str | None = None
+    """Follow the TensorBoard event files under this folder (relative to the workdir, `{run_dir}`
+    allowed); needs the extra: pip install 'trialdeck[tensorboard]'."""
+    csv: str | None = None
+    """Follow this CSV log as it grows (relative to the workdir, `{run_dir}` and `*` allowed)."""
+    wandb: bool = False
+    """Put a stand-in `wandb` module first on the program's PYTHONPATH: its log() calls are recorded."""
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            try:
+                compiled = re.compile(text)
+            except re.error as exc:
+                raise ValueError(f"patterns[{i}] {text!r} is not a regular expression: {exc}") from None
+            names = list(compiled.groupindex)
+            if not names:
+                raise ValueError(f"patterns[{i}] {text!r} has no named group; name what it captures, "
+                                 r"e.g. 'valid loss\s+(?P<val_loss>[\d.]+)'")
+            for name in names:
+                if name not in STEP_GROUPS and not METRIC_NAME.match(name):
+                    raise ValueError(f"patterns[{i}]: group {name!r} is not a metric name")
+        return v
+
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not METRIC_NAME.match(value) or value in STEP_GROUPS:
+                raise ValueError(f"rename.{key} = {value!r} is not a metric name (letters, digits, '_', '.', '-'; "
+                                 "not epoch, step or iter)")
+        return v
+
+    @field_validator("tensorboard", "csv")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("give a path, relative to the script's workdir ({run_dir} allowed)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> CaptureConfig:
+        if self.output == "patterns" and not self.patterns:
+            raise ValueError('output = "patterns" reads only the patterns, and there are none; add patterns = '
+                             r"['valid loss\s+(?P<val_loss>[\d.]+)'], or use output = \"auto\"")
+        return self
+
+    @property
+    def files(self) -> bool:
+        """It follows a file source (TensorBoard, CSV, W&B)."""
+        return bool(self.tensorboard or self.csv or self.wandb)
+
+    @property
+    def reads_output(self) -> bool:
+        """Whether the program's output is scanned at all (else it goes to the log unread)."""
+        return self.output != "off" and (bool(self.patterns) or (self.output == "auto" and not self.files))
+
+    @property
+    def auto_output(self) -> bool:
+        """Whether the scan uses the automatic rules (else the patterns alone)."""
+        return self.output == "auto" and not self.files
 
 
 class ScriptConfig(Block):
     """A user's own training program, run by the engine in a device slot (DESIGN "Script runs")."""
 
     command: list[str] = Field(min_length=1, max_length=10_000)
-    """The program and its arguments, no shell; `{params.NAME}` placeholders are replaced."""
+    """The program and its arguments, no shell; `{params.NAME}` and `{run_dir}` placeholders are replaced."""
+    program: str | None = None
+    """Where `command`'s program was found when the run was queued: a program named without a `/`
+    (`python`, `torchrun`) is looked up on the PATH of the shell that queues it, not the engine's."""
     workdir: str | None = None
     """Where it runs. Relative: to the folder of the preset file that sets it (`--set`: the
     folder the run is queued from). Unset: the folder the run is queued from."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables (values may hold placeholders)."""
+    resume_args: list[str] = Field(default_factory=list, max_length=1000)
+    """Appended to the command when an interrupted run starts again (`["--init_from=resume"]`)."""
     grace_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     """After SIGTERM (cancel, prune, early stop, engine stop), how long before SIGKILL."""
+    capture: CaptureConfig = CaptureConfig()
+    """Metrics read from the program as it is (its output by default)."""
 
     @field_validator("command")
     @classmethod
@@ -603,6 +703,13 @@ class ScriptConfig(Block):
         if not v[0].strip():
             raise ValueError("the program (its first element) is empty; give it and its arguments, "
                              'e.g. ["python3", "train.py", "--lr", "{params.lr}"]')
+        if any("\0" in part for part in v):
+            raise ValueError("an argument holds a NUL character")
+        return v
+
+    @field_validator("resume_args")
+    @classmethod
+    def _resume_args(cls, v: list[str]) -> list[str]:
         if any("\0" in part for part in v):
             raise ValueError("an argument holds a NUL character")
         return v
@@ -616,6 +723,16 @@ class ScriptConfig(Block):
             if key.startswith("TRIALDECK_") or key in ENGINE_ENV:
                 raise ValueError(f"{key} is set by the engine for each run; it cannot be overridden")
         return v
+
+    def argv(self, params: dict[str, Any], run_dir: str | None = None, resume: bool = False) -> list[str]:
+        """The command to start, placeholders filled: the program found when it was queued, and
+        `resume_args` on a resume."""
+        argv = [expand(part, params, run_dir) for part in self.command]
+        if self.program:
+            argv[0] = self.program
+        if resume:
+            argv += [expand(part, params, run_dir) for part in self.resume_args]
+        return argv
 
 
 NOT_FOR_SCRIPTS = ("data", "model", "regularization", "optimizer", "schedule", "augment")
@@ -817,8 +934,11 @@ class RunSpec(Block):
         texts: list[tuple[tuple[str | int, ...], str]] = [
             (("script", "command", i), part) for i, part in enumerate(self.script.command)]
         texts += [(("script", "env", key), value) for key, value in self.script.env.items()]
+        texts += [(("script", "resume_args", i), part) for i, part in enumerate(self.script.resume_args)]
         for loc, text in texts:
             for match in PLACEHOLDER.finditer(text):
+                if match.group(1) is None:
+                    continue  # {run_dir}
                 try:
                     lookup_param(self.params, match.group(1))
                 except KeyError:
@@ -848,6 +968,12 @@ class RunSpec(Block):
         else:
             out.update({name: True for name in NOT_FOR_SCRIPTS})
             out["train"] = {k: True for k in TrainConfig.model_fields if k not in SCRIPT_TRAIN_KEYS}
+            assert self.script is not None
+            # Keys added with [script.capture], while unset: older script runs keep their configs.
+            unset = {k: True for k, default in (("program", None), ("resume_args", []), ("capture", CaptureConfig()))
+                     if getattr(self.script, k) == default}
+            if unset and "script" not in out:
+                out["script"] = unset
         return out
 
     def config(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trialdeck.engine.capture.session import CAPTURED_NAME
 from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
@@ -429,7 +430,7 @@ class DaskPlacement(BasePlacement):
         """The files a resume needs: the checkpoint, a script's reported lines and its own files."""
         run_dir = self.ws.runs_dir / run_id
         out: dict[str, bytes] = {}
-        for rel in (WHOLE, REPORTED_NAME):
+        for rel in (WHOLE, REPORTED_NAME, CAPTURED_NAME):
             with contextlib.suppress(FileNotFoundError):
                 out[rel] = (run_dir / rel).read_bytes()
         for rel in script_files(run_dir):

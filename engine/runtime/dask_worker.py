@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trialdeck.engine.capture.session import CAPTURED_NAME
 from trialdeck.engine.runtime.recorder import LOG_NAME, METRICS_NAME
 from trialdeck.engine.runtime.script import FILES_NAME, REPORTED_NAME
 from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, _run_one
@@ -49,7 +50,7 @@ TICK = 0.2
 """Seconds between two shipments of a run's news, and two reads of its control variable."""
 CHUNK = 4 << 20
 """Whole files travel in parts of at most this many bytes (each a queue item through the scheduler)."""
-APPENDED = (METRICS_NAME, LOG_NAME, REPORTED_NAME)
+APPENDED = (METRICS_NAME, LOG_NAME, REPORTED_NAME, CAPTURED_NAME)
 """Files of a run folder that only grow: their new bytes are sent."""
 WHOLE = CHECKPOINT_NAME
 FILES = FILES_NAME

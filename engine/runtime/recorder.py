@@ -84,6 +84,11 @@ class RunRecorder(TrainerCallback):
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
+    def tick(self) -> None:
+        """For a caller that polls (a script run): pending epochs reach the catalogue once due, even
+        when no later epoch comes to carry them (a program that went quiet)."""
+        self._maybe_flush()
+
     # -- TrainerCallback ---------------------------------------------------------------------
 
     def close(self) -> None:

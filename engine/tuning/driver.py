@@ -27,7 +27,7 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyState, finite
 
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
@@ -35,6 +35,24 @@ median pruner prunes nothing before 5 trials completed; halving pruners need fin
 ENSEMBLE_SAMPLERS = ("grid", "random")
 """Samplers whose next trials do not depend on the last results, so several can be asked at
 once and trained together as an ensemble without changing what the study samples."""
+
+
+def no_objective(metric: str, runs: list[dict[str, Any]]) -> str | None:
+    """Why a study stops early: its first two finished trials recorded no value of its objective
+    (a program whose output the capture does not read, a metric named otherwise), so the rest
+    would record none either. None while that is not so."""
+    done = sorted((r for r in runs if RunState(r["state"]).terminal and r["state"] != RunState.CANCELLED),
+                  key=lambda r: r.get("finished_at") or 0.0)[:2]
+    if len(done) < 2 or any(finite(h.get(metric)) for r in done for h in r.get("history") or ()):
+        return None
+    if all(r["state"] == RunState.FAILED for r in done):
+        errors = "; ".join(f"{r['id']}: {r.get('error') or 'failed'}" for r in done)
+        return f"its first two trials failed before recording any {metric} ({errors})"
+    names = list(dict.fromkeys(k for r in done for h in r.get("history") or () for k, v in h.items()
+                               if k not in ("epoch", "step") and finite(v)))
+    return (f"its first two trials ({done[0]['id']}, {done[1]['id']}) recorded no {metric} (they recorded "
+            f"{', '.join(names) if names else 'no metric at all'}); fix the program's output or its [script.capture] "
+            "(`trialdeck presets capture PRESET LOG` shows what it reads), then start the study again")
 
 
 class StudyDriver:
@@ -103,6 +121,10 @@ class StudyDriver:
             capacity *= ensemble_width
         changed = self._tell_finished(study, tune, runs)
         inflight = [r for r in runs if RunState(r["state"]).unfinished]
+        why = no_objective(tune.metric, runs) if doc["state"] == StudyState.RUNNING else None
+        if why:  # the rest of its trials would record nothing either: stop now, saying why
+            self.log(f"study {doc['name']}: {why}")
+            doc = self.store.upsert_study(doc["name"], {"state": StudyState.STOPPING.value, "stop_reason": why})
         if doc["state"] == StudyState.STOPPING:
             for r in inflight:
                 if r["state"] != RunState.RUNNING:  # queued or interrupted: not started again
@@ -111,10 +133,12 @@ class StudyDriver:
                 elif not r.get("cancel_requested"):
                     self.store.update_run(r["id"], cancel_requested=True)
             if not inflight:
+                reason = doc.get("stop_reason")
+                end = StudyState.FAILED if reason else StudyState.STOPPED
                 studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
-                             fields={"state": StudyState.STOPPED.value, "finished_at": time.time()})
-                self.log(f"study {doc['name']} stopped")
-                self._ended(doc["name"], StudyState.STOPPED.value)
+                             fields={"state": end.value, "finished_at": time.time(), **({"error": reason} if reason else {})})
+                self.log(f"study {doc['name']} {end.value}")
+                self._ended(doc["name"], end.value)
             elif changed:
                 studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0

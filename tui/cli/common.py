@@ -136,19 +136,24 @@ def exit_for(record: dict[str, Any]) -> None:
 
 def print_run_summary(record: dict) -> None:
     """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
-    best and the last epoch, each labelled; then the events that ended it."""
+    best and the last epoch, each labelled; then the events that ended it (a failure once)."""
     from trialdeck.tui.live import host_text, outcome
 
     hist = record.get("history") or []
     place = host_text(record) or record.get("device")
     where = f"  on {place}" if place else ""
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
+    script = (record.get("config") or {}).get("script") or {}
+    if script.get("program"):
+        print(f"  program {script['program']}  (found for `{script['command'][0]}` on the PATH it was queued from)")
     if hist:
         lr = hist[-1].get("lr")  # a script run's history holds what its script reported
         print(f"  epochs {hist[-1]['epoch']}" + (f"  lr {lr:.3g}" if finite(lr) else ""))
         print("  " + " | ".join(outcome(record)))
     for ev in record.get("events") or []:
-        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
+        if ev["kind"] == "failed" and record.get("error") and ev["message"] == record["error"]:
+            continue  # said once, as the error below
+        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled", "metric_missing"):
             print(f"  {ev['kind']}: {ev['message']}")
     if record.get("error"):
         print(f"  error: {record['error']}")
@@ -165,6 +170,12 @@ StorageReadOpt = Annotated[
 ]
 
 
+def _value_text(value: Any) -> str:
+    from trialdeck.tui.live import value_text  # deferred: every command imports this module
+
+    return value_text(value)
+
+
 def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
     """One epoch as `runs follow` prints it: its metrics in the order recorded, whatever they are
     (a built-in run's train_loss, val_loss, val_acc, lr; a script's own), then its seconds."""
@@ -173,7 +184,7 @@ def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
         if key in ("t", "kind", "epoch", "seconds") or value is None:
             continue
         if finite(value) and isinstance(value, float):
-            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
+            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {_value_text(value)}")
         elif not isinstance(value, (dict, list)):
             parts.append(f"{key} {value}")
     if finite(entry.get("seconds")):

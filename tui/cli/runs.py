@@ -99,6 +99,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
 def print_history(record: dict) -> None:
     """The per-epoch table, the kept epoch and the monitor's best marked."""
     from trialdeck.engine.types import kept_epoch
+    from trialdeck.tui.live import value_text
 
     hist = record.get("history") or []
     if not hist:
@@ -111,9 +112,11 @@ def print_history(record: dict) -> None:
     if (record.get("config") or {}).get("script"):  # a script's history holds the names it reported
         keys = dict.fromkeys(k for h in hist for k in h if k != "epoch")
         columns = (("epoch", 5, "d"), *((k, max(10, len(k)), ".4f") for k in keys))
+    script = bool((record.get("config") or {}).get("script"))
     print("  " + "  ".join(f"{name:>{width}}" for name, width, _ in columns))
     for h in hist:
-        cells = [format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float))
+        cells = [f"{value_text(h.get(k)):>{w}}" if script and k != "epoch"  # a script's values, whatever their scale
+                 else format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float))
                  else f"{'-' if h.get(k) is None else str(h[k])[:w]:>{w}}" for k, w, fmt in columns]
         marks = ", ".join(m for m, e in (("kept", kept), ("best", best)) if e is not None and e == h.get("epoch"))
         print(("  " + "  ".join(cells) + "  " + marks).rstrip())

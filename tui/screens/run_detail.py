@@ -1,8 +1,14 @@
-"""One run: its loss, accuracy and learning-rate curves, event timeline, resolved config
-and log tail; cancel it or queue it again from here.
+"""One run: its loss, accuracy and learning-rate curves, event timeline, resolved config,
+log tail and, for a script run, what its capture reads from its log; cancel it or queue it
+again from here.
 
 The full record (with its config) is read for this run only, in a worker,
-when the catalogue shows it changed; the log tail is the last 64 KiB.
+when the catalogue shows it changed; the log tail is the last 64 KiB, read
+again at each status tick while the run runs (a script's output grows with no
+catalogue change), and the Log tab follows it while it is scrolled to its end.
+The Capture tab runs the capture of the run's preset (its file as it is now,
+so an edited pattern shows at once; else the run's own config) over the run's
+log: which names it would record, and its last steps.
 """
 
 from __future__ import annotations
@@ -21,13 +27,18 @@ from trialdeck.engine.runtime.recorder import LOG_NAME
 from trialdeck.engine.types import finite
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, fmt_seconds, host_text, outcome, resumable, tags_text
+from trialdeck.tui.live import CANCELLABLE, fmt_seconds, host_text, outcome, resumable, tags_text, value_text
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.live_table import STATE_STYLES
 from trialdeck.tui.widgets.plots import CurvePlot, Series, clean
 
 LOG_TAIL_BYTES = 64 * 1024
 LOG_TAIL_LINES = 200
+CAPTURE_BYTES = 8 << 20
+"""How much of a run's log (its end) the Capture tab reads."""
+CAPTURE_ROWS = 12
+TICK_SECONDS = 1.0
+"""How often a running run's elapsed time and log tail are brought up to date."""
 
 
 def read_tail(path, limit: int = LOG_TAIL_BYTES, lines: int = LOG_TAIL_LINES) -> str:
@@ -106,10 +117,14 @@ class RunDetailScreen(LiveScreen):
             with TabPane("Log", id="tab-log"):
                 with VerticalScroll(id="run-log-scroll"):
                     yield Static("", id="run-log")
+            with TabPane("Capture", id="tab-capture"):
+                with VerticalScroll():
+                    yield Static("", id="run-capture")
         yield Footer()
 
     def on_mount(self) -> None:
         self._ready = True
+        self.set_interval(TICK_SECONDS, self._tick)
         self._load()
 
     def watch_catalog(self) -> None:
@@ -138,6 +153,36 @@ class RunDetailScreen(LiveScreen):
         self.record = record
         self.log_tail = tail
         self.sync_bindings()
+        if self.query_one(TabbedContent).active == "tab-capture":
+            self._load_capture()
+
+    def _tick(self) -> None:
+        """Every second while the run runs: its elapsed time, and its log's new lines."""
+        if not self._ready or self.record is None or self.record["state"] != "running" or not self.is_current:
+            return
+        self.query_one("#run-header", Static).update(self._header(self.record))
+        path = self.ctx.ws.runs_dir / self.run_id / LOG_NAME
+        self.spawn(lambda: read_tail(path), self._tail_read, name=f"log {self.run_id}")
+
+    def _tail_read(self, tail: str) -> None:
+        self.log_tail = tail
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-log":  # laid out only now: the end of the log is where it opens
+            scroll = self.query_one("#run-log-scroll", VerticalScroll)
+            self.call_after_refresh(scroll.scroll_end, animate=False)
+        elif event.pane.id == "tab-capture":
+            self._load_capture()
+
+    def _load_capture(self) -> None:
+        record, ctx = self.record, self.ctx
+        if record is None:
+            return
+
+        def read() -> Text:
+            return capture_preview(record, ctx)
+
+        self.spawn(read, self.query_one("#run-capture", Static).update, name=f"capture {self.run_id}")
 
     def watch_record(self, record: dict[str, Any] | None) -> None:
         header = self.query_one("#run-header", Static)
@@ -173,8 +218,11 @@ class RunDetailScreen(LiveScreen):
         loss_plot.series, acc_plot.series, lr_plot.series = loss, acc, lr
 
     def watch_log_tail(self, tail: str) -> None:
+        scroll = self.query_one("#run-log-scroll", VerticalScroll)
+        following = scroll.scroll_y >= scroll.max_scroll_y - 1  # at the end: stay there; reading higher up: stay put
         self.query_one("#run-log", Static).update(Text(tail or "(no log yet)"))
-        self.query_one("#run-log-scroll", VerticalScroll).scroll_end(animate=False)
+        if following:
+            self.call_after_refresh(scroll.scroll_end, animate=False)
 
     def _header(self, r: dict[str, Any]) -> Text:
         hist = r.get("history") or []
@@ -244,5 +292,50 @@ class RunDetailScreen(LiveScreen):
 
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
-        order = ["tab-curves", "tab-events", "tab-config", "tab-log"]
+        order = ["tab-curves", "tab-events", "tab-config", "tab-log", "tab-capture"]
         tabs.active = order[(order.index(tabs.active) + 1) % len(order)] if tabs.active in order else order[0]
+
+
+def capture_preview(record: dict[str, Any], ctx: Any) -> Text:
+    """What the run's capture reads from its log: the names it would record and its last steps.
+    The preset as its file is now (an edited pattern shows at once), else the run's own config."""
+    from trialdeck.engine.capture.session import capture_log
+    from trialdeck.engine.errors import TrialdeckError
+    from trialdeck.engine.presets.schema import RunSpec
+
+    config = record.get("config") or {}
+    if not config.get("script"):
+        return Text("the capture reads a script run's output; this run is trialdeck's own trainer", style="dim")
+    source = "the run's own [script.capture]"
+    try:
+        spec = RunSpec.model_validate(config)
+    except ValueError as exc:
+        return Text(f"cannot read this run's configuration: {exc}", style="red")
+    try:
+        from trialdeck.engine.presets.loader import resolve
+
+        current = resolve(record["preset"], roots=ctx.library.roots) if record.get("preset") else None
+        if current is not None and current.script is not None:
+            spec, source = current, f"{record['preset']}'s [script.capture] as its file is now"
+    except (TrialdeckError, OSError, ValueError):
+        pass  # a one-off script, or a preset gone or broken since: the run's own config
+    assert spec.script is not None
+    path = ctx.ws.runs_dir / record["id"] / LOG_NAME
+    text = read_tail(path, CAPTURE_BYTES, lines=10**9)
+    rows = capture_log(spec.script.capture, text)
+    names = list(dict.fromkeys(k for row in rows for k in row if k not in ("step", "epoch")))
+    out = Text()
+    out.append(f"{source}, over this run's log:\n", style="dim")
+    if not rows:
+        out.append("it captures nothing from this log. Add patterns = ['name\\s+(?P<name>[\\d.]+)'] to [script.capture] "
+                   "(README \"Metrics from a program as it is\"), save, and open this tab again.\n")
+        return out
+    out.append(f"{len(rows)} steps; names: ", style="bold")
+    out.append(", ".join(names) + "\n\n")
+    table = ["step", "epoch", *names]
+    widths = {n: max(len(n), *(len(value_text(r.get(n))) for r in rows[-CAPTURE_ROWS:])) for n in table}
+    out.append("  ".join(f"{n:>{widths[n]}}" for n in table) + "\n", style="bold")
+    for row in rows[-CAPTURE_ROWS:]:
+        out.append("  ".join(f"{value_text(row.get(n)):>{widths[n]}}" for n in table) + "\n")
+    out.append("\n`trialdeck presets capture PRESET " + record["id"] + "` prints every step.", style="dim")
+    return out

@@ -27,6 +27,8 @@ from trialdeck.tui.widgets.mode_bar import ModeBar
 
 MAX_ROWS = 500
 """Newest runs shown (plus every active one); filter with `/` to reach older ones."""
+TICK_SECONDS = 1.0
+"""How often the running rows are redrawn (their time counts on)."""
 
 
 class RunsTable(LiveTable):
@@ -101,6 +103,7 @@ class RunsScreen(LiveScreen):
 
     def on_mount(self) -> None:
         self._ready = True
+        self.set_interval(TICK_SECONDS, self._tick)
         self.query_one("#runs-filter").display = False
         self.query_one("#runs-hint").display = False
         self.query_one(EventLog).border_title = "events"
@@ -119,6 +122,12 @@ class RunsScreen(LiveScreen):
     def watch_status(self) -> None:
         if self._ready:
             self._refresh_status()
+
+    def _tick(self) -> None:
+        """Every second: a running row's time counts on (a script run may log nothing for minutes,
+        and nothing else would redraw its row)."""
+        if self._ready and self.catalog is not None and self.catalog.active_ids and self.is_current:
+            self._refresh_rows()
 
     def watch_entries(self, entries) -> None:
         if self._ready:
