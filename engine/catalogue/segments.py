@@ -149,7 +149,8 @@ class Segments:
         briefs = {key: brief(doc) for key, doc in ordered.items()}
         data = serialize({"meta": meta, "runs": ordered}, {}, {})
         atomic_write(self.folder / name, data)
-        atomic_write(self.folder / index_name, serialize({"meta": meta, "runs": briefs}, {}, {}))
+        # The index is made again from the segment if it is lost: no fsync.
+        atomic_write(self.folder / index_name, serialize({"meta": meta, "runs": briefs}, {}, {}), durable=False)
         self._docs.put(name, ordered)
         self._briefs.put(index_name, briefs)
         return self.entry(k, generation, ordered, len(data))
@@ -168,8 +169,9 @@ class Segments:
                 archived += 1
             else:
                 states[doc.get("state", "?")] = states.get(doc.get("state", "?"), 0) + 1
-            if doc.get("study") is not None:
-                studies.add(str(doc["study"]))
+            for key in ("study", "imported_study"):
+                if doc.get(key) is not None:
+                    studies.add(str(doc[key]))
             if isinstance(doc.get("created_at"), (int, float)):
                 created.append(doc["created_at"])
             if isinstance(doc.get("finished_at"), (int, float)):
@@ -180,7 +182,7 @@ class Segments:
             "archived": archived, "states": dict(sorted(states.items())), "studies": sorted(studies),
             "first": min(numbers, default=None), "last": max(numbers, default=None),
             "created_min": min(created, default=None), "created_max": max(created, default=None),
-            "finished_max": max(finished, default=None), "bytes": size,
+            "finished_min": min(finished, default=None), "finished_max": max(finished, default=None), "bytes": size,
         }
 
     # ----------------------------------------------------------------- leftovers

@@ -225,6 +225,11 @@ class Store(StoreViews, CatalogFile):
 
     # ----------------------------------------------------------------- helpers
 
+    def meta(self) -> dict[str, Any]:
+        """catalog.json's `meta` record: counters, the layout, what imports committed."""
+        with self._read() as (db, _):
+            return clone(self._meta(db))
+
     def _meta(self, db: TinyDB) -> dict[str, Any]:
         doc = db.table("meta").get(doc_id=META_ID)
         return dict(doc) if doc is not None else {}
