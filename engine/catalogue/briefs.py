@@ -16,7 +16,7 @@ what a sparkline draws), `archived`, `imported_from`. Pure data: no files, no Ti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from trialdeck.engine.types import kept_epoch, planned_epochs
 
@@ -44,7 +44,7 @@ def resample(values: Sequence[float], width: int) -> list[float]:
     return [sum(values[lo:hi]) / (hi - lo) for lo, hi in spans]
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float | int]:
     # finite(), inlined for speed: an import makes briefs of 100,000 runs of many epochs.
     return (type(value) is float or type(value) is int) and -_INF < value < _INF
 
@@ -71,7 +71,7 @@ def brief(doc: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("epoch", "val_loss", "val_acc", "val_mae"):
             if last.get(key) is not None:
                 out[key] = last[key]
-        accs = [acc for acc in (h.get("val_acc") for h in hist) if _number(acc)]
+        accs = [float(acc) for acc in (h.get("val_acc") for h in hist) if _number(acc)]
         if accs:
             out["best_val_acc"] = max(accs)
         curve = curve_of(hist)

@@ -24,12 +24,11 @@ import orjson
 from tinydb import Query, TinyDB
 from tinydb.table import Document
 
-from trialdeck.engine.catalogue import sealing
+from trialdeck.engine.catalogue import sealing, views
 from trialdeck.engine.catalogue.file import META_ID, TABLES, CatalogFile, CatalogLocked, clone, gc_paused, layout_of
 from trialdeck.engine.catalogue.segments import Segments, segment_of
-from trialdeck.engine.catalogue.views import StoreViews
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.types import TRANSITIONS, EpochRecord, RunEvent, RunRecord, RunState, StudyRecord
+from trialdeck.engine.types import TRANSITIONS, UNFINISHED_STATES, EpochRecord, RunEvent, RunRecord, RunState, StudyRecord
 from trialdeck.engine.workspace import Workspace
 
 __all__ = ["CatalogLocked", "LAYOUT", "SEGMENTS_DIR", "Store", "TABLES", "check_tags"]
@@ -132,6 +131,15 @@ def _table(db: TinyDB, name: str) -> dict[str, dict[str, Any]]:
     return (db.storage.read() or {}).get(name, {})
 
 
+def _omitted(docs: list[dict[str, Any]], omit: Collection[str]) -> list[dict[str, Any]]:
+    """Shallow copies without the `omit` fields (or the documents themselves, with none)."""
+    if not omit:
+        return docs
+    dropped = frozenset(omit)
+    with gc_paused():
+        return [{k: v for k, v in d.items() if k not in dropped} for d in docs]
+
+
 def _dispatch_key(doc: Mapping[str, Any]) -> tuple[int, int]:
     return (-int(doc.get("priority", 0)), int(doc.get("seq", 0)))
 
@@ -153,7 +161,7 @@ def _merge_trials(db: TinyDB, study: str, bodies: list[dict[str, Any]]) -> int:
     return changed
 
 
-class Store(StoreViews, CatalogFile):
+class Store(CatalogFile):
     """Locked, atomic access to the catalogue of one workspace.
 
     Safe to use from several threads and several processes at once. Unknown
@@ -438,11 +446,7 @@ class Store(StoreViews, CatalogFile):
                         and (archived is None or bool(d.get("archived")) == archived)]
             entries = [] if wanted is not None and wanted.unfinished else \
                 self._segments_for(db, wanted, studies, archived)
-            if omit:
-                dropped = frozenset(omit)
-                with gc_paused():
-                    selected = [{k: v for k, v in d.items() if k not in dropped} for d in selected]
-            found = self._hand_out(selected, fresh)
+            found = self._hand_out(_omitted(selected, omit), fresh)
         if entries:
             found += list(self._sealed_runs(entries, wanted, studies, archived, omit))
         found.sort(key=lambda d: int(d.get("seq", 0)))
@@ -452,7 +456,7 @@ class Store(StoreViews, CatalogFile):
                       archived: bool | None) -> list[dict[str, Any]]:
         """Registry entries of the segments that may hold runs matching these filters."""
         out = []
-        for k, entry in sorted(sealing.registry(db).items()):
+        for _, entry in sorted(sealing.registry(db).items()):
             live = int(entry.get("runs", 0)) - int(entry.get("archived", 0))
             if archived is True and not entry.get("archived") or archived is False and live <= 0:
                 continue
@@ -485,6 +489,37 @@ class Store(StoreViews, CatalogFile):
             with self._read() as (db, _):
                 current = sealing.registry(db).get(int(entry["segment"]))
             return self.segments.docs(current) if current is not None else {}
+
+    def working(self, omit: Collection[str] = ("config",)) -> views.Working:
+        """The working set as one snapshot (what the TUI polls): its runs without `omit`, their
+        briefs, the registry of segments and the studies (`views.working`)."""
+        return views.working(self, omit)
+
+    def run_counts(self, archived: bool = False) -> dict[str, int]:
+        """Runs by state over the whole catalogue, from the registry: no segment is read."""
+        return self.working(omit=("config", "history", "events")).counts(archived)
+
+    def segment_briefs(self, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The briefs of one segment version, by document id (shared and read-only: do not change
+        them). FileNotFoundError if that version is gone: read the registry again."""
+        return self.segments.briefs(entry)
+
+    def iter_runs(self, status: RunState | str | None = None, *, studies: Collection[str] | None = None,
+                  archived: bool | None = False, since: float | None = None, tags: Collection[str] = (),
+                  omit: Collection[str] = ()) -> Iterator[RunRecord]:
+        """Runs in run-number order, one segment in memory at a time (`views.iter_runs`): in state
+        `status`, of `studies`, created at or after `since`, with every tag of `tags`; not archived
+        (default), only archived (True) or both (None). Each is a copy."""
+        return views.iter_runs(self, status, studies=studies, archived=archived, since=since, tags=tags, omit=omit)
+
+    def unfinished(self, omit: Collection[str] = ()) -> list[RunRecord]:
+        """Queued, running and interrupted runs, oldest enqueue first: catalog.json alone holds them."""
+        states = {s.value for s in UNFINISHED_STATES}
+        with self._read() as (db, fresh):
+            found = self._hand_out(_omitted([d for d in _table(db, "runs").values() if d.get("state") in states], omit),
+                                   fresh)
+        found.sort(key=lambda d: int(d.get("seq", 0)))
+        return cast(list[RunRecord], found)
 
     def queued(self) -> list[RunRecord]:
         """Queued runs in dispatch order: priority descending, then enqueue order. Without their

@@ -1,8 +1,8 @@
 """Reading the whole catalogue at the cost of what is asked: counts, the working set, briefs, a stream of runs.
 
 One job: the `Store` reads that span the working set and the segments without holding every run
-(a mixin of `trialdeck.engine.catalogue.store.Store`, kept apart so that class stays the record
-API). Counts come from the registry, never from the segments; the TUI's runs table reads briefs a
+(`Store.working`, `run_counts`, `segment_briefs` and `iter_runs` call these; kept apart so that
+class stays the record API). Counts come from the registry, never from the segments; the TUI's runs table reads briefs a
 segment at a time (`segment_briefs`); `iter_runs` streams full records a segment at a time, so
 `runs list --json` or an export of 100,000 runs holds one segment at once.
 """
@@ -22,7 +22,7 @@ from trialdeck.engine.types import RunRecord, RunState, StudyRecord
 if TYPE_CHECKING:
     from trialdeck.engine.catalogue.store import Store
 
-__all__ = ["StoreViews", "Working"]
+__all__ = ["Working", "iter_runs", "working"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,18 +38,18 @@ class Working:
     """Registry entries, by segment number."""
     studies: tuple[StudyRecord, ...] = ()
 
-    def counts(self, archived: bool = False) -> dict[str, int]:
+    def counts(store, archived: bool = False) -> dict[str, int]:
         """Runs by state, all of them (the working set's and the sealed ones); archived ones instead
         with `archived`."""
         out: dict[str, int] = {}
         if not archived:
-            for run in self.runs:
+            for run in store.runs:
                 out[run["state"]] = out.get(run["state"], 0) + 1
-            for entry in self.segments:
+            for entry in store.segments:
                 for state, n in (entry.get("states") or {}).items():
                     out[state] = out.get(state, 0) + int(n)
         else:
-            archived_total = sum(int(e.get("archived") or 0) for e in self.segments)
+            archived_total = sum(int(e.get("archived") or 0) for e in store.segments)
             if archived_total:
                 out["archived"] = archived_total
         return out
@@ -64,60 +64,51 @@ def _picked(doc: dict[str, Any], state: str | None, studies: Collection[str] | N
             and (not tags or set(tags) <= set(doc.get("tags") or ())))
 
 
-class StoreViews:
-    """Mixed into `Store`: reads across the working set and the segments."""
+def working(store: Store, omit: Collection[str] = ("config",)) -> Working:
+    """The working set as one snapshot (what the TUI polls): runs without `omit`, their briefs
+    (made from the whole documents), the registry and the studies."""
+    dropped = frozenset(omit)
+    version = store.version()
+    with store._read() as (db, _):
+        raw = sealing._raw(db, "runs")
+        with gc_paused():
+            runs = clone([{k: v for k, v in d.items() if k not in dropped} for d in raw.values()])
+            briefs = {d["id"]: brief(d) for d in raw.values() if "id" in d}
+        registry = tuple(entry for _, entry in sorted(sealing.registry(db).items()))
+        studies = tuple(clone(sorted(sealing._raw(db, "studies").values(), key=lambda d: str(d.get("name", "")))))
+    runs.sort(key=lambda d: int(d.get("seq", 0)))
+    return Working(version, tuple(runs), briefs, clone(registry), cast(tuple[StudyRecord, ...], studies))
 
-    def working(self: Store, omit: Collection[str] = ("config",)) -> Working:
-        """The working set as one snapshot (what the TUI polls): runs without `omit`, their briefs
-        (made from the whole documents), the registry and the studies."""
-        dropped = frozenset(omit)
-        version = self.version()
-        with self._read() as (db, _):
-            raw = sealing._raw(db, "runs")
+
+
+
+def iter_runs(store: Store, status: RunState | str | None = None, *, studies: Collection[str] | None = None,
+              archived: bool | None = False, since: float | None = None, tags: Collection[str] = (),
+              omit: Collection[str] = ()) -> Iterator[RunRecord]:
+    """Runs in run-number order, one segment in memory at a time: those in state `status`, of
+    `studies`, created at or after `since`, with every tag of `tags`; not archived (default),
+    only archived (`archived=True`) or both (None). Each is a copy."""
+    state = None if status is None else RunState(status)
+    wanted = None if state is None else state.value
+    dropped = frozenset(omit)
+    with store._read() as (db, _):
+        mine = [clone({k: v for k, v in d.items() if k not in dropped}) for d in sealing._raw(db, "runs").values()
+                if _picked(d, wanted, studies, archived, since, tags)]
+        entries = [] if state is not None and state.unfinished else store._segments_for(db, state, studies, archived)
+    if since is not None:
+        entries = [e for e in entries if e.get("created_max") is None or float(e["created_max"]) >= since]
+    by_segment: dict[int, list[dict[str, Any]]] = {}
+    for doc in mine:
+        by_segment.setdefault(segment_of(int(doc["id"][1:])), []).append(doc)
+    sealed = {int(e["segment"]): e for e in entries}
+    # A run sealed after the working set was read is in both: it is listed once.
+    listed = {doc["id"] for doc in mine}
+    for k in sorted(set(by_segment) | set(sealed)):
+        group = by_segment.get(k, [])
+        if k in sealed:
+            docs = store._segment_docs(sealed[k])
             with gc_paused():
-                runs = clone([{k: v for k, v in d.items() if k not in dropped} for d in raw.values()])
-                briefs = {d["id"]: brief(d) for d in raw.values() if "id" in d}
-            registry = tuple(entry for _, entry in sorted(sealing.registry(db).items()))
-            studies = tuple(clone(sorted(sealing._raw(db, "studies").values(), key=lambda d: str(d.get("name", "")))))
-        runs.sort(key=lambda d: int(d.get("seq", 0)))
-        return Working(version, tuple(runs), briefs, clone(registry), cast(tuple[StudyRecord, ...], studies))
-
-    def run_counts(self: Store, archived: bool = False) -> dict[str, int]:
-        """Runs by state over the whole catalogue, from the registry: no segment is read."""
-        return self.working(omit=("config", "history", "events")).counts(archived)
-
-    def segment_briefs(self: Store, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """The briefs of one segment version, by document id (shared and read-only: do not change
-        them). FileNotFoundError if that version is gone: read the registry again."""
-        return self.segments.briefs(entry)
-
-    def iter_runs(self: Store, status: RunState | str | None = None, *, studies: Collection[str] | None = None,
-                  archived: bool | None = False, since: float | None = None, tags: Collection[str] = (),
-                  omit: Collection[str] = ()) -> Iterator[RunRecord]:
-        """Runs in run-number order, one segment in memory at a time: those in state `status`, of
-        `studies`, created at or after `since`, with every tag of `tags`; not archived (default),
-        only archived (`archived=True`) or both (None). Each is a copy."""
-        state = None if status is None else RunState(status)
-        wanted = None if state is None else state.value
-        dropped = frozenset(omit)
-        with self._read() as (db, _):
-            mine = [clone({k: v for k, v in d.items() if k not in dropped}) for d in sealing._raw(db, "runs").values()
-                    if _picked(d, wanted, studies, archived, since, tags)]
-            entries = [] if state is not None and state.unfinished else self._segments_for(db, state, studies, archived)
-        if since is not None:
-            entries = [e for e in entries if e.get("created_max") is None or float(e["created_max"]) >= since]
-        by_segment: dict[int, list[dict[str, Any]]] = {}
-        for doc in mine:
-            by_segment.setdefault(segment_of(int(doc["id"][1:])), []).append(doc)
-        sealed = {int(e["segment"]): e for e in entries}
-        # A run sealed after the working set was read is in both: it is listed once.
-        listed = {doc["id"] for doc in mine}
-        for k in sorted(set(by_segment) | set(sealed)):
-            group = by_segment.get(k, [])
-            if k in sealed:
-                docs = self._segment_docs(sealed[k])
-                with gc_paused():
-                    group += clone([{key: v for key, v in d.items() if key not in dropped} for d in docs.values()
-                                    if d.get("id") not in listed and _picked(d, wanted, studies, archived, since, tags)])
-            group.sort(key=lambda d: int(d["id"][1:]))
-            yield from cast(list[RunRecord], group)
+                group += clone([{key: v for key, v in d.items() if key not in dropped} for d in docs.values()
+                                if d.get("id") not in listed and _picked(d, wanted, studies, archived, since, tags)])
+        group.sort(key=lambda d: int(d["id"][1:]))
+        yield from cast(list[RunRecord], group)

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,7 @@ def forget_attempts(ws: Workspace, run_id: str) -> None:
 # ----------------------------------------------------------------------------- one run
 
 
-def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, observer=None,
+def run_script(store, ws: Workspace, record: Mapping[str, Any], spec: RunSpec, device: str, observer=None,
                conn=None, threads: int | None = None) -> str:
     """Run `record`'s script to its end in this (worker) process; returns the final state.
     `observer` is the worker's ControlCallback (cancel, engine stop, the trial's pruner)."""
@@ -214,7 +215,7 @@ def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, devi
 class ScriptRun:
     """One attempt of a script run (see the module docstring); `run` returns its final state."""
 
-    def __init__(self, store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, recorder,
+    def __init__(self, store, ws: Workspace, record: Mapping[str, Any], spec: RunSpec, device: str, recorder,
                  conn=None, threads: int | None = None) -> None:
         assert spec.script is not None
         self.store, self.ws, self.record, self.spec, self.device = store, ws, record, spec, device

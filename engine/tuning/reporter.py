@@ -9,6 +9,7 @@ reported, and its last epoch is `params.epochs` when the script has one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -29,7 +30,7 @@ class TrialReporter(TrainerCallback):
         self.epochs = epochs
 
     @classmethod
-    def for_record(cls, store, ws, record: dict[str, Any]) -> TrialReporter:
+    def for_record(cls, store, ws, record: Mapping[str, Any]) -> TrialReporter:
         doc = store.get_study(record["study"])
         url = doc["storage_url"]
         key = (url, record["study"])
