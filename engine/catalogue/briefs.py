@@ -7,10 +7,10 @@ brief of a run still in the working set, so every row comes from one shape.
 
 Fields (absent when the run has no such value): `id`, `preset`, `state`, `study`, `trial`,
 `tags`, `note`, `created_at`, `started_at`, `finished_at`, `interrupted_at`, `slot`, `device`,
-`host`, `seq`, `epochs` (entries in the history), `epoch` (the last one's number), `planned`
+`host`, `seq`, `remote`, `epochs` (entries in the history), `epoch` (the last one's number), `planned`
 (the epochs its config trains), `val_loss`/`val_acc`/`val_mae` (the last epoch's),
 `best_val_acc`, `kept_epoch`, `curve` (the loss over the run at most `CURVE_POINTS` points,
-what a sparkline draws), `archived`, `imported_from`. Pure data: no files, no TinyDB.
+what a sparkline draws), `archived`, `imported_from`, `imported_study`. Pure data: no files, no TinyDB.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["CURVE_POINTS", "brief", "curve_of", "loss_of", "resample"]
 CURVE_POINTS = 16
 """Points in a brief's loss curve: the width of the runs table's sparkline column."""
 _COPIED = ("id", "preset", "state", "study", "trial", "tags", "note", "created_at", "started_at", "finished_at",
-           "interrupted_at", "slot", "device", "host", "seq", "archived", "imported_from")
+           "interrupted_at", "slot", "device", "host", "seq", "remote", "archived", "imported_from", "imported_study")
 
 
 def loss_of(epoch: Mapping[str, Any]) -> Any:

@@ -161,10 +161,12 @@ class Segments:
         name, index_name = file_names(k, generation)
         states: dict[str, int] = {}
         studies: set[str] = set()
-        archived = 0
+        archived = tagged = 0
         created: list[float] = []
         finished: list[float] = []
         for doc in docs.values():
+            if doc.get("tags"):
+                tagged += 1
             if doc.get("archived"):
                 archived += 1
             else:
@@ -179,7 +181,7 @@ class Segments:
         numbers = [int(key) for key in docs]
         return {
             "segment": k, "file": name, "index": index_name, "generation": generation, "runs": len(docs),
-            "archived": archived, "states": dict(sorted(states.items())), "studies": sorted(studies),
+            "archived": archived, "tagged": tagged, "states": dict(sorted(states.items())), "studies": sorted(studies),
             "first": min(numbers, default=None), "last": max(numbers, default=None),
             "created_min": min(created, default=None), "created_max": max(created, default=None),
             "finished_min": min(finished, default=None), "finished_max": max(finished, default=None), "bytes": size,
