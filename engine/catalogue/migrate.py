@@ -125,6 +125,8 @@ def _streamed(store: Store) -> None:
         if raw.get(name) != {"\0": name}:
             raise _NotLines
         raw[name] = table
+    if any(raw.get(name) and name not in tables for name in _GROWING):
+        raise _NotLines  # a table on one line (TinyDB's own layout): parsed whole, sealed by `_whole`
     _commit(store, raw, read)
 
 

@@ -175,11 +175,8 @@ class RunsScreen(LiveScreen):
         if len(self._cells) > CELLS_KEPT:
             self._cells = {}
         table = self.query_one(RunsTable)
-        keep = table.current_key
-        table.set_columns(RunsTable.COLUMNS + ((RunsTable.TAGS,) if tagged else ()))
+        table.set_columns(RunsTable.COLUMNS + ((RunsTable.TAGS,) if tagged else ()))  # the cursor keeps its run
         table.show_source(RunRows(self._window, self.live, self.now(), tagged, self._cells))
-        if keep is not None and table.current_key != keep:  # the tags column came or went: same row
-            table.select_key(keep)
         self._show_hint(not self.catalog.runs and not self.catalog.segments)
         self._refresh_status()
         self.sync_bindings()

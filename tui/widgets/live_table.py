@@ -233,6 +233,8 @@ class LiveTable(ScrollView, can_focus=True):
         """The columns drawn at the current width: (index into the row's cells, column)."""
         self._source: RowSource = ListSource([])
         self._drawn: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._cursor_key: str | None = None
+        """The key under the cursor when it was last moved or the rows last shown."""
         """Position -> (key, cells) as last drawn: an update repaints only the rows that differ."""
         self._lines: dict[str, tuple[tuple, Strip]] = {}
         self._header: tuple[tuple, Strip] | None = None
@@ -299,7 +301,8 @@ class LiveTable(ScrollView, can_focus=True):
         """Display the rows of `source` (read as they are drawn). The cursor stays on the key it
         was on wherever that row is now (at the nearest position if it is gone); only rows on
         screen whose key or cells changed are repainted."""
-        keep = self.current_key
+        # The key the cursor was on as last shown: a source may be a view over data that changed since.
+        keep = self._cursor_key
         moved = len(source) != len(self._source)
         self._source = source
         row = source.index(keep) if keep is not None else None
@@ -314,8 +317,9 @@ class LiveTable(ScrollView, can_focus=True):
             self.refresh()
         else:
             self._repaint_changed()
-        if keep != self.current_key:
-            self.post_message(self.Highlighted(self, self.current_key))
+        self._cursor_key = self.current_key
+        if keep != self._cursor_key:
+            self.post_message(self.Highlighted(self, self._cursor_key))
 
     def _repaint_changed(self) -> None:
         top = int(self.scroll_offset.y)
@@ -377,6 +381,7 @@ class LiveTable(ScrollView, can_focus=True):
         return max(0, min(row, len(self._source) - 1)) if len(self._source) else 0
 
     def watch_cursor_row(self, old: int, new: int) -> None:
+        self._cursor_key = self.current_key
         top = int(self.scroll_offset.y)
         for i in (old, new):
             if top <= i < top + self.size.height - 1:
