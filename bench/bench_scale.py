@@ -272,7 +272,8 @@ def tui_figures(home: Path, scroll: bool) -> dict[str, Any]:
 
 
 def run(quick: bool = False, runs: int | None = None) -> dict[str, Any]:
-    n = runs or (10_000 if quick else RUNS)
+    """The figures (bench/run_all.py calls this); `quick`: 2,000 runs and one sample per call (CI: it must not rot)."""
+    n = runs or (2_000 if quick else RUNS)
     repeats = 1 if quick else 5
     out: dict[str, Any] = {"runs": n}
     with tempfile.TemporaryDirectory(prefix="trialdeck-bench-scale-") as tmp, gpus_hidden():
@@ -347,7 +348,7 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10,000 runs, one sample per call")
+    parser.add_argument("--quick", action="store_true", help="2,000 runs, one sample per call")
     parser.add_argument("--runs", type=int, default=None, help=f"runs in the big workspace (default {RUNS:,})")
     parser.add_argument("--tui-child", nargs=3, metavar=("HOME", "STARTED", "SCROLL"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -19,6 +19,7 @@ it pushes down and post requests up (tui/messages.py):
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
@@ -108,6 +109,7 @@ class TrialdeckApp(App[None]):
         self.interval = interval
         self.cursor_blink = cursor_blink
         self.catalog: Catalog | None = None
+        self._frozen = False
         self.live: Mapping[str, LiveRun] = {}
         self.status: tuple[EngineSample, HardwareSample] | None = None
         self.entries: deque[tuple[int, LogEntry]] = deque(maxlen=LOG_KEEP)
@@ -128,6 +130,8 @@ class TrialdeckApp(App[None]):
         self._read_loop()
 
     def on_unmount(self) -> None:
+        if self._frozen:
+            gc.unfreeze()  # what the app built may be collected again once it is gone
         self.workers.cancel_group(self, "reader")
         self._poke.set()  # the reader sees the cancellation now, not at its next tick
 
@@ -211,6 +215,12 @@ class TrialdeckApp(App[None]):
     # ----------------------------------------------------------------- reports from the reader
 
     def on_catalog_loaded(self, message: messages.CatalogLoaded) -> None:
+        if not self._frozen:
+            # The app is built and its first screen filled: what exists now (Textual, the widgets,
+            # their styles: ~100,000 objects) lives as long as the app. Out of the cyclic GC's sight,
+            # a full collection no longer walks it (measured: 40-100 ms, in the middle of a key press).
+            self.call_after_refresh(gc.freeze)
+            self._frozen = True
         self.catalog = message.catalog
         self._feed(catalog=message.catalog)
 
