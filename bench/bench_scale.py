@@ -328,9 +328,9 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"<= {MEMORY_TARGET_MB} MB"),
         (f"TUI: first paint, from process start ({big['tui']['rows']:,} rows; best of 2)",
          f"{big['tui']['first_paint_s']:.2f} s", f"{empty['tui']['first_paint_s']:.2f} s empty", f"<= {PAINT_TARGET_S:.0f} s"),
-        ("TUI: peak resident", f"{big['tui_scroll']['rss_mb']:.0f} MB",
-         f"{empty['tui']['rss_mb']:.0f} MB empty (after scrolling and a filter: "
-         f"{big['tui_scroll']['rss_mb']:.0f} MB)", f"<= {MEMORY_TARGET_MB} MB"),
+        ("TUI: peak resident, first screen (after scrolling to the end and a filter over every run)",
+         f"{big['tui']['rss_mb']:.0f} MB ({big['tui_scroll']['rss_mb']:.0f} MB)", f"{empty['tui']['rss_mb']:.0f} MB empty",
+         f"<= {MEMORY_TARGET_MB} MB"),
     ]
     scroll, small = big["tui_scroll"], r["small"]["tui"]
     for key, label in (("pagedown_ms", "pagedown"), ("down_ms", "down")):
