@@ -109,12 +109,30 @@ class Columns:
         self.read = read
         self.keep = keep
         self._items: OrderedDict[str, _Columns] = OrderedDict()
+        self._query: Query | None = None
+        self._found: dict[str, list[tuple[Any, int]]] = {}
         # A cancelled scan's thread may still be finishing when the next one starts.
         self._lock = threading.Lock()
 
     def of(self, entry: Mapping[str, Any], column: str) -> _Columns:
         with self._lock:
             return self._of(entry, column)
+
+    def matches(self, entry: Mapping[str, Any], query: Query) -> list[tuple[Any, int]]:
+        """(sort key, run number) of the segment's runs `query` shows; kept for the last query, so a
+        rescan after a catalogue read (a run started or ended) reads only segment versions it has not
+        seen under this query."""
+        with self._lock:
+            if query != self._query:
+                self._query, self._found = query, {}
+            hit = self._found.get(entry["index"])
+            if hit is None:
+                cols = self._of(entry, query.sort)
+                keys = cols.keys[query.sort]
+                hit = self._found[entry["index"]] = [
+                    (key, n) for n, text, archived, key in zip(cols.numbers, cols.texts, cols.archived, keys)
+                    if (query.archived or not archived) and query.matches(text)]
+            return hit
 
     def _of(self, entry: Mapping[str, Any], column: str) -> _Columns:
         name = entry["index"]
@@ -143,11 +161,7 @@ def scan(query: Query, working: Mapping[str, Brief], segments: Sequence[Mapping[
             return None
         if not entry.get("runs") or (not query.archived and _live(entry) <= 0):
             continue
-        cols = columns.of(entry, column)
-        keys = cols.keys[column]
-        for n, text, archived, key in zip(cols.numbers, cols.texts, cols.archived, keys):
-            if (query.archived or not archived) and query.matches(text):
-                found.append((key, n))
+        found += columns.matches(entry, query)
     for brief in working.values():
         if (query.archived or not brief.get("archived")) and query.matches(haystack(brief)):
             found.append((sort_key(brief, column), number(str(brief.get("id", "r0")))))

@@ -222,10 +222,18 @@ class Store(CatalogFile):
 
     def _aborted(self) -> None:
         wrote, self._wrote = self._wrote, {}
-        for entry in wrote.values():  # never committed: not the catalogue's
-            for name in (entry["file"], entry["index"]):
-                (self.segments.folder / name).unlink(missing_ok=True)
-        self.segments.forget(entry["file"] for entry in wrote.values())
+        if not wrote:
+            return
+        self._forget()
+        try:  # a failure after catalog.json was replaced (an fsync of its folder): those files are named
+            named = {e["file"] for e in sealing.registry(self._load()).values()}
+        except Exception:  # noqa: BLE001 - unreadable now: delete nothing, the next write's sweep decides
+            return
+        for entry in wrote.values():
+            if entry["file"] not in named:  # never committed: not the catalogue's
+                for name in (entry["file"], entry["index"]):
+                    (self.segments.folder / name).unlink(missing_ok=True)
+        self.segments.forget(entry["file"] for entry in wrote.values() if entry["file"] not in named)
 
     def copy(self, doc: Any) -> Any:
         """A deep copy of a document (for the segment cache's shared ones)."""
