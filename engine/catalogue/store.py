@@ -182,6 +182,8 @@ class Store(CatalogFile):
         self._segments_swept = False
         # Segment versions written by the open transaction: swept or undone when it ends.
         self._wrote: dict[int, dict[str, Any]] = {}
+        self._briefs_made: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        """Run id -> (its working-set document as last read, its brief): `views.working` reuses it."""
 
     # ----------------------------------------------------------------- layout, transactions
 

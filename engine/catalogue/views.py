@@ -64,6 +64,26 @@ def _picked(doc: dict[str, Any], state: str | None, studies: Collection[str] | N
             and (not tags or set(tags) <= set(doc.get("tags") or ())))
 
 
+def _briefs(store: Store, raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The working set's briefs, made again only for documents that changed: the store's cache keeps
+    an unchanged document's parsed object between reads, so identity tells (the TUI polls twice a
+    second while runs train)."""
+    made = store._briefs_made
+    out: dict[str, dict[str, Any]] = {}
+    kept: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for doc in raw.values():
+        run_id = doc.get("id")
+        if not isinstance(run_id, str):
+            continue
+        hit = made.get(run_id)
+        if hit is None or hit[0] is not doc:
+            hit = (doc, brief(doc))
+        kept[run_id] = hit
+        out[run_id] = hit[1]
+    store._briefs_made = kept
+    return clone(out)
+
+
 def working(store: Store, omit: Collection[str] = ("config",)) -> Working:
     """The working set as one snapshot (what the TUI polls): runs without `omit`, their briefs
     (made from the whole documents), the registry and the studies."""
@@ -73,7 +93,7 @@ def working(store: Store, omit: Collection[str] = ("config",)) -> Working:
         raw = sealing._raw(db, "runs")
         with gc_paused():
             runs = clone([{k: v for k, v in d.items() if k not in dropped} for d in raw.values()])
-            briefs = {d["id"]: brief(d) for d in raw.values() if "id" in d}
+            briefs = _briefs(store, raw)
         registry = tuple(entry for _, entry in sorted(sealing.registry(db).items()))
         studies = tuple(clone(sorted(sealing._raw(db, "studies").values(), key=lambda d: str(d.get("name", "")))))
     runs.sort(key=lambda d: int(d.get("seq", 0)))
