@@ -141,3 +141,20 @@ async def test_the_cursor_stays_on_its_run_when_a_new_run_arrives_above_it(big):
         await wait_for(pilot, lambda: screen_name(app) == "RunDetailScreen" and app.screen.record is not None,
                        what="the run detail")
         assert app.screen.record["id"] == "r1007"
+
+
+async def test_sealed_runs_marked_far_down_open_in_the_compare_view(big):
+    ws, ids = big
+    app = new_app(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        tbl = app.screen.query_one(TABLE)
+        await wait_for(pilot, lambda: tbl.row_count == IMPORTED + 10, what="rows")
+        await pilot.press("end", *["up"] * 14)  # the oldest rows: the seeded r1..r10, then imported (sealed) runs
+        assert tbl.current_key == "r15"
+        await pilot.press("space", "space")
+        assert tbl.marked == ("r15", "r14")
+        await pilot.press("C")
+        await wait_for(pilot, lambda: screen_name(app) == "CompareScreen" and app.screen.loaded, what="the compare view")
+        plot = app.screen.query_one("#compare-plot")
+        assert len(plot.series) == 2 and all(len(s.xs) == 3 for s in plot.series)
