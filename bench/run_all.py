@@ -47,6 +47,7 @@ SECTIONS = [
     ("bench.bench_cluster", "per-run overhead on a 2-worker Dask LocalCluster vs the local engine (CPU)", False, {}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (CPU)", False,
      {"device": "cpu"}),
+    ("bench.bench_scale", "a year of sweeps: 100,000 finished runs vs an empty workspace", False, {}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (GPU)", True,
      {"device": "cuda"}),
     ("bench.bench_studies", "any Optuna study at scale, and pruning by dominance", False, {}),

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from trialdeck.engine.catalogue.briefs import brief, loss_of, resample
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runtime.control import check_resumable
@@ -55,28 +56,6 @@ TOASTED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "fi
 
 def _finite(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if finite(v)]
-
-
-def loss_of(epoch: Mapping[str, Any]) -> Any:
-    """The loss a sparkline draws for an epoch: train_loss, or for a script run (its history holds
-    what it reported or printed) val_loss, loss, or the first name with "loss" in it."""
-    for key in ("train_loss", "val_loss", "loss"):
-        if epoch.get(key) is not None:
-            return epoch[key]
-    return next((v for k, v in epoch.items() if "loss" in k and finite(v)), None)
-
-
-def resample(values: Sequence[float], width: int) -> list[float]:
-    """At most `width` points: bucket means over equal spans of `values`."""
-    n = len(values)
-    if n <= width:
-        return list(values)
-    out = []
-    for i in range(width):
-        lo, hi = i * n // width, (i + 1) * n // width
-        chunk = values[lo:max(hi, lo + 1)]
-        out.append(sum(chunk) / len(chunk))
-    return out
 
 
 def spark(values: Iterable[Any], width: int = SPARK_WIDTH) -> str:
@@ -260,13 +239,17 @@ class MetricsFollower:
 
 @dataclass(frozen=True, eq=False)
 class Catalog:
-    """One read of the catalogue: runs without their configs, and the studies."""
+    """One read of catalog.json: the working set's runs without their configs (unfinished runs and
+    the newest finished ones), their briefs, the registry of sealed runs, and the studies. The
+    runs table reads older runs a segment at a time (tui/runs_view.py)."""
 
     version: tuple
     runs: tuple[dict[str, Any], ...] = ()
     studies: tuple[dict[str, Any], ...] = ()
-    totals: Mapping[str, int] = field(default_factory=dict)
-    """`train.epochs` per run id (read once per run; list_runs omits configs)."""
+    briefs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Run id -> brief (engine/catalogue/briefs.py) of each run of `runs`."""
+    segments: tuple[Mapping[str, Any], ...] = ()
+    """The registry of segments of sealed runs (their counts by state, their files)."""
 
     @cached_property
     def by_id(self) -> dict[str, dict[str, Any]]:
@@ -274,10 +257,24 @@ class Catalog:
 
     @cached_property
     def counts(self) -> dict[str, int]:
+        """Runs by state, sealed ones included (not archived ones)."""
         out: dict[str, int] = {}
         for r in self.runs:
             out[r["state"]] = out.get(r["state"], 0) + 1
+        for entry in self.segments:
+            for state, n in (entry.get("states") or {}).items():
+                out[state] = out.get(state, 0) + int(n)
         return out
+
+    @cached_property
+    def total(self) -> int:
+        """Every run not archived."""
+        return sum(self.counts.values())
+
+    @cached_property
+    def tagged(self) -> bool:
+        """Some run has tags (the runs table then shows a tags column)."""
+        return any(r.get("tags") for r in self.runs) or any(e.get("tagged") for e in self.segments)
 
     @cached_property
     def active_ids(self) -> frozenset[str]:
@@ -501,20 +498,21 @@ def epochs_of(run: Mapping[str, Any]) -> int | None:
 
 
 def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int | None = None) -> tuple[str, ...]:
-    """The dashboard row of one run; `live` (its followed stream) wins over the catalogue."""
-    hist = run.get("history") or []
-    last = hist[-1] if hist else {}
-    accs = [h.get("val_acc") for h in hist if isinstance(h.get("val_acc"), (int, float))]
-    best = max(accs) if accs else None
-    epoch = last.get("epoch") if last else None
-    acc = last.get("val_acc")
-    line = spark([loss_of(h) for h in hist])
+    """The dashboard row of one run, from its brief (or its whole record); `live` (its followed
+    stream) wins over the catalogue; `total`: the epochs it trains (default: the brief's `planned`)."""
+    if "history" in run:
+        run = brief(run)
+    best = run.get("best_val_acc")
+    epoch = run.get("epoch")
+    acc = run.get("val_acc")
+    line = spark(run.get("curve") or ())
     if live is not None:
         line = live.spark or line
         if live.epochs_done and (epoch is None or live.epochs_done >= epoch):
             epoch, acc = live.epochs_done, live.val_acc
         if live.best_val_acc is not None and (best is None or live.best_val_acc > best):
             best = live.best_val_acc
+    total = run.get("planned") if total is None else total
     epoch_text = "" if epoch is None and not total else f"{epoch or 0}" + (f"/{total}" if total else "")
     started = run.get("started_at")
     ended = run.get("finished_at") if run["state"] != "running" else None
@@ -529,6 +527,6 @@ def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int
     slot = run.get("slot") or run.get("device") or ""
     if run["state"] == "queued":
         slot = run.get("device") or ""
-    kept = kept_epoch(run)  # whose weights a finished run kept: its best epoch after an early stop
+    kept = run.get("kept_epoch")  # whose weights a finished run kept: its best epoch after an early stop
     return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best),
             "" if kept is None else str(kept), str(slot), elapsed)

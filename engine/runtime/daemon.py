@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,7 +144,7 @@ class Engine:
         for run in self.store.list_runs(RunState.INTERRUPTED):
             self._requeue(run)
 
-    def _requeue(self, run: dict[str, Any]) -> None:
+    def _requeue(self, run: Mapping[str, Any]) -> None:
         """An interrupted run goes back in the queue as `recovery` says: resumed from its checkpoint,
         started over, or left interrupted (also for a run whose Dask worker or scheduler went away)."""
         if run.get("foreground") or self.recovery == "leave":

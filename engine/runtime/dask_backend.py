@@ -37,7 +37,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ class DaskPlacement(BasePlacement):
     kind = "dask"
 
     def __init__(self, ws: Workspace, store: Store, log: Callable[[str], None], ended: Callable[[str, str], None],
-                 *, url: str, requeue: Callable[[dict[str, Any]], None]) -> None:
+                 *, url: str, requeue: Callable[[Mapping[str, Any]], None]) -> None:
         super().__init__(ws, store, log, ended)
         if importlib.util.find_spec("distributed") is None:
             raise BadInput(f"cluster = {url!r} needs Dask's distributed package on this box: "
@@ -302,7 +302,7 @@ class DaskPlacement(BasePlacement):
         self.link.post("control", rr.run_id, dict(rr.control))
 
     def _done(self, rr: RemoteRun) -> None:
-        record = self.store.get_run(rr.run_id) or {}
+        record: Mapping[str, Any] = self.store.get_run(rr.run_id) or {}
         state = record.get("state")
         if state == RunState.RUNNING.value:  # its last write did not come: fail it rather than leave it running
             self._fail(rr.run_id, f"its Dask task on {rr.name} ended without recording a result")
@@ -315,13 +315,14 @@ class DaskPlacement(BasePlacement):
 
     def _settle(self, rr: RemoteRun) -> None:
         """Its task ended and its last message never came (the task failed, or was lost)."""
-        record = self.store.get_run(rr.run_id) or {}
+        record: Mapping[str, Any] = self.store.get_run(rr.run_id) or {}
         if record.get("state") == RunState.RUNNING.value:
             why = rr.task_error or "ended without its last message"
             self._fail(rr.run_id, f"its Dask task on {rr.name} failed: {why}")
         self.log(f"{rr.run_id} task ended on {rr.name}: {rr.task_error or 'no last message'}")
         self._release(rr, cancel=False)
-        self.ended(rr.run_id, (self.store.get_run(rr.run_id) or {}).get("state", RunState.FAILED.value))
+        final: Mapping[str, Any] = self.store.get_run(rr.run_id) or {}
+        self.ended(rr.run_id, str(final.get("state", RunState.FAILED.value)))
 
     def _fail(self, run_id: str, reason: str) -> None:
         with contextlib.suppress(ValueError):
@@ -390,7 +391,7 @@ class DaskPlacement(BasePlacement):
             if not free:
                 return
 
-    def _pick(self, run: dict[str, Any], free: list[tuple[str, int]]) -> tuple[str, int] | None:
+    def _pick(self, run: Mapping[str, Any], free: list[tuple[str, int]]) -> tuple[str, int] | None:
         """A free place for `run`: a GPU worker's for a run pinned to CUDA, any other for the rest
         (GPU workers first), on the worker with the most free places (runs spread out)."""
         pinned = pinned_device(run)
@@ -401,7 +402,7 @@ class DaskPlacement(BasePlacement):
         count = collections.Counter(a for a, _ in free)
         return min(fits, key=lambda p: (p[0] not in gpu or pinned == "cpu", -count[p[0]], self.workers[p[0]]["name"], p[1]))
 
-    def _start(self, run: dict[str, Any], place: tuple[str, int]) -> bool:
+    def _start(self, run: Mapping[str, Any], place: tuple[str, int]) -> bool:
         address, k = place
         worker = self.workers[address]
         gpus = int(worker["resources"].get("GPU", 0))

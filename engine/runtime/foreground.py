@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets.inputs import check_inputs
@@ -14,7 +16,7 @@ from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace
 
 
-def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | None = None) -> dict:
+def run_foreground(ws: Workspace, spec: RunSpec, progress: TrainerCallback | None = None) -> Mapping[str, Any]:
     check_inputs(spec)  # as at enqueue: a missing .npz or model module is refused before a run is recorded
     store = Store(ws)
     record = store.create_run(preset=spec.preset, config=spec.config(), config_hash=spec.content_hash,

@@ -30,7 +30,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -41,7 +41,7 @@ from trialdeck.engine.runtime.scheduler import Scheduler, Slot, make_slots
 from trialdeck.engine.runtime.script import kill_leftovers
 from trialdeck.engine.runtime.worker import INTERRUPT, NO_STOP, worker_main
 from trialdeck.engine.training.membership import queue_groups
-from trialdeck.engine.types import EventKind, RunEvent, RunState
+from trialdeck.engine.types import EventKind, RunEvent, RunRecord, RunState
 from trialdeck.engine.workspace import Workspace
 
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
@@ -320,11 +320,11 @@ class LocalPlacement(BasePlacement):
                 handle.conn.send(("run", started[0], p.device))
             self.log(f"{', '.join(started)} -> {p.slot.name}")
 
-    def _ensembles(self, queued: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    def _ensembles(self, queued: list[RunRecord]) -> tuple[list[RunRecord], dict[str, list[str]]]:
         """Queued runs as the scheduler should see them: each group `membership.queue_groups`
         makes (an ensemble, or a run alone) collapsed into its first run, in queue order; and
         each first run's members."""
-        heads: list[dict[str, Any]] = []
+        heads: list[RunRecord] = []
         groups: dict[str, list[str]] = {}
         for group in queue_groups(queued, self._width, self.ws.checkpoint_path):
             head = group[0]
@@ -333,7 +333,7 @@ class LocalPlacement(BasePlacement):
             groups[head["id"]] = [run["id"] for run in group]
         return heads, groups
 
-    def _refuse(self, run: dict[str, Any], members: list[str]) -> bool:
+    def _refuse(self, run: Mapping[str, Any], members: list[str]) -> bool:
         """Fail queued runs no slot of this engine can ever take (pinned to a missing GPU)."""
         reason = self.scheduler.impossible(run)
         if reason is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class Slot:
         return {"name": self.name, "device": self.device, "run": self.run_id}
 
 
-def pinned_device(run: dict[str, Any]) -> str:
+def pinned_device(run: Mapping[str, Any]) -> str:
     """The device `run` asked for: `trialdeck run --device` (its record's `pinned`; older
     records kept it in `device`), else its preset's `train.device`; "auto" if neither."""
     device = run["pinned"] if "pinned" in run else run.get("device")
@@ -129,7 +130,7 @@ class Scheduler:
         key = footprint(run.get("config"))
         return None if key is None else self.need_bytes.get(key)
 
-    def impossible(self, run: dict[str, Any]) -> str | None:
+    def impossible(self, run: Mapping[str, Any]) -> str | None:
         """Why no slot of this engine can ever take `run` (pinned to a GPU it does not have),
         or None."""
         pinned = pinned_device(run)
@@ -141,7 +142,7 @@ class Scheduler:
         has = f"its GPUs are {', '.join(gpus)}" if gpus else "this machine has no NVIDIA GPU the engine can see"
         return f"device {pinned!r} was asked for, but {has}"
 
-    def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
+    def fits(self, run: Mapping[str, Any], slot: Slot, free_memory: dict[int, int],
              util: dict[int, int | None] | None = None, need: int | None = None) -> bool:
         """Whether `run` may start on `slot` now; `need` is its measured memory (None: never
         measured, or an ensemble, whose need grows with its size)."""
@@ -171,7 +172,7 @@ class Scheduler:
             return False
         return free_memory[slot.gpu] - pending >= need + MARGIN_BYTES
 
-    def plan(self, queued: list[dict[str, Any]], free_memory: dict[int, int] | None = None,
+    def plan(self, queued: Sequence[Mapping[str, Any]], free_memory: dict[int, int] | None = None,
              util: dict[int, int | None] | None = None) -> list[Placement]:
         """Assign queued runs (already in dispatch order) to free slots. A run that fits
         nowhere now waits; runs behind it may still take slots that suit them."""

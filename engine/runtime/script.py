@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ def forget_attempts(ws: Workspace, run_id: str) -> None:
 # ----------------------------------------------------------------------------- one run
 
 
-def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, observer=None,
+def run_script(store, ws: Workspace, record: Mapping[str, Any], spec: RunSpec, device: str, observer=None,
                conn=None, threads: int | None = None) -> str:
     """Run `record`'s script to its end in this (worker) process; returns the final state.
     `observer` is the worker's ControlCallback (cancel, engine stop, the trial's pruner)."""
@@ -238,7 +238,7 @@ def run_script(store, ws: Workspace, record: dict[str, Any], spec: RunSpec, devi
 class ScriptRun:
     """One attempt of a script run (see the module docstring); `run` returns its final state."""
 
-    def __init__(self, store, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str, recorder,
+    def __init__(self, store, ws: Workspace, record: Mapping[str, Any], spec: RunSpec, device: str, recorder,
                  conn=None, threads: int | None = None) -> None:
         assert spec.script is not None
         self.store, self.ws, self.record, self.spec, self.device = store, ws, record, spec, device
@@ -468,7 +468,7 @@ class ScriptRun:
                     f"of its own); its {span} replaced")
         return f"epoch {epoch} {what} again: the script went back to an earlier checkpoint; its {span} replaced"
 
-    def _watched(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+    def _watched(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
         if self.spec.early_stopping.enabled:
             out.append(("early stopping", self.spec.early_stopping.monitor))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def config_path_for(weights: str | os.PathLike[str]) -> Path:
     return Path(weights).with_suffix(".toml")
 
 
-def _checkpoint(ws: Workspace, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _checkpoint(ws: Workspace, record: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
     path = ws.checkpoint_path(record["id"])
     if not path.exists():
         why = "it has not finished an epoch" if record.get("state") in ("queued", "running") else "it kept none"
@@ -74,7 +75,7 @@ def _data_facts(spec: RunSpec, ws: Workspace) -> dict[str, Any]:
     return facts
 
 
-def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+def export_model(ws: Workspace, record: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
     """Write the run's kept weights to `path` and its config to `config_path_for(path)`; returns what was written."""
     weights = Path(path)
     if weights.suffix == ".toml":

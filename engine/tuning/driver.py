@@ -17,7 +17,7 @@ requeued and continues as the same trial.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -27,7 +27,7 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyState, finite
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyRecord, StudyState, finite
 
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
@@ -37,7 +37,7 @@ ENSEMBLE_SAMPLERS = ("grid", "random")
 once and trained together as an ensemble without changing what the study samples."""
 
 
-def no_objective(metric: str, runs: list[dict[str, Any]]) -> str | None:
+def no_objective(metric: str, runs: Sequence[Mapping[str, Any]]) -> str | None:
     """Why a study stops early: its first two finished trials recorded no value of its objective
     (a program whose output the capture does not read, a metric named otherwise), so the rest
     would record none either. None while that is not so."""
@@ -64,14 +64,14 @@ class StudyDriver:
         self.workspace_id = f"{studies.host()}:{store.path.parent}"
         self._cache: dict[str, tuple[optuna.Study, Any, dict[str, Any], str]] = {}
 
-    def _load(self, doc: dict[str, Any]):
+    def _load(self, doc: Mapping[str, Any]):
         name = doc["name"]
         if name not in self._cache:
             study, tune, meta = studies.load(name, doc["storage_url"])
             self._cache[name] = (study, tune, meta, doc["storage_url"])
         return self._cache[name]
 
-    def _create(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _create(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> StudyRecord:
         """Create (or resume) the Optuna study a client asked for (`create`, see tuning.launch);
         a resumed study is reconciled first, as at engine start."""
         name, url, wanted = doc["name"], doc["storage_url"], doc["create"]
@@ -86,7 +86,7 @@ class StudyDriver:
         return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None},
                              runs=[r for r in runs if r.get("study") == name])
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self) -> list[StudyRecord]:
         return [d for d in self.store.list_studies() if d.get("state") in ACTIVE_STUDY_STATES]
 
     def tick(self, capacity: int, ensemble_width: int = 1) -> int:
@@ -110,7 +110,7 @@ class StudyDriver:
                 self._ended(doc["name"], StudyState.FAILED.value)
         return created
 
-    def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int,
+    def _tick_study(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], capacity: int,
                     ensemble_width: int = 1) -> int:
         study, tune, meta, url = self._load(doc)
         grouped = ensemble_width > 1 and tune.ensemble and tune.sampler in ENSEMBLE_SAMPLERS
@@ -187,7 +187,7 @@ class StudyDriver:
         if self.on_end is not None:
             self.on_end(name, state)
 
-    def _tell_finished(self, study: optuna.Study, tune, runs: list[dict[str, Any]]) -> bool:
+    def _tell_finished(self, study: optuna.Study, tune, runs: Sequence[Mapping[str, Any]]) -> bool:
         """Tell Optuna about every final trial run it has not heard of yet."""
         states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
         told = False
@@ -208,7 +208,7 @@ class StudyDriver:
         for doc in docs:
             self._reconcile_study(doc, runs)
 
-    def _reconcile_study(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    def _reconcile_study(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> None:
         try:
             study, tune, meta, url = self._load(doc)
         except BadInput:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from trialdeck.engine.errors import BadInput
@@ -90,7 +91,7 @@ def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[
     return config_diff(before, after, skip=RESUMABLE_KEYS)
 
 
-def check_resume(name: str, existing: dict[str, Any] | None, spec: RunSpec) -> None:
+def check_resume(name: str, existing: Mapping[str, Any] | None, spec: RunSpec) -> None:
     """Resuming a study keeps the config it was created with; refuse a request that differs,
     rather than ignore the difference."""
     if not existing:

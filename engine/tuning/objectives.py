@@ -11,7 +11,7 @@ time. No Optuna import: the driver, the reporter and the results share these.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trialdeck.engine.presets.schema import RUN_FACTS, TuneConfig
@@ -31,7 +31,7 @@ def metric_value(metric: str, direction: str, reduce: str, history: Sequence[dic
     return min(values) if direction == "minimize" else max(values)
 
 
-def fact_value(metric: str, record: dict[str, Any]) -> float | None:
+def fact_value(metric: str, record: Mapping[str, Any]) -> float | None:
     """A run fact from the run's record; None where the run did not record it."""
     if metric == "parameters":
         n = record.get("n_params")
@@ -45,7 +45,7 @@ def fact_value(metric: str, record: dict[str, Any]) -> float | None:
     return None
 
 
-def trial_values(tune: TuneConfig, record: dict[str, Any]) -> tuple[list[float] | None, str | None]:
+def trial_values(tune: TuneConfig, record: Mapping[str, Any]) -> tuple[list[float] | None, str | None]:
     """(the trial's values in the objectives' order, None) or (None, why one is missing)."""
     history = record.get("history") or []
     out: list[float] = []

@@ -15,6 +15,7 @@ user attr ({"epoch": [values]}), which the pareto_halving pruner
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -41,7 +42,7 @@ class TrialReporter(TrainerCallback):
         """This trial's values by epoch (several objectives: what its user attr holds)."""
 
     @classmethod
-    def for_record(cls, store, ws, record: dict[str, Any]) -> TrialReporter:
+    def for_record(cls, store, ws, record: Mapping[str, Any]) -> TrialReporter:
         doc = store.get_study(record["study"])
         url = doc["storage_url"]
         key = (url, record["study"])

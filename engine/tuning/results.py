@@ -10,6 +10,7 @@ Optuna import: the catalogue's mirror of the study is enough.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.authoring import save_config
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.tuning.space import apply_params
+from trialdeck.engine.types import StudyRecord
 
 
-def find_trial(store: Store, study: str, number: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def find_trial(store: Store, study: str, number: int | None = None) -> tuple[StudyRecord, dict[str, Any]]:
     """The study's document and trial `number` (default: its best trial)."""
     doc = store.get_study(study)
     if doc is None:
@@ -37,14 +39,15 @@ def find_trial(store: Store, study: str, number: int | None = None) -> tuple[dic
             raise BadInput(f"study {study} has no complete trial yet, so no best trial to save")
         number = best["number"]
     trial = next((t for t in store.list_trials(study) if t.get("number") == number), None)
-    if trial is None and (doc.get("best") or {}).get("number") == number:
-        trial = {"number": number, **doc["best"], "state": "complete"}  # mirrored summary only
+    best = doc.get("best") or {}
+    if trial is None and best.get("number") == number:
+        trial = {"number": number, **best, "state": "complete"}  # mirrored summary only
     if trial is None:
         raise BadInput(f"study {study} has no trial #{number}; see `trialdeck studies show {study}`")
     return doc, trial
 
 
-def trial_spec(doc: dict[str, Any], trial: dict[str, Any]) -> RunSpec:
+def trial_spec(doc: Mapping[str, Any], trial: dict[str, Any]) -> RunSpec:
     """The trial's resolved configuration: the study's base with its sampled params set."""
     base = doc.get("config") or (doc.get("create") or {}).get("config")
     if not base:
@@ -58,7 +61,7 @@ def save_trial_preset(store: Store, presets_dir: Path, study: str, name: str, *,
     refused if NAME exists, unless `force`. Returns the path, the saved spec and the trial."""
     doc, trial = find_trial(store, study, number)
     spec = trial_spec(doc, trial)
-    objectives = doc.get("objectives") or [{"metric": doc.get("metric")}]
+    objectives = doc.get("objectives") or [{"metric": str(doc.get("metric"))}]
     values = trial.get("values") or [trial.get("value")]
     shown = ", ".join(f"{o['metric']} {v:.4g}" for o, v in zip(objectives, values, strict=False)
                       if isinstance(v, (int, float)))

@@ -18,7 +18,7 @@ import importlib.util
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -37,6 +37,7 @@ from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the na
 from trialdeck.engine.tuning.objectives import metric_value, trial_values
 from trialdeck.engine.tuning.samplers import make_pruner, make_sampler
 from trialdeck.engine.tuning.space import decode_params
+from trialdeck.engine.types import StudyRecord
 
 _STORAGES: dict[str, Any] = {}
 
@@ -75,7 +76,7 @@ def meta_of(study: optuna.Study) -> dict[str, Any]:
     return meta
 
 
-def tune_of(meta: dict[str, Any]) -> TuneConfig:
+def tune_of(meta: Mapping[str, Any]) -> TuneConfig:
     return TuneConfig.model_validate(meta["config"]["tune"])
 
 
@@ -124,7 +125,7 @@ def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
     return records.trial_doc(t, tune.multi, lambda params: decode_params(tune, params))
 
 
-def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, record: dict[str, Any]) -> str:
+def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, record: Mapping[str, Any]) -> str:
     """Tell Optuna how a trial's run ended and return the state told.
 
     Optuna has one state for every other ending, FAIL, so a failed trial keeps
@@ -174,7 +175,7 @@ def importances_by_objective(study: optuna.Study, metrics: Sequence[str]) -> dic
 
 def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, url: str,
          fields: dict[str, Any] | None = None, with_importances: bool = False,
-         runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+         runs: Sequence[Mapping[str, Any]] | None = None) -> StudyRecord:
     """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc.
 
     A trial's `duration` is its run's time in its epochs, from `runs` (this workspace's runs

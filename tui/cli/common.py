@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +40,32 @@ def emit(data: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
                                          | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
     sys.stdout.flush()
+
+
+def emit_stream(items: Iterable[Any]) -> None:
+    """A JSON list on stdout written as `items` come (one item per line), so a list of 100,000 runs
+    never sits in memory whole; `[]` when empty."""
+    import orjson
+
+    out = sys.stdout.buffer
+    sep = b"[\n"
+    for item in items:
+        out.write(sep)
+        out.write(orjson.dumps(item, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+        sep = b",\n"
+    out.write(b"[]\n" if sep == b"[\n" else b"\n]\n")
+    out.flush()
+
+
+def parse_date(option: str, text: str) -> float:
+    """`2025-01-31` (midnight, local time) or `2025-01-31T18:30` as seconds since 1970; BadInput otherwise."""
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadInput(f"{option} {text!r}: allowed: a date like 2025-01-31, or a time like 2025-01-31T18:30") from None
+    return when.timestamp() if when.tzinfo else when.astimezone().timestamp()
 
 
 def handle_errors(fn: Callable) -> Callable:
