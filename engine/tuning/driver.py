@@ -202,8 +202,14 @@ class StudyDriver:
         return told
 
     def reconcile(self) -> None:
-        """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
-        docs = [doc for doc in self.store.list_studies() if doc.get("storage_url")]
+        """At engine start: bring every study's Optuna trials and TinyDB mirror in line. A study that
+        ended (completed, stopped, failed) with no run left in flight is in line already (its last
+        trial was told before it ended): it is left alone, so a start reads what is in flight, not
+        every study and run of the past."""
+        ended = (StudyState.COMPLETED, StudyState.STOPPED, StudyState.FAILED)
+        busy = {r.get("study") for r in self.store.unfinished(omit=("config", "history", "events"))}
+        docs = [doc for doc in self.store.list_studies()
+                if doc.get("storage_url") and (doc.get("state") not in ended or doc["name"] in busy)]
         runs = self.store.list_runs(omit=("config", "events"), studies={d["name"] for d in docs}) if docs else []
         for doc in docs:
             self._reconcile_study(doc, runs)
