@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import gpus_hidden  # noqa: E402
-from bench.scale_studies import build_studies, studies_figures  # noqa: E402
+from bench.scale_studies import build_in_child, studies_figures  # noqa: E402
 
 RUNS = 100_000
 SMALL = 1_000
@@ -289,8 +289,8 @@ def run(quick: bool = False, runs: int | None = None, studies: int | None = None
         root = Path(tmp)
         t = time.perf_counter()
         out["build"] = {"empty": build(root, 0, "empty"), "small": build(root, SMALL, "small"), "big": build(root, n, "big"),
-                        "studies": build_studies(root, "studies", n_studies, trials),
-                        "one": build_studies(root, "one", 1, trials)}
+                        "studies": build_in_child(root, "studies", n_studies, trials),
+                        "one": build_in_child(root, "one", 1, trials)}
         out["build_s"] = time.perf_counter() - t
         homes = {"empty": root / "empty", "big": root / "big", "studies": root / "studies"}
         out.update(engine_and_cli_figures(homes, {"empty": "r1", "big": f"r{n // 2}",
@@ -373,7 +373,8 @@ def studies_report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
              f"{b['catalog_kb']:.0f} KB", "reasonable")]
     for key, label, ref, ref_name in (
             ("studies_list", "`studies list`", one, "one study alone"),
-            ("studies_show", "`studies show sweep-00` (1,000 trials, reconciled with its journal)", one, "one study alone"),
+            ("studies_show", f"`studies show sweep-00` ({b['trials']:,} trials, reconciled with its journal)", one,
+             "one study alone"),
             ("run_wait", "`run seed/step-decay --set train.epochs=1 --wait`", empty, "empty"),
             ("run_wait_overhead", "`run ... --wait` less the run's own training", empty, "empty"),
             ("queue_list", "`queue list`", empty, "empty")):

@@ -8,13 +8,18 @@ journal in the workspace holds its 1,000 trials (made with plain Optuna through 
 `create_or_load`, the way `trialdeck tune` leaves a finished study), so `studies show` reconciles
 with it as it would on a user's box; the other 49 are its mirror under other names and run ids
 (their journals are never read: nothing opens an ended study's storage but `studies show`). The
-reference workspace, `one`, holds `sweep-00` alone, built the same way.
+reference workspace, `one`, holds `sweep-00` alone, built the same way. `build_in_child` builds in
+a child process (`python bench/scale_studies.py ROOT NAME STUDIES TRIALS`): a process's peak memory
+carries over into the processes it starts, so the bench's own must stay small.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +149,18 @@ def studies_figures(homes: dict[str, Path], repeats: int, cli) -> dict[str, dict
             out[name][f"{key}_s"] = statistics.median(v[0] for v in values)
             out[name][f"{key}_rss_mb"] = max(v[1] for v in values)
     return out
+
+
+def build_in_child(root: Path, name: str, count: int, trials: int) -> dict[str, Any]:
+    """`build_studies` in a child process, its figures back as JSON."""
+    proc = subprocess.run([sys.executable, __file__, str(root), name, str(count), str(trials)], capture_output=True,
+                          text=True, timeout=1800, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        raise RuntimeError(f"building {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    root_, name_, count_, trials_ = sys.argv[1:5]
+    print(json.dumps(build_studies(Path(root_), name_, int(count_), int(trials_))))

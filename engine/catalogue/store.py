@@ -711,6 +711,13 @@ class Store(CatalogFile):
         with self._read() as (db, _):
             return cast(list[StudyRecord], clone(sorted(db.table("studies").all(), key=lambda d: str(d.get("name", "")))))
 
+    def active_studies(self) -> list[StudyRecord]:
+        """The studies that want trials (running, stopping), by name: what the engine's loop asks
+        every second, without copying the summaries of every study that ended."""
+        with self._read() as (db, _):
+            docs = [d for d in _table(db, "studies").values() if d.get("state") in ACTIVE_STUDY_STATES]
+            return cast(list[StudyRecord], clone(sorted(docs, key=lambda d: str(d.get("name", "")))))
+
     def upsert_trials(self, study: str, docs: list[Mapping[str, Any]]) -> int:
         """Create or update many trials of `study` in one write (each doc has a `number`), sealed or
         not; returns how many changed. Nothing is written when none did."""
