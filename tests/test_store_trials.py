@@ -150,6 +150,21 @@ def test_a_merge_writes_nothing_unless_it_changes_a_sealed_trial(ws: Workspace) 
     assert Store(ws).list_trials("a") == shown + [{**_trials(1, start=5)[0], "study": "a"}]
 
 
+def test_a_change_brought_back_and_sealed_again_in_one_write_makes_one_version(ws: Workspace) -> None:
+    store = Store(ws)
+    a = _study(store, "a", 4)
+    _study(store, "b", 3)
+    kept_by_bak = f"trials-{trials_key('a')}-g1.json"
+    assert store.upsert_trials("a", _trials(2, start=4)) == 2  # back (6 ended trials), and sealed again
+    assert _in_catalog(ws) == {}
+    assert {e["study"]: e["generation"] for e in _catalog(ws)["trial_segments"].values()}["a"] == 2
+    assert sorted(n for n in _files(ws) if trials_key("a") in n) == [kept_by_bak, f"trials-{trials_key('a')}-g2.json"]
+    assert Store(ws).list_trials("a") == a + [{**t, "study": "a"} for t in _trials(2, start=4)]
+    with TinyDB(ws.root / "catalog.json.bak", access_mode="r") as before:  # the state before that write reads whole
+        [entry] = [e for e in before.table("trial_segments").all() if e["study"] == "a"]
+        assert entry["file"] == kept_by_bak and (ws.root / SEGMENTS_DIR / kept_by_bak).exists()
+
+
 def test_readers_find_a_sealed_studys_trials(ws: Workspace) -> None:
     store = Store(ws)
     a = _study(store, "a", 5)

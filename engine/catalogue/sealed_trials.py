@@ -70,8 +70,7 @@ def _write(store: Store, db: TinyDB, study: str, by_number: Mapping[int, dict[st
     """The study's next trial file version holding these trials, put in the registry (committed with catalog.json)."""
     table = db.table("trial_segments")
     old = table.get(Query().study == study)
-    generation = int(old["generation"]) + 1 if old is not None else 1
-    entry = store.segments.write_trials(study, file_docs(by_number), generation)
+    entry = store.segments.write_trials(study, file_docs(by_number), store.rewrites(old))
     store.wrote_trials(entry)
     if old is not None:
         table.upsert(Document(entry, doc_id=old.doc_id))

@@ -6,8 +6,9 @@ atomic writes, incremental re-reads, corruption, is `trialdeck.engine.catalogue.
 and `sealed_trials`). catalog.json holds the working set (unfinished runs, the newest finished
 ones, studies, the trials of studies that want more and of the latest that ended, recent events)
 and the registries of segments; a finished run or an ended study's trials past that live in
-their files, and every method here finds them there as well. Records handed out are copies (or, on a Store's first
-read, the parsed objects themselves with the cache forgotten), so callers may mutate them freely.
+their files, and every method here finds them there as well. Records handed out are copies (or,
+on a Store's first read, the parsed objects themselves with the cache forgotten), so callers may
+mutate them freely.
 
 Run ids are "r<N>" and the TinyDB document id of a run is N, in catalog.json and in a segment.
 """
@@ -212,6 +213,17 @@ class Store(CatalogFile):
     def wrote_trials(self, entry: dict[str, Any]) -> None:
         """`sealed_trials` reports a study's trial file version written in the open transaction."""
         self._wrote_trials[entry["study"]] = entry
+
+    def rewrites(self, old: dict[str, Any] | None) -> int:
+        """The generation to write next over registry entry `old` (a segment's or a study's trial
+        file's): the next one, or `old`'s own when this open transaction wrote it (no catalog.json
+        names it yet, so it is replaced: one new version per transaction, and the version the last
+        commit named stays the one kept before it)."""
+        if old is None:
+            return 1
+        written = self._wrote.get(int(old["segment"])) if "segment" in old else self._wrote_trials.get(old["study"])
+        mine = written is not None and written["file"] == old["file"]
+        return int(old["generation"]) + (0 if mine else 1)
 
     def _committed(self) -> None:
         wrote, self._wrote = self._wrote, {}
