@@ -13,7 +13,9 @@ Layout and invariants:
   `segments` table says which version is current (the registry entry `write` returns). A
   version becomes the catalogue's in the same atomic write of catalog.json as the rest of the
   change (a run leaving the working set, an import's batch): one commit point, so a kill -9
-  leaves the old version current and the new files as leftovers, which `sweep` removes.
+  leaves the old version current and the new files as leftovers, which `sweep` removes. A
+  transaction that writes one segment twice replaces its own version, which nothing names yet
+  (`Store.rewrites`).
 - The version before the current one is kept (catalog.json.bak may name it); older ones are
   removed. A reader that finds a file gone (two versions later) reads the registry again.
 - Since a version never changes, what was parsed from it is cached by its name, unchecked.
