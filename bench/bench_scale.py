@@ -1,10 +1,13 @@
-"""A year of sweeps: the CLI, the engine and the TUI on 100,000 finished runs, next to an empty workspace.
+"""A year of sweeps: the CLI, the engine and the TUI on 100,000 finished runs, and on 50 studies of
+1,000 trials, next to an empty workspace.
 
-Set-up, once per bench run: three workspaces. `big` gets N finished runs of 20 epochs each through
+Set-up, once per bench run: five workspaces. `big` gets N finished runs of 20 epochs each through
 `trialdeck runs import` of a records file this script writes (the build's time and the import's
 peak memory are reported); `small` gets 1,000 the same way (the TUI's scrolling reference: an
-empty table has nothing to scroll); `empty` gets nothing. Each has its own engine (1 CPU slot,
-GPUs hidden), warmed by one run. Then, for `empty` and `big` in turn, on the same machine:
+empty table has nothing to scroll); `empty` gets nothing. `studies` is a tuning-heavy year: 50
+ended studies of 1,000 trials (50,000 trial runs of 20 epochs), and `one` holds one of those
+studies alone (bench/scale_studies.py builds both). `empty`, `big` and `studies` each have their
+own engine (1 CPU slot, GPUs hidden), warmed by one run. Then, for each in turn, on the same machine:
 
 - CLI calls, real processes, median of 5 wall times (the two workspaces alternated call by call,
   both engines up, so a busy moment of the shared box slows both), and each process's peak resident memory
@@ -14,6 +17,8 @@ GPUs hidden), warmed by one run. Then, for `empty` and `big` in turn, on the sam
   run's own training time, from its record, which is what a busy CPU makes noisy).
 - The engine: its peak resident memory (VmHWM), its CPU while idle for a few seconds (its own loop),
   and the time from a run's enqueue to its start.
+- `studies list` and `studies show sweep-00` (one study of 1,000 trials, reconciled with its Optuna
+  journal first), `studies` next to `one`, median of 5 and peak resident memory.
 - The TUI, in a child process run headless (`App.run(headless=True)`; as bench_tui.py measures):
   first paint with the runs table filled, counted from the process's start; its peak resident
   memory; key to repaint for `pagedown`, `down` and `end` in the runs table (small vs big); and,
@@ -23,7 +28,7 @@ Targets (the issue's): each figure within 1.5x and 0.5 s of the empty workspace'
 resident for the engine, a CLI call and the TUI; TUI first paint within 1 s; key to repaint within
 100 ms.
 
-Usage: python bench/bench_scale.py [--quick] [--runs N]
+Usage: python bench/bench_scale.py [--quick] [--runs N] [--studies N]
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import gpus_hidden  # noqa: E402
+from bench.scale_studies import build_in_child, studies_figures  # noqa: E402
 
 RUNS = 100_000
 SMALL = 1_000
+STUDIES, TRIALS = 50, 1_000
 EPOCHS = 20
 RATIO_TARGET, EXTRA_TARGET, MEMORY_TARGET_MB = 1.5, 0.5, 300
 PAINT_TARGET_S, KEY_TARGET_MS = 1.0, 100.0
@@ -271,20 +278,28 @@ def tui_figures(home: Path, scroll: bool) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 
 
-def run(quick: bool = False, runs: int | None = None) -> dict[str, Any]:
-    """The figures (bench/run_all.py calls this); `quick`: 2,000 runs and one sample per call (CI: it must not rot)."""
+def run(quick: bool = False, runs: int | None = None, studies: int | None = None) -> dict[str, Any]:
+    """The figures (bench/run_all.py calls this); `quick`: 2,000 runs, 3 studies of 400 trials and one
+    sample per call (CI: it must not rot)."""
     n = runs or (2_000 if quick else RUNS)
+    n_studies, trials = studies or (3 if quick else STUDIES), 400 if quick else TRIALS
     repeats = 1 if quick else 5
     out: dict[str, Any] = {"runs": n}
     with tempfile.TemporaryDirectory(prefix="trialdeck-bench-scale-") as tmp, gpus_hidden():
         root = Path(tmp)
         t = time.perf_counter()
-        out["build"] = {"empty": build(root, 0, "empty"), "small": build(root, SMALL, "small"), "big": build(root, n, "big")}
+        out["build"] = {"empty": build(root, 0, "empty"), "small": build(root, SMALL, "small"), "big": build(root, n, "big"),
+                        "studies": build_in_child(root, "studies", n_studies, trials),
+                        "one": build_in_child(root, "one", 1, trials)}
         out["build_s"] = time.perf_counter() - t
-        homes = {"empty": root / "empty", "big": root / "big"}
-        out.update(engine_and_cli_figures(homes, {"empty": "r1", "big": f"r{n // 2}"}, repeats,
+        homes = {"empty": root / "empty", "big": root / "big", "studies": root / "studies"}
+        out.update(engine_and_cli_figures(homes, {"empty": "r1", "big": f"r{n // 2}",
+                                                  "studies": f"r{n_studies * trials // 2}"}, repeats,
                                           idle_s=2.0 if quick else 5.0))
-        for name in ("empty", "big", "empty", "big"):  # twice each, alternated: the first paint is noisy here
+        tuning = studies_figures({"one": root / "one", "studies": homes["studies"]}, repeats, cli)
+        out["one"] = tuning["one"]
+        out["studies"].update(tuning["studies"])
+        for name in ("empty", "big", "studies") * 2:  # twice each, alternated: the first paint is noisy here
             tui = tui_figures(homes[name], scroll=False)
             best = out[name].get("tui")
             if best is None or tui["first_paint_s"] < best["first_paint_s"]:
@@ -332,6 +347,7 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{big['tui']['rss_mb']:.0f} MB ({big['tui_scroll']['rss_mb']:.0f} MB)", f"{empty['tui']['rss_mb']:.0f} MB empty",
          f"<= {MEMORY_TARGET_MB} MB"),
     ]
+    rows += studies_report(r)
     scroll, small = big["tui_scroll"], r["small"]["tui"]
     for key, label in (("pagedown_ms", "pagedown"), ("down_ms", "down")):
         rows.append((f"TUI: key to repaint, {label} (median / max of {len(scroll[key])})",
@@ -346,17 +362,53 @@ def report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def studies_report(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The rows of the tuning-heavy workspace: `studies` next to `empty`, or to `one` for the studies commands."""
+    b, st, one, empty = r["build"]["studies"], r["studies"], r["one"], r["empty"]
+    year = f"{b['studies']} studies x {b['trials']:,} trials"
+    target = f"<= {RATIO_TARGET}x and +{EXTRA_TARGET} s"
+    rows = [(f"build: {year} ({b['studies'] * b['trials']:,} trial runs of {EPOCHS} epochs, sealed; each study mirrored "
+             "by `studies.sync`, one with a real Optuna journal)", f"{b['build_s']:.0f} s",
+             f"{b['segments_mb']:.0f} MB of segments and {b['trial_files']} trial files; catalog.json "
+             f"{b['catalog_kb']:.0f} KB", "reasonable")]
+    for key, label, ref, ref_name in (
+            ("studies_list", "`studies list`", one, "one study alone"),
+            ("studies_show", f"`studies show sweep-00` ({b['trials']:,} trials, reconciled with its journal)", one,
+             "one study alone"),
+            ("run_wait", "`run seed/step-decay --set train.epochs=1 --wait`", empty, "empty"),
+            ("run_wait_overhead", "`run ... --wait` less the run's own training", empty, "empty"),
+            ("queue_list", "`queue list`", empty, "empty")):
+        rows.append((f"{label}: wall (median), {year} vs {ref_name}", f"{st[key + '_s']:.2f} s",
+                     f"{ref[key + '_s']:.2f} s ({_judge(st[key + '_s'], ref[key + '_s'])})", target))
+        if key + "_rss_mb" in st:
+            rows.append((f"{label}: peak resident, {year}", f"{st[key + '_rss_mb']:.0f} MB",
+                         f"{ref[key + '_rss_mb']:.0f} MB {ref_name}", f"<= {MEMORY_TARGET_MB} MB"))
+    rows += [
+        (f"engine: peak resident (the daemon), {year}", f"{st['engine_rss_mb']:.0f} MB",
+         f"{empty['engine_rss_mb']:.0f} MB empty", f"<= {MEMORY_TARGET_MB} MB"),
+        ("engine: CPU while idle (its own loop), " + year, f"{st['idle_cpu_ms_per_s']:.1f} ms/s",
+         f"{empty['idle_cpu_ms_per_s']:.1f} ms/s empty", "same as empty"),
+        (f"TUI: first paint, from process start ({st['tui']['rows']:,} rows; best of 2), {year}",
+         f"{st['tui']['first_paint_s']:.2f} s", f"{empty['tui']['first_paint_s']:.2f} s empty", f"<= {PAINT_TARGET_S:.0f} s"),
+        (f"TUI: peak resident, first screen, {year}", f"{st['tui']['rss_mb']:.0f} MB",
+         f"{empty['tui']['rss_mb']:.0f} MB empty", f"<= {MEMORY_TARGET_MB} MB"),
+    ]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 runs, one sample per call")
     parser.add_argument("--runs", type=int, default=None, help=f"runs in the big workspace (default {RUNS:,})")
+    parser.add_argument("--studies", type=int, default=None,
+                        help=f"studies of {TRIALS:,} trials in the tuning workspace (default {STUDIES})")
     parser.add_argument("--tui-child", nargs=3, metavar=("HOME", "STARTED", "SCROLL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tui_child:
         home, started, scroll = args.tui_child
         print(json.dumps(tui_child(home, float(started), scroll == "1")))
         return
-    result = run(args.quick, args.runs)
+    result = run(args.quick, args.runs, args.studies)
     for figure, value, reference, target in report(result):
         print(f"{figure:<72} {value:>16}   {reference}   (target {target})")
     print(json.dumps(result, indent=1))

@@ -22,7 +22,7 @@ from tinydb import TinyDB
 from trialdeck.engine.catalogue import lines as lines_module
 from trialdeck.engine.catalogue import migrate, sealing
 from trialdeck.engine.catalogue.segments import SEGMENT_RUNS
-from trialdeck.engine.catalogue.store import SEGMENTS_DIR, Store
+from trialdeck.engine.catalogue.store import LAYOUT, SEGMENTS_DIR, Store
 from trialdeck.engine.errors import CatalogCorrupt
 from trialdeck.engine.workspace import Workspace
 
@@ -260,7 +260,7 @@ def test_an_old_catalogue_migrates_once_and_loses_nothing(ws: Workspace, layout:
     assert listed == {d["id"]: d for d in old["runs"].values()}
     assert (ws.root / f"catalog.json{migrate.BACKUP_SUFFIX}").read_bytes() == raw
     now = _catalog(ws)
-    assert now["meta"]["1"]["layout"] == 2 and now["meta"]["1"]["next_seq"] == 607
+    assert now["meta"]["1"]["layout"] == LAYOUT and now["meta"]["1"]["next_seq"] == 607
     assert {d["state"] for d in now["runs"].values()} == {"queued", "running"}
     assert {e["run"] for e in now["events"].values()} == {d["id"] for d in now["runs"].values()}
     assert now["studies"] == old["studies"] and now["trials"] == old["trials"]

@@ -75,9 +75,9 @@ from trialdeck.engine.workspace import FILE_MODE, atomic_write
 
 __all__ = ["CatalogFile", "CatalogLocked", "TABLES", "META_ID", "HEAD_BYTES", "clone", "gc_paused", "layout_of"]
 
-TABLES = ("meta", "segments", "runs", "studies", "trials", "events")
-"""catalog.json's tables, in file order: `segments` (which files hold the sealed runs) comes before
-`runs` so that a reader streaming the file knows it first."""
+TABLES = ("meta", "segments", "trial_segments", "runs", "studies", "trials", "events")
+"""catalog.json's tables, in file order: `segments` and `trial_segments` (which files hold the sealed
+runs and the sealed trials) come before `runs` so that a reader streaming the file knows them first."""
 META_ID = 1
 """The document id of the one `meta` record (counters and the generation)."""
 # The first bytes of the file, compared with what we last saw: they hold

@@ -60,7 +60,7 @@ def sealed_doc(store: Store, db: TinyDB, number: int) -> tuple[dict[str, Any] | 
 def write_segment(store: Store, db: TinyDB, k: int, docs: dict[str, dict[str, Any]],
                   old: dict[str, Any] | None) -> dict[str, Any]:
     """Write the next version of segment k and put it in the registry (committed with catalog.json)."""
-    entry = store.segments.write(k, docs, int(old["generation"]) + 1 if old else 1)
+    entry = store.segments.write(k, docs, store.rewrites(old))
     store.wrote(k, entry)
     db.table("segments").upsert(Document(entry, doc_id=k + 1))
     return entry

@@ -13,15 +13,25 @@ Layout and invariants:
   `segments` table says which version is current (the registry entry `write` returns). A
   version becomes the catalogue's in the same atomic write of catalog.json as the rest of the
   change (a run leaving the working set, an import's batch): one commit point, so a kill -9
-  leaves the old version current and the new files as leftovers, which `sweep` removes.
+  leaves the old version current and the new files as leftovers, which `sweep` removes. A
+  transaction that writes one segment twice replaces its own version, which nothing names yet
+  (`Store.rewrites`).
 - The version before the current one is kept (catalog.json.bak may name it); older ones are
   removed. A reader that finds a file gone (two versions later) reads the registry again.
 - Since a version never changes, what was parsed from it is cached by its name, unchecked.
   Cached documents are shared: callers copy what they hand out or change.
+
+The trials of a study that no longer wants trials are sealed the same way, a file per study
+(`trialdeck.engine.catalogue.sealed_trials` decides when): `trials-<study>-g<generation>.json`,
+a TinyDB file with `meta` and `trials` tables (the trial documents exactly as catalog.json's
+`trials` table holds them, one per line), named by catalog.json's `trial_segments` table, with
+the same versioning, caching and sweeping rules. `<study>` is the study's name made safe for a
+file name, with a hash of the exact name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -38,11 +48,13 @@ from trialdeck.engine.errors import CatalogCorrupt
 from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import atomic_write, make_private_dir
 
-__all__ = ["SEGMENT_RUNS", "Segments", "segment_of"]
+__all__ = ["SEGMENT_RUNS", "Segments", "segment_of", "trials_key"]
 
 SEGMENT_RUNS = 256
 """Run numbers per segment: a segment of 20-epoch runs is about 1 MB, its index about 80 KB."""
 _NAME = re.compile(r"^runs-(\d{5})-g(\d+)(\.index)?\.json$")
+_TRIALS_NAME = re.compile(r"^trials-(.+-[0-9a-f]{8})-g(\d+)\.json$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 Docs = dict[str, dict[str, Any]]
 
 
@@ -53,6 +65,17 @@ def segment_of(number: int) -> int:
 def file_names(k: int, generation: int) -> tuple[str, str]:
     stem = f"runs-{k:05d}-g{generation}"
     return f"{stem}.json", f"{stem}.index.json"
+
+
+def trials_key(study: str) -> str:
+    """The stem of a study's trial files: its name made safe for a file name (at most 64
+    characters), and 8 hex digits of a hash of the exact name (case-insensitive file systems too)."""
+    digest = hashlib.blake2b(study.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{_UNSAFE.sub('_', study)[:64]}-{digest}"
+
+
+def trials_file(key: str, generation: int) -> str:
+    return f"trials-{key}-g{generation}.json"
 
 
 class _Lru:
@@ -86,10 +109,11 @@ class _Lru:
 class Segments:
     """The `segments/` folder of one workspace. Thread-safe; writes only under the catalogue lock."""
 
-    def __init__(self, folder: Path, *, docs_cache: int = 4, index_cache: int = 32) -> None:
+    def __init__(self, folder: Path, *, docs_cache: int = 4, index_cache: int = 32, trials_cache: int = 8) -> None:
         self.folder = folder
         self._docs = _Lru(docs_cache)
         self._briefs = _Lru(index_cache)
+        self._trials = _Lru(trials_cache)
 
     # ----------------------------------------------------------------- reading
 
@@ -103,7 +127,7 @@ class Segments:
             raise CatalogCorrupt(f"{path} is corrupt (not valid JSON: {' '.join(str(exc).split())}); it was left "
                                  f"untouched, and the version before it, if any, is beside it") from None
         if not isinstance(raw, dict) or not all(is_table(t) for t in raw.values()):
-            raise CatalogCorrupt(f"{path} is corrupt (not a TinyDB file of run documents); it was left untouched")
+            raise CatalogCorrupt(f"{path} is corrupt (not a TinyDB file of documents); it was left untouched")
         return raw
 
     def docs(self, entry: Mapping[str, Any], *, cache: bool = True) -> Docs:
@@ -130,10 +154,21 @@ class Segments:
             self._briefs.put(name, found)
         return found
 
+    def trials(self, entry: Mapping[str, Any]) -> Docs:
+        """The trial documents of a study's sealed version (a `trial_segments` entry), by document id.
+        Shared: do not change them. FileNotFoundError if that version is gone: read the registry again."""
+        name = entry["file"]
+        found = self._trials.get(name)
+        if found is None:
+            found = self._read(name).get("trials", {})
+            self._trials.put(name, found)
+        return found
+
     def forget(self, names: Iterable[str]) -> None:
         """Drop cached versions (written by a transaction that failed: their names will be reused)."""
         names = list(names)
         self._docs.drop(names)
+        self._trials.drop(names)
         self._briefs.drop(name.replace(".json", ".index.json") for name in names)
 
     # ----------------------------------------------------------------- writing
@@ -154,6 +189,20 @@ class Segments:
         self._docs.put(name, ordered)
         self._briefs.put(index_name, briefs)
         return self.entry(k, generation, ordered, len(data))
+
+    def write_trials(self, study: str, docs: Docs, generation: int) -> dict[str, Any]:
+        """Write version `generation` of `study`'s trial file holding `docs` (trial documents by
+        document id); returns its `trial_segments` entry. Fsynced; it counts once the caller commits
+        the entry in catalog.json."""
+        make_private_dir(self.folder)
+        key = trials_key(study)
+        name = trials_file(key, generation)
+        meta = {"1": {"generation": generation, "study": study}}
+        data = serialize({"meta": meta, "trials": docs}, {}, {})
+        atomic_write(self.folder / name, data)
+        self._trials.put(name, docs)
+        return {"study": study, "key": key, "file": name, "generation": generation, "trials": len(docs),
+                "bytes": len(data)}
 
     @staticmethod
     def entry(k: int, generation: int, docs: Docs, size: int = 0) -> dict[str, Any]:
@@ -209,6 +258,28 @@ class Segments:
             if only is not None and k not in only:
                 continue
             now = current.get(k)
+            if now is None or generation > now or generation < now - 1:
+                (self.folder / name).unlink(missing_ok=True)
+
+    def sweep_trials(self, registry: Iterable[Mapping[str, Any]], touched: Iterable[str] | None = None) -> None:
+        """`sweep` for the studies' trial files (`registry`: the `trial_segments` entries; `touched`:
+        only the files of these keys)."""
+        current = {str(e["key"]): int(e["generation"]) for e in registry}
+        only = None if touched is None else set(touched)
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return
+        for name in names:
+            match = _TRIALS_NAME.match(name)
+            if match is None:
+                if name.startswith(".trials-") and ".tmp-" in name and only is None:  # a writer killed mid-write
+                    (self.folder / name).unlink(missing_ok=True)
+                continue
+            key, generation = match.group(1), int(match.group(2))
+            if only is not None and key not in only:
+                continue
+            now = current.get(key)
             if now is None or generation > now or generation < now - 1:
                 (self.folder / name).unlink(missing_ok=True)
 

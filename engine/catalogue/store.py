@@ -2,11 +2,13 @@
 
 The only code that reads or writes the catalogue: `catalog.json` (the file itself: locking,
 atomic writes, incremental re-reads, corruption, is `trialdeck.engine.catalogue.file`, which
-`Store` extends) and the segment files of sealed runs (`segments`, moved by `sealing`).
-catalog.json holds the working set (unfinished runs, the newest finished ones, studies, trials,
-recent events) and the registry of segments; a finished run past that lives in its segment, and
-every method here finds it there as well. Records handed out are copies (or, on a Store's first
-read, the parsed objects themselves with the cache forgotten), so callers may mutate them freely.
+`Store` extends) and the segment files of sealed runs and trials (`segments`, moved by `sealing`
+and `sealed_trials`). catalog.json holds the working set (unfinished runs, the newest finished
+ones, studies, the trials of studies that want more and of the latest that ended, recent events)
+and the registries of segments; a finished run or an ended study's trials past that live in
+their files, and every method here finds them there as well. Records handed out are copies (or,
+on a Store's first read, the parsed objects themselves with the cache forgotten), so callers may
+mutate them freely.
 
 Run ids are "r<N>" and the TinyDB document id of a run is N, in catalog.json and in a segment.
 """
@@ -24,18 +26,27 @@ import orjson
 from tinydb import Query, TinyDB
 from tinydb.table import Document
 
-from trialdeck.engine.catalogue import sealing, views
+from trialdeck.engine.catalogue import sealed_trials, sealing, views
 from trialdeck.engine.catalogue.file import META_ID, TABLES, CatalogFile, CatalogLocked, clone, gc_paused, layout_of
 from trialdeck.engine.catalogue.segments import Segments, segment_of
 from trialdeck.engine.errors import BadInput
-from trialdeck.engine.types import TRANSITIONS, UNFINISHED_STATES, EpochRecord, RunEvent, RunRecord, RunState, StudyRecord
+from trialdeck.engine.types import (
+    ACTIVE_STUDY_STATES,
+    TRANSITIONS,
+    UNFINISHED_STATES,
+    EpochRecord,
+    RunEvent,
+    RunRecord,
+    RunState,
+    StudyRecord,
+)
 from trialdeck.engine.workspace import Workspace
 
 __all__ = ["CatalogLocked", "LAYOUT", "SEGMENTS_DIR", "Store", "TABLES", "check_tags"]
 
-LAYOUT = 2
-"""catalog.json's layout: 2 = the working set plus segments (`meta.layout`); files without it are
-migrated once (`trialdeck.engine.catalogue.migrate`)."""
+LAYOUT = 3
+"""catalog.json's layout (`meta.layout`): 2 = the working set plus segments of runs, 3 = and trial
+files of ended studies. Files without it, or with 2, are migrated once (`trialdeck.engine.catalogue.migrate`)."""
 SEGMENTS_DIR = "segments"
 
 _PROTECTED_FIELDS = frozenset({"id", "state", "seq"})
@@ -144,23 +155,6 @@ def _dispatch_key(doc: Mapping[str, Any]) -> tuple[int, int]:
     return (-int(doc.get("priority", 0)), int(doc.get("seq", 0)))
 
 
-def _merge_trials(db: TinyDB, study: str, bodies: list[dict[str, Any]]) -> int:
-    """Insert or update trial documents by number (only those that changed); returns how many did."""
-    table = db.table("trials")
-    existing = {int(t["number"]): t for t in table.search(Query().study == study)}
-    changed = 0
-    for body in bodies:
-        old = existing.get(int(body["number"]))
-        if old is None:
-            table.insert(body)
-        elif any(old.get(k) != v for k, v in body.items()):
-            table.update(body, doc_ids=[old.doc_id])
-        else:
-            continue
-        changed += 1
-    return changed
-
-
 class Store(CatalogFile):
     """Locked, atomic access to the catalogue of one workspace.
 
@@ -180,8 +174,9 @@ class Store(CatalogFile):
         self.segments = Segments(workspace.root / SEGMENTS_DIR)
         self._layout_checked = False
         self._segments_swept = False
-        # Segment versions written by the open transaction: swept or undone when it ends.
+        # Segment and trial file versions written by the open transaction: swept or undone when it ends.
         self._wrote: dict[int, dict[str, Any]] = {}
+        self._wrote_trials: dict[str, dict[str, Any]] = {}
         self._briefs_made: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         """Run id -> (its working-set document as last read, its brief): `views.working` reuses it."""
 
@@ -191,7 +186,8 @@ class Store(CatalogFile):
         """Migrate a catalogue in an older layout, once (the first call of this Store)."""
         if self._layout_checked:
             return
-        if layout_of(self.path) is None:
+        found = layout_of(self.path)
+        if found is None or 0 < found < LAYOUT:
             from trialdeck.engine.catalogue.migrate import migrate  # deferred: needed once per workspace
 
             migrate(self)
@@ -214,28 +210,51 @@ class Store(CatalogFile):
         """`sealing` reports a segment version written in the open transaction."""
         self._wrote[k] = entry
 
+    def wrote_trials(self, entry: dict[str, Any]) -> None:
+        """`sealed_trials` reports a study's trial file version written in the open transaction."""
+        self._wrote_trials[entry["study"]] = entry
+
+    def rewrites(self, old: dict[str, Any] | None) -> int:
+        """The generation to write next over registry entry `old` (a segment's or a study's trial
+        file's): the next one, or `old`'s own when this open transaction wrote it (no catalog.json
+        names it yet, so it is replaced: one new version per transaction, and the version the last
+        commit named stays the one kept before it)."""
+        if old is None:
+            return 1
+        written = self._wrote.get(int(old["segment"])) if "segment" in old else self._wrote_trials.get(old["study"])
+        mine = written is not None and written["file"] == old["file"]
+        return int(old["generation"]) + (0 if mine else 1)
+
     def _committed(self) -> None:
         wrote, self._wrote = self._wrote, {}
-        if wrote or not self._segments_swept:
+        wrote_trials, self._wrote_trials = self._wrote_trials, {}
+        if wrote or wrote_trials or not self._segments_swept:
             state = self._snapshot.state if self._snapshot is not None else self._load()
-            # After the first write, only the segments just written: each keeps its current and previous version.
-            self.segments.sweep(sealing.registry(state).values(), None if not self._segments_swept else wrote)
+            # After the first write, only the files just written: each keeps its current and previous version.
+            swept = self._segments_swept
+            self.segments.sweep(sealing.registry(state).values(), None if not swept else wrote)
+            self.segments.sweep_trials(sealed_trials.registry(state).values(),
+                                       None if not swept else [e["key"] for e in wrote_trials.values()])
             self._segments_swept = True
 
     def _aborted(self) -> None:
         wrote, self._wrote = self._wrote, {}
-        if not wrote:
+        wrote_trials, self._wrote_trials = self._wrote_trials, {}
+        if not wrote and not wrote_trials:
             return
         self._forget()
         try:  # a failure after catalog.json was replaced (an fsync of its folder): those files are named
-            named = {e["file"] for e in sealing.registry(self._load()).values()}
+            state = self._load()
+            named = {e["file"] for e in sealing.registry(state).values()}
+            named |= {e["file"] for e in sealed_trials.registry(state).values()}
         except Exception:  # noqa: BLE001 - unreadable now: delete nothing, the next write's sweep decides
             return
-        for entry in wrote.values():
-            if entry["file"] not in named:  # never committed: not the catalogue's
-                for name in (entry["file"], entry["index"]):
+        lost = [e for e in (*wrote.values(), *wrote_trials.values()) if e["file"] not in named]
+        for entry in lost:  # never committed: not the catalogue's
+            for name in (entry["file"], entry.get("index")):
+                if name:
                     (self.segments.folder / name).unlink(missing_ok=True)
-        self.segments.forget(entry["file"] for entry in wrote.values() if entry["file"] not in named)
+        self.segments.forget(entry["file"] for entry in lost)
 
     def copy(self, doc: Any) -> Any:
         """A deep copy of a document (for the segment cache's shared ones)."""
@@ -671,10 +690,28 @@ class Store(CatalogFile):
     # --------------------------------------------------------- studies, trials
 
     def upsert_study(self, name: str, doc: Mapping[str, Any]) -> StudyRecord:
-        """Create or update the study `name`: fields in `doc` replace stored ones, others stay."""
+        """Create or update the study `name`: fields in `doc` replace stored ones, others stay. A
+        study that wants trials again gets its sealed trials back in the same write."""
         body = _to_json(dict(doc), "study")
         body["name"] = name
-        return cast(StudyRecord, self._upsert(db_table="studies", cond=Query().name == name, body=body))
+        with self._write() as db:
+            return self._put_study(db, name, body)
+
+    def _put_study(self, db: TinyDB, name: str, body: dict[str, Any]) -> StudyRecord:
+        """Write a study's summary (only if it changed), then keep its trials where its state says
+        (`sealed_trials`): back in the working set if it wants trials, else maybe sealed."""
+        studies = db.table("studies")
+        cond = Query().name == name
+        old_doc = studies.get(cond)
+        # Summaries get re-sent unchanged often; skip the whole-file write then.
+        if old_doc is None or any(old_doc.get(k) != v for k, v in body.items()):
+            studies.upsert(body, cond)
+        doc = clone(studies.get(cond))
+        if doc.get("state") in ACTIVE_STUDY_STATES:
+            sealed_trials.bring_back(self, db, name)
+        else:
+            sealed_trials.seal_round(self, db)
+        return cast(StudyRecord, doc)
 
     def get_study(self, name: str) -> StudyRecord | None:
         with self._read() as (db, _):
@@ -686,12 +723,22 @@ class Store(CatalogFile):
         with self._read() as (db, _):
             return cast(list[StudyRecord], clone(sorted(db.table("studies").all(), key=lambda d: str(d.get("name", "")))))
 
+    def active_studies(self) -> list[StudyRecord]:
+        """The studies that want trials (running, stopping), by name: what the engine's loop asks
+        every second, without copying the summaries of every study that ended."""
+        with self._read() as (db, _):
+            docs = [d for d in _table(db, "studies").values() if d.get("state") in ACTIVE_STUDY_STATES]
+            return cast(list[StudyRecord], clone(sorted(docs, key=lambda d: str(d.get("name", "")))))
+
     def upsert_trials(self, study: str, docs: list[Mapping[str, Any]]) -> int:
-        """Create or update many trials of `study` in one write (each doc has a `number`);
-        returns how many changed. Nothing is written when none did."""
+        """Create or update many trials of `study` in one write (each doc has a `number`), sealed or
+        not; returns how many changed. Nothing is written when none did."""
         bodies = [{**_to_json(dict(d), "trial"), "study": study} for d in docs]
         with self._write() as db:
-            return _merge_trials(db, study, bodies)
+            changed = sealed_trials.merge(self, db, study, bodies)
+            if changed:
+                sealed_trials.seal_round(self, db)
+            return changed
 
     def sync_study(self, name: str, doc: Mapping[str, Any], trials: list[Mapping[str, Any]]) -> StudyRecord:
         """A study summary and its trials in one write (the tuning mirror's per-trial update)."""
@@ -699,28 +746,24 @@ class Store(CatalogFile):
         body["name"] = name
         bodies = [{**_to_json(dict(d), "trial"), "study": name} for d in trials]
         with self._write() as db:
-            _merge_trials(db, name, bodies)
-            studies = db.table("studies")
-            cond = Query().name == name
-            old_doc = studies.get(cond)
-            if old_doc is None or any(old_doc.get(k) != v for k, v in body.items()):
-                studies.upsert(body, cond)
-            return cast(StudyRecord, clone(studies.get(cond)))
+            sealed_trials.merge(self, db, name, bodies)
+            return self._put_study(db, name, body)
 
     def list_trials(self, study: str) -> list[dict[str, Any]]:
-        """The study's trials, by number."""
-        with self._read() as (db, _):
-            found = db.table("trials").search(Query().study == study)
-            return clone(sorted(found, key=lambda d: int(d.get("number", 0))))
-
-    def _upsert(self, *, db_table: str, cond: Any, body: dict[str, Any]) -> dict[str, Any]:
-        with self._write() as db:
-            table = db.table(db_table)
-            existing = table.get(cond)
-            # Summaries get re-sent unchanged often; skip the whole-file write then.
-            if existing is None or any(existing.get(k) != v for k, v in body.items()):
-                table.upsert(body, cond)
-            return clone(table.get(cond))
+        """The study's trials, by number: from the working set, or from its trial file once sealed."""
+        for _ in range(5):
+            with self._read() as (db, _fresh):
+                found = clone([d for d in _table(db, "trials").values() if d.get("study") == study])
+                entry = sealed_trials.registry(db).get(study)
+            if entry is not None and entry.get("trials"):
+                try:
+                    shelf = self.segments.trials(entry)
+                except FileNotFoundError:  # replaced twice since we read the registry: read it again
+                    continue
+                numbers = {d.get("number") for d in found}
+                found += clone([d for d in shelf.values() if d.get("number") not in numbers])
+            return sorted(found, key=lambda d: int(d.get("number", 0)))
+        raise CatalogLocked(f"{self.segments.folder} kept changing while the trials of {study} were read; try again")
 
     # ------------------------------------------------------------------ events
 

@@ -23,7 +23,7 @@ from trialdeck.engine.runtime import versions
 from trialdeck.engine.runtime.pidfile import alive, read_pid_info
 from trialdeck.engine.runtime.placement import read_cluster_status
 from trialdeck.engine.runtime.recorder import METRICS_NAME
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunRecord, RunState
+from trialdeck.engine.types import UNFINISHED_STATES, RunRecord, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
@@ -99,7 +99,7 @@ def wants_engine(store: Store) -> bool:
     """Whether the catalogue holds work only an engine can do: runs queued, running (a dead
     engine's) or interrupted, or a study that still wants trials (running, or stopping), also
     one the engine has not created yet (killed before its first tick)."""
-    if any(d.get("state") in ACTIVE_STUDY_STATES for d in store.list_studies()):
+    if store.active_studies():
         return True
     return any(not r.get("foreground") for r in store.unfinished(omit=("config", "history", "events")))
 

@@ -42,7 +42,7 @@ from trialdeck.engine.runtime.pidfile import alive, describe_pid
 from trialdeck.engine.runtime.placement import BasePlacement, LocalPlacement
 from trialdeck.engine.runtime.script import forget_attempts, kill_leftovers
 from trialdeck.engine.runtime.script import resumes as script_resumes
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState
+from trialdeck.engine.types import EventKind, RunEvent, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 if TYPE_CHECKING:  # optuna, which the driver imports, loads only once a study exists
@@ -172,7 +172,7 @@ class Engine:
 
     def _feed_studies(self) -> bool:
         """Ask and tell for running studies; True when any study was looked at."""
-        if not any(d.get("state") in ACTIVE_STUDY_STATES for d in self.store.list_studies()):
+        if not self.store.active_studies():
             return False
         self.driver.tick(capacity=self.placement.capacity(), ensemble_width=self.placement.ensemble_width)
         return True

@@ -27,7 +27,7 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, EventKind, RunEvent, RunState, StudyRecord, StudyState, finite
+from trialdeck.engine.types import EventKind, RunEvent, RunState, StudyRecord, StudyState, finite
 
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
@@ -87,7 +87,7 @@ class StudyDriver:
                              runs=[r for r in runs if r.get("study") == name])
 
     def active(self) -> list[StudyRecord]:
-        return [d for d in self.store.list_studies() if d.get("state") in ACTIVE_STUDY_STATES]
+        return self.store.active_studies()
 
     def tick(self, capacity: int, ensemble_width: int = 1) -> int:
         """Tell finished trials, ask new ones up to `capacity` in flight per study (times
@@ -202,8 +202,14 @@ class StudyDriver:
         return told
 
     def reconcile(self) -> None:
-        """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
-        docs = [doc for doc in self.store.list_studies() if doc.get("storage_url")]
+        """At engine start: bring every study's Optuna trials and TinyDB mirror in line. A study that
+        ended (completed, stopped, failed) with no run left in flight is in line already (its last
+        trial was told before it ended): it is left alone, so a start reads what is in flight, not
+        every study and run of the past."""
+        ended = (StudyState.COMPLETED, StudyState.STOPPED, StudyState.FAILED)
+        busy = {r.get("study") for r in self.store.unfinished(omit=("config", "history", "events"))}
+        docs = [doc for doc in self.store.list_studies()
+                if doc.get("storage_url") and (doc.get("state") not in ended or doc["name"] in busy)]
         runs = self.store.list_runs(omit=("config", "events"), studies={d["name"] for d in docs}) if docs else []
         for doc in docs:
             self._reconcile_study(doc, runs)

@@ -5,8 +5,10 @@ shows (a batch committed; a first segment written), never after a fixed sleep.
 After the kill the catalogue parses, and every file it names parses (with plain json and TinyDB).
 The import: the runs present are exactly the records of the batches committed, whole, in order,
 and none of the next (README: all or nothing per batch of up to 256 records); the same command
-then imports the rest. The migration: catalog.json is the old file untouched; the next open
-migrates it, keeps `catalog.json.v1.bak`, loses nothing and leaves no leftover segment file.
+then imports the rest. The migration (a workspace of studies: 20,000 trial runs and their trials):
+catalog.json is the old file untouched; the next open migrates it, keeps `catalog.json.v1.bak`,
+loses no run and no trial, and leaves no leftover segment or trial file. It is killed once while
+it writes run segments and once while it writes the studies' trial files.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from tinydb import TinyDB
 from tests.deck import TRIALDECK, cli, gone
 from trialdeck.engine.catalogue import lines as lines_module
 from trialdeck.engine.catalogue.migrate import BACKUP_SUFFIX
-from trialdeck.engine.catalogue.store import SEGMENTS_DIR, Store
+from trialdeck.engine.catalogue.store import LAYOUT, SEGMENTS_DIR, Store
 from trialdeck.engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
 RECORDS = 20_000
+STUDIES = 20
+"""The old workspace's runs are the trials of this many studies (1,000 each), all ended but the last."""
 QUIET = {"TRIALDECK_NO_AUTOSTART": "1"}
 
 
@@ -65,6 +69,21 @@ def _readable(ws: Workspace) -> dict[str, dict[str, Any]]:
             with TinyDB(ws.root / SEGMENTS_DIR / seg["file"], access_mode="r") as part:
                 runs.update({r["id"]: dict(r) for r in part.table("runs").all()})
     return runs
+
+
+def _readable_trials(ws: Workspace) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every trial, by (study, number), read with json and TinyDB alone from catalog.json and the
+    trial files its `trial_segments` table names."""
+    trials: dict[tuple[str, int], dict[str, Any]] = {}
+    with TinyDB(ws.catalog_path, access_mode="r") as db:
+        found = db.table("trials").all()
+        for seg in db.table("trial_segments").all():
+            json.loads((ws.root / SEGMENTS_DIR / seg["file"]).read_bytes())
+            with TinyDB(ws.root / SEGMENTS_DIR / seg["file"], access_mode="r") as part:
+                found += part.table("trials").all()
+    for t in found:
+        trials[(t["study"], t["number"])] = dict(t)
+    return trials
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -119,41 +138,63 @@ def test_kill_9_during_an_import_keeps_whole_batches_and_the_same_command_finish
         assert run["imported_from"] == f"r{n}" and run["config"] == lines[n - 1]["config"]
 
 
-def _old_workspace(home: Path) -> tuple[bytes, dict[str, dict[str, Any]]]:
-    """A workspace as trialdeck wrote it before segments: 20,000 runs in catalog.json's one-per-line layout."""
+def _old_workspace(home: Path) -> tuple[bytes, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """A workspace of studies as trialdeck wrote it before segments: 20,000 trial runs of STUDIES
+    studies, and their trials, in catalog.json's one-per-line layout."""
     ws = Workspace(home).ensure()
-    runs, events = {}, {}
+    runs, events, trials = {}, {}, {}
+    per_study = RECORDS // STUDIES
     for i in range(1, RECORDS + 1):
+        study, number = f"s{(i - 1) // per_study:02d}", (i - 1) % per_study
         state = "queued" if i % 1000 == 0 else "completed"
         runs[str(i)] = {"id": f"r{i}", "preset": "seed/step-decay", "state": state, "seq": i, "config": {"i": i},
-                        "history": [{"epoch": 1, "train_loss": 1.0 / i}], "tags": ["old"],
+                        "history": [{"epoch": 1, "train_loss": 1.0 / i}], "tags": ["old"], "study": study,
+                        "trial": number,
                         "events": [{"kind": "started", "epoch": None, "message": "on cpu.0", "time": float(i)}],
                         "created_at": float(i), "finished_at": None if state == "queued" else float(i + 1)}
         events[str(i)] = {**runs[str(i)]["events"][0], "run": f"r{i}"}
+        trials[str(i)] = {"study": study, "number": number, "state": "complete" if state != "queued" else "running",
+                          "value": 1.0 / i, "params": {"optimizer.lr": 1e-3 * (number % 7 + 1)}, "run_id": f"r{i}",
+                          "intermediate": {"1": 1.0 / i}, "started_at": float(i), "finished_at": float(i + 1)}
+    studies = {str(k + 1): {"name": f"s{k:02d}", "state": "running" if k == STUDIES - 1 else "completed",
+                            "metric": "val_loss", "direction": "minimize"} for k in range(STUDIES)}
     state = {"meta": {"1": {"generation": 9, "next_run": RECORDS + 1, "next_seq": RECORDS + 1}}, "runs": runs,
-             "studies": {}, "trials": {}, "events": events}
+             "studies": studies, "trials": trials, "events": events}
     raw = lines_module.serialize(state, {}, {})
     ws.catalog_path.write_bytes(raw)
-    return raw, runs
+    return raw, runs, trials
 
 
-def test_kill_9_during_the_migration_leaves_the_old_catalogue_and_the_next_open_finishes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writing", ["runs-", "trials-"])
+def test_kill_9_during_the_migration_leaves_the_old_catalogue_and_the_next_open_finishes(tmp_path: Path,
+                                                                                       writing: str) -> None:
     home = tmp_path / "ws"
-    raw, old = _old_workspace(home)
+    raw, old, old_trials = _old_workspace(home)
     ws = Workspace(home)
     proc = subprocess.Popen([*TRIALDECK, "queue", "list", "--home", str(home)], env={**os.environ, **QUIET},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folder = ws.root / SEGMENTS_DIR
-    _wait(lambda: folder.is_dir() and any(n.endswith(".json") for n in os.listdir(folder)), "a first segment", proc)
+    _wait(lambda: folder.is_dir() and any(n.startswith(writing) and n.endswith(".json") for n in os.listdir(folder)),
+          f"a first {writing} file", proc)
     _kill(proc)
 
     assert ws.catalog_path.read_bytes() == raw  # the old file, whole and in use
-    assert len(_readable(ws)) == RECORDS
+    assert len(_readable(ws)) == RECORDS and len(_readable_trials(ws)) == RECORDS
     listed = {r["id"]: r for r in Store(ws).list_runs()}  # the next open migrates
     assert listed == {d["id"]: d for d in old.values()}
     assert (ws.root / f"catalog.json{BACKUP_SUFFIX}").read_bytes() == raw
     now = json.loads(ws.catalog_path.read_bytes())
-    assert now["meta"]["1"]["layout"] == 2 and len(now["runs"]) == RECORDS // 1000
+    assert now["meta"]["1"]["layout"] == LAYOUT and len(now["runs"]) == RECORDS // 1000
+    # The running study's trials stay; the ended studies' are in their trial files.
+    assert {t["study"] for t in now["trials"].values()} == {f"s{STUDIES - 1:02d}"}
+    assert len(now["trial_segments"]) == STUDIES - 1
     named = {name for seg in now["segments"].values() for name in (seg["file"], seg["index"])}
+    named |= {seg["file"] for seg in now["trial_segments"].values()}
     assert set(os.listdir(folder)) == named  # the killed attempt's files are gone
     assert _readable(ws) == listed
+    trials = _readable_trials(ws)
+    assert trials == {(t["study"], t["number"]): t for t in old_trials.values()}
+    store = Store(ws)
+    for study in ("s00", "s07", f"s{STUDIES - 1:02d}"):
+        assert store.list_trials(study) == sorted((t for t in old_trials.values() if t["study"] == study),
+                                                  key=lambda t: t["number"])
