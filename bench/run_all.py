@@ -42,12 +42,16 @@ SECTIONS = [
      {"device": "cpu"}),
     ("bench.bench_packing", "trials per hour through the engine: one at a time, packed, ensembled (GPU)", True,
      {"device": "cuda"}),
-    ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second", False, {}),
+    ("bench.bench_script", "engine CPU while a script run prints 10,000 lines a second (captured), "
+                           "and TensorBoard scalars to the catalogue", False, {}),
     ("bench.bench_cluster", "per-run overhead on a 2-worker Dask LocalCluster vs the local engine (CPU)", False, {}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (CPU)", False,
      {"device": "cpu"}),
+    ("bench.bench_scale", "a year of sweeps: 100,000 finished runs, and 50 studies of 1,000 trials, vs an empty workspace",
+     False, {}),
     ("bench.bench_stream", "data past the device budget: streaming path vs a plain DataLoader loop (GPU)", True,
      {"device": "cuda"}),
+    ("bench.bench_studies", "any Optuna study at scale, and pruning by dominance", False, {}),
 ]
 
 

@@ -28,8 +28,10 @@ Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["constant", "step", "exponential", "cosine", "plateau"]
 FillMode = Literal["nearest", "constant", "reflect"]
 Precision = Literal["fp32", "bf16"]
-Sampler = Literal["grid", "random", "tpe", "cmaes", "qmc"]
-Pruner = Literal["none", "median", "hyperband", "successive_halving"]
+Sampler = Literal["grid", "random", "tpe", "cmaes", "qmc", "nsga2", "nsga3"]
+"""`tune.sampler`: the Optuna samplers a preset names (tuning/samplers.py builds each)."""
+Pruner = Literal["none", "median", "hyperband", "successive_halving", "pareto_halving"]
+"""`tune.pruner` (or its `kind`); pareto_halving is trialdeck's own multi-objective successive halving."""
 Direction = Literal["minimize", "maximize"]
 Metric = Literal["val_loss", "val_acc", "train_loss", "val_mae"]
 """The per-epoch metrics a built-in run records; monitors and tuning objectives pick one. A

@@ -147,6 +147,8 @@ class EventKind(str, enum.Enum):
     REQUEUED = "requeued"
     RESUMED = "resumed"
     COMPLETED = "completed"
+    METRIC_MISSING = "metric_missing"
+    """Early stopping, a pruner or a study watches a metric the program has not reported."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ def planned_epochs(config: Any) -> int | None:
 
 
 class RunRecord(TypedDict, total=False):
-    """A `runs` document of the catalogue (catalog.json), as `Store` hands it out.
+    """A `runs` document of the catalogue (catalog.json's working set, or a segment of sealed
+    runs), as `Store` hands it out.
 
     `config`, `history` and `events` are left out where a caller asks
     (`Store.list_runs(omit=...)`, `Store.queued()`); fields after `seq` are set
@@ -304,6 +307,13 @@ class RunRecord(TypedDict, total=False):
     note: str
     data_path: str
     """"device" or "stream"."""
+    archived: bool
+    """Set by `runs archive`: out of default lists (`runs list --archived` shows it), kept whole."""
+    imported_from: str
+    """The id the run had where it was exported (`runs import`), through every move."""
+    imported_study: str
+    """The study (and `imported_trial` the trial number) it was a trial of there."""
+    imported_trial: int
     completed_at: float
     early_stopped_at: float
     pruned_at: float
@@ -344,3 +354,13 @@ class StudyRecord(TypedDict, total=False):
     error: str | None
     create: dict[str, Any] | None
     """Set by a client (`tune`): the engine creates the Optuna study from it, then clears it."""
+    directions: list[str]
+    """One per objective, in order ("minimize" / "maximize")."""
+    objectives: list[dict[str, str]]
+    """[{metric, direction}] in order; one objective: the study's metric and direction."""
+    pareto: list[int]
+    """Several objectives: the numbers of the complete trials on the front (Optuna's best_trials)."""
+    importances_by_objective: dict[str, dict[str, float]] | None
+    """Several objectives: PED-ANOVA importances per objective's metric, and "pareto" for the front."""
+    tags: list[str]
+    """`tune --tag`: carried by every trial's run."""

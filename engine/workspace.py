@@ -89,13 +89,15 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFB
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *,
-                 backup: str | os.PathLike[str] | None = None) -> None:
+                 backup: str | os.PathLike[str] | None = None, durable: bool = True) -> None:
     """Replace `path` with `data` so no reader ever sees a partial file.
 
     Writes a 0600 temp file in the same directory, fsyncs it, `os.replace`s it
     over `path` and fsyncs the directory so the rename itself survives a crash.
     With `backup`, the file being replaced is first hard-linked there (cheap:
     no copy), so `backup` always holds the previous complete version.
+    `durable=False` skips both fsyncs: for a file that can be made again from
+    others (after a power cut it may be empty, never a mix of two versions).
     """
     path = Path(path)
     directory = path.parent
@@ -107,7 +109,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if backup is not None:
@@ -123,7 +126,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
                 f"cannot write {path}: {os.strerror(exc.errno)}; the previous version is intact"
             ) from None
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def _link_backup(path: Path, backup: Path) -> None:

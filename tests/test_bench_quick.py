@@ -21,7 +21,8 @@ def test_run_all_quick_produces_every_section(tmp_path):
     for section in ("trainer vs plain loop", "batched augmentation", "store and CLI start-up",
                     "engine per-run overhead", "`trialdeck tune` vs a plain", "TUI under streaming runs",
                     "ensemble trials vs one at a time", "trials per hour through the engine",
-                    "engine CPU while a script run prints", "data past the device budget"):
+                    "engine CPU while a script run prints", "data past the device budget",
+                    "any Optuna study at scale, and pruning by dominance", "a year of sweeps"):
         assert f"## {section}" in text, section
     assert "| error |" not in text
     assert "ratio" in text and "torch" in text

@@ -9,16 +9,19 @@ validation split.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tests.deck import cli, one_line
+from tests.deck import REPO, cli, one_line
 from trialdeck.engine.datasets import load_data
+from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import RunSpec
-from trialdeck.engine.training.export import load_model
+from trialdeck.engine.training.export import export_model, load_model
 from trialdeck.engine.training.trainer import evaluate
 from trialdeck.engine.workspace import Workspace
 
@@ -98,17 +101,51 @@ def test_an_export_is_a_plain_state_dict_and_a_toml_and_loads_back(trained, tmp_
     assert abs(evaluate(from_file, data.x_val, data.y_val)[1] - kept_entry(record)["val_acc"]) <= 1e-6
 
 
-def test_export_refuses_a_toml_path_and_a_missing_folder(trained, tmp_path):
+def test_export_refuses_a_toml_path(trained, tmp_path):
     home, record = trained
     proc = cli(home, "runs", "export", record["id"], "--model", str(tmp_path / "model.toml"))
     assert proc.returncode == 2 and "cannot end in .toml" in one_line(proc.stderr)
-    proc = cli(home, "runs", "export", record["id"], "--model", str(tmp_path / "nope" / "model.pt"))
-    assert proc.returncode == 2 and "does not exist" in one_line(proc.stderr)
+
+
+def test_export_into_a_missing_folder_makes_it_as_torch_save_users_expect(trained, tmp_path):
+    home, record = trained
+    proc = cli(home, "runs", "export", record["id"], "--model", "out/deeper/model.pt", cwd=tmp_path)  # the README's example
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "deeper" / "model.pt").is_file() and (tmp_path / "out" / "deeper" / "model.toml").is_file()
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(BadInput) as refused:  # what `runs export` prints as its one line, exit 2
+        export_model(Workspace(home), record, tmp_path / "taken" / "model.pt")
+    assert refused.value.message == (f"--model {tmp_path / 'taken' / 'model.pt'}: cannot make folder "
+                                     f"{tmp_path / 'taken'}: a file of that name is in the way")
+
+
+def readme_formula_names() -> set[str]:
+    """The names in the README's normalisation formula for an export, `(x / pixel_max - mean) / std`."""
+    readme = (REPO / "README.md").read_text()
+    formula = re.search(r"`(\(x / [^`]*)`", readme.split("`runs export RUN --model PATH`", 1)[1]).group(1)
+    return set(re.findall(r"[a-z_]+", formula)) - {"x"}
+
+
+def test_an_export_of_a_model_trained_on_float_arrays_has_every_value_of_the_readmes_formula(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(120, 6)).astype(np.float32)  # floats: standardised as they are
+    np.savez(tmp_path / "floats.npz", x=x, y=(x[:, 0] > 3.0).astype(np.int64))
+    home = tmp_path / "ws"
+    proc = cli(home, "train", "base/digits-mlp", "--set", "data.dataset=arrays", "--set", "data.path=floats.npz",
+               "--set", "train.epochs=1", "--set", "model.hidden=[8]", "--device", "cpu", "--json", cwd=tmp_path,
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    export_model(Workspace(home), json.loads(proc.stdout), tmp_path / "model.pt")  # as `runs export --model` does
+    meta = tomllib.loads((tmp_path / "model.toml").read_text())["export"]
+    names = readme_formula_names()
+    assert names == {"pixel_max", "mean", "std"}
+    assert names <= set(meta), f"the README's formula uses {sorted(names - set(meta))}, which the export lacks"
+    assert meta["pixel_max"] == 1.0
+    # The formula with the written values is what the run trained on: the training subset's stats.
+    assert meta["mean"][0] == pytest.approx(3.0, abs=0.5) and meta["std"][0] == pytest.approx(2.0, abs=0.5)
 
 
 def test_load_model_of_a_missing_export_or_run_says_what_is_missing(trained, tmp_path):
-    from trialdeck.engine.errors import BadInput
-
     home, _ = trained
     with pytest.raises(BadInput, match="does not exist"):
         load_model(tmp_path / "nothing.pt")

@@ -4,7 +4,8 @@ never shadows trialdeck's modules, nor is shadowed by them.
 
 The wheel is built from a copy of the source tree (pip, no build isolation: the venv's
 setuptools), then read as a zip: `top_level.txt` says `trialdeck`, every file lies under
-`trialdeck/`, and every module and preset of the source tree is in it.
+`trialdeck/`, and every module and preset of the source tree is in it; the build warns about no
+folder left out of `packages` (each folder is listed, the preset folders too).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -31,18 +33,39 @@ def _source_files() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel built from a copy of the source tree, and what the build printed on stderr."""
     src = tmp_path_factory.mktemp("src")
     for rel in _source_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # -v: the build backend's own output (setuptools' warnings), which an older pip shows only then.
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
                            "-w", str(out), str(src)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = out.glob("trialdeck-*.whl")
-    with zipfile.ZipFile(path) as zf:
+    return path, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(built) -> zipfile.ZipFile:
+    with zipfile.ZipFile(built[0]) as zf:
         yield zf
+
+
+def test_the_build_warns_about_no_folder_left_out_of_the_packages(built):
+    # setuptools' "Package would be ignored" (about 40 lines per folder) buries a real warning in CI's output.
+    assert "would be ignored" not in built[1], built[1][:3000]
+
+
+def test_every_source_folder_is_a_listed_package():
+    """A new folder under engine/, tui/ or experiments/ goes into pyproject's `packages` list (one a
+    line), or setuptools warns about it at every install (and a .py in it would be left out)."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"trialdeck." + rel.parent.as_posix().replace("/", ".") for rel in _source_files()
+               if rel.parts[0] in ("engine", "tui", "experiments") and rel.suffix in (".py", ".toml", ".tcss")}
+    assert not folders - listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - listed)}"
 
 
 def test_the_wheel_installs_one_top_level_name(wheel):

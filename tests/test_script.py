@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +58,9 @@ def test_a_script_preset_resolves_with_its_workdir_next_to_the_file(tmp_path, mo
     spec = resolve(str(preset(tmp_path, BASE.replace("[params]", 'workdir = "sub"\n[params]'))), ["params.lr=0.5"])
     assert spec.script is not None and spec.script.workdir == str(tmp_path / "sub")  # the preset file's folder
     assert spec.params == {"lr": 0.5, "epochs": 3}
-    assert command_of(spec) == ["python3", "train.py", "--lr", "0.5", "--epochs=3"]
+    # `python3` is found on this (the queuing) shell's PATH, and the run starts what it found there.
+    assert spec.script.command[0] == "python3" and spec.script.program == os.path.abspath(shutil.which("python3"))
+    assert command_of(spec) == [spec.script.program, "train.py", "--lr", "0.5", "--epochs=3"]
     spec = resolve(str(tmp_path / "s.toml"), ["script.workdir='sub'"])
     assert spec.script.workdir == str(tmp_path / "elsewhere" / "sub")  # --set: the folder it is queued from
     spec = resolve(str(preset(tmp_path, BASE)))
@@ -297,7 +300,7 @@ def test_a_script_run_in_process_replaces_epochs_it_reports_again(tmp_path):
     assert [(h["epoch"], h["val_loss"]) for h in final["history"]] == [(1, 3.0), (2, 2.5), (3, 2.6), (4, 2.7)]
     assert final["summary"]["best_epoch"] == 2 and final["summary"]["best_value"] == 2.5
     log = (ws.runs_dir / record["id"] / "log.txt").read_text()
-    assert "epoch 2 reported again: it replaces epochs 2..3" in log
+    assert "epoch 2 reported again: the script went back to an earlier checkpoint; its epochs 2..3 are replaced" in log
 
 
 def test_presets_new_saves_a_set_workdir_as_the_folder_it_was_typed_in(tmp_path, monkeypatch):

@@ -108,9 +108,12 @@ def test_a_failing_script_fails_with_the_last_line_of_its_stderr(deck, tmp_path)
 def test_a_command_that_cannot_start_fails_with_the_reason(deck, tmp_path):
     preset = tmp_path / "s.toml"
     preset.write_text('[script]\ncommand = ["no-such-trainer-here", "--lr", "1"]\n')
+    proc = deck.cli("run", str(preset), "--wait", "--json")  # looked up on this shell's PATH when queued
+    assert proc.returncode == 2 and "'no-such-trainer-here' is not on your PATH" in one_line(proc.stderr)
+    preset.write_text('[script]\ncommand = ["./no-such-trainer-here", "--lr", "1"]\nworkdir = "."\n')
     record = json.loads(deck.cli("run", str(preset), "--wait", "--json").stdout)
     assert record["state"] == "failed"
-    assert record["error"].startswith("cannot start 'no-such-trainer-here': not found")
+    assert record["error"].startswith("cannot start './no-such-trainer-here': not found")
     (tmp_path / "plain.sh").write_text("echo hi\n")  # not executable
     preset.write_text('[script]\ncommand = ["./plain.sh"]\nworkdir = "."\n')  # "." is the preset's folder
     record = json.loads(deck.cli("run", str(preset), "--wait", "--json").stdout)

@@ -6,7 +6,7 @@ The app builds one Context at start; screens reach it as `self.ctx` (screens/bas
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.workspace import Workspace
@@ -23,3 +23,6 @@ class Context:
     library: PresetLibrary
     control: Control
     clock: Callable[[], float]
+    storages: list[str] = field(default_factory=list)
+    """Optuna storages whose studies the Studies view shows besides the workspace's (`tui --storage`,
+    and those opened there), as storage URLs (a journal file as "journal:<path>")."""

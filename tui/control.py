@@ -9,7 +9,7 @@ thread workers: `ensure_engine` may take seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.runtime.control import actions as control
+from trialdeck.engine.types import RunRecord
 from trialdeck.engine.workspace import Workspace
 from trialdeck.tui.composition import Composition, PresetLibrary
 
@@ -68,7 +69,7 @@ class Control:
             self._ensure(self.ws)
         self._wake(self.ws)
 
-    def enqueue(self, specs: Sequence[RunSpec], priority: int = 0) -> list[dict[str, Any]]:
+    def enqueue(self, specs: Sequence[RunSpec], priority: int = 0) -> list[RunRecord]:
         records = control.enqueue(self.store, specs, priority=priority)
         self._kick()
         return records
@@ -78,7 +79,7 @@ class Control:
         record, how = control.cancel(self.store, run_id, lambda: self._wake(self.ws))
         return f"{record['id']} {how}"
 
-    def requeue(self, run_id: str, sets: Sequence[str] = ()) -> dict[str, Any]:
+    def requeue(self, run_id: str, sets: Sequence[str] = ()) -> RunRecord:
         """A new queued run with the same resolved config, changed by `sets` (`--set` items)
         if any (the old record stays as it is)."""
         [new] = control.rerun(self.store, [run_id], sets=sets)
@@ -114,7 +115,7 @@ class Control:
             self._wake(self.ws)
         return changes
 
-    def set_priority(self, run_id: str, priority: int) -> dict[str, Any]:
+    def set_priority(self, run_id: str, priority: int) -> RunRecord:
         record = self.store.set_priority(run_id, priority)
         self._wake(self.ws)
         return record
@@ -128,7 +129,7 @@ def _before(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
 
 
-def reorder(queue: Sequence[dict[str, Any]], run_id: str, where: str) -> dict[str, int]:
+def reorder(queue: Sequence[Mapping[str, Any]], run_id: str, where: str) -> dict[str, int]:
     """New priorities that move `run_id` one place "up" or "down" in dispatch order.
 
     The store dispatches by (priority descending, enqueue order) and only

@@ -72,6 +72,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "metric": ("m", "Next metric"),
     "smooth": ("e", "EMA smoothing"),
     "log_y": ("l", "Log y axis"),
+    "open_storage": ("o", "Open an Optuna storage"),
 }
 
 

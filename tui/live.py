@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from trialdeck.engine.catalogue.briefs import brief, loss_of, resample
 from trialdeck.engine.catalogue.metrics import read_jsonl
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runs.folder import METRICS_NAME
@@ -36,7 +37,7 @@ CANCELLABLE = UNFINISHED_STATES
 """What `control.cancel` accepts: a run that has not ended."""
 
 
-def resumable(run: dict[str, Any] | None) -> bool:
+def resumable(run: Mapping[str, Any] | None) -> bool:
     """Whether `trialdeck runs resume` (R) would take this run."""
     if run is None:
         return False
@@ -55,26 +56,6 @@ TOASTED_EVENTS = frozenset({"early_stopped", "pruned", "failed", "nan_loss", "fi
 
 def _finite(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if finite(v)]
-
-
-def loss_of(epoch: Mapping[str, Any]) -> Any:
-    """The loss a sparkline draws for an epoch: train_loss, or val_loss for a script run that
-    reports no train_loss (its history holds what its script reported)."""
-    value = epoch.get("train_loss")
-    return epoch.get("val_loss") if value is None else value
-
-
-def resample(values: Sequence[float], width: int) -> list[float]:
-    """At most `width` points: bucket means over equal spans of `values`."""
-    n = len(values)
-    if n <= width:
-        return list(values)
-    out = []
-    for i in range(width):
-        lo, hi = i * n // width, (i + 1) * n // width
-        chunk = values[lo:max(hi, lo + 1)]
-        out.append(sum(chunk) / len(chunk))
-    return out
 
 
 def spark(values: Iterable[Any], width: int = SPARK_WIDTH) -> str:
@@ -153,13 +134,40 @@ def metrics_path(ws: Workspace, run_id: str):
     return ws.runs_dir / run_id / METRICS_NAME
 
 
+EPOCHS_KEPT = 4096
+"""Epoch losses a follower keeps per run for a script's sparkline (it resamples them to its width)."""
+
+
 @dataclass
 class _Follow:
     path: Any = None
     offset: int = 0
     trace: LossTrace = field(default_factory=LossTrace)
+    epochs: list[tuple[int, float]] = field(default_factory=list)
+    """(epoch, loss) of the epoch records: a run without step records (a script) draws these, and
+    an epoch recorded again replaces itself and the ones after it."""
+    steps: bool = False
+    """The stream has step records (a built-in run): its sparkline is the step trace."""
     live: LiveRun | None = None
     done: bool = False
+
+    def epoch(self, epoch: Any, loss: Any) -> None:
+        if not isinstance(epoch, int):
+            return
+        while self.epochs and self.epochs[-1][0] >= epoch:
+            self.epochs.pop()
+        if finite(loss):
+            self.epochs.append((epoch, float(loss)))
+            if len(self.epochs) > EPOCHS_KEPT:
+                del self.epochs[: len(self.epochs) - EPOCHS_KEPT]
+
+    def rewind(self, epoch: Any) -> None:
+        if isinstance(epoch, int):
+            while self.epochs and self.epochs[-1][0] >= epoch:
+                self.epochs.pop()
+
+    def points(self) -> list[float]:
+        return self.trace.values() if self.steps else [loss for _, loss in self.epochs]
 
 
 class MetricsFollower:
@@ -208,17 +216,21 @@ class MetricsFollower:
         for rec in records:
             kind = rec.get("kind")
             if kind is None and "loss" in rec:
+                follow.steps = True
                 follow.trace.add(rec.get("loss"))
                 values.update(loss=rec.get("loss"), epoch=rec.get("epoch"), updated=rec.get("t"))
+            elif kind == "start" and "rewound" in rec:  # a script went back: its later epochs come again
+                follow.rewind(rec["rewound"])
             elif kind == "epoch":
                 follow.trace.add(loss_of(rec))
+                follow.epoch(rec.get("epoch"), loss_of(rec))
                 acc = rec.get("val_acc")
                 best = values.get("best_val_acc", live.best_val_acc)
                 if isinstance(acc, (int, float)) and (best is None or acc > best):
                     values["best_val_acc"] = acc
                 values.update(epoch=rec.get("epoch"), epochs_done=rec.get("epoch") or 0, val_loss=rec.get("val_loss"),
                               val_acc=acc, lr=rec.get("lr"), updated=rec.get("t"))
-        follow.live = LiveRun(**{**live.__dict__, **values, "spark": spark(follow.trace.values(), self.width)})
+        follow.live = LiveRun(**{**live.__dict__, **values, "spark": spark(follow.points(), self.width)})
         return True
 
 
@@ -227,13 +239,17 @@ class MetricsFollower:
 
 @dataclass(frozen=True, eq=False)
 class Catalog:
-    """One read of the catalogue: runs without their configs, and the studies."""
+    """One read of catalog.json: the working set's runs without their configs (unfinished runs and
+    the newest finished ones), their briefs, the registry of sealed runs, and the studies. The
+    runs table reads older runs a segment at a time (tui/runs_view.py)."""
 
     version: tuple
     runs: tuple[dict[str, Any], ...] = ()
-    studies: tuple[dict[str, Any], ...] = ()
-    totals: Mapping[str, int] = field(default_factory=dict)
-    """`train.epochs` per run id (read once per run; list_runs omits configs)."""
+    studies: tuple[Mapping[str, Any], ...] = ()
+    briefs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Run id -> brief (engine/catalogue/briefs.py) of each run of `runs`."""
+    segments: tuple[Mapping[str, Any], ...] = ()
+    """The registry of segments of sealed runs (their counts by state, their files)."""
 
     @cached_property
     def by_id(self) -> dict[str, dict[str, Any]]:
@@ -241,10 +257,24 @@ class Catalog:
 
     @cached_property
     def counts(self) -> dict[str, int]:
+        """Runs by state, sealed ones included (not archived ones)."""
         out: dict[str, int] = {}
         for r in self.runs:
             out[r["state"]] = out.get(r["state"], 0) + 1
+        for entry in self.segments:
+            for state, n in (entry.get("states") or {}).items():
+                out[state] = out.get(state, 0) + int(n)
         return out
+
+    @cached_property
+    def total(self) -> int:
+        """Every run not archived."""
+        return sum(self.counts.values())
+
+    @cached_property
+    def tagged(self) -> bool:
+        """Some run has tags (the runs table then shows a tags column)."""
+        return any(r.get("tags") for r in self.runs) or any(e.get("tagged") for e in self.segments)
 
     @cached_property
     def active_ids(self) -> frozenset[str]:
@@ -352,6 +382,22 @@ def finished_since(old: Catalog | None, new: Catalog) -> list[LogEntry]:
 # ----------------------------------------------------------------------------- table rows
 
 
+def value_text(value: Any) -> str:
+    """A recorded value as `runs show` and `presets capture` print it: integers as integers, small
+    values in significant digits (lr 4.76e-05, not 0.0000), others with four decimals."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not finite(value):
+            return str(value)
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
+    return str(value)
+
+
 def cell(value: Any, width: int) -> str:
     """A value for a compare table: numbers short, long text (descriptions) cut with "…"."""
     text = "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -361,6 +407,15 @@ def cell(value: Any, width: int) -> str:
 def tags_text(run: Mapping[str, Any]) -> str:
     """A run's tags as they are shown and filtered: "#best #lr-sweep" ("" when none)."""
     return " ".join(f"#{t}" for t in run.get("tags") or ())
+
+
+def host_text(run: Mapping[str, Any]) -> str | None:
+    """Where a run placed on another box trained: its host (a Dask worker's name) and device,
+    "box1-cpu0 (cpu)"; None for a run of this box's own slots."""
+    host = run.get("host")
+    if not host:
+        return None
+    return f"{host} ({run['device']})" if run.get("device") else str(host)
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -400,21 +455,41 @@ def outcome(run: Mapping[str, Any]) -> list[str]:
         losses = [h for h in hist if _num(h.get("val_loss"))]
         best = min(losses, key=lambda h: h["val_loss"]) if losses else {}
         monitor, best_epoch, best_value = "val_loss", best.get("epoch"), best.get("val_loss")
+        delta = 0.0
+    else:
+        delta = min_delta(run)
+    # Keras' rule: with min_delta, an epoch counts as the best only when it beats the best by more
+    # than that, so a later, slightly better value is not "the best": say so where the best is named.
+    by = f" by more than {delta:g}" if delta else ""
     kept = kept_epoch(run)
     kept_entry = next((h for h in hist if h.get("epoch") == kept), None)
     parts = []
     if kept_entry is not None:
-        also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}", best_epoch)) if epoch == kept]
+        also = [what for what, epoch in (("the last", last.get("epoch")), (f"the best {monitor}{by}", best_epoch))
+                if epoch == kept]
         parts.append(f"kept (epoch {kept}{', ' + ' and '.join(also) if also else ''}): {_metrics(kept_entry)}")
     elif run.get("state") == RunState.FAILED:
         parts.append("kept: no weights (the run failed)")
-    elif "kept_epoch" in run and run.get("state") in (RunState.CANCELLED, RunState.INTERRUPTED):
+    elif "kept_epoch" in run and run.get("state") in (RunState.CANCELLED, RunState.INTERRUPTED) and not _is_script(run):
         parts.append(f"kept: the weights from inside epoch {int(last.get('epoch') or 0) + 1}, where it stopped")
     if best_epoch is not None and best_epoch != kept:
-        parts.append(f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
+        parts.append(f"best {monitor} (improved by > {delta:g}): {best_value:.4f} at epoch {best_epoch}" if delta
+                     else f"best {monitor} {best_value:.4f} at epoch {best_epoch}")
     if last.get("epoch") != kept:
         parts.append(f"last epoch {last.get('epoch')}: {_metrics(last)}")
     return parts
+
+
+def min_delta(run: Mapping[str, Any]) -> float:
+    """The early stopper's min_delta of a full run record (0 when it has none or stops early never)."""
+    es = (run.get("config") or {}).get("early_stopping") or {}
+    value = es.get("min_delta") if es.get("enabled") else None
+    return float(value) if finite(value) and value > 0 else 0.0
+
+
+def _is_script(run: Mapping[str, Any]) -> bool:
+    """A script run keeps its own checkpoints: trialdeck keeps no weights of it to speak of."""
+    return bool((run.get("config") or {}).get("script")) or "script_pid" in run
 
 
 def epochs_of(run: Mapping[str, Any]) -> int | None:
@@ -423,20 +498,21 @@ def epochs_of(run: Mapping[str, Any]) -> int | None:
 
 
 def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int | None = None) -> tuple[str, ...]:
-    """The dashboard row of one run; `live` (its followed stream) wins over the catalogue."""
-    hist = run.get("history") or []
-    last = hist[-1] if hist else {}
-    accs = [h.get("val_acc") for h in hist if isinstance(h.get("val_acc"), (int, float))]
-    best = max(accs) if accs else None
-    epoch = last.get("epoch") if last else None
-    acc = last.get("val_acc")
-    line = spark([loss_of(h) for h in hist])
+    """The dashboard row of one run, from its brief (or its whole record); `live` (its followed
+    stream) wins over the catalogue; `total`: the epochs it trains (default: the brief's `planned`)."""
+    if "history" in run:
+        run = brief(run)
+    best = run.get("best_val_acc")
+    epoch = run.get("epoch")
+    acc = run.get("val_acc")
+    line = spark(run.get("curve") or ())
     if live is not None:
         line = live.spark or line
         if live.epochs_done and (epoch is None or live.epochs_done >= epoch):
             epoch, acc = live.epochs_done, live.val_acc
         if live.best_val_acc is not None and (best is None or live.best_val_acc > best):
             best = live.best_val_acc
+    total = run.get("planned") if total is None else total
     epoch_text = "" if epoch is None and not total else f"{epoch or 0}" + (f"/{total}" if total else "")
     started = run.get("started_at")
     ended = run.get("finished_at") if run["state"] != RunState.RUNNING else None
@@ -451,6 +527,6 @@ def run_row(run: Mapping[str, Any], live: LiveRun | None, now: float, total: int
     slot = run.get("slot") or run.get("device") or ""
     if run["state"] == RunState.QUEUED:
         slot = run.get("device") or ""
-    kept = kept_epoch(run)  # whose weights a finished run kept: its best epoch after an early stop
+    kept = run.get("kept_epoch")  # whose weights a finished run kept: its best epoch after an early stop
     return (run["id"], run["state"], str(run.get("preset", "")), line, epoch_text, _num(acc), _num(best),
             "" if kept is None else str(kept), str(slot), elapsed)

@@ -1,10 +1,10 @@
 """Engine and hardware readings for the dashboard's status line, without Textual.
 
 One job: sample cheaply what the status line shows. The engine is found the
-way `trialdeck.engine.runtime.client.status` finds it (pid file + lock), but the run counts come
+way `trialdeck.engine.runtime.control.client.status` finds it (pid file + lock), but the run counts come
 from the catalogue read the UI already has: `status()` lists every run with
 its config on each call, too costly at 2 Hz. GPUs are probed through
-nvidia-ml-py (`trialdeck.engine.runtime.gpus.probe_gpus`); a box without an NVIDIA driver
+nvidia-ml-py (`trialdeck.engine.runtime.placement.gpus.probe_gpus`); a box without an NVIDIA driver
 is probed once, then no more.
 """
 

@@ -16,7 +16,7 @@ from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import preset_roots, resolve
 from trialdeck.engine.runs.folder import LOG_NAME, METRICS_NAME
-from trialdeck.engine.types import RunState
+from trialdeck.engine.types import RunRecord, RunState
 from trialdeck.engine.workspace import Workspace
 
 T0 = 1_767_225_600.0
@@ -70,7 +70,7 @@ def _spec(name: str, ws: Workspace, sets: list[str] | None = None):
     return resolve(name, sets or [], preset_roots(ws.presets_dir))
 
 
-def _new_run(store: Store, ws: Workspace, preset: str, sets: list[str] | None = None, priority: int = 0) -> dict:
+def _new_run(store: Store, ws: Workspace, preset: str, sets: list[str] | None = None, priority: int = 0) -> RunRecord:
     spec = _spec(preset, ws, sets)
     return store.create_run(preset=spec.preset, config=spec.config(), config_hash=spec.content_hash, priority=priority)
 

@@ -18,6 +18,8 @@ parser.add_argument("--lr", type=float, default=0.05)
 parser.add_argument("--epochs", type=int, default=20)
 parser.add_argument("--sleep", type=float, default=0.2, help="seconds per epoch (it is a demo)")
 parser.add_argument("--chatty", type=int, default=0, help="also print this many lines a second")
+parser.add_argument("--chatty-metrics", action="store_true",
+                    help="the chatty lines hold metrics (`| epoch 3 | step 120 | loss 0.4321 | lr 5.00e-02 |`)")
 args = parser.parse_args()
 
 # Resume: where the run keeps its files, and whether it is resuming.
@@ -48,8 +50,11 @@ for epoch in range(state["epoch"] + 1, args.epochs + 1):
     while time.monotonic() - start < args.sleep:
         if args.chatty:  # in bursts, keeping up with `chatty` lines a second, as a loop printing per step
             due = int(args.chatty * (time.monotonic() - start))
-            for _ in range(due - printed):
-                print(f"epoch {epoch}: w {w:.4f} b {b:.4f} (a chatty line, as some training loops print per step)")
+            for i in range(printed, due):
+                if args.chatty_metrics:
+                    print(f"| epoch {epoch} | step {i} | loss {mse(w, b, train[:2]):.4f} | lr {args.lr:.2e} | a chatty line")
+                else:
+                    print(f"epoch {epoch}: w {w:.4f} b {b:.4f} (a chatty line, as some training loops print per step)")
             printed = max(printed, due)
             time.sleep(0.005)
         else:

@@ -55,6 +55,7 @@ import datetime
 import gc
 import io
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,14 +73,34 @@ from trialdeck.engine.catalogue.lines import Fragments, is_table, parse_lines, s
 from trialdeck.engine.errors import CatalogCorrupt, EngineUnavailable
 from trialdeck.engine.workspace import FILE_MODE, atomic_write
 
-__all__ = ["CatalogFile", "CatalogLocked", "TABLES", "META_ID", "HEAD_BYTES", "clone", "gc_paused"]
+__all__ = ["CatalogFile", "CatalogLocked", "TABLES", "META_ID", "HEAD_BYTES", "clone", "gc_paused", "layout_of"]
 
-TABLES = ("meta", "runs", "studies", "trials", "events")
+TABLES = ("meta", "segments", "trial_segments", "runs", "studies", "trials", "events")
+"""catalog.json's tables, in file order: `segments` and `trial_segments` (which files hold the sealed
+runs and the sealed trials) come before `runs` so that a reader streaming the file knows them first."""
 META_ID = 1
 """The document id of the one `meta` record (counters and the generation)."""
 # The first bytes of the file, compared with what we last saw: they hold
 # `{"meta":{"1":{"generation":N,...`, so any write by anyone changes them.
 HEAD_BYTES = 64
+
+
+_LAYOUT = re.compile(rb'^\s*\{\s*"meta"\s*:\s*\{\s*"1"\s*:\s*\{\s*"generation"\s*:\s*\d+\s*,\s*"layout"\s*:\s*(\d+)')
+
+
+def layout_of(path: Path) -> int | None:
+    """The layout a catalogue file says it has (`meta`'s `layout`, right after the generation, as
+    `CatalogFile` writes it and TinyDB keeps it); None when it says none (an older file), 0 when
+    there is no file or it is empty."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except FileNotFoundError:
+        return 0
+    if not head.strip():
+        return 0
+    match = _LAYOUT.match(head)
+    return int(match.group(1)) if match else None
 
 
 class CatalogLocked(EngineUnavailable):
@@ -203,6 +224,9 @@ def _empty_state() -> dict[str, dict[str, Any]]:
 
 class CatalogFile:
     """One catalogue file and this process's cache of it. Thread-safe (`_mutex`)."""
+
+    layout: int | None = None
+    """Written into `meta` right after the generation on every save (None: nothing)."""
 
     def __init__(self, path: Path, *, lock_timeout: float = 60.0) -> None:
         self.path = path
@@ -333,7 +357,10 @@ class CatalogFile:
         meta_table = state.setdefault("meta", {})
         meta = meta_table.get(str(META_ID), {})
         generation = int(meta.get("generation", 0)) + 1
-        meta_table[str(META_ID)] = {"generation": generation, **{k: v for k, v in meta.items() if k != "generation"}}
+        stamp: dict[str, Any] = {"generation": generation}
+        if self.layout is not None:  # right after the generation: inside the bytes `layout_of` reads
+            stamp["layout"] = self.layout
+        meta_table[str(META_ID)] = {**stamp, **{k: v for k, v in meta.items() if k not in stamp}}
         if next(iter(state)) != "meta":
             state = {"meta": state.pop("meta"), **state}
         data = serialize(state, fragments, touched)
@@ -359,8 +386,8 @@ class CatalogFile:
         self._swept = True
 
     @contextmanager
-    def _transaction(self) -> Iterator[TinyDB]:
-        """Exclusive read-modify-write of the whole catalogue."""
+    def _locked(self) -> Iterator[None]:
+        """The catalogue's exclusive file lock (and this object's mutex) for a read-modify-write."""
         with self._mutex:
             try:
                 self._file_lock.acquire()
@@ -372,21 +399,41 @@ class CatalogFile:
             try:
                 if not self._swept:
                     self._sweep_temp_files()
-                db = _CatalogDB(storage=_DictStorage, data=self._load())
-                storage: _DictStorage = db.storage  # type: ignore[assignment]
-                try:
-                    yield db
-                    if storage.dirty:
-                        self._save(storage.data, storage.touched)
-                except BaseException:
-                    # Refused before any change (unknown run, illegal
-                    # transition): the cache is intact. Otherwise it may be
-                    # half-modified: forget it.
-                    if storage.mutating:
-                        self._snapshot = None
-                    raise
+                yield
             finally:
                 self._file_lock.release()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[TinyDB]:
+        """Exclusive read-modify-write of the whole catalogue."""
+        with self._locked(), self._edit() as db:
+            yield db
+
+    @contextmanager
+    def _edit(self) -> Iterator[TinyDB]:
+        """Read-modify-write of the file; the caller holds `_locked()`. `_committed()` runs after a
+        save (still under the lock), `_aborted()` when the body failed."""
+        db = _CatalogDB(storage=_DictStorage, data=self._load())
+        storage: _DictStorage = db.storage  # type: ignore[assignment]
+        try:
+            yield db
+            if storage.dirty:
+                self._save(storage.data, storage.touched)
+        except BaseException:
+            # Refused before any change (unknown run, illegal
+            # transition): the cache is intact. Otherwise it may be
+            # half-modified: forget it.
+            if storage.mutating:
+                self._snapshot = None
+            self._aborted()
+            raise
+        self._committed()
+
+    def _committed(self) -> None:
+        """After a transaction's write reached the disk (under the lock): subclasses clean up."""
+
+    def _aborted(self) -> None:
+        """After a transaction failed (under the lock): subclasses undo what the file does not hold."""
 
     @contextmanager
     def _reading(self) -> Iterator[tuple[TinyDB, bool]]:

@@ -1,6 +1,6 @@
 """The lines a script run reports: read incrementally, and kept as the run's history.
 
-A script (runtime.script) appends one JSON object per epoch to its
+A script (runtime.runners.script) appends one JSON object per epoch to its
 TRIALDECK_METRICS file. Invariants:
 - `ReportedLines` consumes complete lines only: a last line without its
   newline is a write in progress and waits, except at the end (`final`),
@@ -10,6 +10,9 @@ TRIALDECK_METRICS file. Invariants:
   its checkpoint) replaces that epoch and every later one, so a history never
   holds a duplicate; an unnumbered line is the next epoch. Values are kept as
   reported (NaN and infinities become null); only numbers can be monitored.
+  Captured epochs (engine.capture: what the program printed or logged) join
+  the same history as sources of their own; for the same name at the same
+  epoch the reported value wins.
 Pure (no torch, no processes), so it is tested as plain logic.
 """
 
@@ -109,11 +112,46 @@ class ReportedEpoch:
         return numeric(self.values.get(name))
 
 
+REPORTED = "reported"
+"""The source name of the lines the script appends itself (`report()`, TRIALDECK_METRICS)."""
+
+
+def _epoch_of(entry: dict[str, Any]) -> ReportedEpoch:
+    return ReportedEpoch(entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one line did to the history: `how` is "new" (a later epoch, appended), "changed"
+    (an epoch's values changed, or another source's epoch came in between: entries from `since`
+    on are new) or "rewound" (its source went back: its epochs from `since` on were replaced)."""
+
+    record: ReportedEpoch
+    how: str
+    since: int
+    source: str = REPORTED
+    replaced: tuple[int, int] | None = None
+    """A source that went back: the first and last of its epochs it replaced."""
+    restarted: bool = False
+    """It went back to (or before) its first epoch: the program started over rather than resumed."""
+
+
 @dataclass
 class ScriptHistory:
-    """The run's history as the script reported it, across attempts (see the module docstring)."""
+    """The run's history as the script reported it and the capture read it, across attempts.
+
+    Each source (the reported lines, and each capture source: "output", "tensorboard", ...)
+    owns its values at each epoch; an entry is their merge, the reported values winning for the
+    same name. A source that goes back (a reported epoch reported again; a captured step below
+    the one before it, or a restarted program's first step at or below its earlier ones)
+    replaces its own values from there on: a history never holds a duplicate."""
 
     entries: list[dict[str, Any]] = field(default_factory=list)
+    _parts: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    _last: dict[str, int] = field(default_factory=dict)
+    """Each source's last epoch in this attempt."""
+    _top: dict[str, int] = field(default_factory=dict)
+    """Each source's highest epoch over all attempts."""
 
     @classmethod
     def of(cls, lines: Iterable[dict[str, Any]]) -> ScriptHistory:
@@ -126,17 +164,64 @@ class ScriptHistory:
     def last_epoch(self) -> int | None:
         return self.entries[-1]["epoch"] if self.entries else None
 
+    def sources(self) -> set[str]:
+        return {src for parts in self._parts.values() for src in parts}
+
+    def new_attempt(self) -> None:
+        """The program starts again: each source's first epoch is compared with what it recorded before."""
+        self._last.clear()
+
     def add(self, line: dict[str, Any]) -> tuple[ReportedEpoch, bool]:
         """Take one reported line; returns it as an epoch, and whether it went back (replaced
         this epoch and later ones)."""
+        change = self.add_from(REPORTED, line)
+        return change.record, change.how == "rewound"
+
+    def add_from(self, source: str, line: dict[str, Any]) -> Change:
+        """Take one line of `source` (see the class docstring)."""
         epoch = line.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch) \
                 or epoch != int(epoch) or epoch < 0:
             epoch = (self.last_epoch or 0) + 1  # unnumbered: the next one
         epoch = int(epoch)
-        record = ReportedEpoch(epoch, {k: _clean(v) for k, v in line.items() if k != "epoch"})
-        rewound = self.last_epoch is not None and epoch <= self.last_epoch
-        if rewound:
-            self.entries = [e for e in self.entries if e["epoch"] < epoch]
-        self.entries.append(record.to_json())
-        return record, rewound
+        values = {k: _clean(v) for k, v in line.items() if k != "epoch"}
+        before = self.last_epoch
+        if source == REPORTED:
+            went_back = self._top.get(source, -1) >= epoch
+        elif source in self._last:
+            went_back = epoch < self._last[source]
+        else:  # the first of this attempt: a restarted program numbers from where it resumed
+            went_back = self._top.get(source, -1) >= epoch
+        since, replaced, restarted = epoch, None, False
+        if went_back:
+            mine = sorted(k for k in self._parts if source in self._parts[k])
+            gone = [k for k in mine if k >= epoch]
+            replaced, restarted = (gone[0], gone[-1]) if gone else None, bool(mine) and epoch <= mine[0]
+            for key in gone:
+                del self._parts[key][source]
+                if not self._parts[key]:
+                    del self._parts[key]
+            self._top[source] = epoch
+        else:
+            self._top[source] = max(self._top.get(source, epoch), epoch)
+        self._parts.setdefault(epoch, {})[source] = values
+        self._last[source] = epoch
+        if not went_back and (before is None or epoch > before):
+            self.entries.append(self._entry(epoch))
+            return Change(_epoch_of(self.entries[-1]), "new", epoch, source)
+        self._rebuild(since)
+        record = next(_epoch_of(e) for e in self.entries if e["epoch"] == epoch)
+        return Change(record, "rewound" if went_back else "changed", since, source, replaced, restarted)
+
+    def _entry(self, epoch: int) -> dict[str, Any]:
+        parts = self._parts[epoch]
+        merged: dict[str, Any] = {}
+        for src, values in parts.items():
+            if src != REPORTED:
+                merged.update(values)
+        merged.update(parts.get(REPORTED, {}))
+        return {"epoch": epoch, **merged}
+
+    def _rebuild(self, since: int) -> None:
+        kept = [e for e in self.entries if e["epoch"] < since]
+        self.entries = kept + [self._entry(k) for k in sorted(k for k in self._parts if k >= since)]

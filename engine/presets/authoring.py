@@ -141,20 +141,37 @@ def write_preset(
     spec = validate(composed)
     doc: dict[str, Any] = {"description": description or f"{name}: " + " + ".join(parents)}
     if parents:
-        doc["extends"] = list(parents)
+        doc["extends"] = [_absolute_parent(p) for p in parents]
     table = dict(body or {})
     _merge_plain(table, overrides_table(sets))
-    script = table.get("script")
-    if any(s.partition("=")[0].strip() == "script.workdir" for s in sets) and isinstance(script, dict) \
-            and isinstance(script.get("workdir"), str):
-        # A --set workdir means this folder; in a preset file a relative one means the file's.
-        script["workdir"] = str((Path.cwd() / Path(script["workdir"]).expanduser()).resolve())
+    _absolute_set_paths(table, sets)
     doc.update(table)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     from trialdeck.engine.workspace import atomic_write
 
     atomic_write(path, tomli_w.dumps(doc).encode())
     return path, spec
+
+
+SET_PATH_KEYS = (("data", "path"), ("model", "path"), ("script", "workdir"))
+"""Keys whose relative value means a folder or file: a `--set` one is typed relative to the folder
+`presets new` runs in, but in a saved preset it would be read relative to the folder a run is
+queued from (data.path, model.path) or to the preset file's own folder (script.workdir)."""
+
+
+def _absolute_parent(parent: str) -> str:
+    """A parent given as a file (`--from ./cnn.toml`) is stored by its absolute path, so the saved
+    preset runs from any folder; a parent given by name stays a name."""
+    return str(Path(parent).expanduser().resolve()) if parent.endswith(".toml") else parent
+
+
+def _absolute_set_paths(table: dict[str, Any], sets: list[str]) -> None:
+    """Each path key set by `--set` (SET_PATH_KEYS), made absolute from this folder."""
+    given = {tuple(s.partition("=")[0].strip().split(".")) for s in sets}
+    for section, key in SET_PATH_KEYS:
+        node = table.get(section)
+        if (section, key) in given and isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = str((Path.cwd() / Path(node[key]).expanduser()).resolve())
 
 
 def save_config(presets_dir: Path, name: str, config: dict[str, Any], *, description: str,

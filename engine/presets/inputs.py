@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trialdeck.engine.errors import PresetError
-from trialdeck.engine.presets.schema import RunSpec
+from trialdeck.engine.presets.schema import TENSORBOARD_INSTALL, RunSpec
 
 __all__ = ["ArrayInfo", "check_inputs", "factory_source", "input_problems", "npz_arrays", "torchvision_archs"]
 
@@ -47,14 +47,31 @@ def check_inputs(spec: RunSpec) -> None:
 def input_problems(spec: RunSpec) -> list[str]:
     """Every problem with the run's own data and model, one line each ([] when none, or when
     the run uses neither)."""
-    if spec.script is not None:
-        return []
     name = spec.preset or "preset"
+    if spec.script is not None:
+        return [f"{name}: {p}" for p in _script_problems(spec)]
     try:
         out = [f"{name}: {p}" for p in _data_problems(spec)]
         out += [f"{name}: {p}" for p in _model_problems(spec)]
     except OSError as exc:  # a folder we may not read (another user's home): said, not a traceback
         return [f"{name}: {exc.filename or ''}: {exc.strerror or exc}"]
+    return out
+
+
+# -- script ----------------------------------------------------------------------------------
+
+
+def _script_problems(spec: RunSpec) -> list[str]:
+    """A script's program not found on the queuing shell's PATH, a capture that needs an extra."""
+    assert spec.script is not None
+    out = []
+    program = spec.script.command[0]
+    if "/" not in program and "{" not in program and not spec.script.program:
+        out.append(f"script.command: {program!r} is not on your PATH (the program is looked up where you queue the "
+                   "run); activate its environment, or give its full path")
+    if spec.script.capture.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        out.append(f"script.capture.tensorboard needs TensorBoard's event-file reader, an optional extra: "
+                   f"{TENSORBOARD_INSTALL}")
     return out
 
 

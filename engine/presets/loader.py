@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib.resources
+import os
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -397,6 +398,7 @@ def resolve_workdir(composed: Composed, cwd: Path | None = None) -> None:
     script = composed.data.get("script")
     if not isinstance(script, dict):
         return
+    _resolve_program(script)
     value = script.get("workdir")
     if value is None:
         script["workdir"] = str(here)
@@ -404,11 +406,34 @@ def resolve_workdir(composed: Composed, cwd: Path | None = None) -> None:
     if not isinstance(value, str):
         return  # the schema says what is wrong with it
     source = composed.source_of(("script", "workdir"))
-    base = Path(source).parent if source.endswith(".toml") else here
+    # The real file's folder: an editable install's link tree (editable_mode=strict) links each
+    # built-in preset file from experiments/, and a relative workdir means the folder beside it.
+    base = Path(source).resolve().parent if source.endswith(".toml") else here
     path = (base / Path(value).expanduser()).resolve()
     if not path.is_dir():
         raise PresetError(f"{source}: script.workdir = {value!r}: the folder {path} does not exist")
     script["workdir"] = str(path)
+
+
+def _resolve_program(script: dict[str, Any]) -> None:
+    """A program named without a `/` (`python`, `torchrun`) means what it means in the shell that
+    queues the run (its activated environment), not on the engine's PATH: record where this
+    process's PATH finds it (`script.program`). Not found: left unset, and the enqueue check
+    (presets.inputs) says so."""
+    command = script.get("command")
+    if not isinstance(command, list) or not command or not isinstance(command[0], str):
+        return
+    program = command[0]
+    if "/" in program or not program.strip() or "{" in program:
+        script.pop("program", None)  # a path, or a placeholder: nothing to look up
+        return
+    import shutil
+
+    found = shutil.which(program)
+    if found:
+        script["program"] = os.path.abspath(found)
+    else:
+        script.pop("program", None)
 
 
 def _resolve_own_paths(composed: Composed, here: Path) -> None:

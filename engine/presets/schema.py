@@ -17,13 +17,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from trialdeck.engine.kinds import (
     BUILTIN_MODELS,
     METRICS,
+    SAMPLERS,
     USER_DATASETS,
     Activation,
     BatchNorm,
@@ -38,6 +41,21 @@ from trialdeck.engine.kinds import (
     Schedule,
 )
 
+SINGLE_OBJECTIVE_SAMPLERS: dict[Sampler, str] = {"cmaes": "CMA-ES adapts one search distribution to one objective's ranking"}
+"""Samplers that cannot take several objectives, and why."""
+PRUNER_SETTINGS: dict[Pruner, tuple[str, ...]] = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps"),
+    "hyperband": ("min_resource", "reduction_factor"),
+    "successive_halving": ("min_resource", "reduction_factor"),
+    "pareto_halving": ("n_startup_trials", "min_resource", "reduction_factor"),
+}
+"""The settings of `[tune.pruner]` each kind takes."""
+RUN_FACTS = ("parameters", "seconds", "peak_memory_mb")
+"""Objectives that are facts of a run rather than a recorded metric: its parameter count, its
+training time (the sum of its epochs' seconds), its peak device memory (CUDA only)."""
+PER_EPOCH_FACTS = ("parameters", "seconds")
+"""Run facts known at every epoch (the pareto_halving pruner compares objectives per epoch)."""
 FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 """`model.factory`: "package.module:function"."""
 
@@ -377,13 +395,54 @@ class SpaceEntry(Block):
         return "float" if self.float_ is not None else "int" if self.int_ is not None else "choices"
 
 
+class ObjectiveConfig(Block):
+    """One objective of `[tune] objectives`: a recorded metric or a run fact, and its direction."""
+
+    metric: str
+    direction: Direction
+
+    _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
+
+
+class PrunerConfig(Block):
+    """`[tune.pruner]`: a kind and its own settings; `pruner = "median"` is the kind alone.
+    Settings left out keep the defaults trialdeck always used (engine/tuning/samplers.py)."""
+
+    kind: Pruner = "median"
+    n_startup_trials: int | None = Field(None, ge=0, le=100_000)
+    """Trials that finish before the pruner prunes (median), or that reach a rung before it
+    compares there (pareto_halving)."""
+    n_warmup_steps: int | None = Field(None, ge=0, le=100_000)
+    """Epochs of a trial before the median pruner looks at it."""
+    min_resource: int | None = Field(None, ge=1, le=100_000)
+    """Epochs to the first rung of a halving pruner."""
+    reduction_factor: int | None = Field(None, ge=2, le=100)
+    """A halving pruner keeps 1 in `reduction_factor` trials at each rung."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PrunerConfig:
+        takes = PRUNER_SETTINGS[self.kind]
+        for key in ("n_startup_trials", "n_warmup_steps", "min_resource", "reduction_factor"):
+            if getattr(self, key) is not None and key not in takes:
+                allowed = ", ".join(takes) if takes else "no settings"
+                raise ValueError(f"{key} does not apply to the {self.kind} pruner; it takes {allowed}")
+        return self
+
+    @property
+    def settings(self) -> dict[str, int]:
+        return {k: v for k in PRUNER_SETTINGS[self.kind] if (v := getattr(self, k)) is not None}
+
+
 class TuneConfig(Block):
     sampler: Sampler = "tpe"
-    pruner: Pruner = "median"
+    pruner: PrunerConfig = PrunerConfig()
+    """A kind (`pruner = "median"`) or a table with `kind` and its settings."""
     metric: str = "val_loss"
     direction: Direction = "minimize"
 
     _metric = field_validator("metric")(classmethod(lambda cls, v: _check_metric_name(v)))
+    objectives: list[ObjectiveConfig] | None = Field(None, min_length=1, max_length=8)
+    """Several objectives (a multi-objective study); unset: the one of `metric`/`direction`."""
     reduce: Literal["best", "last"] = "best"
     """The trial's value: the best epoch's metric (the article's np.amin(val_loss)) or the last."""
     trials: int = Field(50, ge=1, le=1_000_000)
@@ -393,6 +452,63 @@ class TuneConfig(Block):
     """Grid and random studies: train trials that share an architecture as one vmapped
     ensemble per worker (trialdeck.engine.training.ensemble); false: one run per trial."""
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_kind(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_objective(cls, data: Any) -> Any:
+        """With `objectives`, `metric`/`direction` mirror the first one (what one-objective code
+        and older readers of a study see); set apart, they must agree with it."""
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list) and data["objectives"]:
+            first = data["objectives"][0]
+            if isinstance(first, dict):
+                data = dict(data)
+                if "pruner" not in data and len(data["objectives"]) > 1:
+                    # The median pruner compares one objective: several are pruned by dominance, when
+                    # every one of them is known at each epoch.
+                    late = any(isinstance(o, dict) and o.get("metric") in RUN_FACTS and
+                               o.get("metric") not in PER_EPOCH_FACTS for o in data["objectives"])
+                    data["pruner"] = "none" if late else "pareto_halving"
+                for key in ("metric", "direction"):
+                    if key in data and key in first and data[key] != first[key]:
+                        raise ValueError(f"{key} = {data[key]!r} and objectives[0].{key} = {first[key]!r}: give "
+                                         "the objectives alone (the first one is the study's metric)")
+                    if key in first:
+                        data[key] = first[key]
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """One objective and a pruner without settings dump as they always did (`pruner = "median"`,
+        no `objectives`), so configs and content hashes of existing studies stay the same."""
+        out = handler(self)
+        if self.objectives is None:
+            out.pop("objectives", None)
+        settings = self.pruner.settings
+        out["pruner"] = {"kind": self.pruner.kind, **settings} if settings else self.pruner.kind
+        return out
+
+    @property
+    def objective_list(self) -> list[ObjectiveConfig]:
+        """The study's objectives in order: `objectives`, or the one of `metric`/`direction`."""
+        return list(self.objectives) if self.objectives else [ObjectiveConfig(metric=self.metric,
+                                                                               direction=self.direction)]
+
+    @property
+    def directions(self) -> list[Direction]:
+        return [o.direction for o in self.objective_list]
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objective_list]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objective_list) > 1
 
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
@@ -409,11 +525,36 @@ class TuneConfig(Block):
             if bad:
                 kind = self.space[bad[0]].kind
                 raise ValueError(f"grid sampler needs choices (or plain int ranges); {bad[0]!r} is a {kind} range")
+        self._check_objectives()
         return self
 
+    def _check_objectives(self) -> None:
+        metrics = self.metrics
+        dup = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+        if dup is not None:
+            _fail_at(("objectives",), metrics, f"{dup!r} is named twice; each objective names another metric")
+        if self.multi and self.sampler in SINGLE_OBJECTIVE_SAMPLERS:
+            several = ", ".join(s for s in SAMPLERS if s not in SINGLE_OBJECTIVE_SAMPLERS)
+            _fail_at(("sampler",), self.sampler,
+                     f"the {self.sampler} sampler takes one objective ({SINGLE_OBJECTIVE_SAMPLERS[self.sampler]}); "
+                     f"with {len(metrics)} objectives use one of {several}")
+        if self.multi and self.pruner.kind not in ("none", "pareto_halving"):
+            _fail_at(("pruner",), self.pruner.kind,
+                     f"the {self.pruner.kind} pruner compares one objective; with {len(metrics)} objectives use "
+                     "\"pareto_halving\" (dominated at a rung -> pruned) or \"none\"")
+        if self.pruner.kind == "pareto_halving":
+            late = [m for m in metrics if m in RUN_FACTS and m not in PER_EPOCH_FACTS]
+            if late:
+                _fail_at(("pruner",), self.pruner.kind,
+                         f"pareto_halving compares the objectives at every epoch, and {late[0]} is known only when a "
+                         "run ends; use pruner \"none\" with it")
 
-PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*)\}")
-"""`{params.NAME}` in a script's command or env (NAME may be dotted, into a table of params)."""
+
+PLACEHOLDER = re.compile(r"\{params\.([A-Za-z0-9_][A-Za-z0-9_.-]*?)(:py)?\}|\{run_dir\}")
+"""`{params.NAME}` in a script's command, env or resume_args (NAME may be dotted, into a table of
+params); `{params.NAME:py}` spells it as Python would (True/False); `{run_dir}` is the run's own
+folder (TRIALDECK_RUN_DIR)."""
+RUN_DIR = "{run_dir}"
 PARAM_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 ENGINE_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 """Variables the engine sets for a script's slot; `script.env` may not name them (nor TRIALDECK_*)."""
@@ -429,35 +570,132 @@ def lookup_param(params: dict[str, Any], name: str) -> Any:
     return node
 
 
-def format_param(value: Any) -> str:
+def format_param(value: Any, python: bool = False) -> str:
     """A param as one command-line argument: TOML spellings for booleans, the shortest
-    round-tripping form for floats, JSON for lists and tables."""
+    round-tripping form for floats, JSON for lists and tables; `python`: as Python writes them
+    (`True`, `[1, 'a']`), for a program that reads its arguments with `ast.literal_eval`."""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return str(value) if python else "true" if value else "false"
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(value, separators=(",", ":"))
+    return repr(value) if python else json.dumps(value, separators=(",", ":"))
 
 
-def expand(text: str, params: dict[str, Any]) -> str:
-    """`text` with each `{params.NAME}` replaced by its value (no shell: it stays one argument)."""
-    return PLACEHOLDER.sub(lambda m: format_param(lookup_param(params, m.group(1))), text)
+def expand(text: str, params: dict[str, Any], run_dir: str | None = None) -> str:
+    """`text` with each `{params.NAME}` replaced by its value (no shell: it stays one argument),
+    and `{run_dir}` by `run_dir` (left as it is when None: a preview before the run exists)."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(1) is None:
+            return match.group(0) if run_dir is None else run_dir
+        return format_param(lookup_param(params, match.group(1)), python=bool(match.group(2)))
+
+    return PLACEHOLDER.sub(one, text)
+
+
+CAPTURE_OUTPUT = ("auto", "patterns", "off")
+TENSORBOARD_INSTALL = "pip install 'trialdeck[tensorboard]'"
+"""What `[script.capture] tensorboard` needs installed (refused at enqueue without it)."""
+STEP_GROUPS = ("epoch", "step", "iter")
+"""Named groups of a capture pattern that give the step, not a value."""
+
+
+class CaptureConfig(Block):
+    """Metrics read from a program as it is: its output, TensorBoard event files, a CSV log, a
+    stand-in W&B (DESIGN "Metrics from a program as it is")."""
+
+    output: Literal["auto", "patterns", "off"] = "auto"
+    """auto: name/value pairs on each output line (and `patterns`); patterns: only `patterns`;
+    off: none. With tensorboard, csv or wandb set, auto reads `patterns` only: those sources
+    carry the metrics, and two sources would number their steps differently."""
+    patterns: list[str] = Field(default_factory=list, max_length=100)
+    """Regexes with named groups: epoch/step/iter give the step, every other group a value."""
+    rename: dict[str, str] = Field(default_factory=dict)
+    """Captured name -> recorded name (`valid_loss = "val_loss"`)."""
+    tensorboard: str | None = None
+    """Follow the TensorBoard event files under this folder (relative to the workdir, `{run_dir}`
+    allowed); needs the extra: pip install 'trialdeck[tensorboard]'."""
+    csv: str | None = None
+    """Follow this CSV log as it grows (relative to the workdir, `{run_dir}` and `*` allowed)."""
+    wandb: bool = False
+    """Put a stand-in `wandb` module first on the program's PYTHONPATH: its log() calls are recorded."""
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            try:
+                compiled = re.compile(text)
+            except re.error as exc:
+                raise ValueError(f"patterns[{i}] {text!r} is not a regular expression: {exc}") from None
+            names = list(compiled.groupindex)
+            if not names:
+                raise ValueError(f"patterns[{i}] {text!r} has no named group; name what it captures, "
+                                 r"e.g. 'valid loss\s+(?P<val_loss>[\d.]+)'")
+            for name in names:
+                if name not in STEP_GROUPS and not METRIC_NAME.match(name):
+                    raise ValueError(f"patterns[{i}]: group {name!r} is not a metric name")
+        return v
+
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not METRIC_NAME.match(value) or value in STEP_GROUPS:
+                raise ValueError(f"rename.{key} = {value!r} is not a metric name (letters, digits, '_', '.', '-'; "
+                                 "not epoch, step or iter)")
+        return v
+
+    @field_validator("tensorboard", "csv")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("give a path, relative to the script's workdir ({run_dir} allowed)")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> CaptureConfig:
+        if self.output == "patterns" and not self.patterns:
+            raise ValueError('output = "patterns" reads only the patterns, and there are none; add patterns = '
+                             r"['valid loss\s+(?P<val_loss>[\d.]+)'], or use output = \"auto\"")
+        return self
+
+    @property
+    def files(self) -> bool:
+        """It follows a file source (TensorBoard, CSV, W&B)."""
+        return bool(self.tensorboard or self.csv or self.wandb)
+
+    @property
+    def reads_output(self) -> bool:
+        """Whether the program's output is scanned at all (else it goes to the log unread)."""
+        return self.output != "off" and (bool(self.patterns) or (self.output == "auto" and not self.files))
+
+    @property
+    def auto_output(self) -> bool:
+        """Whether the scan uses the automatic rules (else the patterns alone)."""
+        return self.output == "auto" and not self.files
 
 
 class ScriptConfig(Block):
     """A user's own training program, run by the engine in a device slot (DESIGN "Script runs")."""
 
     command: list[str] = Field(min_length=1, max_length=10_000)
-    """The program and its arguments, no shell; `{params.NAME}` placeholders are replaced."""
+    """The program and its arguments, no shell; `{params.NAME}` and `{run_dir}` placeholders are replaced."""
+    program: str | None = None
+    """Where `command`'s program was found when the run was queued: a program named without a `/`
+    (`python`, `torchrun`) is looked up on the PATH of the shell that queues it, not the engine's."""
     workdir: str | None = None
     """Where it runs. Relative: to the folder of the preset file that sets it (`--set`: the
     folder the run is queued from). Unset: the folder the run is queued from."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables (values may hold placeholders)."""
+    resume_args: list[str] = Field(default_factory=list, max_length=1000)
+    """Appended to the command when an interrupted run starts again (`["--init_from=resume"]`)."""
     grace_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     """After SIGTERM (cancel, prune, early stop, engine stop), how long before SIGKILL."""
+    capture: CaptureConfig = CaptureConfig()
+    """Metrics read from the program as it is (its output by default)."""
 
     @field_validator("command")
     @classmethod
@@ -465,6 +703,13 @@ class ScriptConfig(Block):
         if not v[0].strip():
             raise ValueError("the program (its first element) is empty; give it and its arguments, "
                              'e.g. ["python3", "train.py", "--lr", "{params.lr}"]')
+        if any("\0" in part for part in v):
+            raise ValueError("an argument holds a NUL character")
+        return v
+
+    @field_validator("resume_args")
+    @classmethod
+    def _resume_args(cls, v: list[str]) -> list[str]:
         if any("\0" in part for part in v):
             raise ValueError("an argument holds a NUL character")
         return v
@@ -478,6 +723,16 @@ class ScriptConfig(Block):
             if key.startswith("TRIALDECK_") or key in ENGINE_ENV:
                 raise ValueError(f"{key} is set by the engine for each run; it cannot be overridden")
         return v
+
+    def argv(self, params: dict[str, Any], run_dir: str | None = None, resume: bool = False) -> list[str]:
+        """The command to start, placeholders filled: the program found when it was queued, and
+        `resume_args` on a resume."""
+        argv = [expand(part, params, run_dir) for part in self.command]
+        if self.program:
+            argv[0] = self.program
+        if resume:
+            argv += [expand(part, params, run_dir) for part in self.resume_args]
+        return argv
 
 
 NOT_FOR_SCRIPTS = ("data", "model", "regularization", "optimizer", "schedule", "augment")
@@ -579,14 +834,21 @@ class RunSpec(Block):
         if self.params:
             _fail_at(("params",), self.params, "[params] are a script's own hyperparameters; add a [script] table "
                                                "with the command that reads them")
-        for loc, value in ((("early_stopping", "monitor"), self.early_stopping.monitor),
-                           (("tune", "metric"), self.tune.metric if self.tune else None)):
-            if value is not None and value not in METRICS:
+        watched: list[tuple[tuple[str | int, ...], str | None, tuple[str, ...]]] = [
+            (("early_stopping", "monitor"), self.early_stopping.monitor, METRICS)]
+        if self.tune is not None:
+            # An objective may also be a run fact (parameters, seconds, peak_memory_mb).
+            objectives = self.tune.objective_list
+            watched += [((("tune", "objectives", i, "metric") if self.tune.objectives else ("tune", "metric")),
+                         o.metric, METRICS + RUN_FACTS) for i, o in enumerate(objectives)]
+        for loc, value, allowed in watched:
+            if value is not None and value not in allowed:
                 import difflib
 
-                hint = difflib.get_close_matches(value, METRICS, n=1)
+                hint = difflib.get_close_matches(value, allowed, n=1)
                 tip = f"; did you mean {hint[0]!r}?" if hint else ""
-                _fail_at(loc, value, f"{value!r} is not a recorded metric; allowed: {', '.join(METRICS)}{tip}")
+                what = "a recorded metric" if allowed == METRICS else "a recorded metric or run fact"
+                _fail_at(loc, value, f"{value!r} is not {what}; allowed: {', '.join(allowed)}{tip}")
         self._check_own_model_and_data()
         n_weights = len(self.model.hidden_sizes) + 1
         for name in ("l1", "l2"):
@@ -637,7 +899,8 @@ class RunSpec(Block):
         if self.schedule.kind == "plateau":
             uses.append((("schedule", "monitor"), self.schedule.monitor))
         if self.tune is not None:
-            uses.append((("tune", "metric"), self.tune.metric))
+            uses += [((("tune", "objectives", str(i), "metric") if self.tune.objectives else ("tune", "metric")), m)
+                     for i, m in enumerate(self.tune.metrics)]
         return uses
 
     def _check_space(self) -> None:
@@ -671,8 +934,11 @@ class RunSpec(Block):
         texts: list[tuple[tuple[str | int, ...], str]] = [
             (("script", "command", i), part) for i, part in enumerate(self.script.command)]
         texts += [(("script", "env", key), value) for key, value in self.script.env.items()]
+        texts += [(("script", "resume_args", i), part) for i, part in enumerate(self.script.resume_args)]
         for loc, text in texts:
             for match in PLACEHOLDER.finditer(text):
+                if match.group(1) is None:
+                    continue  # {run_dir}
                 try:
                     lookup_param(self.params, match.group(1))
                 except KeyError:
@@ -702,6 +968,12 @@ class RunSpec(Block):
         else:
             out.update({name: True for name in NOT_FOR_SCRIPTS})
             out["train"] = {k: True for k in TrainConfig.model_fields if k not in SCRIPT_TRAIN_KEYS}
+            assert self.script is not None
+            # Keys added with [script.capture], while unset: older script runs keep their configs.
+            unset = {k: True for k, default in (("program", None), ("resume_args", []), ("capture", CaptureConfig()))
+                     if getattr(self.script, k) == default}
+            if unset and "script" not in out:
+                out["script"] = unset
         return out
 
     def config(self) -> dict[str, Any]:

@@ -7,6 +7,10 @@ the lifecycle's requeue decision.
 
 from __future__ import annotations
 
+# captured.jsonl (what the capture read from a script's output and logs, across attempts) is
+# engine.capture's name, listed here with the rest of the folder.
+from trialdeck.engine.capture.session import CAPTURED_NAME
+from trialdeck.engine.capture.session import forget as forget_captured
 from trialdeck.engine.workspace import Workspace
 
 METRICS_NAME = "metrics.jsonl"
@@ -18,6 +22,9 @@ REPORTED_NAME = "reported.jsonl"
 FILES_NAME = "files"
 """TRIALDECK_RUN_DIR: a script's own checkpoints and files."""
 
+__all__ = ["CAPTURED_NAME", "FILES_NAME", "LOG_NAME", "METRICS_NAME", "REPORTED_NAME",
+           "forget_script_attempts", "script_resumes"]
+
 
 def script_resumes(ws: Workspace, run_id: str) -> bool:
     """Whether a script run starts again as a resume (TRIALDECK_RESUME=1): it started before."""
@@ -25,5 +32,6 @@ def script_resumes(ws: Workspace, run_id: str) -> bool:
 
 
 def forget_script_attempts(ws: Workspace, run_id: str) -> None:
-    """Start a script run over (`recovery = "requeue"`): its reported epochs go, its own files stay."""
+    """Start a script run over (`recovery = "requeue"`): its reported and captured epochs go, its own files stay."""
     (ws.runs_dir / run_id / REPORTED_NAME).unlink(missing_ok=True)
+    forget_captured(ws.runs_dir / run_id)

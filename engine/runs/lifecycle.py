@@ -23,7 +23,7 @@ the engine's lifecycle instead (FactSink).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from trialdeck.engine.runs.facts import (
     CancelOverdue,
@@ -38,7 +38,7 @@ from trialdeck.engine.runs.facts import (
     StartedHere,
 )
 from trialdeck.engine.runs.folder import forget_script_attempts, script_resumes
-from trialdeck.engine.types import LIFECYCLE, TRANSITIONS, Cause, EventKind, RunEvent, RunState
+from trialdeck.engine.types import LIFECYCLE, TRANSITIONS, Cause, EventKind, RunEvent, RunRecord, RunState
 from trialdeck.engine.workspace import Workspace
 
 Recovery = Literal["resume", "requeue", "leave"]
@@ -63,7 +63,7 @@ class TransitionStore(Protocol):
 class FactSink(Protocol):
     """Where a runner's facts go: a Lifecycle, or (on a Dask worker) the way back to the engine's."""
 
-    def apply(self, fact: Fact) -> dict[str, Any] | None: ...
+    def apply(self, fact: Fact) -> RunRecord | None: ...
 
 
 _SOURCES: dict[tuple[Cause, RunState], frozenset[RunState]] = {
@@ -97,7 +97,7 @@ class Lifecycle:
 
     def _move(self, run_id: str, target: RunState, cause: Cause, *, event: RunEvent | None = None,
               events: Sequence[Mapping[str, Any] | RunEvent] = (), error: str | None = None, to_back: bool = False,
-              **fields: Any) -> dict[str, Any]:
+              **fields: Any) -> RunRecord:
         """The transition itself; ValueError when the run's state does not allow it for this cause."""
         sources = _SOURCES.get((cause, target))
         assert sources, f"{cause.value} never makes a run {target.value} (types.LIFECYCLE)"
@@ -107,7 +107,7 @@ class Lifecycle:
         added = [*events, *([event] if event is not None else [])]
         record = self.store.transition(run_id, target, error=error, add_events=added, to_back=to_back,
                                        **fields)
-        return dict(record)
+        return cast(RunRecord, dict(record))
 
     def _state(self, run_id: str) -> RunState | None:
         """The run's state, or None when the catalogue does not say (the store then decides)."""
@@ -120,7 +120,7 @@ class Lifecycle:
 
     # -- facts -------------------------------------------------------------------------------
 
-    def apply(self, fact: Fact) -> dict[str, Any] | None:
+    def apply(self, fact: Fact) -> RunRecord | None:
         """Make the change `fact` means; the run's record after it, or None when its state no
         longer allows it (cancelled meanwhile, say): the catalogue's state then stands."""
         try:
@@ -129,7 +129,7 @@ class Lifecycle:
             self.log(f"{fact.run_id}: {type(fact).__name__} not recorded: {exc}")
             return None
 
-    def _apply(self, fact: Fact) -> dict[str, Any] | None:
+    def _apply(self, fact: Fact) -> RunRecord | None:
         match fact:
             case Started(run_id, place, pid, member, members):
                 how = f"started on {place.describe()}"
@@ -174,7 +174,7 @@ class Lifecycle:
                 self.on_end(run_id, RunState.FAILED)
                 return record
 
-    def _crashed(self, run_id: str, why: str, cancel_asked: bool) -> dict[str, Any] | None:
+    def _crashed(self, run_id: str, why: str, cancel_asked: bool) -> RunRecord | None:
         if self._state(run_id) is not RunState.RUNNING:
             return None  # it recorded its own end before its process went
         if cancel_asked:
@@ -199,7 +199,7 @@ class Lifecycle:
             return "resumes from its checkpoint"
         return "starts over (it has no checkpoint)" if by_user else "starts over"
 
-    def _requeue(self, run_id: str) -> dict[str, Any] | None:
+    def _requeue(self, run_id: str) -> RunRecord | None:
         """An interrupted run goes back in the queue as `recovery` says (see the module docstring)."""
         record = self.store.get_run(run_id)
         if (record is None or record["state"] != RunState.INTERRUPTED.value or record.get("foreground")
@@ -221,13 +221,13 @@ class Lifecycle:
 
     # -- what people (and studies) ask -------------------------------------------------------
 
-    def cancel(self, run_id: str, message: str, *, cause: Cause = Cause.CANCELLED) -> dict[str, Any]:
+    def cancel(self, run_id: str, message: str, *, cause: Cause = Cause.CANCELLED) -> RunRecord:
         """Cancel a queued, interrupted (or, with no engine to stop it, running) run with `message`
         as its event: a person's cancel, a stopped study's, or a failed dependency's (Cause.DEPENDENCY).
         ValueError when its state does not allow it."""
         return self._move(run_id, RunState.CANCELLED, cause, event=RunEvent(EventKind.CANCELLED.value, None, message))
 
-    def resume(self, run_id: str) -> tuple[dict[str, Any], str]:
+    def resume(self, run_id: str) -> tuple[RunRecord, str]:
         """Queue a failed, cancelled or interrupted run again under its own id, behind the runs
         queued at its priority; its record and how it goes on. ValueError when its state does not
         allow it (the caller checks which runs a person may resume)."""

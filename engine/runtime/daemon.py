@@ -48,7 +48,7 @@ from trialdeck.engine.runtime.placement import backend_class
 from trialdeck.engine.runtime.placement.base import BasePlacement
 from trialdeck.engine.runtime.runners.choice import runner_class
 from trialdeck.engine.runtime.wake import Waker
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState
+from trialdeck.engine.types import RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 if TYPE_CHECKING:  # optuna, which the driver imports, loads only once a study exists
@@ -171,7 +171,7 @@ class Engine:
 
     def _feed_studies(self) -> bool:
         """Ask and tell for running studies; True when any study was looked at."""
-        if not any(d.get("state") in ACTIVE_STUDY_STATES for d in self.store.list_studies()):
+        if not self.store.active_studies():
             return False
         self.driver.tick(capacity=self.placement.capacity(), ensemble_width=self.placement.ensemble_width)
         return True

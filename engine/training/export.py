@@ -9,7 +9,9 @@ with `torch.save`, so `torch.load(PATH, weights_only=True)` reads it without
 trialdeck), and PATH's stem + `.toml` beside it, with `[config]` (the run's
 fully resolved configuration) and `[export]` (the run, the epoch the weights
 come from, the input shape and classes the network was built for, and the
-normalisation its inputs need: `(x / pixel_max - mean) / std` per channel).
+normalisation its inputs need: `(x / pixel_max - mean) / std` per channel,
+every value of it written, pixel_max 1 for float arrays). Folders missing
+above PATH are made, as `torch.save` users expect.
 
 Invariants:
 - The weights are the ones the run kept: the checkpoint's `model`, which is
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,7 @@ def config_path_for(weights: str | os.PathLike[str]) -> Path:
     return Path(weights).with_suffix(".toml")
 
 
-def _checkpoint(ws: Workspace, record: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+def _checkpoint(ws: Workspace, record: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
     path = ws.checkpoint_path(record["id"])
     if not path.exists():
         why = "it has not finished an epoch" if record.get("state") in ("queued", "running") else "it kept none"
@@ -65,20 +68,19 @@ def _data_facts(spec: RunSpec, ws: Workspace) -> dict[str, Any]:
     data = data_facts(spec.data, seed=spec.train.seed, data_dir=ws.data_dir)
     facts = {"input_shape": list(data["shape"]), "classes": data["classes"], "class_names": list(data["class_names"]),
              "mean": list(data["mean"]), "std": list(data["std"]),
-             "task": data["task"]}  # (regression: `classes` counts targets)
-    if data["pixel_max"] is not None:
-        facts["pixel_max"] = data["pixel_max"]
+             "task": data["task"],  # (regression: `classes` counts targets)
+             # Every value of the normalisation `(x / pixel_max - mean) / std`: float arrays are
+             # standardised as they are, which the formula says with pixel_max 1.
+             "pixel_max": data["pixel_max"] if data["pixel_max"] is not None else 1.0}
     return facts
 
 
-def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+def export_model(ws: Workspace, record: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
     """Write the run's kept weights to `path` and its config to `config_path_for(path)`; returns what was written."""
     weights = Path(path)
     if weights.suffix == ".toml":
         raise BadInput(f"--model {weights}: the weights file cannot end in .toml (its config is written to a .toml beside it); "
                        f"use e.g. {weights.with_suffix('.pt')}")
-    if not weights.parent.is_dir():
-        raise BadInput(f"--model {weights}: folder {weights.parent} does not exist")
     _, payload = _checkpoint(ws, record)
     spec = RunSpec.model_validate(payload["config"])
     history = payload.get("history") or []
@@ -93,6 +95,7 @@ def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[
         entry = next((h for h in history if h.get("epoch") == kept), None)
         if entry is not None:
             meta["kept_metrics"] = {k: v for k, v in entry.items() if v is not None}
+    _make_parents(weights)
     save_checkpoint(weights, payload["model"])  # atomic, as a checkpoint is
     config = config_path_for(weights)
     header = (f"# Exported by trialdeck from run {record['id']}: the weights are in {weights.name} (a state_dict).\n"
@@ -102,6 +105,17 @@ def export_model(ws: Workspace, record: dict[str, Any], path: str | os.PathLike[
     atomic_write(config, (header + body).encode())
     return {"id": record["id"], "weights": str(weights), "config": str(config), "kept_epoch": meta.get("kept_epoch"),
             "checkpoint_epoch": meta["checkpoint_epoch"], "final": meta["final"]}
+
+
+def _make_parents(weights: Path) -> None:
+    """The folders above `weights`, made as `mkdir -p` would (after the run's checkpoint and data
+    were read, so a refused export leaves no empty folder behind); what cannot be made is one line."""
+    try:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BadInput(f"--model {weights}: cannot make folder {weights.parent}: a file of that name is in the way") from None
+    except OSError as exc:
+        raise BadInput(f"--model {weights}: cannot make folder {weights.parent}: {exc.strerror or exc}") from None
 
 
 def _is_file_ref(source: str | os.PathLike[str]) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,11 +95,14 @@ def plan_ensembles(specs: Sequence[RunSpec], run_dirs: Sequence[Path | None] | N
     return plan([member_key(s, d) for s, d in zip(specs, dirs, strict=True)], max_size)
 
 
-def queue_groups(queued: Sequence[dict[str, Any]], max_size: int,
-                 checkpoint_path: Callable[[str], Path]) -> list[list[dict[str, Any]]]:
+Record = TypeVar("Record", bound=Mapping[str, Any])
+
+
+def queue_groups(queued: Sequence[Record], max_size: int,
+                 checkpoint_path: Callable[[str], Path]) -> list[list[Record]]:
     """The engine's queue (records in dispatch order) as what each dispatch takes: a run alone,
     or trials with equal `ensemble` fields (`group_id`), none resuming a checkpoint."""
-    def key(run: dict[str, Any]) -> str | None:
+    def key(run: Mapping[str, Any]) -> str | None:
         # A run never started has no checkpoint: no file to look for.
         resumes = bool(run.get("attempts")) and checkpoint_path(run["id"]).exists()
         return None if resumes else run.get("ensemble") or None

@@ -17,7 +17,7 @@ requeued and continues as the same trial.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -28,7 +28,7 @@ from trialdeck.engine.runs.lifecycle import Lifecycle
 from trialdeck.engine.training.membership import group_id
 from trialdeck.engine.tuning import study as studies
 from trialdeck.engine.tuning.space import apply_params, sample
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState, StudyState
+from trialdeck.engine.types import RunState, StudyRecord, StudyState, finite
 
 PRUNER_STARTUP_TRIALS = 5
 """Trials of a pruned study that finish before the rest may train as ensembles (Optuna's
@@ -36,6 +36,24 @@ median pruner prunes nothing before 5 trials completed; halving pruners need fin
 ENSEMBLE_SAMPLERS = ("grid", "random")
 """Samplers whose next trials do not depend on the last results, so several can be asked at
 once and trained together as an ensemble without changing what the study samples."""
+
+
+def no_objective(metric: str, runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a study stops early: its first two finished trials recorded no value of its objective
+    (a program whose output the capture does not read, a metric named otherwise), so the rest
+    would record none either. None while that is not so."""
+    done = sorted((r for r in runs if RunState(r["state"]).terminal and r["state"] != RunState.CANCELLED),
+                  key=lambda r: r.get("finished_at") or 0.0)[:2]
+    if len(done) < 2 or any(finite(h.get(metric)) for r in done for h in r.get("history") or ()):
+        return None
+    if all(r["state"] == RunState.FAILED for r in done):
+        errors = "; ".join(f"{r['id']}: {r.get('error') or 'failed'}" for r in done)
+        return f"its first two trials failed before recording any {metric} ({errors})"
+    names = list(dict.fromkeys(k for r in done for h in r.get("history") or () for k, v in h.items()
+                               if k not in ("epoch", "step") and finite(v)))
+    return (f"its first two trials ({done[0]['id']}, {done[1]['id']}) recorded no {metric} (they recorded "
+            f"{', '.join(names) if names else 'no metric at all'}); fix the program's output or its [script.capture] "
+            "(`trialdeck presets capture PRESET LOG` shows what it reads), then start the study again")
 
 
 class StudyDriver:
@@ -50,14 +68,14 @@ class StudyDriver:
         self.workspace_id = f"{studies.host()}:{store.path.parent}"
         self._cache: dict[str, tuple[optuna.Study, Any, dict[str, Any], str]] = {}
 
-    def _load(self, doc: dict[str, Any]):
+    def _load(self, doc: Mapping[str, Any]):
         name = doc["name"]
         if name not in self._cache:
             study, tune, meta = studies.load(name, doc["storage_url"])
             self._cache[name] = (study, tune, meta, doc["storage_url"])
         return self._cache[name]
 
-    def _create(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _create(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> StudyRecord:
         """Create (or resume) the Optuna study a client asked for (`create`, see tuning.launch);
         a resumed study is reconciled first, as at engine start."""
         name, url, wanted = doc["name"], doc["storage_url"], doc["create"]
@@ -72,8 +90,8 @@ class StudyDriver:
         return studies.sync(self.store, study, tune, meta, url=url, fields={"create": None},
                              runs=[r for r in runs if r.get("study") == name])
 
-    def active(self) -> list[dict[str, Any]]:
-        return [d for d in self.store.list_studies() if d.get("state") in ACTIVE_STUDY_STATES]
+    def active(self) -> list[StudyRecord]:
+        return self.store.active_studies()
 
     def tick(self, capacity: int, ensemble_width: int = 1) -> int:
         """Tell finished trials, ask new ones up to `capacity` in flight per study (times
@@ -96,17 +114,21 @@ class StudyDriver:
                 self._ended(doc["name"], StudyState.FAILED.value)
         return created
 
-    def _tick_study(self, doc: dict[str, Any], runs: list[dict[str, Any]], capacity: int,
+    def _tick_study(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], capacity: int,
                     ensemble_width: int = 1) -> int:
         study, tune, meta, url = self._load(doc)
         grouped = ensemble_width > 1 and tune.ensemble and tune.sampler in ENSEMBLE_SAMPLERS
-        if grouped and tune.pruner != "none":
+        if grouped and tune.pruner.kind != "none":
             # A pruner compares a trial with finished ones: start with a few trials one at a time.
             grouped = sum(1 for r in runs if RunState(r["state"]).terminal) >= PRUNER_STARTUP_TRIALS
         if grouped:
             capacity *= ensemble_width
         changed = self._tell_finished(study, tune, runs)
         inflight = [r for r in runs if RunState(r["state"]).unfinished]
+        why = no_objective(tune.metric, runs) if doc["state"] == StudyState.RUNNING else None
+        if why:  # the rest of its trials would record nothing either: stop now, saying why
+            self.log(f"study {doc['name']}: {why}")
+            doc = self.store.upsert_study(doc["name"], {"state": StudyState.STOPPING.value, "stop_reason": why})
         if doc["state"] == StudyState.STOPPING:
             for r in inflight:
                 if r["state"] != RunState.RUNNING:  # queued or interrupted: not started again
@@ -114,10 +136,12 @@ class StudyDriver:
                 elif not r.get("cancel_requested"):
                     self.store.update_run(r["id"], cancel_requested=True)
             if not inflight:
+                reason = doc.get("stop_reason")
+                end = StudyState.FAILED if reason else StudyState.STOPPED
                 studies.sync(self.store, study, tune, meta, url=url, with_importances=True, runs=runs,
-                             fields={"state": StudyState.STOPPED.value, "finished_at": time.time()})
-                self.log(f"study {doc['name']} stopped")
-                self._ended(doc["name"], StudyState.STOPPED.value)
+                             fields={"state": end.value, "finished_at": time.time(), **({"error": reason} if reason else {})})
+                self.log(f"study {doc['name']} {end.value}")
+                self._ended(doc["name"], end.value)
             elif changed:
                 studies.sync(self.store, study, tune, meta, url=url, runs=runs)
             return 0
@@ -166,7 +190,7 @@ class StudyDriver:
         if self.on_end is not None:
             self.on_end(name, state)
 
-    def _tell_finished(self, study: optuna.Study, tune, runs: list[dict[str, Any]]) -> bool:
+    def _tell_finished(self, study: optuna.Study, tune, runs: Sequence[Mapping[str, Any]]) -> bool:
         """Tell Optuna about every final trial run it has not heard of yet."""
         states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
         told = False
@@ -181,13 +205,19 @@ class StudyDriver:
         return told
 
     def reconcile(self) -> None:
-        """At engine start: bring every study's Optuna trials and TinyDB mirror in line."""
-        docs = [doc for doc in self.store.list_studies() if doc.get("storage_url")]
+        """At engine start: bring every study's Optuna trials and TinyDB mirror in line. A study that
+        ended (completed, stopped, failed) with no run left in flight is in line already (its last
+        trial was told before it ended): it is left alone, so a start reads what is in flight, not
+        every study and run of the past."""
+        ended = (StudyState.COMPLETED, StudyState.STOPPED, StudyState.FAILED)
+        busy = {r.get("study") for r in self.store.unfinished(omit=("config", "history", "events"))}
+        docs = [doc for doc in self.store.list_studies()
+                if doc.get("storage_url") and (doc.get("state") not in ended or doc["name"] in busy)]
         runs = self.store.list_runs(omit=("config", "events"), studies={d["name"] for d in docs}) if docs else []
         for doc in docs:
             self._reconcile_study(doc, runs)
 
-    def _reconcile_study(self, doc: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    def _reconcile_study(self, doc: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> None:
         try:
             study, tune, meta, url = self._load(doc)
         except BadInput:

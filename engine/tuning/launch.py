@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from trialdeck.engine.errors import BadInput
@@ -72,9 +73,11 @@ def request(store, name: str, url: str, spec: RunSpec, n_trials: int, timeout: f
         old = (store.get_study(name) or {}).get("tags") or []
         doc["tags"] = old + [t for t in tags if t not in old]
     if store.get_study(name) is None:  # a resumed study keeps the summary its Optuna study gave it
-        doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction, "reduce": tune.reduce,
-                    "sampler": tune.sampler, "pruner": tune.pruner, "storage": redact(url), "storage_url": url,
-                    "counts": {}, "n_done": 0, "best": None})
+        doc.update({"preset": spec.preset, "metric": tune.metric, "direction": tune.direction,
+                    "directions": tune.directions, "objectives": [o.model_dump() for o in tune.objective_list],
+                    "reduce": tune.reduce, "sampler": tune.sampler, "pruner": tune.pruner.kind,
+                    "storage": redact(url), "storage_url": url, "counts": {}, "n_done": 0, "best": None,
+                    **({"pareto": []} if tune.multi else {})})
     return store.upsert_study(name, doc)
 
 
@@ -88,7 +91,7 @@ def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[
     return config_diff(before, after, skip=RESUMABLE_KEYS)
 
 
-def check_resume(name: str, existing: dict[str, Any] | None, spec: RunSpec) -> None:
+def check_resume(name: str, existing: Mapping[str, Any] | None, spec: RunSpec) -> None:
     """Resuming a study keeps the config it was created with; refuse a request that differs,
     rather than ignore the difference."""
     if not existing:

@@ -10,6 +10,7 @@ Optuna import: the catalogue's mirror of the study is enough.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,35 @@ from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.authoring import save_config
 from trialdeck.engine.presets.schema import RunSpec
 from trialdeck.engine.tuning.space import apply_params
+from trialdeck.engine.types import StudyRecord
 
 
-def find_trial(store: Store, study: str, number: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def find_trial(store: Store, study: str, number: int | None = None) -> tuple[StudyRecord, dict[str, Any]]:
     """The study's document and trial `number` (default: its best trial)."""
     doc = store.get_study(study)
     if doc is None:
         raise BadInput(f"no study {study!r} in {store.path}; see `trialdeck studies list`")
+    if number is None and doc.get("pareto") is not None:
+        front = doc["pareto"]
+        if len(front) != 1:
+            raise BadInput(f"study {study} has {len(front)} trials on its Pareto front "
+                           f"({', '.join(f'#{n}' for n in front) or 'none yet'}); pick one by its number")
+        number = front[0]
     if number is None:
         best = doc.get("best")
         if not best:
             raise BadInput(f"study {study} has no complete trial yet, so no best trial to save")
         number = best["number"]
     trial = next((t for t in store.list_trials(study) if t.get("number") == number), None)
-    if trial is None and (doc.get("best") or {}).get("number") == number:
-        trial = {"number": number, **doc["best"], "state": "complete"}  # mirrored summary only
+    best = doc.get("best") or {}
+    if trial is None and best.get("number") == number:
+        trial = {"number": number, **best, "state": "complete"}  # mirrored summary only
     if trial is None:
         raise BadInput(f"study {study} has no trial #{number}; see `trialdeck studies show {study}`")
     return doc, trial
 
 
-def trial_spec(doc: dict[str, Any], trial: dict[str, Any]) -> RunSpec:
+def trial_spec(doc: Mapping[str, Any], trial: dict[str, Any]) -> RunSpec:
     """The trial's resolved configuration: the study's base with its sampled params set."""
     base = doc.get("config") or (doc.get("create") or {}).get("config")
     if not base:
@@ -52,8 +61,11 @@ def save_trial_preset(store: Store, presets_dir: Path, study: str, name: str, *,
     refused if NAME exists, unless `force`. Returns the path, the saved spec and the trial."""
     doc, trial = find_trial(store, study, number)
     spec = trial_spec(doc, trial)
-    value = trial.get("value")
-    measured = f" ({doc.get('metric')} {value:.4g})" if isinstance(value, (int, float)) else ""
+    objectives = doc.get("objectives") or [{"metric": str(doc.get("metric"))}]
+    values = trial.get("values") or [trial.get("value")]
+    shown = ", ".join(f"{o['metric']} {v:.4g}" for o, v in zip(objectives, values, strict=False)
+                      if isinstance(v, (int, float)))
+    measured = f" ({shown})" if shown else ""
     description = f"trial #{trial['number']} of study {study}{measured}, from {doc.get('preset') or spec.preset}"
     path, saved = save_config(presets_dir, name, spec.config(), description=description, force=force)
     return path, saved, trial

@@ -18,13 +18,14 @@ import importlib.util
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.presets.schema import TuneConfig
+from trialdeck.engine.tuning import insight, records
 from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the names and URLs of studies
     RDB_PREFIXES,
     check_study_name,
@@ -33,9 +34,10 @@ from trialdeck.engine.tuning.launch import (  # noqa: F401 - re-exported: the na
     storage_url,
     target_trials,
 )
+from trialdeck.engine.tuning.objectives import metric_value, trial_values
 from trialdeck.engine.tuning.samplers import make_pruner, make_sampler
 from trialdeck.engine.tuning.space import decode_params
-from trialdeck.engine.types import finite
+from trialdeck.engine.types import StudyRecord
 
 _STORAGES: dict[str, Any] = {}
 
@@ -74,16 +76,23 @@ def meta_of(study: optuna.Study) -> dict[str, Any]:
     return meta
 
 
-def tune_of(meta: dict[str, Any]) -> TuneConfig:
+def tune_of(meta: Mapping[str, Any]) -> TuneConfig:
     return TuneConfig.model_validate(meta["config"]["tune"])
 
 
 def create_or_load(name: str, url: str, *, preset: str, config: dict[str, Any], tune: TuneConfig) -> optuna.Study:
     storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(tune), pruner=make_pruner(tune),
-                                direction=tune.direction, load_if_exists=True)
+                                directions=list(tune.directions), load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != tune.directions:
+        raise BadInput(f"study {name!r} in {redact(url)} has directions "
+                       f"{', '.join(d.name.lower() for d in study.directions)}; this preset's objectives want "
+                       f"{', '.join(tune.directions)}: start another study with --study NAME")
     if "trialdeck" not in study.user_attrs:
         study.set_user_attr("trialdeck", {"preset": preset, "config": config})
+        with warnings.catch_warnings():  # set_metric_names is "experimental": not the user's concern
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(tune.metrics)  # optuna-dashboard and trials_dataframe name the objectives
     return study
 
 
@@ -107,36 +116,16 @@ def load(name: str, url: str, *, seed_salt: str | None = None) -> tuple[optuna.S
     return study, tune, meta
 
 
-def trial_value(tune: TuneConfig, history: list[dict[str, Any]]) -> float | None:
-    # A script's history may hold any value under any name: only finite numbers count.
-    values = [float(v) for v in (h.get(tune.metric) for h in history) if finite(v)]
-    if not values:
-        return None
-    if tune.reduce == "last":
-        return values[-1]
-    return min(values) if tune.direction == "minimize" else max(values)
+def trial_value(tune, history: list[dict[str, Any]]) -> float | None:
+    """The trial's value of its (first) objective's metric over `history` (tune.reduce applies)."""
+    return metric_value(tune.metric, tune.direction, tune.reduce, history)
 
 
 def trial_doc(t: optuna.trial.FrozenTrial, tune: TuneConfig) -> dict[str, Any]:
-    start = t.datetime_start.timestamp() if t.datetime_start else None
-    end = t.datetime_complete.timestamp() if t.datetime_complete else None
-    return {
-        "number": t.number,
-        "state": t.state.name.lower(),
-        "value": t.value,
-        "params": decode_params(tune, dict(t.params)),
-        "run_id": t.user_attrs.get("run_id"),
-        "host": t.user_attrs.get("host") or (t.user_attrs.get("workspace") or "").split(":", 1)[0] or None,
-        "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-        "started_at": start,
-        "finished_at": end,
-        "duration": (end - start) if start and end else None,  # `sync` puts its run's own time here
-        "prune_reason": t.user_attrs.get("prune_reason"),
-        "fail_reason": t.user_attrs.get("fail_reason"),
-    }
+    return records.trial_doc(t, tune.multi, lambda params: decode_params(tune, params))
 
 
-def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, record: dict[str, Any]) -> str:
+def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, record: Mapping[str, Any]) -> str:
     """Tell Optuna how a trial's run ended and return the state told.
 
     Optuna has one state for every other ending, FAIL, so a failed trial keeps
@@ -144,11 +133,11 @@ def tell_run(study: optuna.Study, tune: TuneConfig, trial_id: int, number: int, 
     """
     state = record["state"]
     if state in ("completed", "early_stopped"):
-        value = trial_value(tune, record.get("history") or [])
-        if value is not None:
-            study.tell(number, value)
+        values, reason = trial_values(tune, record)
+        if values is not None:
+            study.tell(number, values if tune.multi else values[0])
             return "complete"
-        reason = f"the run recorded no {tune.metric}"
+        assert reason is not None
     elif state == "pruned":
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
         return "pruned"
@@ -165,20 +154,28 @@ def tell_failed(study: optuna.Study, trial_id: int, number: int, reason: str) ->
 
 
 def importances(study: optuna.Study) -> dict[str, float] | None:
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return None
-    try:
-        with warnings.catch_warnings():  # e.g. "Some regimes ... have less than 2 trials": a few trials are normal
-            warnings.simplefilter("ignore")
-            return {k: round(float(v), 6) for k, v in optuna.importance.get_param_importances(study).items()}
-    except (ValueError, RuntimeError):  # e.g. every param constant across complete trials
-        return None
+    """PED-ANOVA importances of the study's one objective, or None when they cannot be computed yet."""
+    found = insight.importances(study, objective=0)
+    return found.values if found.values else None
+
+
+def importances_by_objective(study: optuna.Study, metrics: Sequence[str]) -> dict[str, dict[str, float]] | None:
+    """Several objectives: PED-ANOVA importances for each objective, and for reaching the front
+    (key "pareto"). None when they cannot be computed yet."""
+    out: dict[str, dict[str, float]] = {}
+    for i, metric in enumerate(metrics):
+        found = insight.importances(study, objective=i)
+        if found.values:
+            out[metric] = found.values
+    front = insight.importances(study, objective=None)
+    if front.values:
+        out["pareto"] = front.values
+    return out or None
 
 
 def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, url: str,
          fields: dict[str, Any] | None = None, with_importances: bool = False,
-         runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+         runs: Sequence[Mapping[str, Any]] | None = None) -> StudyRecord:
     """Mirror the Optuna study into TinyDB (studies + trials tables); returns the study doc.
 
     A trial's `duration` is its run's time in its epochs, from `runs` (this workspace's runs
@@ -193,33 +190,28 @@ def sync(store, study: optuna.Study, tune: TuneConfig, meta: dict[str, Any], *, 
     for d in docs:
         if seconds.get(d["run_id"]):
             d["duration"] = round(seconds[d["run_id"]], 3)
-    counts: dict[str, int] = {}
-    for d in docs:
-        counts[d["state"]] = counts.get(d["state"], 0) + 1
-    best = None
-    complete = [d for d in docs if d["state"] == "complete" and d["value"] is not None]
-    if complete:
-        pick = min if tune.direction == "minimize" else max
-        b = pick(complete, key=lambda d: d["value"])
-        best = {"number": b["number"], "value": b["value"], "params": b["params"], "run_id": b["run_id"]}
     doc = {
         "preset": meta["preset"],
         "config": meta["config"],
         "metric": tune.metric,
         "direction": tune.direction,
+        "objectives": [o.model_dump() for o in tune.objective_list],
         "reduce": tune.reduce,
         "sampler": tune.sampler,
-        "pruner": tune.pruner,
+        "pruner": tune.pruner.kind,
         "storage": redact(url),
         "storage_url": url,
-        "counts": counts,
-        "n_done": sum(v for k, v in counts.items() if k in ("complete", "pruned", "fail")),
-        "best": best,
+        **records.summary(docs, tune.directions),
         "synced_at": time.time(),
         **(fields or {}),
     }
     if with_importances:
-        doc["importances"] = importances(study)
+        if tune.multi:
+            by_objective = importances_by_objective(study, tune.metrics)
+            doc["importances_by_objective"] = by_objective
+            doc["importances"] = (by_objective or {}).get("pareto")
+        else:
+            doc["importances"] = importances(study)
     return store.sync_study(study.study_name, doc, docs)
 
 

@@ -97,6 +97,21 @@ def test_the_follower_reads_only_what_was_appended(ws):
     assert follower.poll([]) is None
 
 
+def test_a_scripts_sparkline_counts_each_epoch_once_when_it_goes_back(ws):
+    """A script run has epoch records only; one it records again (a resume, a restart) replaces
+    itself and the epochs after it in the sparkline instead of adding points."""
+    follower = MetricsFollower(ws, width=16)
+    path = ws.run_dir("r2") / METRICS_NAME
+    write(path, {"kind": "start", "command": ["python3", "t.py"]},
+          *({"kind": "epoch", "epoch": e, "loss": 5.0 - e} for e in (1, 2, 3, 4)))
+    assert follower.poll(["r2"])["r2"].spark == "█▆▃▁"
+    write(path, {"kind": "start", "rewound": 3, "params": None},  # went back to epoch 3
+          {"kind": "epoch", "epoch": 3, "loss": 1.0}, {"kind": "epoch", "epoch": 4, "loss": 0.5})
+    assert follower.poll(["r2"])["r2"].spark == "█▆▂▁"  # still four points
+    write(path, {"kind": "epoch", "epoch": 1, "val_loss": 3.0})  # started over, without the marker
+    assert follower.poll(["r2"])["r2"].spark == "▄"
+
+
 def test_the_event_feed_reports_late_events_once():
     feed = EventFeed(window=30)
     old = [{"run": "r1", "kind": "failed", "epoch": 2, "message": "boom", "time": 100.0}]

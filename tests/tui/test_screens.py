@@ -8,12 +8,14 @@ fixed; the workspace is a temp folder.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 from textual.widgets import Input, SelectionList, Static, TabbedContent
 
 from tests.tui.conftest import SIZE, loaded, new_app, screen_name, show
+from trialdeck.engine.catalogue import sealed_trials
 from trialdeck.engine.catalogue.metrics import JsonlMetricsWriter
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.presets import preset_roots, resolve
@@ -576,6 +578,27 @@ async def test_escape_goes_from_the_trials_back_to_the_study_list(seeded):
         await pilot.press("down")
         await wait_for(pilot, lambda: screen.study == "zz-second", what="the study list to move")
         await wait_for(pilot, lambda: trials.row_count == 2, what="the second study's trials")
+
+
+async def test_a_study_whose_trials_are_sealed_shows_them(seeded, monkeypatch):
+    ws, _ = seeded
+    monkeypatch.setattr(sealed_trials, "SEAL_AT", 1)
+    store = Store(ws)
+    seed_study(store, ws, name="zz-ended", trials=3)
+    store.upsert_study("zz-ended", {"state": "completed"})  # ended: its trials leave catalog.json
+    in_file = json.loads(ws.catalog_path.read_bytes())["trials"].values()
+    assert not any(t["study"] == "zz-ended" for t in in_file) and len(Store(ws).list_trials("zz-ended")) == 3
+    app = new_app(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await show(pilot, "4", "StudiesScreen")
+        screen = app.screen
+        studies, trials = screen.query_one("#study-table"), screen.query_one("#trial-table")
+        await wait_for(pilot, lambda: studies.row_count == 2 and trials.row_count == 7, what="two studies")
+        await pilot.press("down")
+        await wait_for(pilot, lambda: screen.study == "zz-ended", what="the ended study")
+        await wait_for(pilot, lambda: trials.row_count == 3, what="its sealed trials")
+        assert row_keys(trials) == ["0", "1", "2"]
 
 
 async def test_the_caption_says_why_the_highlighted_trial_was_pruned(seeded):

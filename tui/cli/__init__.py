@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -52,19 +53,35 @@ def root(
 
 @app.command("tui")
 @handle_errors
-def tui_cmd(home: HomeOpt = None) -> None:
+def tui_cmd(
+    home: HomeOpt = None,
+    storage: Annotated[list[str] | None, typer.Option(
+        "--storage", help="Also show the studies of this Optuna storage, trialdeck's or not, read-only: sqlite:///PATH, "
+                          "postgresql://..., mysql://..., or a journal file's path (repeatable).",
+        show_default=False)] = None,
+) -> None:
     """Open the terminal UI (the same as `trialdeck` with no command)."""
-    _open_tui(home)
+    _open_tui(home, storage or [])
 
 
-def _open_tui(home: Path | None) -> None:
+def _open_tui(home: Path | None, storages: list[str] | None = None) -> None:
     if not sys.stdout.isatty() and os.environ.get("TRIALDECK_FORCE_TUI") != "1":
         err("trialdeck: the TUI needs a terminal; use a subcommand (trialdeck --help) for scripts")
         raise typer.Exit(int(ExitCode.BAD_INPUT))
+    urls = []
+    if storages:
+        # Deferred: Optuna loads only when a storage is named. Each opens now, so one that cannot is
+        # one line before the screen takes the terminal.
+        from trialdeck.engine.tuning import storages as optuna_storages
+
+        for text in storages:
+            url = optuna_storages.parse(text)
+            optuna_storages.study_names(url)
+            urls.append(url)
     # Deferred: textual is only needed when the screen opens.
     from trialdeck.tui.app import make_app
 
-    make_app(workspace(home)).run()
+    make_app(workspace(home), storages=urls).run()
 
 
 app.add_typer(presets.app, name="presets")

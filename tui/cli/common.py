@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +40,32 @@ def emit(data: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
                                          | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
     sys.stdout.flush()
+
+
+def emit_stream(items: Iterable[Any]) -> None:
+    """A JSON list on stdout written as `items` come (one item per line), so a list of 100,000 runs
+    never sits in memory whole; `[]` when empty."""
+    import orjson
+
+    out = sys.stdout.buffer
+    sep = b"[\n"
+    for item in items:
+        out.write(sep)
+        out.write(orjson.dumps(item, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+        sep = b",\n"
+    out.write(b"[]\n" if sep == b"[\n" else b"\n]\n")
+    out.flush()
+
+
+def parse_date(option: str, text: str) -> float:
+    """`2025-01-31` (midnight, local time) or `2025-01-31T18:30` as seconds since 1970; BadInput otherwise."""
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadInput(f"{option} {text!r}: allowed: a date like 2025-01-31, or a time like 2025-01-31T18:30") from None
+    return when.timestamp() if when.tzinfo else when.astimezone().timestamp()
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -125,7 +151,7 @@ def open_store(home: Path | None):
 def find_run(store, run_id: str) -> dict[str, Any]:
     from trialdeck.engine.runtime.control.actions import get_run
 
-    return get_run(store, run_id)
+    return dict(get_run(store, run_id))  # a copy the command may add to (`checkpoint`)
 
 
 def exit_for(record: dict[str, Any]) -> None:
@@ -134,20 +160,26 @@ def exit_for(record: dict[str, Any]) -> None:
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
-def print_run_summary(record: dict) -> None:
+def print_run_summary(record: Mapping[str, Any]) -> None:
     """The run's state, which epoch's weights it kept (and that epoch's metrics), the monitor's
-    best and the last epoch, each labelled; then the events that ended it."""
-    from trialdeck.tui.live import outcome
+    best and the last epoch, each labelled; then the events that ended it (a failure once)."""
+    from trialdeck.tui.live import host_text, outcome
 
     hist = record.get("history") or []
-    where = f"  on {record['device']}" if record.get("device") else ""
+    place = host_text(record) or record.get("device")
+    where = f"  on {place}" if place else ""
     print(f"run {record['id']}  {record['preset']}  {record['state']}{where}")
+    script = (record.get("config") or {}).get("script") or {}
+    if script.get("program"):
+        print(f"  program {script['program']}  (found for `{script['command'][0]}` on the PATH it was queued from)")
     if hist:
         lr = hist[-1].get("lr")  # a script run's history holds what its script reported
         print(f"  epochs {hist[-1]['epoch']}" + (f"  lr {lr:.3g}" if finite(lr) else ""))
         print("  " + " | ".join(outcome(record)))
     for ev in record.get("events") or []:
-        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled"):
+        if ev["kind"] == "failed" and record.get("error") and ev["message"] == record["error"]:
+            continue  # said once, as the error below
+        if ev["kind"] in ("early_stopped", "failed", "nan_loss", "pruned", "cancelled", "metric_missing"):
             print(f"  {ev['kind']}: {ev['message']}")
     if record.get("error"):
         print(f"  error: {record['error']}")
@@ -157,6 +189,17 @@ StorageOpt = Annotated[
     str | None,
     typer.Option("--storage", help="Optuna storage URL shared across boxes (postgresql://...); default: the workspace journal."),
 ]
+StorageReadOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="Read any Optuna storage, trialdeck's or not, without writing to it: sqlite:///PATH, "
+                                   "postgresql://..., mysql://..., or a journal file's path.", show_default=False),
+]
+
+
+def _value_text(value: Any) -> str:
+    from trialdeck.tui.live import value_text  # deferred: every command imports this module
+
+    return value_text(value)
 
 
 def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
@@ -167,7 +210,7 @@ def epoch_line(entry: dict[str, Any], epochs: int | None = None) -> str:
         if key in ("t", "kind", "epoch", "seconds") or value is None:
             continue
         if finite(value) and isinstance(value, float):
-            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {value:.4f}")
+            parts.append(f"{key} {value:.3g}" if key == "lr" else f"{key} {_value_text(value)}")
         elif not isinstance(value, (dict, list)):
             parts.append(f"{key} {value}")
     if finite(entry.get("seconds")):

@@ -136,3 +136,79 @@ def presets_new(
                             for o in overrides]})
     else:
         print(f"saved {name} to {path}")
+
+
+@app.command("capture")
+@handle_errors
+def presets_capture(
+    name: Annotated[str, typer.Argument(help="A script preset (name or .toml file) with, or without, [script.capture].")],
+    log: Annotated[str, typer.Argument(help="A saved log (or a run id: its log), a CSV log, a TensorBoard event "
+                                            "file or folder, or the W&B stand-in's lines.")],
+    set_: SetOpt = None,
+    home: HomeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the preset's [script.capture] would record from a saved log: one row per step, its values."""
+
+    from trialdeck.engine.capture.session import capture_file, capture_log
+    from trialdeck.engine.presets import compose
+    from trialdeck.engine.presets.loader import apply_set, validate
+
+    composed = compose(name, roots(home))
+    apply_set(composed, set_ or [])
+    spec = validate(composed)
+    if spec.script is None:
+        raise BadInput(f"{name}: not a script preset; [script.capture] reads what a [script] program prints or logs")
+    config = spec.script.capture
+    path = _log_path(log, home)
+    if path.is_dir() or path.suffix == ".csv" or "tfevents" in path.name or path.suffix == ".jsonl":
+        if path.is_dir() or "tfevents" in path.name:
+            from trialdeck.engine.capture.tboard import INSTALL, available
+
+            if not available():
+                raise BadInput(f"{log}: reading TensorBoard event files needs the tensorboard extra: {INSTALL}")
+        rows = capture_file(config, path)
+    else:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise BadInput(f"{log}: {exc.strerror or exc}") from None
+        rows = capture_log(config, text)
+    names = list(dict.fromkeys(k for row in rows for k in row if k not in ("step", "epoch")))
+    if as_json:
+        emit({"names": names, "steps": rows})
+        return
+    if not rows:
+        err(f"trialdeck: nothing captured from {log} (with output = {config.output!r}); README \"Metrics from a program "
+            "as it is\" says what the scanner takes, and [script.capture] patterns add your own")
+        return
+    _print_rows(names, rows)
+
+
+def _log_path(log: str, home):
+    """LOG as a path, or a run id's log file."""
+    from pathlib import Path
+
+    path = Path(log).expanduser()
+    if path.exists():
+        return path
+    from trialdeck.engine.runs.folder import LOG_NAME
+    from trialdeck.engine.workspace import RUN_ID_RE
+
+    if RUN_ID_RE.fullmatch(log):
+        run_log = workspace(home).runs_dir / log / LOG_NAME
+        if run_log.exists():
+            return run_log
+    raise BadInput(f"{log}: no such file (nor a run with a log)")
+
+
+def _print_rows(names: list[str], rows: list[dict]) -> None:
+    from trialdeck.tui.live import value_text
+
+    widths = {n: max(len(n), *(len(value_text(r.get(n))) for r in rows)) for n in names}
+    print(f"{'step':>8} {'epoch':>6}  " + "  ".join(f"{n:>{widths[n]}}" for n in names))
+    for row in rows:
+        epoch = "-" if row.get("epoch") is None else value_text(row["epoch"])
+        print(f"{value_text(row['step']):>8} {epoch:>6}  " + "  ".join(f"{value_text(row.get(n)):>{widths[n]}}"
+                                                                          for n in names))
+    err(f"{len(rows)} steps; names: {', '.join(names)}")

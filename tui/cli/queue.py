@@ -59,9 +59,10 @@ def queue_cancel(
     out = []
     for run_id in run_ids:
         record, how = control.cancel(store, run_id, lambda: notify(ws))
-        if record["state"] == RunState.RUNNING:  # asked to stop: wait for the engine to do it
-            record = _await_state(store, record["id"], timeout=10.0)
-        out.append({"id": record["id"], "state": record["state"]})
+        state = record["state"]
+        if state == RunState.RUNNING:  # asked to stop: wait for the engine to do it
+            state = _await_state(store, record["id"], timeout=10.0)["state"]
+        out.append({"id": record["id"], "state": state})
     if as_json:
         emit(out if len(out) > 1 else out[0])
     else:

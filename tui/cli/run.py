@@ -180,10 +180,12 @@ def _follow_lines(run_id: str, as_json: bool, items: Iterator[dict[str, Any]]) -
                 final = item["record"]
                 print(json.dumps({"kind": "final", "state": final["state"], "id": final["id"]}), flush=True)
             continue
-        if kind == "start" and "command" in item:  # a script run (runtime.script)
+        if kind == "start" and "command" in item:  # a script run (runtime.runners.script)
             epochs = None
             again = f", resuming after epoch {item.get('start_epoch')}" if item.get("resumed") else ""
             print(f"{run_id} running on {item.get('device')}: {' '.join(item['command'])}{again}", flush=True)
+        elif kind == "start" and "rewound" in item:  # a script went back: its epochs from there come again
+            print(f"  (epochs from {item['rewound']} on are recorded again)", flush=True)
         elif kind == "start":
             epochs = None
             print(f"{run_id} running on {item.get('device')}: {item.get('params') or 0:,} parameters, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +16,7 @@ from trialdeck.tui.cli.common import (
     SetOpt,
     check_range,
     emit,
+    emit_stream,
     err,
     exit_for,
     find_run,
@@ -38,10 +38,12 @@ def runs_list(
     status: Annotated[str | None, typer.Option("--status", help=f"Only runs in this state: {', '.join(STATES)}.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only runs with this tag (repeatable: all of them).",
                                                   show_default=False)] = None,
+    archived: Annotated[bool, typer.Option("--archived", help="Only archived runs (`runs archive`).")] = False,
     home: HomeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """All runs, oldest first."""
+    """All runs (archived ones with --archived), by run number: one line each, or with --json a
+    JSON list of whole records, one per line, written as they are read."""
     from trialdeck.engine.catalogue.store import check_tags
 
     wanted = check_tags(tag or [], "--tag")
@@ -51,17 +53,15 @@ def runs_list(
         hint = difflib.get_close_matches(status, STATES, n=1)
         raise BadInput(f"--status {status!r} is not a run state; allowed: {', '.join(STATES)}"
                        + (f"; did you mean {hint[0]!r}?" if hint else ""))
-    runs = open_store(home).list_runs(status)
-    if wanted:
-        runs = [r for r in runs if set(wanted) <= set(r.get("tags") or ())]
+    runs = open_store(home).iter_runs(status, tags=wanted, archived=archived)
     if as_json:
-        emit(runs)
+        emit_stream(runs)
         return
-    if not runs:
-        print("no runs")
     from trialdeck.engine.types import kept_epoch
 
+    shown = 0
     for r in runs:
+        shown += 1
         hist = r.get("history") or []
         last = hist[-1] if hist else None
         kept = kept_epoch(r)
@@ -71,6 +71,8 @@ def runs_list(
             metric += ("  " if metric else "") + f"last: {metric_text(last)}"
         tags = "  #" + " #".join(r["tags"]) if r.get("tags") else ""
         print(f"{r['id']:<7} {r['state']:<13} {r['preset']:<28} {len(hist):>4} ep  {metric}{tags}")
+    if not shown:
+        print("no archived runs" if archived else "no runs")
 
 
 @app.command("show")
@@ -89,6 +91,11 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
         print(f"  tags: {', '.join(record['tags'])}")
     if record.get("note"):
         print(f"  note: {record['note']}")
+    if record.get("archived"):
+        print(f"  archived: listed by `runs list --archived`; `trialdeck runs unarchive {record['id']}` brings it back")
+    if record.get("imported_from"):
+        print(f"  imported from {record['imported_from']}" + (f" (study {record['imported_study']})"
+                                                              if record.get("imported_study") else ""))
     if record["checkpoint"]:
         print(f"  checkpoint: {record['checkpoint']}  (`trialdeck runs export {record['id']} --model PATH` writes its weights)")
     print_history(record)
@@ -99,6 +106,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id, e.g. r12.")], 
 def print_history(record: dict) -> None:
     """The per-epoch table, the kept epoch and the monitor's best marked."""
     from trialdeck.engine.types import kept_epoch
+    from trialdeck.tui.live import value_text
 
     hist = record.get("history") or []
     if not hist:
@@ -111,9 +119,11 @@ def print_history(record: dict) -> None:
     if (record.get("config") or {}).get("script"):  # a script's history holds the names it reported
         keys = dict.fromkeys(k for h in hist for k in h if k != "epoch")
         columns = (("epoch", 5, "d"), *((k, max(10, len(k)), ".4f") for k in keys))
+    script = bool((record.get("config") or {}).get("script"))
     print("  " + "  ".join(f"{name:>{width}}" for name, width, _ in columns))
     for h in hist:
-        cells = [format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float))
+        cells = [f"{value_text(h.get(k)):>{w}}" if script and k != "epoch"  # a script's values, whatever their scale
+                 else format(h[k], f">{w}{fmt}") if isinstance(h.get(k), (int, float))
                  else f"{'-' if h.get(k) is None else str(h[k])[:w]:>{w}}" for k, w, fmt in columns]
         marks = ", ".join(m for m, e in (("kept", kept), ("best", best)) if e is not None and e == h.get("epoch"))
         print(("  " + "  ".join(cells) + "  " + marks).rstrip())
@@ -201,8 +211,8 @@ def runs_resume(run_ids: Annotated[list[str], typer.Argument(help="Failed, cance
         control.check_resumable(record)
     out = []
     for run_id in dict.fromkeys(r["id"] for r in records):  # each once, however it was written
-        record, how = control.resume(store, run_id)
-        out.append({"id": record["id"], "state": record["state"], "how": how})
+        queued, how = control.resume(store, run_id)
+        out.append({"id": queued["id"], "state": queued["state"], "how": how})
     ensure_engine(ws, say=err)
     notify(ws)
     if as_json:
@@ -364,83 +374,5 @@ def runs_note(run_id: Annotated[str, typer.Argument(help="Run id.")],
         print(f"{record['id']} note: {record['note']}" if record.get("note") else f"{record['id']}: note removed")
 
 
-EXPORT_FORMATS = ("csv", "json")
-
-
-@app.command("export")
-@handle_errors
-def runs_export(
-    run_ids: Annotated[list[str], typer.Argument(help="Run id(s).")],
-    fmt: Annotated[str | None, typer.Option("--format", help="csv or json (default: from --output's suffix, else csv; "
-                                            "json with --json).", show_default=False)] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.",
-                                                show_default=False)] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="Write the run's kept weights to PATH (a state_dict, "
-                                               "torch.save) and its resolved config to PATH's stem + .toml beside it.",
-                                               show_default=False)] = None,
-    home: HomeOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Per-epoch histories (one row per run and epoch) as CSV or JSON; or, with --model, one run's trained weights.
-
-    Load exported weights back with
-    `from trialdeck.engine import load_model; model = load_model("PATH")`.
-    """
-    store = open_store(home)
-    records = _distinct_runs(store, run_ids)
-    if model is not None:
-        if len(records) != 1 or fmt is not None or output is not None:
-            raise BadInput("--model takes one run and no --format or --output: trialdeck runs export r3 --model model.pt")
-        from trialdeck.engine.training.export import export_model  # deferred: imports torch
-
-        done = export_model(workspace(home), records[0], model)
-        if as_json:
-            emit(done)
-        else:
-            kept = f"kept epoch {done['kept_epoch']}" if done["kept_epoch"] is not None else \
-                f"epoch {done['checkpoint_epoch']} (the run kept no epoch's weights: it is {records[0]['state']})"
-            print(f"{done['id']}: weights of {kept} -> {done['weights']}\n  config -> {done['config']}")
-        return
-    fmt = _export_format(fmt, output, as_json)
-    from trialdeck.engine.catalogue.compare import history_rows
-
-    columns, rows = history_rows(records)
-    if fmt == "json":
-        import orjson
-
-        data = orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    else:
-        import csv
-        import io
-
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-        data = text.getvalue().encode()
-    if output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        return
-    from trialdeck.engine.workspace import atomic_write
-
-    if not output.parent.is_dir():
-        raise BadInput(f"--output {output}: folder {output.parent} does not exist")
-    atomic_write(output, data)
-    summary = {"output": str(output), "format": fmt, "runs": [r["id"] for r in records], "rows": len(rows)}
-    if as_json:
-        emit(summary)
-    else:
-        err(f"wrote {len(rows)} rows of {len(records)} run(s) to {output}")
-
-
-def _export_format(fmt: str | None, output: Path | None, as_json: bool) -> str:
-    if fmt is not None and fmt not in EXPORT_FORMATS:
-        raise BadInput(f"--format {fmt!r}: allowed: {', '.join(EXPORT_FORMATS)}")
-    if as_json and output is None:
-        if fmt == "csv":
-            raise BadInput("--json prints JSON on stdout; with --format csv, give --output FILE too")
-        return "json"
-    if fmt is None:
-        return "json" if output is not None and output.suffix.lower() == ".json" else "csv"
-    return fmt
+# `runs export`, `runs import`, `runs archive` and `runs unarchive` live in tui/cli/records.py.
+from trialdeck.tui.cli import records as _records  # noqa: E402,F401  (registers them on `app`)

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import typer
 
@@ -68,7 +69,7 @@ def tune_cmd(
     if started.was in ACTIVE_STUDY_STATES and not as_json:
         err(f"trialdeck: study {name} is already running; following it")
     if not wait_:
-        doc = store.get_study(name) or started.doc
+        doc: Mapping[str, Any] = store.get_study(name) or started.doc
         if as_json:
             emit(study_view(doc, []))
         else:
@@ -91,7 +92,7 @@ def tune_cmd(
     if doc.get("state") == StudyState.FAILED:
         err(f"trialdeck: study {name} failed: {doc.get('error')}")
         raise typer.Exit(int(ExitCode.JOB_FAILED))
-    if not doc.get("best"):
+    if not (doc.get("best") or doc.get("pareto")):  # no complete trial
         raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 

@@ -15,6 +15,7 @@ what is drawn (bench/bench_tui.py measures it: 50 runs of 200 epochs).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ class Comparison:
     """What the view draws: first from the app's catalogue (histories, no configs: the curves and
     summaries of one metric, at once), then from the full records read by a worker."""
 
-    records: tuple[dict[str, Any], ...] = ()
+    records: tuple[Mapping[str, Any], ...] = ()
     missing: tuple[str, ...] = ()
     """Run ids asked for that are not in the catalogue."""
     metrics: tuple[str, ...] = ()
@@ -92,7 +93,7 @@ class Comparison:
         self.summaries[metric] = tuple(compare.summary(r, metric, p) for r, p in zip(self.records, points))
 
 
-def prepare(run_ids: tuple[str, ...], found: list[dict[str, Any] | None], metrics: tuple[str, ...] | None = None
+def prepare(run_ids: tuple[str, ...], found: Sequence[Mapping[str, Any] | None], metrics: tuple[str, ...] | None = None
             ) -> Comparison:
     """The comparison of the records found (None: not in the catalogue), with the curves and
     summaries of `metrics` (default: all), and the config differences when they have configs."""
@@ -143,7 +144,7 @@ class CompareScreen(LiveScreen):
         self._seen: tuple | None = None
 
     @property
-    def records(self) -> tuple[dict[str, Any], ...]:
+    def records(self) -> tuple[Mapping[str, Any], ...]:
         return self.comparison.records
 
     def compose(self) -> ComposeResult:

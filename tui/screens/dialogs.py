@@ -323,3 +323,27 @@ class RerunDialog(ModalScreen[tuple[str, ...] | None]):
     def action_cancel_dialog(self) -> None:
         self.dismiss(None)
 
+
+
+class StorageDialog(ModalScreen[str | None]):
+    """Ask for an Optuna storage to open read-only in the Studies view: an SQLAlchemy URL or the
+    path of a journal file (what `trialdeck tui --storage` takes)."""
+
+    BINDINGS = [bind("back", "cancel_dialog", description="Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="storage-dialog", classes="dialog"):
+            yield Static("Open an Optuna storage (read-only; any study, trialdeck's or not):", classes="dialog-title")
+            yield Input(placeholder="sqlite:///PATH, postgresql://USER@HOST/DB, or a journal file's path",
+                        id="storage-url")
+            yield Static("enter: open   escape: cancel", classes="dialog-help")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel_dialog(self) -> None:
+        self.dismiss(None)

@@ -1,33 +1,42 @@
 """The runs dashboard (default view): every run with a live loss sparkline, the event log,
 and the engine and hardware line.
 
-Rows are recomputed from what the app pushes (catalogue reads at most twice a
-second, followed metrics, a clock) and applied cell by cell; a run's
-sparkline is a string of block characters in its row. `space` marks runs and
-`C` compares the marked ones (screens/compare.py); a tags column appears once
-some run has tags. On an empty workspace a two-line hint says how to queue a
+The table reads what it draws: its rows are a `RunsWindow` (tui/runs_view.py) over the
+catalogue, so the newest runs show at once however many there are, older ones are read a
+segment at a time as the table scrolls to them, and a run's cells (its sparkline a string of
+block characters) are computed only while it is on screen. `/` filters and `s`/`S` sort over
+every run through a scan in a worker thread. Rows follow what the app pushes (catalogue reads
+at most twice a second, followed metrics, a clock); the cursor stays on its run when runs
+arrive. `space` marks runs and `C` compares the marked ones (screens/compare.py); a tags column
+appears once some run has tags. On an empty workspace a two-line hint says how to queue a
 first run and that the engine keeps going after the terminal closes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Footer, Static
+from textual.worker import get_current_worker
 
-from trialdeck.engine.types import RunState
 from trialdeck.tui import messages
 from trialdeck.tui.keymap import bind
-from trialdeck.tui.live import CANCELLABLE, Catalog, resumable, run_number, run_row, tags_text
+from trialdeck.tui.live import CANCELLABLE, LiveRun, resumable, run_row, tags_text
 from trialdeck.tui.probes import status_text
+from trialdeck.tui.runs_view import SORTS, Columns, Query, RunsWindow, scan
 from trialdeck.tui.screens.base import LiveScreen
 from trialdeck.tui.widgets.event_log import EventLog
 from trialdeck.tui.widgets.filter_bar import FilterBar
 from trialdeck.tui.widgets.live_table import STATE_STYLES, Column, LiveTable
 from trialdeck.tui.widgets.mode_bar import ModeBar
 
-MAX_ROWS = 500
-"""Newest runs shown (plus every active one); filter with `/` to reach older ones."""
+CELLS_KEPT = 2048
+"""Rows' computed cells kept between updates (those on screen are recomputed only when their run changes)."""
+TICK_SECONDS = 1.0
+"""How often the running rows are redrawn (their time counts on)."""
 
 
 class RunsTable(LiveTable):
@@ -45,10 +54,36 @@ class RunsTable(LiveTable):
     """Shown only while some run has tags (the cells' last one)."""
 
 
-def matches(run: dict, words: list[str]) -> bool:
-    hay = (f"{run['id']} {run['state']} {run.get('preset', '')} {run.get('slot') or ''} {run.get('study') or ''} "
-           f"{tags_text(run)} {run.get('note') or ''}").lower()
-    return all(w in hay for w in words)
+class RunRows:
+    """The runs table's `RowSource`: the window's runs, each row computed when it is drawn."""
+
+    def __init__(self, window: RunsWindow, live: Mapping[str, LiveRun], now: float, tagged: bool,
+                 cache: dict[str, tuple[Any, tuple[str, ...]]]) -> None:
+        self.window, self.live, self.now, self.tagged, self.cache = window, live, now, tagged, cache
+
+    def __len__(self) -> int:
+        return len(self.window)
+
+    def key(self, i: int) -> str:
+        n = self.window.number_at(i)
+        return f"r{n}" if n is not None else f"?{i}"
+
+    def cells(self, i: int) -> tuple[str, ...]:
+        brief = self.window.brief(i)
+        if brief is None:  # a segment replaced meanwhile: the next catalogue read fills it
+            return (self.key(i), "…")
+        run_id = brief["id"]
+        live = self.live.get(run_id)
+        mark = (brief, live, self.tagged)
+        hit = self.cache.get(run_id)
+        # A finished row only changes with its brief; a running one also with the clock.
+        if hit is None or hit[0] != mark or brief.get("state") == "running":
+            row = run_row(brief, live, self.now)
+            hit = self.cache[run_id] = (mark, (*row, tags_text(brief)) if self.tagged else row)
+        return hit[1]
+
+    def index(self, key: str) -> int | None:
+        return self.window.index(key) if key[:1] == "r" else None
 
 
 def first_run_hint(mode_keys: tuple[str, ...], queue_key: str) -> Text:
@@ -59,26 +94,22 @@ def first_run_hint(mode_keys: tuple[str, ...], queue_key: str) -> Text:
                          "Runs train in a background engine that goes on after this terminal closes.")
 
 
-def visible_runs(catalog: Catalog, text: str, limit: int = MAX_ROWS) -> list[dict]:
-    """Runs to show, newest first: those matching `text`, at most `limit` plus every running one."""
-    words = text.lower().split()
-    runs = [r for r in catalog.runs if matches(r, words)] if words else list(catalog.runs)
-    runs.sort(key=lambda r: -run_number(r["id"]))
-    if len(runs) > limit:
-        runs = runs[:limit] + [r for r in runs[limit:] if r["state"] == RunState.RUNNING]
-    return runs
-
-
 class RunsScreen(LiveScreen):
-    """Runs, newest first. enter opens one; c cancels; r queues it again; / filters."""
+    """Runs, newest first. enter opens one; c cancels; r queues it again; / filters; s/S sort."""
 
     _filter = ""
     _status_text = ""
 
     def __init__(self) -> None:
         super().__init__()
-        self._rows: dict[str, tuple[tuple, tuple[str, ...]]] = {}
-        """run id -> (what the row was computed from, the row)."""
+        self._cells: dict[str, tuple[Any, tuple[str, ...]]] = {}
+        """run id -> (what its row was computed from, the row)."""
+        self._window: RunsWindow | None = None
+        self._columns: Columns | None = None
+        self._query = Query()
+        self._wanted = Query()
+        """The query typed or chosen; `_query` is the one shown (a scan may still be on its way)."""
+        self._seen: tuple | None = None
 
     BINDINGS = [
         bind("open", "open_run", priority=True),
@@ -87,8 +118,11 @@ class RunsScreen(LiveScreen):
         bind("resume", short="Resume"),
         bind("filter"),
         bind("mark", short="Mark"),
-        # Not in the footer (it is full at 80 columns): the status line says "C compares" once two are marked.
+        # Not in the footer (it is full at 80 columns): the status line says "C compares" once two
+        # are marked, and the sort it shows; ? lists them.
         bind("compare", show=False),
+        bind("sort", show=False),
+        bind("reverse", show=False),
     ]
 
     def compose(self) -> ComposeResult:
@@ -97,21 +131,33 @@ class RunsScreen(LiveScreen):
         yield RunsTable(id="runs-table")
         yield EventLog(id="event-log")
         yield Static("", id="status-line")
-        yield FilterBar("words to match: id, state, preset, slot, #tag, note", id="runs-filter")
+        yield FilterBar("words to match: id, state, preset, slot, #tag, note, archived", id="runs-filter")
         yield Footer()
 
     def on_mount(self) -> None:
         self._ready = True
+        self.set_interval(TICK_SECONDS, self._tick)
+        store = self.ctx.store
+        self._window = RunsWindow(store.segment_briefs)
+        self._columns = Columns(store.segment_briefs)
         self.query_one("#runs-filter").display = False
         self.query_one("#runs-hint").display = False
         self.query_one(EventLog).border_title = "events"
         self.query_one(RunsTable).focus()
         self.query_one(EventLog).entries = self.entries
-        self._refresh_rows()
+        self.watch_catalog()
 
     # -- data pushed by the app --------------------------------------------------------------
 
     def watch_catalog(self) -> None:
+        if self.catalog is None or not self._ready or self._window is None:
+            return
+        seen = (id(self.catalog.briefs), tuple(e["index"] for e in self.catalog.segments))
+        if seen != self._seen:
+            self._seen = seen
+            self._window.update(self.catalog.briefs, self.catalog.segments)
+            if not self._wanted.default:
+                self._scan()
         self._refresh_rows()
 
     def watch_live(self) -> None:
@@ -121,41 +167,62 @@ class RunsScreen(LiveScreen):
         if self._ready:
             self._refresh_status()
 
+    def _tick(self) -> None:
+        """Every second: a running row's time counts on (a script run may log nothing for minutes,
+        and nothing else would redraw its row)."""
+        if self._ready and self.catalog is not None and self.catalog.active_ids and self.is_current:
+            self._refresh_rows()
+
     def watch_entries(self, entries) -> None:
         if self._ready:
             self.query_one(EventLog).entries = entries
 
     def _refresh_rows(self) -> None:
-        if self.catalog is None or not self._ready:
+        if self.catalog is None or not self._ready or self._window is None:
             return
-        runs = visible_runs(self.catalog, self._filter)
-        now = self.now()
-        live, totals, cache = self.live, self.catalog.totals, self._rows
-        rows = []
-        tagged = any(r.get("tags") for r in runs)
-        for r in runs:
-            run_id = r["id"]
-            hist = r.get("history") or ()
-            # A finished row only changes with its record; a running one also with the clock.
-            mark = (r["state"], len(hist), hist[-1] if hist else None, r.get("slot"), r.get("finished_at"),
-                    live.get(run_id), totals.get(run_id), tuple(r.get("tags") or ()) if tagged else None)
-            hit = cache.get(run_id)
-            if hit is None or hit[0] != mark or r["state"] == RunState.RUNNING:
-                row = run_row(r, live.get(run_id), now, totals.get(run_id))
-                hit = cache[run_id] = (mark, (*row, tags_text(r)) if tagged else row)
-            rows.append((run_id, hit[1]))
-        if len(cache) > 4 * MAX_ROWS:
-            shown = {run_id for run_id, _ in rows}
-            self._rows = {k: v for k, v in cache.items() if k in shown}
+        tagged = self.catalog.tagged
+        if len(self._cells) > CELLS_KEPT:
+            self._cells = {}
         table = self.query_one(RunsTable)
-        keep = table.current_key
-        table.set_columns(RunsTable.COLUMNS + ((RunsTable.TAGS,) if tagged else ()))
-        table.show(rows)
-        if keep is not None and table.current_key != keep:  # the tags column came or went: same row
-            table.select_key(keep)
-        self._show_hint(not self.catalog.runs)
+        table.set_columns(RunsTable.COLUMNS + ((RunsTable.TAGS,) if tagged else ()))  # the cursor keeps its run
+        table.show_source(RunRows(self._window, self.live, self.now(), tagged, self._cells))
+        self._show_hint(not self.catalog.runs and not self.catalog.segments)
         self._refresh_status()
         self.sync_bindings()
+
+    # -- filter and sort: a scan of every run, off the UI thread --------------------------------
+
+    def _ask(self, query: Query) -> None:
+        self._wanted = query
+        if query.default:
+            self._show_query(query, None)
+        else:
+            self._scan()
+
+    def _scan(self) -> None:
+        window, columns, query = self._window, self._columns, self._wanted
+        catalog = self.catalog
+        if window is None or columns is None or catalog is None:
+            return
+        briefs, segments = catalog.briefs, catalog.segments
+
+        def run() -> tuple[Query, list[int] | None]:
+            worker = get_current_worker()
+            return query, scan(query, briefs, segments, columns, lambda: worker.is_cancelled)
+
+        self.spawn(run, self._scanned, name="runs-scan")
+
+    def _scanned(self, result: tuple[Query, list[int] | None]) -> None:
+        query, numbers = result
+        if numbers is not None and query == self._wanted:
+            self._show_query(query, numbers)
+
+    def _show_query(self, query: Query, numbers: list[int] | None) -> None:
+        if self._window is None:
+            return
+        self._query = query
+        self._window.set_query(query, numbers)
+        self._refresh_rows()
 
     def _show_hint(self, empty: bool) -> None:
         hint = self.query_one("#runs-hint", Static)
@@ -169,8 +236,12 @@ class RunsScreen(LiveScreen):
         counts = self.catalog.counts if self.catalog is not None else {}
         text = status_text(engine, hw, counts, self.now())
         shown = self.query_one(RunsTable).row_count
-        if self.catalog is not None and (self._filter or shown < len(self.catalog.runs)):
-            text += f" │ showing {shown} of {len(self.catalog.runs)}"
+        total = self.catalog.total if self.catalog is not None else 0
+        query = self._query
+        if query.words or self._wanted != query:
+            text += f" │ {'filtering… ' if self._wanted != query else ''}showing {shown:,} of {total:,}"
+        if not (query.sort == "id" and query.descending):
+            text += f" │ by {query.sort} {'↓' if query.descending else '↑'}"
         marked = len(self.query_one(RunsTable).marked)
         if marked:  # first: at 80 columns the end of the line is cut
             compares = self.key_for("compare")
@@ -182,12 +253,18 @@ class RunsScreen(LiveScreen):
 
     # -- actions -----------------------------------------------------------------------------
 
-    def _selected(self) -> dict | None:
+    def _selected(self) -> Mapping[str, Any] | None:
+        """The highlighted run: its record from the working set, else its brief (id, state, study...)."""
         key = self.query_one(RunsTable).current_key
-        return self.catalog.by_id.get(key) if key and self.catalog is not None else None
+        if not key or self.catalog is None or self._window is None:
+            return None
+        found = self.catalog.by_id.get(key)
+        if found is not None:
+            return found
+        return self._window.brief_of(int(key[1:])) if key[1:].isdigit() else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open_run", "filter", "mark", "compare") and self.typing:
+        if action in ("open_run", "filter", "mark", "compare", "sort", "reverse") and self.typing:
             return False  # enter, / and space belong to the filter input then
         if action == "mark":
             return True if self._selected() is not None else None
@@ -199,7 +276,8 @@ class RunsScreen(LiveScreen):
             run = self._selected()
             return True if run is not None and run["state"] in CANCELLABLE else None
         if action == "resume":
-            return resumable(self._selected())  # hidden unless the selected run can be resumed
+            run = self._selected()
+            return resumable(dict(run) if run is not None else None)  # hidden unless the run can be resumed
         return True
 
     def action_open_run(self) -> None:
@@ -250,7 +328,21 @@ class RunsScreen(LiveScreen):
 
     def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
         self._filter = event.text
-        self._refresh_rows()
+        self._ask(Query.of(event.text, self._wanted.sort, self._wanted.descending))
 
     def on_filter_bar_closed(self, event: FilterBar.Closed) -> None:
         self.query_one(RunsTable).focus()
+
+    def action_sort(self) -> None:
+        """Sort by the next column (numbers and names high to low; `S` turns it around)."""
+        now = self._wanted.sort
+        column = SORTS[(SORTS.index(now) + 1) % len(SORTS)] if now in SORTS else SORTS[0]
+        self._ask(Query(self._wanted.words, column, True))
+
+    def action_reverse(self) -> None:
+        self._ask(Query(self._wanted.words, self._wanted.sort, not self._wanted.descending))
+
+    def on_live_table_header_clicked(self, event: LiveTable.HeaderClicked) -> None:
+        column = {"loss": "id", "tags": "id"}.get(event.column, event.column)
+        descending = not self._wanted.descending if column == self._wanted.sort else True
+        self._ask(Query(self._wanted.words, column, descending))

@@ -1,7 +1,14 @@
-"""Studies: the list, the chosen study's best trial and trial table (sort, filter, page),
-its optimisation history, a slice per parameter, intermediate values and importances; start a
-study from a tuning preset, and take a trial further: save it as a preset, or run it again
-with overrides (longer).
+"""Studies: the list, the chosen study's best trial (or Pareto front) and trial table (sort,
+filter, page), its optimisation history, a slice per parameter, intermediate values,
+importances per objective, and for several objectives the Pareto front, hypervolume,
+parallel coordinates and the EDF; start a study from a tuning preset, and take a trial
+further: save it as a preset, or run it again with overrides (longer).
+
+Besides the workspace's own studies, the list shows every study of the Optuna
+storages opened with `trialdeck tui --storage URL` or `o` here, trialdeck's or
+not, read-only (engine/tuning/storages.py). Those are read again every
+STORAGE_EVERY seconds in a worker, so a study another process writes shows its
+new trials.
 
 Trials are read (one study at a time) in a worker when the chosen study's
 summary changes; sorting, filtering and paging happen on that copy.
@@ -9,6 +16,7 @@ summary changes; sorting, filtering and paging happen on that copy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
@@ -20,15 +28,19 @@ from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPan
 
 from trialdeck.engine.errors import BadInput
 from trialdeck.tui import messages
+from trialdeck.tui import study_sources as sources
 from trialdeck.tui.keymap import bind
 from trialdeck.tui.screens.base import LiveScreen
-from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog
+from trialdeck.tui.screens.dialogs import PresetNameDialog, RerunDialog, StorageDialog
 from trialdeck.tui.trials import (
+    OBJ,
     best_text,
     columns_for,
+    directions_of,
     fmt,
     history,
     intermediate_curves,
+    objective_names,
     page_of,
     param_names,
     parse_filter,
@@ -41,8 +53,22 @@ from trialdeck.tui.widgets.filter_bar import FilterBar
 from trialdeck.tui.widgets.live_table import STATE_STYLES, LiveTable
 from trialdeck.tui.widgets.mode_bar import ModeBar
 from trialdeck.tui.widgets.plots import BarList, CurvePlot, Series
+from trialdeck.tui.widgets.study_plots import (
+    EdfPane,
+    HypervolumePane,
+    ImportancePane,
+    ParallelPane,
+    ParetoPane,
+    StudyPane,
+    StudyView,
+)
 
-TABS = ("tab-trials", "tab-history", "tab-slice", "tab-intermediate", "tab-importance")
+TABS = ("tab-trials", "tab-history", "tab-slice", "tab-intermediate", "tab-importance", "tab-pareto", "tab-hv",
+        "tab-parallel", "tab-edf")
+STORAGE_EVERY = 2.0
+"""Seconds between reads of the opened storages: a trial another process adds shows within this."""
+SEP = "\x1f"
+"""Between a storage study's name and its storage URL in its key (own studies are keyed by name)."""
 
 
 class StudyTable(LiveTable):
@@ -57,11 +83,13 @@ class TrialTable(LiveTable):
     STYLED = {"state": STATE_STYLES}
 
 
-def study_row(s: dict[str, Any]) -> tuple[str, ...]:
+def study_row(s: Mapping[str, Any], foreign: bool = False) -> tuple[str, ...]:
+    """A study list row; a study read from a storage (`--storage`, `o`) is marked "↗"."""
     best = s.get("best") or {}
     target = s.get("n_trials") or s.get("trials")
-    done = f"{s.get('n_done', 0)}" + (f"/{target}" if target else "")
-    return (s["name"], str(s.get("state", "")), done, fmt(best.get("value")))
+    done = f"{s.get('n_done', 0)}" + (f"/{target}" if target and not foreign else "")
+    shown = f"front {len(s['pareto'])}" if s.get("pareto") is not None else fmt(best.get("value"))
+    return (("↗" if foreign else "") + s["name"], str(s.get("state", "")), done, shown)
 
 
 SORT_KEYS = Binding.Group("Sort", compact=True)
@@ -93,10 +121,16 @@ class StudiesScreen(LiveScreen):
         bind("tune", "start_study", description="Start a study (tune a preset)", show=False),
         bind("queue", "rerun_trial", description="Run the trial again (e.g. longer)", show=False),
         bind("save", "save_trial", description="Save the trial as a preset", show=False),
+        # Any Optuna study, and the objective the one-objective views show (several objectives).
+        bind("open_storage", "open_storage", description="Open an Optuna storage (any study, read-only)", show=False),
+        bind("metric", "next_objective", description="Next objective (several objectives)", show=False),
     ]
 
     study: reactive[str | None] = reactive(None, init=False)
-    """The study under the cursor of the study list."""
+    """The key of the study under the cursor of the study list (its name; name and storage for a
+    study read from a storage)."""
+    objective: reactive[int] = reactive(0, init=False)
+    """The objective the one-objective views show (History, Slice, Intermediate, Parallel, EDF)."""
     trials: reactive[tuple[dict[str, Any], ...]] = reactive((), init=False)
     """All trials of `study`, as read from the catalogue."""
 
@@ -109,6 +143,13 @@ class StudiesScreen(LiveScreen):
         self._shown: list[dict[str, Any]] = []
         self._study_mark: Any = None
         self._params: list[str] = []
+        self._objectives: list[str] = []
+        self._storage_docs: dict[str, dict[str, Any]] = {}
+        """Studies read from storages, by key."""
+        self._storage_problems: dict[str, str] = {}
+        """The last failure said for each storage (said once, not at every read)."""
+        self._version = 0
+        self._polling = False
 
     def compose(self) -> ComposeResult:
         yield ModeBar("studies", id="mode-bar")
@@ -129,7 +170,15 @@ class StudiesScreen(LiveScreen):
             with TabPane("Intermediate", id="tab-intermediate"):
                 yield CurvePlot("intermediate values", xlabel="epoch", id="plot-intermediate")
             with TabPane("Importance", id="tab-importance"):
-                yield BarList("no importances yet (they need two or more complete trials)", id="importances")
+                yield ImportancePane(id="pane-importance")
+            with TabPane("Pareto", id="tab-pareto"):
+                yield ParetoPane(id="pane-pareto")
+            with TabPane("Hypervolume", id="tab-hv"):
+                yield HypervolumePane(id="pane-hv")
+            with TabPane("Parallel", id="tab-parallel"):
+                yield ParallelPane(id="pane-parallel")
+            with TabPane("EDF", id="tab-edf"):
+                yield EdfPane(id="pane-edf")
         yield FilterBar("state and ranges: complete lr<0.01 units=64..256 value<0.3", id="trial-filter")
         yield Footer()
 
@@ -138,47 +187,83 @@ class StudiesScreen(LiveScreen):
         self.query_one(FilterBar).display = False
         self.query_one(StudyTable).focus()
         self.watch_catalog()
+        if self.ctx.storages:
+            self._poll_storages()
+            self._start_polling()
 
     # -- data --------------------------------------------------------------------------------
 
     def watch_catalog(self) -> None:
         if not self._ready or self.catalog is None:
             return
-        studies = list(self.catalog.studies)
+        self._show_studies()
+
+    def _show_studies(self) -> None:
+        studies = list(self.catalog.studies) if self.catalog is not None else []
         table = self.query_one(StudyTable)
-        table.show([(s["name"], study_row(s)) for s in studies])
-        if self.study is None and studies:
-            self.study = table.current_key or studies[0]["name"]
-        doc = next((s for s in studies if s["name"] == self.study), None)
+        rows = [(s["name"], study_row(s)) for s in studies]
+        rows += [(key, study_row(doc, foreign=True)) for key, doc in self._storage_docs.items()]
+        table.show(rows)
+        if self.study is None and rows:
+            self.study = table.current_key or rows[0][0]
+        doc = self._doc(self.study)
         if doc is not None:
             text = Text(best_text(doc))
             text.append(f"\n{self._keys_line()}", style="dim")
             self.query_one("#study-best", Static).update(text)
-            bars = tuple((k, float(v)) for k, v in (doc.get("importances") or {}).items() if isinstance(v, (int, float)))
-            self.query_one(BarList).bars = bars
-            mark = (doc.get("synced_at"), doc.get("n_done"), tuple(sorted((doc.get("counts") or {}).items())))
+            stored = tuple((k, float(v)) for k, v in (doc.get("importances") or {}).items() if isinstance(v, (int, float)))
+            computed = self.query_one(ImportancePane).result
+            if stored and (computed is None or computed[0].key != self.study):
+                self.query_one(BarList).bars = stored  # what the study stored, until its tab computes them
+            mark = (doc.get("synced_at"), doc.get("n_done"), doc.get("n_trials"), doc.get("progress"),
+                    tuple(sorted((doc.get("counts") or {}).items())))
             if mark != self._study_mark:
                 self._study_mark = mark
                 self._load_trials()
+
+    def _doc(self, key: str | None) -> Mapping[str, Any] | None:
+        if key is None:
+            return None
+        if SEP in key:
+            return self._storage_docs.get(key)
+        return next((s for s in (self.catalog.studies if self.catalog else ()) if s["name"] == key), None)
 
     def watch_study(self, name: str | None) -> None:
         self._study_mark = None
         self.page = 0
         self.trials = ()
+        self.objective = 0
         self.query_one(TrialTable).set_marks(())  # marks are trials of one study
-        self.watch_catalog()
+        self.query_one(ImportancePane).result = None
+        self.query_one(BarList).bars = ()
+        self._show_studies()
 
     def _keys_line(self) -> str:
         """This view's study keys, as keys.toml maps them: the footer has no room for them at 80 columns."""
         shown = {a.binding.id: self.app.get_key_display(a.binding) for a in self.active_bindings.values()}
-        words = (("tune", "new study"), ("queue", "rerun trial"), ("save", "save trial as preset"))
+        words = [("tune", "new study"), ("queue", "rerun trial"), ("save", "save trial as preset"),
+                 ("open_storage", "open a storage")]
+        if len(objective_names(self._doc(self.study) or {})) > 1:
+            words.append(("metric", "next objective"))
         return "  ".join(f"{shown[i]} {w}" for i, w in words if i in shown)
 
     def _load_trials(self) -> None:
-        name, store = self.study, self.ctx.store
-        if name is None:
+        key, store = self.study, self.ctx.store
+        if key is None:
             return
-        self.spawn(lambda: (name, tuple(store.list_trials(name))), self._trials_loaded, name="trials")
+        if SEP in key:
+            name, url = key.split(SEP, 1)
+
+            def read() -> tuple[str, tuple[dict[str, Any], ...]]:
+                from trialdeck.engine.tuning import storages
+
+                doc, trials = storages.read_study(url, name)
+                self._storage_docs[key] = doc
+                return key, tuple(trials)
+
+            self.spawn(read, self._trials_loaded, name="trials")
+            return
+        self.spawn(lambda: (key, tuple(store.list_trials(key))), self._trials_loaded, name="trials")
 
     def _trials_loaded(self, result: tuple[str, tuple[dict[str, Any], ...]]) -> None:
         name, trials = result
@@ -187,6 +272,8 @@ class StudiesScreen(LiveScreen):
 
     def watch_trials(self) -> None:
         self._params = param_names(self.trials)
+        doc = self._doc(self.study) or {}
+        self._objectives = objective_names(doc)
         select = self.query_one("#slice-param", Select)
         options = [(p, p) for p in self._params]
         current = select.value
@@ -198,15 +285,20 @@ class StudiesScreen(LiveScreen):
         self._show_trials()
         self._show_plots()
 
+    def watch_objective(self) -> None:
+        self._show_plots()
+
     def _show_trials(self) -> None:
         table = self.query_one(TrialTable)
         bar = self.query_one(FilterBar)
-        labels = {"number": "#", "duration": "time", **short_names(self._params)}
+        objectives = self._objectives if len(self._objectives) > 1 else []
+        labels = {"number": "#", "duration": "time", **short_names(self._params),
+                  **{f"{OBJ}{i}": name for i, name in enumerate(objectives)}}
         spec = [(c, labels.get(c, c), {"number": 5, "state": 9, "value": 10, "duration": 8}.get(c, 12))
-                for c in columns_for(self._params)]
+                for c in columns_for(self._params, objectives)]
         table.set_columns(spec)
         try:
-            keep = parse_filter(self.filter_text, self._params)
+            keep = parse_filter(self.filter_text, self._params, objectives)
             bar.error = ""
         except BadInput as exc:
             bar.error = exc.message
@@ -214,11 +306,12 @@ class StudiesScreen(LiveScreen):
         selected = [t for t in self.trials if keep(t)]
         ordered = sort_trials(selected, self.sort_column, self.sort_reverse)
         self._shown, self.page, pages = page_of(ordered, self.page)
-        table.show([(str(t["number"]), trial_cells(t, self._params)) for t in self._shown])
+        table.show([(str(t["number"]), trial_cells(t, self._params, objectives)) for t in self._shown])
         arrow = "↓" if self.sort_reverse else "↑"
+        column = labels.get(self.sort_column, self.sort_column)
         where = f" page {self.page + 1}/{pages} ([ ])" if pages > 1 else ""
         filt = f"  filter: {self.filter_text}" if self.filter_text.strip() else ""
-        self._counts = f"{len(selected)} of {len(self.trials)} trials, sorted by {self.sort_column} {arrow}{where}{filt}"
+        self._counts = f"{len(selected)} of {len(self.trials)} trials, sorted by {column} {arrow}{where}{filt}"
         self._show_caption()
         self.sync_bindings()
 
@@ -238,15 +331,25 @@ class StudiesScreen(LiveScreen):
         self.query_one("#trial-caption", Static).update(text)
 
     def _show_plots(self) -> None:
-        doc = next((s for s in (self.catalog.studies if self.catalog else ()) if s["name"] == self.study), {})
-        hist = history(self.trials, doc.get("direction", "minimize"))
-        self.query_one("#plot-history", CurvePlot).series = (
-            Series("value", hist.xs, hist.values, scatter=True), Series("best so far", hist.xs, hist.best))
+        doc = self._doc(self.study) or {}
+        i = min(self.objective, max(0, len(self._objectives) - 1))
+        direction = directions_of(doc)[i] if i < len(directions_of(doc)) else "minimize"
+        name = self._objectives[i] if self._objectives else "value"
+        hist = history(self.trials, direction, i)
+        plot = self.query_one("#plot-history", CurvePlot)
+        plot.title = "optimisation history" + (f" of {name}" if len(self._objectives) > 1 else "")
+        plot.series = (Series(name if len(self._objectives) > 1 else "value", hist.xs, hist.values, scatter=True),
+                       Series("best so far", hist.xs, hist.best))
         self._show_slice()
-        curves, running = intermediate_curves(self.trials)
+        curves, running = intermediate_curves(self.trials, index=i)
         plot = self.query_one("#plot-intermediate", CurvePlot)
         plot.title = "intermediate values (running trials)" if running else "intermediate values (latest trials)"
         plot.series = tuple(Series(label, tuple(xs), tuple(ys)) for label, xs, ys in curves)
+        if self.study is not None:
+            self._version += 1
+            view = StudyView(self.study, doc, self.trials, i, self._version)
+            for pane in self.query(StudyPane):
+                pane.view = view
 
     def _show_slice(self) -> None:
         param = self.query_one("#slice-param", Select).value
@@ -254,7 +357,7 @@ class StudiesScreen(LiveScreen):
         if not isinstance(param, str):
             plot.series = ()
             return
-        data = slice_of(self.trials, param)
+        data = slice_of(self.trials, param, min(self.objective, max(0, len(self._objectives) - 1)))
         plot.xlabel = param
         plot.xticks = data.ticks
         plot.series = (Series(param, data.xs, data.ys, scatter=True),)
@@ -279,6 +382,12 @@ class StudiesScreen(LiveScreen):
         event.stop()
         if event.table.id == "study-table":
             self.query_one(TrialTable).focus()
+        elif event.table.id == "front-table":
+            trial = next((t for t in self.trials if str(t["number"]) == event.key), None)
+            if trial is not None and trial.get("run_id"):
+                self.post_message(messages.OpenRun(trial["run_id"]))
+            elif trial is not None:
+                self.notify(f"trial #{trial['number']} has no run on this box", severity="warning")
         else:
             self.action_open_trial()
 
@@ -310,11 +419,15 @@ class StudiesScreen(LiveScreen):
         if action == "compare":
             return len(self._marked_runs()) >= 2
         if action in ("rerun_trial", "save_trial"):
-            if not isinstance(self.focused, TrialTable):
-                return None
+            if not isinstance(self.focused, TrialTable) or (self.study is not None and SEP in self.study):
+                return None  # a study read from a storage has no runs here, and maybe no preset
             trial = self._selected_trial()
             needs = "run_id" if action == "rerun_trial" else "params"
             return True if trial is not None and trial.get(needs) is not None else None
+        if action == "next_objective":
+            return True if len(self._objectives) > 1 else None
+        if action == "open_storage":
+            return not self.typing
         if action == "page":
             # Hidden, not greyed, with one page (up to 200 trials, nearly always): the footer
             # has no room to spare at 80 columns, and the caption names [ ] when there are pages.
@@ -432,3 +545,62 @@ class StudiesScreen(LiveScreen):
     def action_next_tab(self) -> None:
         tabs = self.query_one(TabbedContent)
         tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)] if tabs.active in TABS else TABS[0]
+
+    # -- several objectives, any storage -----------------------------------------------------
+
+    def action_next_objective(self) -> None:
+        """The next objective in the History, Slice, Intermediate, Parallel and EDF views."""
+        if len(self._objectives) > 1:
+            self.objective = (self.objective + 1) % len(self._objectives)
+            self.notify(f"showing {self._objectives[self.objective]}", timeout=2)
+
+    def action_open_storage(self) -> None:
+        """Ask for a storage URL (or a journal file), open it read-only and list its studies."""
+        def opened(url: str | None) -> None:
+            if url is None or url in self.ctx.storages:
+                return
+            self.ctx.storages.append(url)
+            self._poll_storages()
+            self._start_polling()
+
+        def chosen(text: str | None) -> None:
+            if text:
+                self.spawn(lambda: sources.open_storage(text), opened, name="open-storage")
+
+        self.app.push_screen(StorageDialog(), chosen)
+
+    def _start_polling(self) -> None:
+        if not self._polling:
+            self._polling = True
+            self.set_interval(STORAGE_EVERY, self._poll_storages)
+
+    def _poll_storages(self) -> None:
+        urls = list(self.ctx.storages)
+        self.spawn(lambda: sources.read_storages(urls, SEP), self._storages_read, name="storages")
+
+    def _storages_read(self, result: tuple[dict[str, dict[str, Any]], dict[str, str]]) -> None:
+        docs, problems = result
+        for url, problem in problems.items():
+            if self._storage_problems.get(url) != problem:
+                self.notify(problem, title="storage", severity="error", timeout=8, markup=False)
+        self._storage_problems = problems
+        kept = {k: v for k, v in self._storage_docs.items() if k.split(SEP, 1)[1] in problems}
+        self._storage_docs = {**kept, **docs}
+        self._show_studies()
+
+    def on_importance_pane_wanted(self, event: ImportancePane.Wanted) -> None:
+        ask, doc = event.ask, self._doc(event.ask.key) or {}
+        pane = self.query_one(ImportancePane)
+        url: str | None
+        if SEP in ask.key:
+            name, url = ask.key.split(SEP, 1)
+        else:
+            name, url = ask.key, doc.get("storage_url")
+        if not url:
+            stored = doc.get("importances") or {}
+            pane.result = (ask, stored, "stored with the study" if stored else "no importances yet")
+            return
+        self.spawn(lambda: (ask, *sources.importances(url, name, ask.objective, ask.evaluator)),
+                   lambda r: setattr(pane, "result", r),
+                   name="importances")
+

@@ -8,7 +8,10 @@ table keeps one rendered line per row and re-renders, and repaints, only the
 rows whose cells changed.
 
 Rows are `(key, cells)` with string cells; columns are fixed-width. The
-header stays pinned while rows scroll; the cursor is a row. Messages:
+header stays pinned while rows scroll; the cursor is a row, and it stays on
+its key (not its position) when rows come and go. Rows are given whole
+(`show`) or as a `RowSource` (`show_source`): a table of 100,000 runs asks
+only for the rows it draws. Messages:
 `Highlighted` (cursor moved), `Selected` (enter or click on the cursor row),
 `HeaderClicked` (a column header was clicked), `MarksChanged` (a row was
 marked or unmarked).
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from rich.cells import cell_len
 from rich.segment import Segment
@@ -52,6 +55,47 @@ STATE_STYLES = {
     "cancelled": "dim",
     "interrupted": "yellow",
 }
+
+
+_LINES_KEPT = 512
+"""Rendered rows cached past which only those on screen are kept."""
+
+
+class RowSource(Protocol):
+    """Rows a table reads as it draws them: how many, and the key and cells at a position."""
+
+    def __len__(self) -> int: ...
+
+    def key(self, i: int) -> str: ...
+
+    def cells(self, i: int) -> tuple[str, ...]: ...
+
+    def index(self, key: str) -> int | None:
+        """The position of `key`, or None when it is not among the rows."""
+        ...
+
+
+class ListSource:
+    """A `RowSource` over rows given whole."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.keys = [k for k, _ in rows]
+        self.by_key = dict(rows)
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key(self, i: int) -> str:
+        return self.keys[i]
+
+    def cells(self, i: int) -> tuple[str, ...]:
+        return self.by_key[self.keys[i]]
+
+    def index(self, key: str) -> int | None:
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self.keys)}
+        return self._index.get(key)
 
 
 def fit_columns(spec: Sequence[Column], width: int, drop: Sequence[str] = (),
@@ -187,9 +231,11 @@ class LiveTable(ScrollView, can_focus=True):
         self._spec: list[Column] = list(self.COLUMNS)
         self._layout: list[tuple[int, Column]] = list(enumerate(self._spec))
         """The columns drawn at the current width: (index into the row's cells, column)."""
-        self._keys: list[str] = []
-        self._index: dict[str, int] = {}
-        self._cells: dict[str, tuple[str, ...]] = {}
+        self._source: RowSource = ListSource([])
+        self._drawn: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._cursor_key: str | None = None
+        """The key under the cursor when it was last moved or the rows last shown."""
+        """Position -> (key, cells) as last drawn: an update repaints only the rows that differ."""
         self._lines: dict[str, tuple[tuple, Strip]] = {}
         self._header: tuple[tuple, Strip] | None = None
         self._styles: dict[str, Style] = {}
@@ -201,18 +247,22 @@ class LiveTable(ScrollView, can_focus=True):
 
     @property
     def keys(self) -> list[str]:
-        return list(self._keys)
+        """Every row's key, in order (all of them: for a short table, or a test)."""
+        return [self._source.key(i) for i in range(len(self._source))]
 
     @property
     def row_count(self) -> int:
-        return len(self._keys)
+        return len(self._source)
 
     def cells(self, key: str) -> tuple[str, ...]:
-        return self._cells[key]
+        i = self._source.index(key)
+        if i is None:
+            raise KeyError(key)
+        return self._source.cells(i)
 
     @property
     def current_key(self) -> str | None:
-        return self._keys[self.cursor_row] if 0 <= self.cursor_row < len(self._keys) else None
+        return self._source.key(self.cursor_row) if 0 <= self.cursor_row < len(self._source) else None
 
     @property
     def shown_columns(self) -> list[str]:
@@ -223,7 +273,7 @@ class LiveTable(ScrollView, can_focus=True):
         if list(spec) == self._spec:
             return
         self._spec = list(spec)
-        self._keys, self._index, self._cells, self._lines, self._header = [], {}, {}, {}, None
+        self._source, self._drawn, self._lines, self._header = ListSource([]), {}, {}, None
         self._relayout()
         self.refresh()
 
@@ -245,29 +295,45 @@ class LiveTable(ScrollView, can_focus=True):
 
     def show(self, rows: Sequence[Row]) -> None:
         """Display `rows`; same keys in the same order repaint only the rows that changed."""
-        keys = [k for k, _ in rows]
-        if keys != self._keys:
-            keep = self.current_key
-            self._keys = keys
-            self._index = {k: i for i, k in enumerate(keys)}
-            self._cells = dict(rows)
-            self._lines = {k: v for k, v in self._lines.items() if k in self._index}
+        self.show_source(ListSource(rows))
+
+    def show_source(self, source: RowSource) -> None:
+        """Display the rows of `source` (read as they are drawn). The cursor stays on the key it
+        was on wherever that row is now (at the nearest position if it is gone); only rows on
+        screen whose key or cells changed are repainted."""
+        # The key the cursor was on as last shown: a source may be a view over data that changed since.
+        keep = self._cursor_key
+        moved = len(source) != len(self._source)
+        self._source = source
+        row = source.index(keep) if keep is not None else None
+        if row is None:
+            row = min(self.cursor_row, max(0, len(source) - 1)) if keep is not None else 0
+        if moved:
             self._update_virtual_size()
-            row = self._index.get(keep, min(self.cursor_row, max(0, len(keys) - 1))) if keep is not None else 0
+        if row != self.cursor_row:
             self.set_reactive(LiveTable.cursor_row, row)
             self._scroll_to_cursor()
+            self._drawn.clear()
             self.refresh()
-            if keep != self.current_key:
-                self.post_message(self.Highlighted(self, self.current_key))
-            return
+        else:
+            self._repaint_changed()
+        self._cursor_key = self.current_key
+        if keep != self._cursor_key:
+            self.post_message(self.Highlighted(self, self._cursor_key))
+
+    def _repaint_changed(self) -> None:
         top = int(self.scroll_offset.y)
-        height = self.size.height
-        for key, cells in rows:
-            if self._cells.get(key) != cells:
-                self._cells[key] = cells
-                i = self._index[key]
-                if top <= i < top + height - 1:
-                    self.refresh(Region(0, i - top + 1, self.size.width, 1))
+        source = self._source
+        shown = range(top, top + max(0, self.size.height - 1))
+        self._drawn = {i: drawn for i, drawn in self._drawn.items() if i in shown}
+        for i in shown:
+            now = (source.key(i), source.cells(i)) if i < len(source) else None
+            if self._drawn.get(i) != now:
+                self.refresh(Region(0, i - top + 1, self.size.width, 1))
+
+    def refresh_rows(self) -> None:
+        """The source's rows changed (same source): repaint those on screen that differ."""
+        self.show_source(self._source)
 
     # -- marks -------------------------------------------------------------------------------
 
@@ -297,23 +363,25 @@ class LiveTable(ScrollView, can_focus=True):
         self.post_message(self.MarksChanged(self, self.marked))
 
     def _repaint_key(self, key: str) -> None:
-        i = self._index.get(key)
+        i = self._source.index(key)
         top = int(self.scroll_offset.y)
         if i is not None and top <= i < top + self.size.height - 1:
             self.refresh(Region(0, i - top + 1, self.size.width, 1))
 
     def select_key(self, key: str) -> bool:
-        if key not in self._index:
+        i = self._source.index(key)
+        if i is None:
             return False
-        self.cursor_row = self._index[key]
+        self.cursor_row = i
         return True
 
     # -- cursor ------------------------------------------------------------------------------
 
     def validate_cursor_row(self, row: int) -> int:
-        return max(0, min(row, len(self._keys) - 1)) if self._keys else 0
+        return max(0, min(row, len(self._source) - 1)) if len(self._source) else 0
 
     def watch_cursor_row(self, old: int, new: int) -> None:
+        self._cursor_key = self.current_key
         top = int(self.scroll_offset.y)
         for i in (old, new):
             if top <= i < top + self.size.height - 1:
@@ -336,7 +404,7 @@ class LiveTable(ScrollView, can_focus=True):
         self.cursor_row += delta * max(1, self.size.height - 2)
 
     def action_cursor_to(self, row: int) -> None:
-        self.cursor_row = row if row >= 0 else len(self._keys) - 1
+        self.cursor_row = row if row >= 0 else len(self._source) - 1
 
     def action_select(self) -> None:
         if self.current_key is not None:
@@ -352,7 +420,7 @@ class LiveTable(ScrollView, can_focus=True):
                 x -= width + 2
             return
         row = int(self.scroll_offset.y) + event.y - 1
-        if 0 <= row < len(self._keys):
+        if 0 <= row < len(self._source):
             if row == self.cursor_row:
                 self.action_select()
             self.cursor_row = row
@@ -369,7 +437,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def _update_virtual_size(self) -> None:
         width = sum(w + 2 for _, (_, _, w) in self._layout)
-        self.virtual_size = Size(width, len(self._keys) + 1)
+        self.virtual_size = Size(width, len(self._source) + 1)
 
     def _style(self, name: str) -> Style:
         style = self._styles.get(name)
@@ -408,10 +476,11 @@ class LiveTable(ScrollView, can_focus=True):
                 self._header = (mark, strip)
             return self._header[1].crop_extend(x, x + width, header_style)
         row = int(self.scroll_offset.y) + y - 1
-        if row >= len(self._keys):
+        if row >= len(self._source):
+            self._drawn.pop(row, None)
             return Strip.blank(width, base)
-        key = self._keys[row]
-        cells = self._cells[key]
+        key, cells = self._source.key(row), self._source.cells(row)
+        self._drawn[row] = (key, cells)
         cursor = None
         if row == self.cursor_row:
             cursor = self.get_component_rich_style("live-table--cursor" if self.has_focus else "live-table--cursor-blur")
@@ -419,5 +488,8 @@ class LiveTable(ScrollView, can_focus=True):
         row_mark = (cells, cursor, base, marked)
         hit = self._lines.get(key)
         if hit is None or hit[0] != row_mark:
+            if len(self._lines) > _LINES_KEPT:  # scrolled through many rows: keep those on screen
+                drawn = {k for k, _ in self._drawn.values()}
+                self._lines = {k: v for k, v in self._lines.items() if k in drawn}
             hit = self._lines[key] = (row_mark, self._render_row(cells, base, cursor, marked))
         return hit[1].crop_extend(x, x + width, base)

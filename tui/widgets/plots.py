@@ -26,6 +26,9 @@ class Series:
     color: str | tuple[int, int, int] | None = None
     """A colour name or RGB; None: the next of COLORS. A fixed colour keeps a run's colour
     when another series has no data (the compare view's legend relies on it)."""
+    marker: str | None = None
+    """LinePlot: draw each point as this character filling its cell (a highlighted trial)
+    instead of braille dots."""
 
 
 def clean(xs: Sequence[float], ys: Sequence[float | None]) -> tuple[tuple[float, ...], tuple[float, ...]]:

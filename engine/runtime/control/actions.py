@@ -13,7 +13,7 @@ old record stays as it was.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from trialdeck.engine.runtime.control.client import engine_info, ensure_engine, 
 from trialdeck.engine.runtime.placement import backend_class
 from trialdeck.engine.runtime.placement.capabilities import Capabilities
 from trialdeck.engine.runtime.placement.scheduler import pinned_device
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunState
+from trialdeck.engine.types import ACTIVE_STUDY_STATES, RunRecord, RunState
 
 RESUMABLE = (RunState.FAILED, RunState.CANCELLED, RunState.INTERRUPTED)
 
@@ -75,7 +75,7 @@ def engine_capabilities(ws: Any) -> Capabilities:
 
 
 def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device: str | None = None,
-            tags: Sequence[str] = (), workdir: str | None = None) -> list[dict[str, Any]]:
+            tags: Sequence[str] = (), workdir: str | None = None) -> list[RunRecord]:
     """Queue `specs` in one write; each run records `workdir`, the folder it was queued from
     (default: this process's), where a script or a user's module is found."""
     _check_priority(priority)
@@ -93,7 +93,7 @@ def enqueue(store: Store, specs: Sequence[RunSpec], *, priority: int = 0, device
     ])
 
 
-def get_run(store: Store, run_id: str) -> dict[str, Any]:
+def get_run(store: Store, run_id: str) -> RunRecord:
     try:
         record = store.get_run(run_id)
     except (ValueError, BadInput):
@@ -103,7 +103,7 @@ def get_run(store: Store, run_id: str) -> dict[str, Any]:
     return record
 
 
-def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[dict[str, Any], str]:
+def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[RunRecord, str]:
     """Cancel a run; returns its record and what happened, in words. `wake` signals the
     engine and says whether one was alive to stop a running run."""
     record = get_run(store, run_id)
@@ -123,7 +123,7 @@ def cancel(store: Store, run_id: str, wake: Callable[[], bool]) -> tuple[dict[st
     raise BadInput(f"{run_id} is already {state.value}; only queued, running or interrupted runs can be cancelled")
 
 
-def check_resumable(record: dict[str, Any]) -> None:
+def check_resumable(record: Mapping[str, Any]) -> None:
     """Refuse, with the reason, a run `resume` cannot queue again."""
     run_id, state = record["id"], RunState(record["state"])
     if state in (RunState.QUEUED, RunState.RUNNING):
@@ -136,7 +136,7 @@ def check_resumable(record: dict[str, Any]) -> None:
                        f"`trialdeck runs rerun {run_id}` trains its configuration again as a plain run")
 
 
-def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
+def resume(store: Store, run_id: str) -> tuple[RunRecord, str]:
     """Queue a failed, cancelled or interrupted run again under its own id; the worker
     continues from its checkpoint when it has one. Returns its record and how it goes on."""
     record = get_run(store, run_id)
@@ -150,7 +150,7 @@ def resume(store: Store, run_id: str) -> tuple[dict[str, Any], str]:
 
 
 def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
-          sets: Sequence[str] = ()) -> list[dict[str, Any]]:
+          sets: Sequence[str] = ()) -> list[RunRecord]:
     """New queued runs with the same resolved configurations, pins and priorities, in one
     write; the old records stay as they are. `sets` (`--set KEY=VALUE`, validated like any
     --set) change the new runs' configurations: `--set train.epochs=50` trains it longer."""
@@ -182,7 +182,7 @@ def rerun(store: Store, run_ids: Sequence[str], *, priority: int | None = None,
     } for r, (config, digest) in zip(records, configs, strict=True)])
 
 
-def _workdir_of(record: dict[str, Any]) -> str | None:
+def _workdir_of(record: Mapping[str, Any]) -> str | None:
     """The folder a run was queued from, where its relative paths resolve (None: this one)."""
     workdir = record.get("workdir")
     return workdir if isinstance(workdir, str) and os.path.isdir(workdir) else None

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from filelock import FileLock, Timeout
@@ -24,7 +24,7 @@ from trialdeck.engine.runtime.control import versions
 from trialdeck.engine.runtime.control.pidfile import alive, read_pid_info
 from trialdeck.engine.runtime.placement.base import CLUSTER_STATUS_NAME
 from trialdeck.engine.runtime.runners.recorder import METRICS_NAME
-from trialdeck.engine.types import ACTIVE_STUDY_STATES, UNFINISHED_STATES, RunState
+from trialdeck.engine.types import UNFINISHED_STATES, RunRecord, RunState
 from trialdeck.engine.workspace import Workspace, atomic_write
 
 START_TIMEOUT = 30.0
@@ -100,10 +100,9 @@ def wants_engine(store: Store) -> bool:
     """Whether the catalogue holds work only an engine can do: runs queued, running (a dead
     engine's) or interrupted, or a study that still wants trials (running, or stopping), also
     one the engine has not created yet (killed before its first tick)."""
-    if any(d.get("state") in ACTIVE_STUDY_STATES for d in store.list_studies()):
+    if store.active_studies():
         return True
-    return any(r["state"] in UNFINISHED_STATES and not r.get("foreground")
-               for r in store.list_runs(omit=("config", "history", "events")))
+    return any(not r.get("foreground") for r in store.unfinished(omit=("config", "history", "events")))
 
 
 def ensure_engine(ws: Workspace, say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -141,11 +140,10 @@ def stop_engine(ws: Workspace, timeout: float = 60.0, *, hold: bool = False) -> 
 
 def status(ws: Workspace) -> dict[str, Any]:
     info = engine_info(ws)
-    store = Store(ws)
-    runs = store.list_runs(omit=("config", "history", "events"))
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    # The working set and the registry of sealed runs: no segment is read.
+    working = Store(ws).working(omit=("config", "history", "events"))
+    runs = working.runs
+    counts = working.counts()
     out: dict[str, Any] = {
         "running": bool(info),
         "pid": info["pid"] if info else None,
@@ -172,7 +170,7 @@ def status(ws: Workspace) -> dict[str, Any]:
 
 
 def wait_for_run(ws: Workspace, run_id: str, *, timeout: float | None = None,
-                 say: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 say: Callable[[str], None] | None = None) -> RunRecord:
     """Block until the run reaches a final state; restarts the engine if it died meanwhile."""
     store = Store(ws)
     version = None
@@ -223,14 +221,14 @@ def follow(ws: Workspace, run_id: str, *, poll: float = 0.2) -> Iterator[dict[st
         time.sleep(poll)
 
 
-def follow_ended(ws: Workspace, record: dict[str, Any]) -> bool:
+def follow_ended(ws: Workspace, record: Mapping[str, Any]) -> bool:
     """Whether following this run is over: it ended, or it was interrupted while the engine is
     held (`engine stop`); an interrupted run otherwise goes on when the engine comes back."""
     state = record["state"]
     return RunState(state).terminal or (ws.held_path.exists() and state == RunState.INTERRUPTED.value)
 
 
-def revive_for(ws: Workspace, record: dict[str, Any]) -> None:
+def revive_for(ws: Workspace, record: Mapping[str, Any]) -> None:
     """Start the engine again if it died under this unfinished run (not when it is held)."""
     if record["state"] in UNFINISHED_STATES and not ws.held_path.exists() and not engine_info(ws):
         ensure_engine(ws)

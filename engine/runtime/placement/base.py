@@ -38,7 +38,7 @@ from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.runs.facts import CancelOverdue, Fact, Lost
 from trialdeck.engine.runs.lifecycle import Lifecycle
 from trialdeck.engine.runtime.placement.capabilities import Capabilities
-from trialdeck.engine.types import RunState
+from trialdeck.engine.types import RunRecord, RunState
 from trialdeck.engine.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class BasePlacement(abc.ABC):
         self.cancel_sent: dict[str, float] = {}
         """When each run's cancel was passed on (monotonic), for the grace before force."""
 
-    def report(self, fact: Fact) -> dict[str, Any] | None:
+    def report(self, fact: Fact) -> RunRecord | None:
         return self.lifecycle.apply(fact)
 
     # -- what each backend is ----------------------------------------------------------------
@@ -109,7 +109,7 @@ class BasePlacement(abc.ABC):
     def dispatch(self) -> None:
         """Start queued runs (`queued()`) on free places."""
 
-    def queued(self) -> list[dict[str, Any]]:
+    def queued(self) -> list[RunRecord]:
         """The queued runs a backend may start now, in dispatch order: every backend's dispatch reads
         them here, the one place a queue policy (dependencies, a paused queue, groups) filters them."""
         return self.store.queued()

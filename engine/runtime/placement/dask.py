@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from trialdeck.engine.catalogue.reported import ReportedEpoch
 from trialdeck.engine.catalogue.store import Store
 from trialdeck.engine.errors import BadInput
 from trialdeck.engine.runs.facts import Crashed, Ended, EndRecorded, Lost, Place, PlaceBack, Started
-from trialdeck.engine.runs.folder import REPORTED_NAME
+from trialdeck.engine.runs.folder import CAPTURED_NAME, REPORTED_NAME
 from trialdeck.engine.runs.lifecycle import Lifecycle
 from trialdeck.engine.runtime.config import EngineConfig
 from trialdeck.engine.runtime.placement.base import CANCEL_GRACE, CLUSTER_STATUS_NAME, BasePlacement
@@ -416,7 +416,7 @@ class DaskPlacement(BasePlacement):
             if not free:
                 return
 
-    def _pick(self, run: dict[str, Any], free: list[tuple[str, int]]) -> tuple[str, int] | None:
+    def _pick(self, run: Mapping[str, Any], free: list[tuple[str, int]]) -> tuple[str, int] | None:
         """A free place for `run`: a GPU worker's for a run pinned to CUDA, any other for the rest
         (GPU workers first), on the worker with the most free places (runs spread out)."""
         pinned = pinned_device(run)
@@ -427,7 +427,7 @@ class DaskPlacement(BasePlacement):
         count = collections.Counter(a for a, _ in free)
         return min(fits, key=lambda p: (p[0] not in gpu or pinned == "cpu", -count[p[0]], self.workers[p[0]]["name"], p[1]))
 
-    def _start(self, run: dict[str, Any], place: tuple[str, int]) -> bool:
+    def _start(self, run: Mapping[str, Any], place: tuple[str, int]) -> bool:
         address, k = place
         worker = self.workers[address]
         gpus = int(worker["resources"].get("GPU", 0))
@@ -449,7 +449,7 @@ class DaskPlacement(BasePlacement):
         """The files a resume needs: the checkpoint, a script's reported lines and its own files."""
         run_dir = self.ws.runs_dir / run_id
         out: dict[str, bytes] = {}
-        for rel in (WHOLE, REPORTED_NAME):
+        for rel in (WHOLE, REPORTED_NAME, CAPTURED_NAME):
             with contextlib.suppress(FileNotFoundError):
                 out[rel] = (run_dir / rel).read_bytes()
         for rel in script_files(run_dir):

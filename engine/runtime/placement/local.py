@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from trialdeck.engine.runtime.workers.messages import (
     WorkerReady,
 )
 from trialdeck.engine.training.membership import queue_groups
+from trialdeck.engine.types import RunRecord
 from trialdeck.engine.workspace import Workspace
 
 ENSEMBLE_WIDTH_GPU, ENSEMBLE_WIDTH_CPU = 32, 16
@@ -181,7 +182,7 @@ class LocalPlacement(BasePlacement):
                                     cancel_asked=run_id in self.cancel_sent))
             self.scheduler.release(handle.run_id)
         for run_id in sorted(handle.members):
-            record = self.store.get_run(run_id) or {}
+            record: Mapping[str, Any] = self.store.get_run(run_id) or {}
             runner_class(record.get("config")).clean_up_after(self.ws, run_id)
         handle.conn.close()
         del self.workers[handle.slot.name]
@@ -252,11 +253,11 @@ class LocalPlacement(BasePlacement):
         handle.conn.send(TrainGroup(tuple(started), p.device) if len(started) > 1 else Train(started[0], p.device))
         self.log(f"{', '.join(started)} -> {p.slot.name}")
 
-    def _ensembles(self, queued: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    def _ensembles(self, queued: list[RunRecord]) -> tuple[list[RunRecord], dict[str, list[str]]]:
         """Queued runs as the scheduler should see them: each group `membership.queue_groups`
         makes (an ensemble, or a run alone) collapsed into its first run, in queue order; and
         each first run's members."""
-        heads: list[dict[str, Any]] = []
+        heads: list[RunRecord] = []
         groups: dict[str, list[str]] = {}
         for group in queue_groups(queued, self._width, self.ws.checkpoint_path):
             head = group[0]
@@ -265,7 +266,7 @@ class LocalPlacement(BasePlacement):
             groups[head["id"]] = [run["id"] for run in group]
         return heads, groups
 
-    def _refuse(self, run: dict[str, Any], members: list[str]) -> bool:
+    def _refuse(self, run: Mapping[str, Any], members: list[str]) -> bool:
         """Fail queued runs no slot of this engine can ever take (pinned to a missing GPU)."""
         reason = self.scheduler.impossible(run)
         if reason is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,7 @@ class Slot:
         return {"name": self.name, "device": self.device, "run": self.run_id}
 
 
-def pinned_device(run: dict[str, Any]) -> str:
+def pinned_device(run: Mapping[str, Any]) -> str:
     """The device `run` asked for: `trialdeck run --device` (its record's `pinned`; older
     records kept it in `device`), else its preset's `train.device`; "auto" if neither."""
     device = run["pinned"] if "pinned" in run else run.get("device")
@@ -137,12 +138,12 @@ class Scheduler:
         return Capabilities("local", frozenset({"cpu", *gpus, *(["cuda"] if gpus else [])}),
                             tuple(s.name for s in self.slots))
 
-    def impossible(self, run: dict[str, Any]) -> str | None:
+    def impossible(self, run: Mapping[str, Any]) -> str | None:
         """Why no slot of this engine can ever take `run` (pinned to a GPU it does not have),
         or None."""
         return self.capabilities().why_not(pinned_device(run))
 
-    def fits(self, run: dict[str, Any], slot: Slot, free_memory: dict[int, int],
+    def fits(self, run: Mapping[str, Any], slot: Slot, free_memory: dict[int, int],
              util: dict[int, int | None] | None = None, need: int | None = None) -> bool:
         """Whether `run` may start on `slot` now; `need` is its measured memory (None: never
         measured, or an ensemble, whose need grows with its size)."""
@@ -172,7 +173,7 @@ class Scheduler:
             return False
         return free_memory[slot.gpu] - pending >= need + MARGIN_BYTES
 
-    def plan(self, queued: list[dict[str, Any]], free_memory: dict[int, int] | None = None,
+    def plan(self, queued: Sequence[Mapping[str, Any]], free_memory: dict[int, int] | None = None,
              util: dict[int, int | None] | None = None) -> list[Placement]:
         """Assign queued runs (already in dispatch order) to free slots. A run that fits
         nowhere now waits; runs behind it may still take slots that suit them."""

@@ -1,6 +1,6 @@
 """A run's processes: find them, stop them, measure their GPU memory.
 
-A script run (runtime.script) is a process tree the engine did not write: the
+A script run (runtime.runners.script) is a process tree the engine did not write: the
 script, its process group, and children that may have started sessions of
 their own. They all inherit the run's marker (TRIALDECK_RUN_DIR in their
 environment), which is how they are found again, also by a later engine after

@@ -13,6 +13,7 @@ lifecycle as an Ended fact. Used by `trialdeck train` and by engine workers alik
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,7 @@ class RunRecorder(TrainerCallback):
         self._fields, self._history, self._events = {}, [], []
         return out
 
-    def finish(self, result: Any, **fields: Any) -> dict[str, Any]:
+    def finish(self, result: Any, **fields: Any) -> Mapping[str, Any]:
         """Record the run's final state with everything still pending, in one write (a TrainResult,
         or a script's result); the record after it (the catalogue's, when its state no longer
         allowed this end: cancelled directly meanwhile, say)."""
@@ -88,11 +89,16 @@ class RunRecorder(TrainerCallback):
         values = {**pending["fields"], "history": history, "device": result.device, "summary": result.summary(),
                   "kept_epoch": result.kept_epoch, **fields}
         record = self.facts.apply(Ended(self.run_id, result.state, result.error, tuple(pending["events"]), values))
-        return record if record is not None else dict(self.store.get_run(self.run_id) or {})
+        return record if record is not None else self.store.get_run(self.run_id) or {}
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
+
+    def tick(self) -> None:
+        """For a caller that polls (a script run): pending epochs reach the catalogue once due, even
+        when no later epoch comes to carry them (a program that went quiet)."""
+        self._maybe_flush()
 
     # -- TrainerCallback ---------------------------------------------------------------------
 

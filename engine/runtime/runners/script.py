@@ -8,25 +8,32 @@ A worker runs ScriptRunner instead of the trainer for a RunSpec with a
   (empty for a CPU slot) and the TRIALDECK_* environment. It gets SIGKILL if its
   worker dies (PR_SET_PDEATHSIG), and whatever it left behind is killed before
   the run starts again, so a killed engine never leaves two copies training.
-- Output: stdout is the run's log file itself (the child writes it, the engine
-  never reads it); stderr passes through a pipe that a thread copies into the
-  log in large chunks, keeping only its tail for the failure reason. Nothing is
-  parsed per line, so a script printing 10,000 lines a second costs the engine
-  next to nothing.
-- Metrics: the JSON lines the script appends to TRIALDECK_METRICS are read
-  incrementally; a torn last line waits for its newline. Each epoch goes
-  through the RunRecorder like a built-in epoch (metrics.jsonl, the catalogue,
-  the TUI and `runs follow` work unchanged) and through early stopping and the
-  trial reporter. An epoch reported again (a resumed script going back to its
-  checkpoint) replaces that epoch and every later one: a history never holds
-  a duplicate, and has a gap only where the script skipped one.
+- Output: stderr passes through a pipe that a thread copies into the log in
+  large chunks, keeping only its tail for the failure reason; stdout does too
+  when the capture reads the output (`[script.capture]`, on by default), and
+  is the run's log file itself when it does not. The capture scans the chunks
+  in those threads (engine.capture: a known line shape costs a few
+  microseconds), so a script printing 10,000 lines a second costs the engine
+  a few percent of a core.
+- Metrics: every epoch comes from one `RunMetrics` (engine.capture.session):
+  the JSON lines the script appends to TRIALDECK_METRICS, and what the
+  capture reads from its output and logs, the reported value winning for the
+  same name and epoch. Each epoch goes through the RunRecorder like a built-in
+  epoch (metrics.jsonl, the catalogue, the TUI and `runs follow` work
+  unchanged) and through early stopping and the trial reporter. An epoch
+  reported again (a resumed script going back to its checkpoint) replaces that
+  epoch and every later one: a history never holds a duplicate, and has a gap
+  only where the script skipped one. A watched metric (early stopping's
+  monitor, a study's objective) that has not arrived is said once in the
+  run's events, with the names that did, and again at the end.
 - Stopping: early stopping, a pruner, cancel and engine stop send SIGTERM to
   the process group and to every process carrying the run's marker (its
   TRIALDECK_RUN_DIR, inherited by children that left the group), then SIGKILL
   after `grace_seconds`. No process of a run outlives it.
 
-Reading the reported lines is catalogue.reported's; finding, stopping and
-measuring the processes is runners.proctree's.
+Reading the reported lines is catalogue.reported's, the capture
+engine.capture's; finding, stopping and measuring the processes is
+runners.proctree's.
 """
 
 from __future__ import annotations
@@ -41,11 +48,14 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from trialdeck.engine.catalogue.reported import ReportedLines, ScriptHistory, numeric
+from trialdeck.engine.capture.scanner import failure_line
+from trialdeck.engine.capture.session import RunMetrics
+from trialdeck.engine.catalogue.reported import REPORTED, Change, ReportedEpoch, numeric
 from trialdeck.engine.presets.schema import RunSpec, expand
 from trialdeck.engine.runs.facts import Ended
 from trialdeck.engine.runs.folder import FILES_NAME, LOG_NAME, REPORTED_NAME
@@ -61,14 +71,17 @@ POLL_SECONDS = 0.1
 """How often the runner looks for new lines, an exit and a stop request."""
 TAIL_BYTES = 8192
 """How much of stderr's end is kept in memory for the failure reason."""
+BATCH_BYTES, BATCH_SECONDS = 16384, 0.01
+"""A pipe reader that got less than BATCH_BYTES waits BATCH_SECONDS before its next read."""
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def command_of(spec: RunSpec) -> list[str]:
+def command_of(spec: RunSpec, run_dir: str | None = None, resume: bool = False) -> list[str]:
+    """The command to start (the program as found when the run was queued; `resume_args` on a resume)."""
     assert spec.script is not None
-    return [expand(part, spec.params) for part in spec.script.command]
+    return spec.script.argv(spec.params, run_dir, resume)
 
 
 def script_file(argv: list[str], workdir: str) -> Path | None:
@@ -110,7 +123,7 @@ def environment(spec: RunSpec, run_id: str, files: Path, reported: Path, device:
     if threads:  # the slot's share of the cores, as built-in runs get (torch, numpy and BLAS read these)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         env.setdefault("MKL_NUM_THREADS", str(threads))
-    env.update({k: expand(v, spec.params) for k, v in spec.script.env.items()})
+    env.update({k: expand(v, spec.params, str(files)) for k, v in spec.script.env.items()})
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif device.startswith("cuda:"):  # `trialdeck train --device cuda:1`; a worker's slot has set it already
@@ -148,11 +161,13 @@ def _child_setup(parent: int) -> Callable[[], None] | None:
 
 
 class StderrTail(threading.Thread):
-    """Copies the child's stderr into the log as it comes, in large chunks, keeping its tail."""
+    """Copies one of the child's pipes (stderr; stdout when it is captured) into the log as it
+    comes, in large chunks, keeping its tail, and hands each chunk to `on_data` (the capture)."""
 
-    def __init__(self, pipe: int, log_fd: int) -> None:
-        super().__init__(name="script-stderr", daemon=True)
-        self.pipe, self.log_fd = pipe, log_fd
+    def __init__(self, pipe: int, log_fd: int, on_data: Callable[[bytes], None] | None = None,
+                 name: str = "script-stderr") -> None:
+        super().__init__(name=name, daemon=True)
+        self.pipe, self.log_fd, self.on_data = pipe, log_fd, on_data
         self.tail = b""
 
     def run(self) -> None:
@@ -170,12 +185,18 @@ class StderrTail(threading.Thread):
                 except OSError:  # a full disk: keep draining, so the script is never blocked on us
                     break
             self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+            if self.on_data is not None:
+                self.on_data(chunk)
+            if len(chunk) < BATCH_BYTES:
+                # A program printing line by line would wake this thread once a line: let a few
+                # milliseconds of output gather in the pipe (64 KB) and take it in one read.
+                time.sleep(BATCH_SECONDS)
         os.close(self.pipe)
         os.close(self.log_fd)
 
     def last_line(self) -> str | None:
-        lines = [line.strip() for line in self.tail.decode("utf-8", "replace").splitlines() if line.strip()]
-        return lines[-1][:500] if lines else None
+        """The failure reason: the exception line of the last Python traceback, else the last line."""
+        return failure_line(self.tail.decode("utf-8", "replace"))
 
 
 def kill_leftovers(ws: Workspace, run_id: str, grace: float = 0.0) -> int:
@@ -217,7 +238,7 @@ class ScriptRunner(Runner):
 class ScriptRun:
     """One attempt of a script run (see the module docstring); `run` returns its final state."""
 
-    def __init__(self, store: Any, ws: Workspace, record: dict[str, Any], spec: RunSpec, device: str,
+    def __init__(self, store: Any, ws: Workspace, record: Mapping[str, Any], spec: RunSpec, device: str,
                  recorder: RunRecorder, conn: Channel | None = None, threads: int | None = None,
                  facts: FactSink | None = None) -> None:
         assert spec.script is not None
@@ -229,18 +250,25 @@ class ScriptRun:
         run_dir = ws.run_dir(self.run_id)
         self.files = make_private_dir(run_dir / FILES_NAME)
         self.marker = str(self.files)
-        self.reported = ReportedLines(run_dir / REPORTED_NAME)
-        self.resume = self.reported.path.exists()
         self.workdir = spec.script.workdir or record.get("workdir") or ""
+        self.metrics = RunMetrics(run_dir / REPORTED_NAME, run_dir, self.files, spec.script.capture, self.workdir,
+                                  spec.params)
+        self.reported = self.metrics.reported
+        self.resume = self.reported.path.exists()
         self.grace = spec.script.grace_seconds
         es = spec.early_stopping
         self.monitor = es.monitor if es.enabled else (spec.tune.metric if spec.tune else "val_loss")
         self.mode = es.resolved_mode if es.enabled else (
             "max" if spec.tune and spec.tune.direction == "maximize" else "min")
         self.stopper: Any = None
+        self.out_pump: StderrTail | None = None
         self.stop: Any = None
         """The Stop decided (early stop, prune, cancel, engine stop); None while it runs on."""
-        self.missing_monitor = False
+        self.watched = self._watched(record)
+        """(what watches it, metric) for early stopping's monitor and a trial's objective."""
+        self.missing_said: set[str] = set()
+        self.arrived: set[str] = set()
+        """Watched metrics some epoch has held as a number."""
         self.started = time.perf_counter()
         self.peak: int | None = None
         self.memory_read = False
@@ -250,9 +278,12 @@ class ScriptRun:
 
     def run(self) -> str:
         kill_leftovers(self.ws, self.run_id)  # an earlier attempt's processes, should a kill have missed any
-        self.history = ScriptHistory.of(self.reported.prepare())
+        self.history = self.metrics.prepare()
+        self.sources = self.metrics.start()
+        self.arrived = {name for _, name in self.watched
+                        if any(numeric(e.get(name)) is not None for e in self.history.entries)}
         self._replay_stopper()
-        argv = command_of(self.spec)
+        argv = command_of(self.spec, str(self.files), self.resume)
         info = {"device": self.record.get("device") or self.device, "params": None, "command": argv,
                 "workdir": self.workdir, "resumed": self.resume, "start_epoch": self.history.last_epoch or 0,
                 "history": list(self.history.entries)}
@@ -269,6 +300,8 @@ class ScriptRun:
         except BaseException:  # a bug of ours, or a recorder that cannot write: the script must not go on alone
             stop_processes(self.marker, self.grace, proc)
             raise
+        finally:
+            self.metrics.close()
 
     def _follow(self, proc: subprocess.Popen, tail: StderrTail | str) -> str:
         """Watch the started script to its end, stop it when asked, and record the result."""
@@ -289,11 +322,16 @@ class ScriptRun:
         stop_processes(self.marker, min(self.grace, 2.0), proc)
         assert isinstance(tail, StderrTail)
         tail.join(5)
+        if self.out_pump is not None:
+            self.out_pump.join(5)
         ended = self.stop is not None
-        for line in self.reported.read(final=True):  # what it reported up to its exit
-            if self.stop is None or self.stop.state in (RunState.INTERRUPTED, RunState.CANCELLED):
-                self._epoch(line, decide=not ended)
+        if self.stop is None or self.stop.state in (RunState.INTERRUPTED, RunState.CANCELLED):
+            for change in self.metrics.poll(final=True):  # what it reported and printed up to its exit
+                self._epoch(change, decide=not ended)
+                if self.stop is not None and not ended:
+                    break  # decided on the way (it outran us): its history ends where it would have stopped
         self._log_problems()
+        self._say_missing(final=True)
         if self.stop is not None and (ended or code == 0):
             return self._finish(self.stop.state, None, self.stop.event)
         if code == 0:
@@ -309,38 +347,50 @@ class ScriptRun:
         if path is not None:
             fields.update(code_hash=file_hash(path), code_file=str(path))
         env = environment(self.spec, self.run_id, self.files, self.reported.path, self.device, self.resume, self.threads)
+        env.update(self.sources.env())
         log_fd = private_open(self.ws.run_dir(self.run_id) / LOG_NAME)
         self.recorder.log(f"worker {os.getpid()} starting {self.run_id} on {self.device}: {_shell_words(argv)} "
                           f"(in {self.workdir}{'; TRIALDECK_RESUME=1' if self.resume else ''})")
         read_end, write_end = os.pipe()
+        # Captured output reaches the log through a pipe the capture reads; else the child writes the log itself.
+        out_read, out_write = os.pipe() if self.sources.reads_output else (None, log_fd)
         try:
-            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out_write,
                                     stderr=write_end, start_new_session=True, close_fds=True,
                                     preexec_fn=_child_setup(os.getpid()))
-        except FileNotFoundError:
-            os.close(read_end)
-            return None, f"cannot start {argv[0]!r}: not found (looked in {self.workdir} and on PATH)"
-        except PermissionError:
-            os.close(read_end)
-            return None, f"cannot start {argv[0]!r}: permission denied (is it executable?)"
         except OSError as exc:
-            os.close(read_end)
+            for fd in (read_end, out_read):
+                if fd is not None:
+                    os.close(fd)
+            if isinstance(exc, FileNotFoundError):
+                return None, f"cannot start {argv[0]!r}: not found (looked in {self.workdir} and on PATH)"
+            if isinstance(exc, PermissionError):
+                return None, f"cannot start {argv[0]!r}: permission denied (is it executable?)"
             return None, f"cannot start {argv[0]!r}: {exc.strerror or exc}"
         finally:
             os.close(write_end)
             os.close(log_fd)
-        tail = StderrTail(read_end, private_open(self.ws.run_dir(self.run_id) / LOG_NAME))
+            if out_read is not None:
+                os.close(out_write)
+        log = self.ws.run_dir(self.run_id) / LOG_NAME
+        capture = self.sources.feed if self.sources.reads_output else None
+        tail = StderrTail(read_end, private_open(log), capture and (lambda data: capture("stderr", data)))
         tail.start()
+        if out_read is not None:
+            self.out_pump = StderrTail(out_read, private_open(log), lambda data: self.sources.feed("stdout", data),
+                                       name="script-stdout")
+            self.out_pump.start()
         self.store.update_run(self.run_id, script_pid=proc.pid, **fields)
         return proc, tail
 
     def _watch(self, proc: subprocess.Popen) -> int | None:
         """Until the script exits or a stop is decided: its exit code (None when stopped)."""
         while True:
-            for line in self.reported.read():
-                self._epoch(line)
+            for change in self.metrics.poll():
+                self._epoch(change)
                 if self.stop is not None:
                     return None
+            self.recorder.tick()
             self.stop = self.recorder.poll()  # cancel, engine stop
             if self.stop is not None:
                 return None
@@ -351,7 +401,7 @@ class ScriptRun:
 
     # -- epochs ------------------------------------------------------------------------------
 
-    def _replay_stopper(self) -> None:
+    def _replay_stopper(self, entries: list[dict[str, Any]] | None = None) -> None:
         """Early stopping's state after the epochs so far (a resumed run goes on counting)."""
         es = self.spec.early_stopping
         if not es.enabled:
@@ -360,48 +410,92 @@ class ScriptRun:
         from trialdeck.engine.training.tracker import EarlyStopper
 
         self.stopper = EarlyStopper(self.monitor, self.mode, es.patience, es.min_delta)
-        for entry in self.history.entries:
+        for entry in self.history.entries if entries is None else entries:
             value = numeric(entry.get(self.monitor))
             if value is not None:
                 self.stopper.update(entry["epoch"], value)
 
-    def _epoch(self, line: dict[str, Any], decide: bool = True) -> None:
+    def _epoch(self, change: Change, decide: bool = True) -> None:
+        """Take one change to the history. A new epoch goes to the recorder, early stopping and the
+        trial's pruner. A changed or replaced one (a source went back, or brought values for an
+        epoch already recorded) restarts the recorder from the entries before it and publishes
+        the rest again; early stopping counts from there again (Optuna keeps a step's first value)."""
         from trialdeck.engine.training.callbacks import Stop
 
-        before = list(self.history.entries)
-        record, rewound = self.history.add(line)
-        if rewound:  # the script went back to its checkpoint: the later epochs are replaced
-            self.recorder.log(f"epoch {record.epoch} reported again: it replaces epochs "
-                              f"{record.epoch}..{before[-1]['epoch']} (the script resumed from an earlier checkpoint)")
-            self.history.entries.pop()
+        entries = self.history.entries
+        todo = entries[-1:]
+        if change.how != "new":
+            cut = next((i for i, e in enumerate(entries) if e["epoch"] >= change.since), len(entries))
+            if change.how == "rewound" and change.replaced:
+                self.recorder.log(self._went_back(change))
             self.recorder.on_start({"device": self.record.get("device") or self.device, "params": None,
-                                    "history": list(self.history.entries), "rewound": record.epoch})
-            self._replay_stopper()  # over the epochs before this one, which is counted below
-            self.history.entries.append(record.to_json())
-        events: list[RunEvent] = []
-        early = False
-        value = record.metric(self.monitor)
-        if self.stopper is not None and decide:
-            if value is None:
-                if not self.missing_monitor:
-                    self.recorder.log(f"early stopping watches {self.monitor}, which epoch {record.epoch} did not report "
-                                      f"as a number (it reported {', '.join(record.values) or 'nothing'})")
-                    self.missing_monitor = True
-            else:
-                _, early = self.stopper.update(record.epoch, value)
-                if early:
-                    events.append(self._early_stopped_event(record.epoch))
-        # A reported epoch is an epoch record by duck type (`epoch`, `to_json`), with the script's own names.
-        stop = self.recorder.on_epoch(cast(EpochRecord, record), events)
+                                    "history": entries[:cut], "rewound": change.since})
+            self._replay_stopper(entries[:cut])
+            todo = entries[cut:]
+        early, stop = False, None
+        with warnings.catch_warnings():  # a step Optuna heard already: it keeps the first value, and warns
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            for entry in todo:
+                record = ReportedEpoch(entry["epoch"], {k: v for k, v in entry.items() if k != "epoch"})
+                self.arrived.update(name for _, name in self.watched if record.metric(name) is not None)
+                events: list[RunEvent] = []
+                value = record.metric(self.monitor)
+                if self.stopper is not None and decide and not early and value is not None:
+                    _, early = self.stopper.update(record.epoch, value)
+                    if early:
+                        events.append(self._early_stopped_event(record.epoch))
+                # A reported epoch is an epoch record by duck type (`epoch`, `to_json`), with the script's own names.
+                stop = self.recorder.on_epoch(cast(EpochRecord, record), events) or stop
         if not self.memory_read and self.conn is not None and self.device.startswith("cuda"):
             self.memory_read = True
             self._report_memory()
+        self._say_missing()
         if not decide:
             return
         if early:
             self.stop = Stop(RunState.EARLY_STOPPED, None)  # its event went with the epoch
         elif stop is not None and self.stop is None:
             self.stop = stop
+
+    def _went_back(self, change: Change) -> str:
+        """Why the history lost epochs, in words: a program that went back to a checkpoint of its
+        own, or one that simply started again."""
+        epoch = change.record.epoch
+        what = "reported" if change.source == REPORTED else "printed" if change.source == "output" \
+            else f"logged ({change.source})"
+        first, last = change.replaced or (epoch, epoch)
+        span = f"epoch {first} is" if first == last else f"epochs {first}..{last} are"
+        if change.restarted:
+            return (f"epoch {epoch} {what} again: the script started over (it did not resume from a checkpoint "
+                    f"of its own); its {span} replaced")
+        return f"epoch {epoch} {what} again: the script went back to an earlier checkpoint; its {span} replaced"
+
+    def _watched(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
+        out = []
+        if self.spec.early_stopping.enabled:
+            out.append(("early stopping", self.spec.early_stopping.monitor))
+        if record.get("study") is not None and self.spec.tune is not None:
+            kind = getattr(self.spec.tune.pruner, "kind", self.spec.tune.pruner)  # a name, or a [tune.pruner] table
+            pruner = "" if kind == "none" else " and its pruner"
+            out.append((f"study {record['study']}{pruner}", self.spec.tune.metric))
+        return out
+
+    def _say_missing(self, final: bool = False) -> None:
+        """A watched metric the program has not reported, said once after its first epoch and
+        again at its end, with the names it did report (DESIGN "Nothing silent")."""
+        if not self.history.entries:
+            return
+        for who, name in self.watched:
+            if (name in self.missing_said and not final) or name in self.arrived:
+                continue
+            names = ", ".join(self.metrics.names()) or "none"
+            if final:
+                message = f"{who} watched {name}, which never arrived (recorded: {names})"
+            else:
+                message = f"{who} watches {name}; the program has reported none (captured so far: {names})"
+            self.missing_said.add(name)
+            self.recorder.on_event(RunEvent(EventKind.METRIC_MISSING.value, self.history.last_epoch, message,
+                                            {"metric": name, "recorded": self.metrics.names()}))
 
     def _early_stopped_event(self, epoch: int) -> RunEvent:
         es, stopper = self.spec.early_stopping, self.stopper

@@ -29,10 +29,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from trialdeck.engine.runs.facts import Ended, Fact
-from trialdeck.engine.runs.folder import FILES_NAME, LOG_NAME, METRICS_NAME, REPORTED_NAME
+from trialdeck.engine.runs.folder import CAPTURED_NAME, FILES_NAME, LOG_NAME, METRICS_NAME, REPORTED_NAME
 from trialdeck.engine.runtime.runners.base import StopRequest
 from trialdeck.engine.runtime.workers.messages import (
     FilePart,
@@ -46,14 +46,14 @@ from trialdeck.engine.runtime.workers.messages import (
     to_wire,
 )
 from trialdeck.engine.training.callbacks import Stop, TrainerCallback
-from trialdeck.engine.types import EpochRecord, RunEvent
+from trialdeck.engine.types import EpochRecord, RunEvent, RunRecord
 from trialdeck.engine.workspace import CHECKPOINT_NAME
 
 TICK = 0.2
 """Seconds between two shipments of a run's news, and two reads of its control variable."""
 CHUNK = 4 << 20
 """Whole files travel in parts of at most this many bytes (each a queue item through the scheduler)."""
-APPENDED = (METRICS_NAME, LOG_NAME, REPORTED_NAME)
+APPENDED = (METRICS_NAME, LOG_NAME, REPORTED_NAME, CAPTURED_NAME)
 """Files of a run folder that only grow: their new bytes are sent."""
 WHOLE = CHECKPOINT_NAME
 FILES = FILES_NAME
@@ -212,7 +212,7 @@ class RemoteFacts:
     def __init__(self, mirror: MirrorStore) -> None:
         self.mirror = mirror
 
-    def apply(self, fact: Fact) -> dict[str, Any] | None:
+    def apply(self, fact: Fact) -> RunRecord | None:
         if isinstance(fact, Ended):
             fact = Ended(fact.run_id, fact.state, fact.reason, tuple(_copy(list(fact.events))), _copy(dict(fact.fields)))
             record = self.mirror.record
@@ -221,7 +221,7 @@ class RemoteFacts:
                 record["error"] = fact.reason
             record.setdefault("events", []).extend(fact.events)
             self.mirror.outbox.write(fact)
-        return self.mirror.get_run(fact.run_id)
+        return cast(RunRecord, self.mirror.get_run(fact.run_id))
 
 
 class OutboxChannel:
