@@ -194,6 +194,8 @@ def test_import_linter_contracts_hold():
 TUI_API = ("trialdeck.engine", "trialdeck.engine.errors", "trialdeck.engine.types", "trialdeck.engine.kinds",
            "trialdeck.engine.workspace", "trialdeck.engine.presets*", "trialdeck.engine.catalogue*",
            "trialdeck.engine.tuning.launch", "trialdeck.engine.tuning.results", "trialdeck.engine.tuning.study",
+           "trialdeck.engine.tuning.storages", "trialdeck.engine.tuning.pareto", "trialdeck.engine.tuning.insight",
+           "trialdeck.engine.capture.session", "trialdeck.engine.capture.tboard",
            "trialdeck.engine.runs.folder", "trialdeck.engine.runtime.control*", "trialdeck.engine.runtime.config",
            "trialdeck.engine.runtime.daemon", "trialdeck.engine.runtime.placement.gpus",
            "trialdeck.engine.training.export", "trialdeck.engine.training.schedules",
