@@ -209,7 +209,7 @@ def test_every_kind_named_in_the_registry_has_its_implementation_and_no_other():
     import typing
 
     from trialdeck.engine import kinds
-    from trialdeck.engine.presets.schema import ModelConfig, OptimizerConfig, TuneConfig
+    from trialdeck.engine.presets.schema import PRUNER_SETTINGS, ModelConfig, OptimizerConfig, PrunerConfig, TuneConfig
     from trialdeck.engine.training.models import ACTIVATIONS
     from trialdeck.engine.training.optimizers import OPTIMIZERS
     from trialdeck.engine.tuning.samplers import PRUNERS, SAMPLERS
@@ -221,3 +221,5 @@ def test_every_kind_named_in_the_registry_has_its_implementation_and_no_other():
     assert typing.get_args(ModelConfig.model_fields["kind"].annotation) == kinds.MODEL_KINDS
     assert typing.get_args(OptimizerConfig.model_fields["name"].annotation) == kinds.OPTIMIZERS
     assert typing.get_args(TuneConfig.model_fields["sampler"].annotation) == kinds.SAMPLERS
+    assert typing.get_args(PrunerConfig.model_fields["kind"].annotation) == kinds.PRUNERS
+    assert sorted(PRUNER_SETTINGS) == sorted(kinds.PRUNERS)  # [tune.pruner]'s settings, for every pruner
