@@ -395,10 +395,9 @@ def test_run_recorders_record_each_member_on_its_own(tmp_path):
 
 
 def test_trial_reporters_report_each_member_to_its_own_trial():
-    import types
-
     import optuna
 
+    from trialdeck.engine.presets.schema import TuneConfig
     from trialdeck.engine.tuning.reporter import TrialReporter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -406,7 +405,8 @@ def test_trial_reporters_report_each_member_to_its_own_trial():
     trials = [study.ask() for _ in range(3)]
     specs = [spec("optimizer.name='sgd'", f"optimizer.lr={t.suggest_float('lr', 0.01, 0.1, log=True)}",
                   f"train.seed={t.number}") for t in trials]
-    tune = types.SimpleNamespace(metric="val_loss")
+    # The study's [tune], as the reporter reads its objectives (and pruner) from it.
+    tune = TuneConfig.model_validate({"metric": "val_loss", "space": {"optimizer.lr": {"float": [0.01, 0.1], "log": True}}})
     reporters = [TrialReporter(study, tune, t._trial_id, 3) for t in trials]
     results = train_ensemble(specs, reporters)
     for t, result in zip(trials, results):
