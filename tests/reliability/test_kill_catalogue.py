@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 from tinydb import TinyDB
 
-from tests.deck import TRIALDECK, cli, gone
+from tests.deck import TRIALDECK, cli, gone, until
 from trialdeck.engine.catalogue import lines as lines_module
 from trialdeck.engine.catalogue.migrate import BACKUP_SUFFIX
 from trialdeck.engine.catalogue.store import LAYOUT, SEGMENTS_DIR, Store
@@ -40,14 +39,14 @@ QUIET = {"TRIALDECK_NO_AUTOSTART": "1"}
 
 
 def _wait(predicate: Callable[[], Any], what: str, proc: subprocess.Popen, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
+    """`predicate`'s first truthy value (tests.deck.until), failing at once if `proc` ended first."""
+    def ready() -> Any:
         value = predicate()
-        if value:
-            return value
-        assert proc.poll() is None, f"the process ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+        assert value or proc.poll() is None, \
+            f"the process ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
+        return value
+
+    return until(ready, timeout, what, interval=0.005)
 
 
 def _kill(proc: subprocess.Popen) -> None:
